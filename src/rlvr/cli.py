@@ -1,0 +1,255 @@
+"""The `rlvr` command. `rlvr --help` lists the commands; each has its own --help.
+
+    rlvr run RECIPE.yaml [key=value ...]      the whole pipeline of a recipe
+    rlvr sft | rl RECIPE.yaml [key=value ...] one stage of a recipe
+    rlvr eval --model DIR --task T --data F   evaluate a local model
+    rlvr data gen | filter | dedup | stats | mix
+    rlvr model init                           tiny offline model + tokenizer, HF format
+    rlvr report RUN_DIR                       HTML report with plots
+    rlvr config RECIPE.yaml [key=value ...]   print the resolved config and derived sizes
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _kv(items: list[str]) -> dict:
+    """--difficulty people=3 -> {"people": 3} (values parsed as YAML)."""
+    import yaml
+
+    out = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"rlvr: error: expected key=value, got {item!r}")
+        out[key] = yaml.safe_load(value)
+    return out
+
+
+def cmd_run(args: argparse.Namespace, extra: list[str]) -> int:
+    from rlvr.config import load_config
+    from rlvr.trainers.pipeline import run
+
+    overrides = list(args.overrides)
+    if args.command == "sft":
+        overrides += ["rl.enabled=false"]
+    elif args.command == "rl":
+        overrides += ["sft.enabled=false"]
+    config = load_config(args.recipe, overrides)
+    summary = run(config)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def cmd_config(args: argparse.Namespace, extra: list[str]) -> int:
+    from rlvr.config import dump_yaml, load_config
+
+    config = load_config(args.recipe, args.overrides)
+    print(dump_yaml(config))
+    for key, value in config.derived_sizes().items():
+        print(f"# {key}: {value}")
+    return 0
+
+
+def cmd_model_init(args: argparse.Namespace, extra: list[str]) -> int:
+    from rlvr.models import init_model
+
+    path = init_model(Path(args.out), preset=args.preset, tasks=tuple(args.task), seed=args.seed,
+                      overwrite=args.overwrite)
+    print(f"wrote {path}")
+    return 0
+
+
+def cmd_data_gen(args: argparse.Namespace, extra: list[str]) -> int:
+    from rlvr.data.tools import generate
+
+    difficulty = _kv(args.difficulty)
+    if args.people is not None:
+        difficulty["people"] = args.people if len(args.people) > 1 else args.people[0]
+    if args.numbers is not None:
+        difficulty["numbers"] = args.numbers
+    path = generate(args.task, args.n, args.seed, Path(args.out), **difficulty)
+    print(f"wrote {args.n} {args.task} problems to {path}")
+    return 0
+
+
+def cmd_data_stats(args: argparse.Namespace, extra: list[str]) -> int:
+    from rlvr.data.tools import stats
+
+    result = stats(Path(args.file), task_name=args.task)
+    if args.samples:
+        from rlvr.data.curation import context_advice
+
+        result["context_advice"] = context_advice(Path(args.samples))
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def cmd_data_filter(args: argparse.Namespace, extra: list[str]) -> int:
+    from rlvr.data.curation import filter_by_pass_rate
+
+    report = filter_by_pass_rate(model=args.model, task_name=args.task, data=args.data, out=args.out, n=args.n,
+                                 low=args.low, high=args.high, temperature=args.temperature,
+                                 max_new_tokens=args.max_new_tokens, seed=args.seed)
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+def cmd_data_dedup(args: argparse.Namespace, extra: list[str]) -> int:
+    from rlvr.data.curation import dedup
+
+    report = dedup(data=args.data, out=args.out, against=args.against, field=args.field,
+                   threshold=args.threshold, task_name=args.task)
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+def cmd_data_mix(args: argparse.Namespace, extra: list[str]) -> int:
+    from rlvr.data.curation import mix
+
+    sources = []
+    for item in args.sources:
+        path, _, weight = item.partition(":")
+        sources.append((path, float(weight) if weight else 1.0))
+    report = mix(sources=sources, out=args.out, n=args.n, seed=args.seed)
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace, extra: list[str]) -> int:
+    from rlvr.evaluation import evaluate_model
+
+    metrics = evaluate_model(model=args.model, task_name=args.task, data=args.data, out=args.out, n=args.n,
+                             k_values=tuple(args.k), temperature=args.temperature, top_p=args.top_p,
+                             max_new_tokens=args.max_new_tokens, seed=args.seed, limit=args.limit,
+                             task_options=_kv(args.task_option))
+    print(json.dumps(metrics, indent=2))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace, extra: list[str]) -> int:
+    from rlvr.evaluation.report import write_report
+
+    print(f"wrote {write_report(Path(args.run_dir))}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rlvr", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    for name, help_text in (("run", "the whole pipeline of a recipe (data, model, SFT, RL, eval, report)"),
+                            ("sft", "only the SFT stage of a recipe"), ("rl", "only the RL stage of a recipe"),
+                            ("config", "print the resolved config of a recipe and its derived sizes")):
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("recipe", help="YAML recipe (see recipes/)")
+        p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. rl.lr=1e-6 rl.group_size=16")
+        p.set_defaults(func=cmd_config if name == "config" else cmd_run)
+
+    p = sub.add_parser("eval", help="evaluate a local model on a task's data file")
+    p.add_argument("--model", required=True, help="local HF model directory")
+    p.add_argument("--task", required=True)
+    p.add_argument("--data", help="JSONL/parquet problems (default: generated by the task)")
+    p.add_argument("--task-option", action="append", default=[], help="task option key=value (repeatable)")
+    p.add_argument("--n", type=int, default=1, help="samples per problem")
+    p.add_argument("--k", type=_int_list, default=[1], help="k values of pass@k / maj@k, e.g. 1,4,16")
+    p.add_argument("--temperature", type=float, default=None, help="default: 0 for n=1, else 0.6")
+    p.add_argument("--top-p", type=float, default=0.95)
+    p.add_argument("--max-new-tokens", type=int, default=1024)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--limit", type=int, default=None, help="evaluate only the first N problems")
+    p.add_argument("--out", required=True, help="output directory (metrics.json, samples.jsonl)")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("report", help="write RUN_DIR/report.html with plots")
+    p.add_argument("run_dir")
+    p.set_defaults(func=cmd_report)
+
+    model = sub.add_parser("model", help="model tools").add_subparsers(dest="model_command", required=True)
+    p = model.add_parser("init", help="build a tiny model + tokenizer offline in HF format")
+    p.add_argument("--preset", default="tiny")
+    p.add_argument("--task", action="append", default=None, help="task(s) whose text trains the tokenizer")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True)
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=cmd_model_init)
+
+    data = sub.add_parser("data", help="data tools").add_subparsers(dest="data_command", required=True)
+    p = data.add_parser("gen", help="generate problems of a task")
+    p.add_argument("--task", required=True)
+    p.add_argument("--n", type=int, required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--people", type=int, nargs="+", help="knights_knaves: number(s) of people")
+    p.add_argument("--numbers", type=int, help="countdown: how many numbers")
+    p.add_argument("--difficulty", nargs="*", help="other task keywords as key=value")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_data_gen)
+
+    p = data.add_parser("stats", help="length and difficulty statistics of a data file")
+    p.add_argument("file")
+    p.add_argument("--task", default=None)
+    p.add_argument("--samples", default=None, help="a samples.jsonl: adds Light-R1's context-length advice")
+    p.set_defaults(func=cmd_data_stats)
+
+    p = data.add_parser("filter", help="keep problems whose pass rate under a model is in [low, high]")
+    p.add_argument("--model", required=True)
+    p.add_argument("--task", required=True)
+    p.add_argument("--data", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--n", type=int, default=8)
+    p.add_argument("--low", type=float, default=0.2)
+    p.add_argument("--high", type=float, default=0.625)
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--max-new-tokens", type=int, default=1024)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_data_filter)
+
+    p = data.add_parser("dedup", help="remove exact, normalised and near duplicates (and contamination)")
+    p.add_argument("--data", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--against", nargs="*", default=[], help="benchmark files to check contamination against")
+    p.add_argument("--field", default=None, help="text field (default: the task's prompt)")
+    p.add_argument("--task", default=None)
+    p.add_argument("--threshold", type=float, default=0.8, help="MinHash Jaccard threshold of near duplicates")
+    p.set_defaults(func=cmd_data_dedup)
+
+    p = data.add_parser("mix", help="mix sources with weights into one file, keeping provenance")
+    p.add_argument("sources", nargs="+", help="FILE[:WEIGHT]")
+    p.add_argument("--n", type=int, required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_data_mix)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "task", "") is None and args.command == "model":
+        args.task = ["knights_knaves"]
+    from rlvr.errors import USER_ERRORS
+
+    try:
+        return args.func(args, [])
+    except USER_ERRORS as err:
+        print(f"rlvr: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("rlvr: interrupted; run the same command again to resume from the last checkpoint", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,433 @@
+"""One typed config tree for a run: dataclasses, YAML recipes, `key=value` overrides.
+
+Units: a *prompt* is one problem; each RL step samples `rl.prompts_per_step` prompts and
+`rl.group_size` completions per prompt, so one step has prompts_per_step x group_size rollouts.
+Every batch size in this file counts either prompts or sequences and says which.
+
+Unknown keys are errors with a "did you mean"; a value of the wrong type is an error naming the
+key path, the value and the expected type. `derived_sizes()` lists what is computed from the rest.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A recipe or override that cannot be used; the message names the key and what was expected."""
+
+
+@dataclass
+class ModelConfig:
+    path: str = ""
+    """Local Hugging Face directory of the starting model. Empty: build one offline with `preset`."""
+    preset: str = "tiny"
+    """Model size built by `rlvr model init` when `path` is empty (see rlvr.models.PRESETS)."""
+    dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32"
+    """Parameter dtype of the learner and engine."""
+    impl: Literal["auto", "native", "hf"] = "auto"
+    """Model code: `native` (rlvr's fast Qwen2/Llama implementation), `hf` (transformers), `auto`
+    (native when the architecture is supported exactly, else hf)."""
+
+
+@dataclass
+class DataConfig:
+    task: str = "knights_knaves"
+    """Task name (rlvr.tasks.TASKS)."""
+    task_options: dict[str, Any] = field(default_factory=dict)
+    """Keyword options of the task, e.g. {reward_scheme: logic_rl, response_prefix: "<think>"}."""
+    train_file: str = ""
+    """JSONL/parquet of training problems. Empty: generate `train_size` problems."""
+    train_size: int = 20000
+    """Number of generated training problems (when train_file is empty)."""
+    difficulty: dict[str, Any] = field(default_factory=lambda: {"people": 3})
+    """Difficulty of generated RL problems (task keywords, e.g. people: 3 or people: [3, 4])."""
+    eval_file: str = ""
+    """JSONL/parquet of held-out problems. Empty: generate `eval_size` with a disjoint seed."""
+    eval_size: int = 256
+    """Number of held-out problems."""
+    eval_difficulty: dict[str, Any] = field(default_factory=lambda: {"people": 3})
+    """Difficulty of generated held-out problems."""
+
+
+@dataclass
+class SFTConfig:
+    enabled: bool = True
+    """Run cold-start SFT on the task's solver traces before RL."""
+    steps: int = 600
+    """Optimizer steps."""
+    batch_size: int = 64
+    """Sequences (prompt + trace) per optimizer step."""
+    micro_batch_tokens: int = 16384
+    """Token budget of one forward/backward; larger batches are accumulated."""
+    lr: float = 2e-3
+    """Peak learning rate (AdamW)."""
+    warmup_steps: int = 30
+    """Linear warm-up steps, then cosine decay to min_lr_ratio * lr."""
+    min_lr_ratio: float = 0.1
+    """Final learning rate as a fraction of lr."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    grad_clip: float = 1.0
+    """Max global gradient norm (0 disables)."""
+    data_size: int = 40000
+    """Number of solver traces generated for SFT (or rows read from data.train_file)."""
+    difficulty: dict[str, Any] = field(default_factory=lambda: {"people": [2, 3, 3, 3]})
+    """Difficulty mix of SFT traces."""
+    eval_every: int = 0
+    """Greedy eval on a slice of the held-out set every N steps (0: only at the end)."""
+
+
+@dataclass
+class StageConfig:
+    start_step: int = 0
+    """First RL step of this stage."""
+    value: Any = None
+    """The stage's value: a difficulty dict for `curriculum`, an int for `max_new_tokens_stages`
+    and `group_size_stages`."""
+
+
+@dataclass
+class LengthRewardConfig:
+    kind: Literal["none", "cosine", "overlong"] = "none"
+    """Length shaping added to the task reward: cosine (Yeo et al.) or DAPO overlong penalty."""
+    weight: float = 1.0
+    """Weight of the length term in the total reward (cosine replaces the answer reward)."""
+    cache_tokens: int = 0
+    """DAPO L_cache (overlong): penalty ramps over the last cache_tokens before max_new_tokens."""
+    correct_start: float = 2.0
+    correct_end: float = 1.0
+    wrong_start: float = -10.0
+    wrong_end: float = 0.0
+    exceed_penalty: float = -10.0
+
+
+@dataclass
+class RLConfig:
+    enabled: bool = True
+    """Run the RL stage."""
+    steps: int = 150
+    """RL steps (one step = generate, score, update on prompts_per_step x group_size rollouts)."""
+    prompts_per_step: int = 16
+    """Prompts sampled per step."""
+    group_size: int = 8
+    """Completions per prompt (G)."""
+    mini_batches: int = 1
+    """Optimizer steps per PPO epoch; prompts_per_step must be divisible by it."""
+    ppo_epochs: int = 1
+    """Passes over each step's rollouts."""
+    micro_batch_tokens: int = 16384
+    """Token budget of one forward/backward inside a mini-batch."""
+    advantage: str = "grpo"
+    """Advantage estimator (rlvr.algorithms.ADVANTAGES)."""
+    advantage_options: dict[str, Any] = field(default_factory=dict)
+    """Extra keyword options of the estimator (e.g. eps, gamma)."""
+    loss: str = "ppo"
+    """Policy loss (rlvr.algorithms.POLICY_LOSSES)."""
+    loss_agg: str = "token-mean"
+    """Loss aggregation (rlvr.algorithms.AGGREGATIONS)."""
+    clip_low: float = 0.2
+    clip_high: float = 0.2
+    """DAPO clip-higher uses 0.28."""
+    dual_clip: float | None = None
+    """Dual-clip constant c for negative advantages (3.0 in verl); null disables."""
+    lr: float = 1e-4
+    """Peak learning rate (AdamW)."""
+    lr_schedule: Literal["constant", "cosine", "linear"] = "constant"
+    """Decay after warm-up, to min_lr_ratio * lr at the last step."""
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    """Max global gradient norm (0 disables)."""
+    kl_coef: float = 0.0
+    """KL to the reference model; 0 means no reference model is loaded."""
+    kl_kind: Literal["k1", "k2", "k3"] = "k3"
+    kl_in_reward: bool = False
+    """Subtract the KL from token rewards (REINFORCE++ style) instead of adding a KL loss."""
+    entropy_coef: float = 0.0
+    """Entropy bonus coefficient (0: off, as in verl)."""
+    temperature: float = 1.0
+    """Sampling temperature at the first step."""
+    final_temperature: float | None = None
+    """When set, the temperature moves linearly to this value at the last step."""
+    top_p: float = 1.0
+    top_k: int = 0
+    max_new_tokens: int = 320
+    """Completion token limit (overridden by max_new_tokens_stages)."""
+    zero_variance: Literal["keep", "mask", "dynamic_sampling"] = "keep"
+    """Groups whose rewards are all equal: keep them (their GRPO advantage is 0), mask them from
+    the loss, or refill the batch with groups that have variance (DAPO dynamic sampling)."""
+    max_refill_rounds: int = 3
+    """Extra generation rounds allowed per step for dynamic sampling."""
+    curriculum: list[StageConfig] = field(default_factory=list)
+    """Difficulty by step range, e.g. [{start_step: 0, value: {people: 3}}, {start_step: 100, value: {people: 4}}]."""
+    max_new_tokens_stages: list[StageConfig] = field(default_factory=list)
+    """Context lengthening by step range (DeepScaleR 8K -> 16K -> 24K)."""
+    group_size_stages: list[StageConfig] = field(default_factory=list)
+    """Samples per prompt by step range."""
+    length_reward: LengthRewardConfig = field(default_factory=LengthRewardConfig)
+    collapse_patience: int = 0
+    """Stop RL early and keep the best checkpoint when the batch accuracy stays below half of its best
+    for this many consecutive steps (0: never)."""
+
+
+@dataclass
+class EvalConfig:
+    greedy: bool = True
+    """Evaluate with one greedy completion per problem."""
+    samples: int = 4
+    """Completions per problem for the sampled evaluation (0: skip it)."""
+    temperature: float = 1.0
+    """Temperature of the sampled evaluation."""
+    top_p: float = 1.0
+    max_new_tokens: int = 320
+    k_values: list[int] = field(default_factory=lambda: [1])
+    """k of pass@k and maj@k reported by the sampled evaluation."""
+    every: int = 0
+    """In-loop RL evaluation (greedy) every N steps (0: only before and after RL)."""
+    prompts_per_batch: int = 128
+
+
+@dataclass
+class CheckpointConfig:
+    every: int = 50
+    """Save every N steps of each stage (0: only at the end of the stage)."""
+    keep_last: int = 2
+    """Checkpoints kept per stage."""
+
+
+@dataclass
+class LoggingConfig:
+    progress: bool = True
+    """Live progress line on the terminal."""
+    samples_every: int = 10
+    """Dump the step's completions to samples/ every N RL steps (0: never)."""
+    tensorboard: bool = False
+    wandb: bool = False
+    wandb_project: str = "rlvr"
+
+
+@dataclass
+class RunConfig:
+    name: str = "run"
+    out_dir: str = "runs/run"
+    """Run directory (config.yaml, metrics.jsonl, checkpoints/, eval/, report.html, summary.json)."""
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: int = 0
+    """torch CPU threads (0: all cores)."""
+    distributed: Literal["none", "ray"] = "none"
+    """Backend for multi-process runs; none runs everything in this process."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
+    rl: RLConfig = field(default_factory=RLConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+    def validate(self) -> RunConfig:
+        """Cross-field checks; raises ConfigError naming the key."""
+        rl, sft = self.rl, self.sft
+        _check(rl.steps >= 0, "rl.steps", rl.steps, "an integer >= 0")
+        _check(rl.prompts_per_step > 0, "rl.prompts_per_step", rl.prompts_per_step, "a positive integer")
+        _check(rl.group_size > 0, "rl.group_size", rl.group_size, "a positive integer")
+        _check(rl.mini_batches > 0 and rl.prompts_per_step % rl.mini_batches == 0, "rl.mini_batches",
+               rl.mini_batches, f"a positive divisor of rl.prompts_per_step ({rl.prompts_per_step})")
+        _check(rl.ppo_epochs > 0, "rl.ppo_epochs", rl.ppo_epochs, "a positive integer")
+        _check(0 < rl.top_p <= 1, "rl.top_p", rl.top_p, "a number in (0, 1]")
+        _check(rl.temperature > 0, "rl.temperature", rl.temperature, "a positive number")
+        _check(rl.max_new_tokens > 0, "rl.max_new_tokens", rl.max_new_tokens, "a positive integer")
+        _check(rl.lr > 0 and sft.lr > 0, "rl.lr / sft.lr", (rl.lr, sft.lr), "positive numbers")
+        _check(sft.batch_size > 0, "sft.batch_size", sft.batch_size, "a positive integer")
+        for key in ("curriculum", "max_new_tokens_stages", "group_size_stages"):
+            starts = [stage.start_step for stage in getattr(rl, key)]
+            _check(starts == sorted(starts) and len(set(starts)) == len(starts), f"rl.{key}", starts,
+                   "stages with strictly increasing start_step")
+            if key != "curriculum":
+                for stage in getattr(rl, key):
+                    _check(isinstance(stage.value, int) and stage.value > 0, f"rl.{key}.value", stage.value,
+                           "a positive integer")
+            else:
+                for stage in rl.curriculum:
+                    _check(isinstance(stage.value, dict), "rl.curriculum.value", stage.value,
+                           "a difficulty mapping such as {people: 4}")
+        if rl.length_reward.kind == "overlong":
+            _check(0 < rl.length_reward.cache_tokens <= rl.max_new_tokens, "rl.length_reward.cache_tokens",
+                   rl.length_reward.cache_tokens, "0 < cache_tokens <= rl.max_new_tokens")
+        _check(self.eval.samples >= 0, "eval.samples", self.eval.samples, "an integer >= 0")
+        _check(self.checkpoint.keep_last >= 1, "checkpoint.keep_last", self.checkpoint.keep_last, ">= 1")
+        return self
+
+    def derived_sizes(self) -> dict[str, int]:
+        rl = self.rl
+        rollouts = rl.prompts_per_step * rl.group_size
+        return {
+            "rollouts_per_step (prompts_per_step x group_size)": rollouts,
+            "prompts_per_mini_batch": rl.prompts_per_step // rl.mini_batches,
+            "sequences_per_mini_batch": rollouts // rl.mini_batches,
+            "optimizer_steps_per_rl_step (mini_batches x ppo_epochs)": rl.mini_batches * rl.ppo_epochs,
+            "total_rl_rollouts": rollouts * rl.steps,
+            "sft_sequences_total (steps x batch_size)": self.sft.steps * self.sft.batch_size,
+        }
+
+
+def _check(ok: bool, key: str, value: Any, expected: str) -> None:
+    if not ok:
+        raise ConfigError(f"config key {key}: got {value!r}, expected {expected}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading: YAML + overrides -> raw dict -> typed tree (with checks at every key)
+
+
+def load_config(recipe: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """Read a YAML recipe (optional), apply `key=value` overrides, type-check and validate."""
+    raw: dict[str, Any] = {}
+    source = "overrides"
+    if recipe is not None:
+        path = Path(recipe)
+        if not path.is_file():
+            raise ConfigError(f"recipe {path} does not exist")
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"recipe {path} is not valid YAML: {err}") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"recipe {path} must be a mapping of keys, got {type(loaded).__name__}")
+        raw, source = loaded, str(path)
+    for item in overrides:
+        apply_override(raw, item)
+    try:
+        config = from_dict(RunConfig, raw, "")
+    except ConfigError as err:
+        raise ConfigError(f"{source}: {err}") from None
+    return config.validate()
+
+
+def apply_override(raw: dict[str, Any], item: str) -> None:
+    """Apply `a.b.c=value` to a raw config dict; the value is parsed as YAML (`[3, 4]`, `null`, `{people: 4}`)."""
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} must look like key=value (e.g. rl.lr=1e-6)")
+    key, _, text = item.partition("=")
+    parts = key.strip().split(".")
+    _resolve_field(RunConfig, parts)  # raises on unknown keys, with a suggestion
+    try:
+        value = yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError:
+        value = text
+    node = raw
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {item!r}: {part} is not a mapping in the recipe")
+    node[parts[-1]] = value
+
+
+def _resolve_field(cls: type, parts: list[str]) -> None:
+    hints = typing.get_type_hints(cls)
+    for i, part in enumerate(parts):
+        names = [f.name for f in dataclasses.fields(cls)]
+        if part not in names:
+            raise ConfigError(_unknown_key_message(".".join(parts[: i + 1]), part, names))
+        target = hints[part]
+        if dataclasses.is_dataclass(target):
+            cls, hints = target, typing.get_type_hints(target)  # type: ignore[assignment]
+        elif i < len(parts) - 1:
+            if typing.get_origin(target) is dict:
+                return  # free-form mapping (task options, difficulty): any sub-key
+            raise ConfigError(f"config key {'.'.join(parts[: i + 1])} is a value, not a section")
+
+
+def _unknown_key_message(path: str, key: str, valid: list[str]) -> str:
+    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+    parent = path.rsplit(".", 1)[0] + "." if "." in path else ""
+    hint = f"; did you mean {parent + close[0]!r}?" if close else ""
+    return f"unknown config key {path!r}{hint} (valid here: {', '.join(valid)})"
+
+
+def from_dict(cls: type, data: Any, path: str) -> Any:
+    """Build dataclass `cls` from a raw mapping, checking every key and type."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"config key {path or '<root>'}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        full = f"{path}.{key}" if path else str(key)
+        if key not in names:
+            raise ConfigError(_unknown_key_message(full, str(key), names))
+        kwargs[key] = _convert(hints[key], value, full)
+    return cls(**kwargs)
+
+
+def _convert(tp: Any, value: Any, path: str) -> Any:  # noqa: C901 - one branch per kind of type
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, path)  # type: ignore[arg-type]
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _convert(arg, value, path)
+            except ConfigError as err:
+                errors.append(str(err))
+        raise ConfigError(errors[0] if len(errors) == 1 else f"config key {path}: got {value!r}, expected {tp}")
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if value not in choices:
+            raise ConfigError(f"config key {path}: got {value!r}, expected one of {', '.join(map(repr, choices))}")
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"config key {path}: got {value!r}, expected a list")
+        (item_type,) = typing.get_args(tp)
+        return [_convert(item_type, item, f"{path}[{i}]") for i, item in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key {path}: got {value!r}, expected a mapping")
+        return dict(value)
+    if tp is Any:
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"config key {path}: got {value!r}, expected true or false")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"config key {path}: got {value!r}, expected an integer")
+        return value
+    if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads 1e-6 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"config key {path}: got {value!r}, expected a number")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"config key {path}: got {value!r}, expected a string")
+        return value
+    raise ConfigError(f"config key {path}: unsupported type {tp}")
+
+
+def to_dict(config: RunConfig) -> dict[str, Any]:
+    return dataclasses.asdict(config)
+
+
+def dump_yaml(config: RunConfig) -> str:
+    return yaml.safe_dump(to_dict(config), sort_keys=False, default_flow_style=None)

@@ -1,0 +1,111 @@
+"""Atomic checkpoints: an HF-format model directory plus the trainer's state.
+
+Layout: RUN_DIR/checkpoints/<stage>/step_000120/ holds config.json, model.safetensors and the
+tokenizer files (loadable by transformers and vLLM as they are) and trainer_state.pt (optimizer,
+RNG states, step, data position, anything else the loop needs to continue exactly). A checkpoint
+is written into a temporary directory and renamed into place, so a crash never leaves a half one.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file
+
+STATE_FILE = "trainer_state.pt"
+# Config fields that must agree between a checkpoint and the run's model.
+_SHAPE_KEYS = ("model_type", "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+               "num_key_value_heads", "intermediate_size")
+
+
+class CheckpointError(RuntimeError):
+    pass
+
+
+def rng_state() -> dict[str, Any]:
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+
+
+def save_model_dir(model: torch.nn.Module, tokenizer: Any, out: Path) -> None:
+    """Write an HF-format model directory (config, safetensors weights, tokenizer) at `out`."""
+    model.save_pretrained(str(out))  # type: ignore[operator]
+    if tokenizer is not None:
+        tokenizer.save_pretrained(str(out))
+
+
+def save_checkpoint(stage_dir: Path, step: int, model: torch.nn.Module, tokenizer: Any,
+                    state: dict[str, Any], keep_last: int) -> Path:
+    """Save step `step` under stage_dir atomically and keep only the newest `keep_last`."""
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    final = stage_dir / f"step_{step:06d}"
+    tmp = stage_dir / f".tmp_step_{step:06d}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    save_model_dir(model, tokenizer, tmp / "model_tmp")
+    for item in (tmp / "model_tmp").iterdir():  # flatten: the checkpoint dir itself is the HF dir
+        item.rename(tmp / item.name)
+    (tmp / "model_tmp").rmdir()
+    torch.save({**state, "step": step, "rng": rng_state()}, tmp / STATE_FILE)
+    if final.exists():
+        shutil.rmtree(final)
+    tmp.rename(final)
+    for old in list_checkpoints(stage_dir)[:-keep_last]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def list_checkpoints(stage_dir: Path) -> list[Path]:
+    """Complete checkpoints of a stage, oldest first."""
+    if not stage_dir.is_dir():
+        return []
+    found = [p for p in stage_dir.glob("step_*") if (p / STATE_FILE).is_file()]
+    return sorted(found, key=lambda p: int(p.name.split("_")[1]))
+
+
+def latest_checkpoint(stage_dir: Path) -> Path | None:
+    found = list_checkpoints(stage_dir)
+    return found[-1] if found else None
+
+
+def check_compatible(checkpoint: Path, model_config: Any) -> None:
+    """Refuse a checkpoint whose architecture differs from the run's model, naming the field."""
+    config_file = checkpoint / "config.json"
+    if not config_file.is_file():
+        raise CheckpointError(f"checkpoint {checkpoint} has no config.json")
+    saved = json.loads(config_file.read_text())
+    current = model_config.to_dict() if hasattr(model_config, "to_dict") else dict(model_config)
+    for key in _SHAPE_KEYS:
+        if key in saved and key in current and saved[key] != current[key]:
+            raise CheckpointError(
+                f"checkpoint {checkpoint} is from another model: {key} is {saved[key]} there but "
+                f"{current[key]} in this run's model; use a fresh out_dir or the matching model"
+            )
+
+
+def load_checkpoint(checkpoint: Path, model: torch.nn.Module, model_config: Any) -> dict[str, Any]:
+    """Load weights into `model` and return the trainer state (RNG states restored)."""
+    check_compatible(checkpoint, model_config)
+    weights = load_file(str(checkpoint / "model.safetensors"))
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    # Tied embeddings are stored once; anything else missing means a different model.
+    missing = [k for k in missing if k != "lm_head.weight"]
+    if missing or unexpected:
+        raise CheckpointError(
+            f"checkpoint {checkpoint} does not fit this model: missing {missing[:3]}, unexpected {unexpected[:3]}"
+        )
+    if "lm_head.weight" not in weights and hasattr(model, "tie_weights"):
+        model.tie_weights()
+    state = torch.load(checkpoint / STATE_FILE, weights_only=False)
+    set_rng_state(state["rng"])
+    return state

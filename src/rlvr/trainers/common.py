@@ -1,0 +1,280 @@
+"""Helpers the SFT and RL loops share: seeding, batching, log-probs, schedules, logging.
+
+Functions with flat arguments; the loops in sft.py and rl.py stay readable top to bottom.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+def setup_torch(seed: int, threads: int = 0, device: str = "auto") -> torch.device:
+    """Seed every RNG, fix the CPU thread count, pick the device."""
+    if threads > 0:
+        torch.set_num_threads(threads)
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(device)
+
+
+def lr_at(step: int, total_steps: int, peak: float, warmup_steps: int, schedule: str, min_ratio: float) -> float:
+    """Learning rate at `step` (0-based): linear warm-up, then constant / cosine / linear decay to min_ratio * peak."""
+    if warmup_steps > 0 and step < warmup_steps:
+        return peak * (step + 1) / warmup_steps
+    if schedule == "constant" or total_steps <= warmup_steps + 1:
+        return peak
+    progress = min(1.0, (step - warmup_steps) / (total_steps - warmup_steps - 1))
+    if schedule == "cosine":
+        factor = 0.5 * (1.0 + math.cos(math.pi * progress))
+    elif schedule == "linear":
+        factor = 1.0 - progress
+    else:
+        raise ValueError(f"unknown lr schedule {schedule!r}; valid: constant, cosine, linear")
+    return peak * (min_ratio + (1.0 - min_ratio) * factor)
+
+
+def stage_value(stages: Sequence[Any], step: int, default: Any) -> Any:
+    """The value of the last stage whose start_step <= step (default before the first stage)."""
+    value = default
+    for stage in stages:
+        if stage.start_step <= step:
+            value = stage.value
+    return value
+
+
+# ---------------------------------------------------------------------------------------------
+# Batching: micro-batches by token budget, packed or padded rows
+
+
+def micro_batches(lengths: Sequence[int], token_budget: int) -> list[list[int]]:
+    """Split sequence indices into micro-batches of at most `token_budget` padded tokens.
+
+    Indices are sorted by length (longest first) so that each micro-batch pads little; a sequence
+    longer than the budget gets a micro-batch of its own.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    batches: list[list[int]] = []
+    current: list[int] = []
+    for i in order:
+        width = lengths[current[0]] if current else lengths[i]
+        if current and (len(current) + 1) * width > token_budget:
+            batches.append(current)
+            current = []
+        current.append(i)
+    if current:
+        batches.append(current)
+    return batches
+
+
+def pack_rows(lengths: Sequence[int], row_tokens: int) -> list[list[int]]:
+    """First-fit-decreasing packing of sequences into rows of at most row_tokens tokens."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    rows: list[list[int]] = []
+    free: list[int] = []
+    for i in order:
+        for r, space in enumerate(free):
+            if lengths[i] <= space:
+                rows[r].append(i)
+                free[r] -= lengths[i]
+                break
+        else:
+            rows.append([i])
+            free.append(max(row_tokens, lengths[i]) - lengths[i])
+    return rows
+
+
+@dataclass
+class Batch:
+    """Model inputs for a set of sequences laid out in rows.
+
+    input_ids, position_ids, segment_ids, loss_mask: (R, L). segment_ids is 1.. per sequence in a
+    row and 0 on padding; loss_mask is 1 on tokens whose prediction is trained (the completion).
+    target_ids: (R, L), the next token at each position (shifted), 0 where there is none.
+    where: for each input sequence, (row, start, length) of its tokens.
+    """
+
+    input_ids: torch.Tensor
+    position_ids: torch.Tensor
+    segment_ids: torch.Tensor
+    target_ids: torch.Tensor
+    loss_mask: torch.Tensor
+    where: list[tuple[int, int, int]]
+
+
+def build_batch(
+    sequences: Sequence[Sequence[int]], completion_starts: Sequence[int], rows: Sequence[Sequence[int]]
+) -> Batch:
+    """Lay `sequences` out in `rows` (lists of sequence indices; several per row = packing).
+
+    completion_starts[i] is the index in sequences[i] of its first completion token: predictions of
+    tokens at positions >= completion_starts[i] are trained (loss_mask on the position before).
+    """
+    width = max(sum(len(sequences[i]) for i in row) for row in rows)
+    shape = (len(rows), width)
+    input_ids = torch.zeros(shape, dtype=torch.long)
+    position_ids = torch.zeros(shape, dtype=torch.long)
+    segment_ids = torch.zeros(shape, dtype=torch.long)
+    target_ids = torch.zeros(shape, dtype=torch.long)
+    loss_mask = torch.zeros(shape, dtype=torch.float32)
+    where: list[tuple[int, int, int]] = [(0, 0, 0)] * len(sequences)
+    for r, row in enumerate(rows):
+        offset = 0
+        for segment, i in enumerate(row, start=1):
+            seq = torch.as_tensor(sequences[i], dtype=torch.long)
+            n = len(seq)
+            input_ids[r, offset : offset + n] = seq
+            position_ids[r, offset : offset + n] = torch.arange(n)
+            segment_ids[r, offset : offset + n] = segment
+            target_ids[r, offset : offset + n - 1] = seq[1:]
+            start = max(1, completion_starts[i])
+            loss_mask[r, offset + start - 1 : offset + n - 1] = 1.0
+            where[i] = (r, offset, n)
+            offset += n
+    return Batch(input_ids, position_ids, segment_ids, target_ids, loss_mask, where)
+
+
+def token_logprobs(logits: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """log softmax(logits / temperature)[target] per position: (R, L, V), (R, L) -> (R, L) float32."""
+    logits = logits.float()
+    if temperature != 1.0:
+        logits = logits / temperature
+    return torch.gather(F.log_softmax(logits, dim=-1), -1, targets.unsqueeze(-1)).squeeze(-1)
+
+
+def token_entropy(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Entropy of softmax(logits / temperature) per position: (R, L, V) -> (R, L)."""
+    logits = logits.float()
+    if temperature != 1.0:
+        logits = logits / temperature
+    logp = F.log_softmax(logits, dim=-1)
+    return -(logp.exp() * logp).sum(-1)
+
+
+def forward_logits(model: torch.nn.Module, batch: Batch, device: torch.device, packed: bool) -> torch.Tensor:
+    """Logits (R, L, V) of `batch`; packed rows need the native model (segment-aware attention)."""
+    ids = batch.input_ids.to(device)
+    if packed:
+        return model(ids, position_ids=batch.position_ids.to(device), segment_ids=batch.segment_ids.to(device))
+    # Right padding with causal attention: real tokens never see the padding that follows them.
+    out = model(ids)
+    return out.logits if hasattr(out, "logits") else out
+
+
+def per_sequence(values: torch.Tensor, where: Sequence[tuple[int, int, int]], starts: Sequence[int],
+                 width: int) -> torch.Tensor:
+    """Gather each sequence's completion-position values into a (B, width) tensor, left-aligned.
+
+    Position p of sequence i holds the value predicted for its token completion_starts[i] + p.
+    """
+    out = torch.zeros((len(where), width), dtype=values.dtype, device=values.device)
+    for i, (row, offset, n) in enumerate(where):
+        begin = offset + max(1, starts[i]) - 1
+        count = n - max(1, starts[i])
+        out[i, :count] = values[row, begin : begin + count]
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Logging
+
+
+class MetricsLogger:
+    """Appends one JSON object per step to metrics.jsonl; mirrors to TensorBoard / W&B when enabled."""
+
+    def __init__(self, run_dir: Path, tensorboard: bool = False, wandb: bool = False,
+                 wandb_project: str = "rlvr", config: dict | None = None) -> None:
+        self.path = Path(run_dir) / "metrics.jsonl"
+        self._tb: Any = None
+        self._wandb: Any = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError as err:  # tensorboard is an optional extra
+                raise RuntimeError("logging.tensorboard=true needs `pip install rlvr[tensorboard]`") from err
+            self._tb = SummaryWriter(str(Path(run_dir) / "tensorboard"))
+        if wandb:
+            try:
+                import wandb as wandb_module
+            except ImportError as err:
+                raise RuntimeError("logging.wandb=true needs `pip install rlvr[wandb]`") from err
+            self._wandb = wandb_module.init(project=wandb_project, dir=str(run_dir), config=config)
+
+    def log(self, record: dict[str, Any]) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record, sort_keys=False) + "\n")
+            f.flush()
+        step = int(record.get("step", 0))
+        prefix = record.get("phase", "")
+        numeric = {k: v for k, v in record.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+        if self._tb is not None:
+            for key, value in numeric.items():
+                self._tb.add_scalar(f"{prefix}/{key}" if prefix else key, value, step)
+        if self._wandb is not None:
+            self._wandb.log({f"{prefix}/{k}" if prefix else k: v for k, v in numeric.items()}, step=step)
+
+    def truncate_after(self, phase: str, step: int) -> None:
+        """Drop lines of `phase` with step > `step` (a resumed run rewrites them)."""
+        if not self.path.exists():
+            return
+        kept = []
+        for line in self.path.read_text().splitlines():
+            record = json.loads(line)
+            if record.get("phase") == phase and record.get("step", 0) > step:
+                continue
+            kept.append(line)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text("".join(line + "\n" for line in kept))
+        os.replace(tmp, self.path)
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+        if self._wandb is not None:
+            self._wandb.finish()
+
+
+class Progress:
+    """One live terminal line: phase, step/total, chosen metrics and ETA."""
+
+    def __init__(self, phase: str, total: int, enabled: bool = True, start: int = 0) -> None:
+        self.phase, self.total, self.start = phase, total, start
+        self.enabled = enabled
+        self.t0 = time.perf_counter()
+        self.tty = sys.stderr.isatty()
+        self._last_print = 0.0
+
+    def update(self, step: int, **values: float) -> None:
+        if not self.enabled:
+            return
+        done = step + 1 - self.start
+        elapsed = time.perf_counter() - self.t0
+        eta = elapsed / max(done, 1) * (self.total - step - 1)
+        shown = "  ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in values.items())
+        line = f"[{self.phase}] step {step + 1}/{self.total}  {shown}  eta {eta:4.0f}s"
+        now = time.perf_counter()
+        if self.tty:
+            sys.stderr.write("\r" + line[:160].ljust(160))
+            sys.stderr.flush()
+        elif now - self._last_print > 10 or step + 1 == self.total:
+            sys.stderr.write(line + "\n")
+            self._last_print = now
+
+    def close(self) -> None:
+        if self.enabled and self.tty:
+            sys.stderr.write("\n")

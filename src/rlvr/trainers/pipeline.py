@@ -1,0 +1,276 @@
+"""`rlvr run RECIPE`: data -> model -> cold-start SFT -> eval -> RL -> eval -> summary and report.
+
+Every stage is resumable: running the same recipe on the same run directory again continues
+from the newest checkpoint (a finished stage is not redone, cached evaluations are reused).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rlvr import tasks
+from rlvr.config import ConfigError, RunConfig, dump_yaml
+from rlvr.data.io import load_examples, write_json_atomic, write_jsonl_atomic
+from rlvr.trainers.common import MetricsLogger, setup_torch
+
+
+class RunDirError(RuntimeError):
+    pass
+
+
+def log(message: str) -> None:
+    print(f"[rlvr] {message}", flush=True)
+
+
+def prepare_run_dir(config: RunConfig) -> Path:
+    """Create the run directory, or check that an existing one holds this same run (then resume)."""
+    run_dir = Path(config.out_dir)
+    saved = run_dir / "config.yaml"
+    text = dump_yaml(config)
+    if saved.exists():
+        if saved.read_text() != text:
+            raise RunDirError(
+                f"run directory {run_dir} already holds a different run (its config.yaml differs from this "
+                f"recipe's); pass out_dir=... for a new run, or the same recipe and overrides to resume it"
+            )
+        log(f"resuming the run in {run_dir}")
+    elif run_dir.exists() and any(run_dir.iterdir()):
+        raise RunDirError(f"run directory {run_dir} exists, is not empty and holds no config.yaml; choose another out_dir")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tmp = saved.with_suffix(".tmp")
+    tmp.write_text(text)
+    tmp.replace(saved)
+    return run_dir
+
+
+@dataclass
+class Policy:
+    model: torch.nn.Module
+    tokenizer: Any
+    packed: bool  # native implementation: packed sequences with segment-aware attention
+    path: Path
+
+
+def load_policy(path: Path, impl: str, dtype: str, device: torch.device) -> Policy:
+    """The learner: rlvr's native model when it reproduces the architecture exactly, else transformers'."""
+    from transformers import AutoConfig
+
+    from rlvr.models import load_model, load_tokenizer
+    from rlvr.models import native
+
+    tokenizer = load_tokenizer(path)
+    if impl in ("auto", "native"):
+        ok, reason = native.is_supported(AutoConfig.from_pretrained(str(path), local_files_only=True))
+        if ok:
+            model = native.NativeCausalLM.from_pretrained(str(path), dtype=dtype).to(device)
+            return Policy(model.eval(), tokenizer, True, path)
+        if impl == "native":
+            raise ConfigError(f"model.impl=native cannot run {path}: {reason}; use model.impl=auto or hf")
+    return Policy(load_model(path, dtype=dtype, device=str(device)).eval(), tokenizer, False, path)
+
+
+def build_model_dir(config: RunConfig, run_dir: Path) -> Path:
+    if config.model.path:
+        path = Path(config.model.path)
+        if not path.is_dir():
+            raise ConfigError(f"config key model.path: {path} is not a directory (rlvr loads local HF directories)")
+        return path
+    from rlvr.models import init_model
+
+    path = run_dir / "model_init"
+    if not (path / "config.json").exists():
+        log(f"building the {config.model.preset!r} model and tokenizer offline in {path}")
+        init_model(path, preset=config.model.preset, tasks=(config.data.task,), seed=config.seed)
+    return path
+
+
+def held_out_examples(config: RunConfig, task: tasks.Task, run_dir: Path) -> list[tasks.Example]:
+    data = config.data
+    if data.eval_file:
+        return load_examples(task, data.eval_file, limit=data.eval_size)
+    cached = run_dir / "data" / "eval.jsonl"
+    if cached.exists():
+        return load_examples(task, cached)
+    examples = task.examples(data.eval_size, seed=config.seed + 10_007, **data.eval_difficulty)
+    write_jsonl_atomic(cached, [task.to_record(ex) for ex in examples])
+    return examples
+
+
+def matches(example: tasks.Example, difficulty: dict[str, Any]) -> bool:
+    for key, wanted in difficulty.items():
+        value = example.metadata.get(key)
+        allowed = wanted if isinstance(wanted, list | tuple) else [wanted]
+        if value not in allowed:
+            return False
+    return True
+
+
+def training_source(config: RunConfig, task: tasks.Task, banned: set[str]):
+    """difficulty -> training problems, never one whose prompt is in the held-out set."""
+    data = config.data
+    rows: list[tasks.Example] | None = None
+    if data.train_file:
+        rows = [ex for ex in load_examples(task, data.train_file) if ex.prompt not in banned]
+
+    def source(difficulty: dict[str, Any]) -> list[tasks.Example]:
+        if rows is not None:
+            return [ex for ex in rows if matches(ex, difficulty)]
+        generated = task.examples(data.train_size, seed=config.seed, **difficulty)
+        return [ex for ex in generated if ex.prompt not in banned]
+
+    return source
+
+
+def sft_pairs(config: RunConfig, task: tasks.Task, tokenizer: Any, eos_id: int, banned: set[str]):
+    from rlvr.models import prompt_ids
+
+    if not hasattr(task, "solution_trace"):
+        raise ConfigError(f"sft.enabled: task {task.name!r} has no solution traces to imitate; set sft.enabled=false")
+    examples = task.examples(config.sft.data_size, seed=config.seed + 20_011, **config.sft.difficulty)
+    pairs = []
+    for ex in examples:
+        if ex.prompt in banned:
+            continue
+        prompt = prompt_ids(tokenizer, task.messages(ex), task.response_prefix)
+        completion = tokenizer.encode(task.solution_trace(ex), add_special_tokens=False) + [eos_id]
+        pairs.append((prompt, completion))
+    return pairs
+
+
+def run_eval(name: str, policy: Policy, engine: Any, task: tasks.Task, examples: list[tasks.Example],
+             config: RunConfig, run_dir: Path, n: int, temperature: float) -> dict[str, float]:
+    """Evaluate (or reuse a finished evaluation of) the current policy; returns its metrics."""
+    from rlvr.evaluation import evaluate, write_eval
+
+    out = run_dir / "eval" / name
+    if (out / "metrics.json").exists():
+        return json.loads((out / "metrics.json").read_text())
+    ev = config.eval
+    k_values = tuple(k for k in ev.k_values if k <= n) or (1,)
+    result = evaluate(engine, policy.tokenizer, task, examples, n=n, temperature=temperature,
+                      top_p=ev.top_p if temperature > 0 else 1.0, max_new_tokens=ev.max_new_tokens,
+                      seed=config.seed, k_values=k_values, prompts_per_batch=ev.prompts_per_batch)
+    result.settings["model_path"] = str(policy.path)
+    write_eval(result, out)
+    return result.metrics
+
+
+def evaluate_both(stage: str, policy: Policy, engine: Any, task: tasks.Task, examples: list[tasks.Example],
+                  config: RunConfig, run_dir: Path) -> dict[str, dict[str, float]]:
+    out = {}
+    if config.eval.greedy:
+        out["greedy"] = run_eval(f"{stage}_greedy", policy, engine, task, examples, config, run_dir, 1, 0.0)
+    if config.eval.samples:
+        out["sampled"] = run_eval(f"{stage}_sampled", policy, engine, task, examples, config, run_dir,
+                                  config.eval.samples, config.eval.temperature)
+    return out
+
+
+def accuracy(metrics: dict[str, float], n: int) -> float:
+    return float(metrics[f"avg@{n}"])
+
+
+def run(config: RunConfig) -> dict[str, Any]:
+    from rlvr.models import eos_token_ids, prompt_ids
+    from rlvr.rollout.torch_engine import TorchEngine
+    from rlvr.trainers.rl import ProblemPool, train_rl
+    from rlvr.trainers.sft import train_sft
+
+    t_start = time.perf_counter()
+    run_dir = prepare_run_dir(config)
+    device = setup_torch(config.seed, config.threads, config.device)
+    for key, value in config.derived_sizes().items():
+        log(f"{key}: {value}")
+    task = tasks.get(config.data.task, **config.data.task_options)
+    held_out = held_out_examples(config, task, run_dir)
+    banned = {ex.prompt for ex in held_out}
+    log(f"held-out set: {len(held_out)} problems ({config.data.eval_difficulty})")
+
+    policy = load_policy(build_model_dir(config, run_dir), config.model.impl, config.model.dtype, device)
+    n_params = sum(p.numel() for p in policy.model.parameters())
+    log(f"model: {policy.path} ({n_params / 1e6:.2f}M parameters, {'native' if policy.packed else 'transformers'})")
+    eos_ids = eos_token_ids(policy.tokenizer)
+    logger = MetricsLogger(run_dir, config.logging.tensorboard, config.logging.wandb, config.logging.wandb_project)
+    engine = TorchEngine(policy.model, eos_token_ids=eos_ids, pad_token_id=policy.tokenizer.pad_token_id or 0,
+                         device=str(device))
+
+    if config.sft.enabled:
+        t0 = time.perf_counter()
+        pairs = sft_pairs(config, task, policy.tokenizer, eos_ids[0], banned)
+        log(f"SFT: {len(pairs)} traces ({time.perf_counter() - t0:.1f}s to build), {config.sft.steps} steps")
+        train_sft(policy.model, policy.tokenizer, pairs, config.sft, run_dir=run_dir, logger=logger,
+                  device=device, packed=policy.packed, seed=config.seed, checkpoint=config.checkpoint,
+                  progress=config.logging.progress)
+
+    before = evaluate_both("before_rl", policy, engine, task, held_out, config, run_dir)
+    log(f"before RL: {_describe(before, config)}")
+
+    cache: dict[str, list[int]] = {}
+
+    def prompt_cache(ex: tasks.Example) -> list[int]:
+        if ex.prompt not in cache:
+            cache[ex.prompt] = prompt_ids(policy.tokenizer, task.messages(ex), task.response_prefix)
+        return cache[ex.prompt]
+
+    rl_summary: dict[str, Any] = {}
+    if config.rl.enabled and config.rl.steps > 0:
+        pool = ProblemPool(training_source(config, task, banned), seed=config.seed)
+        rl_summary = train_rl(policy.model, policy.tokenizer, engine, task, pool, prompt_cache, config.rl,
+                              run_dir=run_dir, logger=logger, device=device, packed=policy.packed,
+                              seed=config.seed, eos_ids=eos_ids, default_difficulty=config.data.difficulty,
+                              checkpoint=config.checkpoint, logging=config.logging, engine_shares_weights=True)
+    after = evaluate_both("after_rl", policy, engine, task, held_out, config, run_dir)
+    log(f"after RL: {_describe(after, config)}")
+    logger.close()
+
+    summary = make_summary(config, before, after, held_out, time.perf_counter() - t_start, rl_summary)
+    write_json_atomic(run_dir / "summary.json", summary)
+    try:
+        from rlvr.evaluation.report import write_report
+
+        log(f"report: {write_report(run_dir)}")
+    except ImportError as err:  # matplotlib is optional for the report's plots
+        log(f"report skipped: {err}")
+    return summary
+
+
+def _describe(results: dict[str, dict[str, float]], config: RunConfig) -> str:
+    parts = []
+    if "greedy" in results:
+        parts.append(f"greedy accuracy {accuracy(results['greedy'], 1):.3f}")
+    if "sampled" in results:
+        n = config.eval.samples
+        parts.append(f"sampled accuracy {accuracy(results['sampled'], n):.3f} (avg@{n}, T={config.eval.temperature})")
+    return ", ".join(parts)
+
+
+def make_summary(config: RunConfig, before: dict, after: dict, held_out: list, seconds: float,
+                 rl_summary: dict[str, Any]) -> dict[str, Any]:
+    """summary.json: headline accuracy = pass@1 averaged over eval.samples samples (sampled), else greedy."""
+    headline = "sampled" if "sampled" in before else "greedy"
+    n = config.eval.samples if headline == "sampled" else 1
+    people = sorted({ex.metadata.get("people") for ex in held_out if "people" in ex.metadata})
+    summary: dict[str, Any] = {
+        "accuracy_before_rl": accuracy(before[headline], n),
+        "accuracy_after_rl": accuracy(after[headline], n),
+        "accuracy_metric": (f"pass@1 averaged over {n} samples at temperature {config.eval.temperature}, "
+                            f"top_p {config.eval.top_p}" if headline == "sampled" else "greedy pass@1"),
+        "eval_size": len(held_out),
+        "eval_people": people,
+        "eval_max_new_tokens": config.eval.max_new_tokens,
+        "wall_seconds": round(seconds, 1),
+        "seed": config.seed,
+        **rl_summary,
+    }
+    for kind in ("greedy", "sampled"):
+        if kind in before:
+            nn = 1 if kind == "greedy" else config.eval.samples
+            summary[f"{kind}_accuracy_before_rl"] = accuracy(before[kind], nn)
+            summary[f"{kind}_accuracy_after_rl"] = accuracy(after[kind], nn)
+    return summary

@@ -1,0 +1,488 @@
+"""Reinforcement learning with verifiable rewards: one readable loop.
+
+    for step:  sample prompts -> generate G completions each -> score -> group statistics and
+               filters -> advantages -> mini-batch policy updates -> sync weights to the engine
+               -> log -> eval -> checkpoint
+
+Differences from the papers, stated once: the reward of a completion is whatever the task's
+reward scheme (plus optional length shaping) returns; old log-probs come from the rollout engine
+when the same weights produced them (CPU, shared module) and are recomputed by the learner
+otherwise; with one optimizer step per batch the PPO ratio is exactly 1 and old log-probs are the
+detached current ones, as in verl.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from rlvr import algorithms
+from rlvr.config import CheckpointConfig, LoggingConfig, RLConfig
+from rlvr.rewards import cosine_length_reward, overlong_penalty
+from rlvr.rollout import RolloutEngine, SamplingParams
+from rlvr.tasks import Example, Task
+from rlvr.trainers import checkpoint as ckpt
+from rlvr.trainers.common import (
+    MetricsLogger,
+    Progress,
+    build_batch,
+    forward_logits,
+    lr_at,
+    micro_batches,
+    per_sequence,
+    stage_value,
+    token_entropy,
+    token_logprobs,
+)
+
+
+class ProblemPool:
+    """Training problems by difficulty; step s draws a pure function of (seed, s, round).
+
+    `source(difficulty) -> list[Example]` supplies the problems of one difficulty (generated or
+    filtered from a file); pools are built on first use and cached.
+    """
+
+    def __init__(self, source: Callable[[dict[str, Any]], list[Example]], seed: int) -> None:
+        self.source, self.seed = source, seed
+        self._pools: dict[str, list[Example]] = {}
+
+    def draw(self, difficulty: dict[str, Any], n: int, step: int, round_: int = 0) -> list[Example]:
+        key = json.dumps(difficulty, sort_keys=True)
+        if key not in self._pools:
+            self._pools[key] = self.source(difficulty)
+            if not self._pools[key]:
+                raise ValueError(f"no training problems for difficulty {difficulty}")
+        pool = self._pools[key]
+        rng = np.random.default_rng([self.seed, step, round_])
+        return [pool[i] for i in rng.choice(len(pool), size=n, replace=len(pool) < n)]
+
+
+@dataclass
+class Knobs:
+    """The schedules' values at one step."""
+
+    difficulty: dict[str, Any]
+    max_new_tokens: int
+    group_size: int
+    temperature: float
+    lr: float
+    stage: int
+
+
+def knobs_at(cfg: RLConfig, step: int, default_difficulty: dict[str, Any]) -> Knobs:
+    total = max(cfg.steps, 1)
+    temperature = cfg.temperature
+    if cfg.final_temperature is not None and total > 1:
+        temperature += (cfg.final_temperature - cfg.temperature) * step / (total - 1)
+    stage = sum(1 for s in cfg.curriculum if s.start_step <= step)
+    return Knobs(
+        difficulty=stage_value(cfg.curriculum, step, default_difficulty),
+        max_new_tokens=stage_value(cfg.max_new_tokens_stages, step, cfg.max_new_tokens),
+        group_size=stage_value(cfg.group_size_stages, step, cfg.group_size),
+        temperature=temperature,
+        lr=lr_at(step, cfg.steps, cfg.lr, cfg.warmup_steps, cfg.lr_schedule, cfg.min_lr_ratio),
+        stage=max(stage - 1, 0),
+    )
+
+
+@dataclass
+class RolloutBatch:
+    """One step's scored rollouts, group by group (all lists have one entry per sequence)."""
+
+    examples: list[Example] = field(default_factory=list)
+    prompt_ids: list[list[int]] = field(default_factory=list)
+    completion_ids: list[list[int]] = field(default_factory=list)
+    engine_logprobs: list[list[float]] = field(default_factory=list)
+    finish_reasons: list[str] = field(default_factory=list)
+    texts: list[str] = field(default_factory=list)
+    rewards: list[float] = field(default_factory=list)
+    correct: list[bool] = field(default_factory=list)
+    format_ok: list[bool] = field(default_factory=list)
+    parts: list[dict[str, float]] = field(default_factory=list)
+    group_ids: list[int] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.rewards)
+
+    def extend(self, other: RolloutBatch, groups: Sequence[int]) -> None:
+        """Append the sequences of `other` whose group id is in `groups` (ids renumbered)."""
+        keep = set(groups)
+        offset = max(self.group_ids, default=-1) + 1
+        remap = {g: offset + i for i, g in enumerate(sorted(keep))}
+        for i, g in enumerate(other.group_ids):
+            if g in keep:
+                for name in ("examples", "prompt_ids", "completion_ids", "engine_logprobs", "finish_reasons",
+                             "texts", "rewards", "correct", "format_ok", "parts"):
+                    getattr(self, name).append(getattr(other, name)[i])
+                self.group_ids.append(remap[g])
+
+
+def shaped_reward(score_reward: float, correct: bool, length: int, truncated: bool, cfg: RLConfig,
+                  max_new_tokens: int) -> tuple[float, dict[str, float]]:
+    """Task reward plus the configured length term; returns (reward, extra parts)."""
+    shaping = cfg.length_reward
+    if shaping.kind == "cosine":
+        limit = max_new_tokens + 1 if not truncated else length  # truncation = past the limit
+        value = cosine_length_reward(length, limit, correct, correct_start=shaping.correct_start,
+                                     correct_end=shaping.correct_end, wrong_start=shaping.wrong_start,
+                                     wrong_end=shaping.wrong_end, exceed_penalty=shaping.exceed_penalty)
+        return shaping.weight * value, {"length": value}
+    if shaping.kind == "overlong":
+        value = overlong_penalty(length, max_new_tokens, shaping.cache_tokens)
+        return score_reward + shaping.weight * value, {"length": value}
+    return score_reward, {}
+
+
+def generate_and_score(engine: RolloutEngine, tokenizer: Any, task: Task, examples: list[Example],
+                       prompt_cache: Callable[[Example], list[int]], knobs: Knobs, cfg: RLConfig,
+                       eos_ids: tuple[int, ...], seed: int) -> RolloutBatch:
+    """Generate group_size completions per example and score them; one group per example."""
+    prompts = [prompt_cache(ex) for ex in examples]
+    params = SamplingParams(n=knobs.group_size, temperature=knobs.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
+                            max_new_tokens=knobs.max_new_tokens, stop_token_ids=eos_ids, seed=seed)
+    rollouts = engine.generate(prompts, params)
+    batch = RolloutBatch()
+    for r in rollouts:
+        ex = examples[r.prompt_index]
+        text = tokenizer.decode(r.token_ids, skip_special_tokens=True)
+        score = task.score(text, ex)
+        truncated = r.finish_reason == "length"
+        reward, extra = shaped_reward(score.reward, score.correct, len(r.token_ids), truncated, cfg,
+                                      knobs.max_new_tokens)
+        batch.examples.append(ex)
+        batch.prompt_ids.append(list(r.prompt_ids))
+        batch.completion_ids.append(list(r.token_ids))
+        batch.engine_logprobs.append(list(r.logprobs))
+        batch.finish_reasons.append(r.finish_reason)
+        batch.texts.append(text)
+        batch.rewards.append(reward)
+        batch.correct.append(score.correct)
+        batch.format_ok.append(score.format_ok)
+        batch.parts.append({**score.parts, **extra})
+        batch.group_ids.append(r.prompt_index)
+    return batch
+
+
+def collect(engine: RolloutEngine, tokenizer: Any, task: Task, pool: ProblemPool,
+            prompt_cache: Callable[[Example], list[int]], knobs: Knobs, cfg: RLConfig,
+            eos_ids: tuple[int, ...], seed: int, step: int) -> tuple[RolloutBatch, dict[str, float]]:
+    """The step's rollouts; with dynamic sampling, refill until prompts_per_step groups have variance."""
+    examples = pool.draw(knobs.difficulty, cfg.prompts_per_step, step)
+    first = generate_and_score(engine, tokenizer, task, examples, prompt_cache, knobs, cfg, eos_ids,
+                               seed=seed * 1_000_003 + step)
+    if cfg.zero_variance != "dynamic_sampling":
+        return first, {"dynamic_sampling/rounds": 0.0}
+    batch, dropped, rounds, current = RolloutBatch(), 0, 0, first
+    while True:
+        rewards = torch.tensor(current.rewards)
+        groups = torch.tensor(current.group_ids)
+        keep = algorithms.dynamic_sampling_select(rewards, groups)
+        kept_groups = sorted(set(groups[keep].tolist()))
+        room = cfg.prompts_per_step - len(set(batch.group_ids))
+        dropped += len(set(current.group_ids)) - len(kept_groups)
+        batch.extend(current, kept_groups[:room])
+        if len(set(batch.group_ids)) >= cfg.prompts_per_step or rounds >= cfg.max_refill_rounds:
+            break
+        rounds += 1
+        examples = pool.draw(knobs.difficulty, cfg.prompts_per_step, step, round_=rounds)
+        current = generate_and_score(engine, tokenizer, task, examples, prompt_cache, knobs, cfg, eos_ids,
+                                     seed=seed * 1_000_003 + step + 7919 * rounds)
+    return batch, {"dynamic_sampling/rounds": float(rounds), "dynamic_sampling/dropped_groups": float(dropped),
+                   "dynamic_sampling/kept_groups": float(len(set(batch.group_ids)))}
+
+
+def sequence_values(model: torch.nn.Module, batch: RolloutBatch, index: Sequence[int], width: int,
+                    temperature: float, device: torch.device, packed: bool, token_budget: int,
+                    with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Per-token log-probs (and entropies) of the completions of sequences `index`: (b, width) each.
+
+    Runs in micro-batches of `token_budget` tokens. Gradients flow when called with grad enabled
+    (the index assignments below are differentiable).
+    """
+    index = list(index)
+    sequences = [batch.prompt_ids[i] + batch.completion_ids[i] for i in index]
+    starts = [len(batch.prompt_ids[i]) for i in index]
+    out_lp = torch.zeros((len(index), width), device=device)
+    out_ent = torch.zeros((len(index), width), device=device) if with_entropy else None
+    for mb in micro_batches([len(s) for s in sequences], token_budget):
+        mb_starts = [starts[i] for i in mb]
+        sub = build_batch([sequences[i] for i in mb], mb_starts, [[k] for k in range(len(mb))])
+        logits = forward_logits(model, sub, device, packed)  # (b, L, V)
+        out_lp[mb] = per_sequence(token_logprobs(logits, sub.target_ids.to(device), temperature), sub.where,
+                                  mb_starts, width)
+        if out_ent is not None:
+            with torch.no_grad():
+                out_ent[mb] = per_sequence(token_entropy(logits, temperature), sub.where, mb_starts, width)
+    return out_lp, out_ent
+
+
+def padded(values: Sequence[Sequence[float]], width: int) -> torch.Tensor:
+    out = torch.zeros((len(values), width))
+    for i, row in enumerate(values):
+        out[i, : len(row)] = torch.as_tensor(row, dtype=torch.float32)
+    return out
+
+
+def update_policy(policy: torch.nn.Module, ref: torch.nn.Module | None, optimizer: torch.optim.Optimizer,
+                  batch: RolloutBatch, cfg: RLConfig, knobs: Knobs, device: torch.device, packed: bool,
+                  step: int, seed: int) -> dict[str, float]:
+    """Advantages, then ppo_epochs x mini_batches optimizer steps. Returns update metrics."""
+    B = len(batch)
+    width = max(len(c) for c in batch.completion_ids)
+    lengths = torch.tensor([len(c) for c in batch.completion_ids])
+    mask = (torch.arange(width)[None, :] < lengths[:, None]).float()  # (B, T)
+    rewards = torch.tensor(batch.rewards, dtype=torch.float32)
+    group_ids = torch.tensor(batch.group_ids)
+    n_updates = cfg.ppo_epochs * cfg.mini_batches
+    stats: dict[str, float] = {}
+
+    need_old = n_updates > 1
+    ref_lp = None
+    with torch.no_grad():
+        if ref is not None:
+            ref_lp, _ = sequence_values(ref, batch, range(B), width, knobs.temperature, device, packed,
+                                           cfg.micro_batch_tokens)
+            ref_lp = ref_lp.cpu()
+    old_lp = padded(batch.engine_logprobs, width) if need_old else None
+
+    adv_options = dict(cfg.advantage_options)
+    if cfg.kl_in_reward and ref_lp is not None:
+        with torch.no_grad():
+            cur, _ = sequence_values(policy, batch, range(B), width, knobs.temperature, device, packed,
+                                        cfg.micro_batch_tokens)
+        kl = algorithms.kl_penalty(cur.cpu(), ref_lp, cfg.kl_kind) * mask
+        stats["actor/reward_kl"] = float((kl.sum() / mask.sum().clamp(min=1)).item())
+        if cfg.advantage == "reinforce_pp":
+            adv_options.update(kl=kl, kl_coef=cfg.kl_coef)
+        else:
+            rewards = rewards - cfg.kl_coef * kl.sum(-1)
+    advantages = algorithms.compute_advantages(cfg.advantage, rewards, group_ids, mask, **adv_options)
+    loss_mask = mask.clone()
+    if cfg.zero_variance == "mask":
+        loss_mask = loss_mask * algorithms.zero_variance_mask(rewards, group_ids)[:, None].float()
+
+    groups = sorted(set(batch.group_ids))
+    rng = np.random.default_rng([seed, step, 17])
+    sums: dict[str, float] = {}
+    count = 0
+    for epoch in range(cfg.ppo_epochs):
+        order = rng.permutation(len(groups)) if epoch > 0 or cfg.mini_batches > 1 else np.arange(len(groups))
+        per_mb = math.ceil(len(groups) / cfg.mini_batches)
+        for m in range(cfg.mini_batches):
+            chosen = {groups[i] for i in order[m * per_mb : (m + 1) * per_mb]}
+            index = [i for i in range(B) if batch.group_ids[i] in chosen]
+            if not index:
+                continue
+            mb_stats = minibatch_step(policy, optimizer, batch, index, width, advantages, loss_mask,
+                                      old_lp, ref_lp, cfg, knobs, device, packed)
+            for k, v in mb_stats.items():
+                sums[k] = sums.get(k, 0.0) + v
+            count += 1
+    stats.update({k: v / max(count, 1) for k, v in sums.items()})
+    stats["critic/advantages/mean"] = float(advantages[mask.bool()].mean()) if mask.any() else 0.0
+    stats["critic/advantages/max"] = float(advantages[mask.bool()].max()) if mask.any() else 0.0
+    stats["critic/advantages/min"] = float(advantages[mask.bool()].min()) if mask.any() else 0.0
+    stats["actor/loss_tokens"] = float(loss_mask.sum())
+    return stats
+
+
+def _agg_weight(mode: str, mask: torch.Tensor, total_mask: torch.Tensor, n_seq: int, total_seq: int) -> float:
+    """Share of a micro-batch in its mini-batch's aggregated loss (aggregation is linear in token losses)."""
+    if mode == "token-mean":
+        return float(mask.sum() / total_mask.sum().clamp(min=1))
+    return n_seq / max(total_seq, 1)
+
+
+def minibatch_step(policy, optimizer, batch, index, width, advantages, loss_mask, old_lp, ref_lp, cfg, knobs,
+                   device, packed) -> dict[str, float]:  # noqa: ANN001 - flat helper of update_policy
+    """One optimizer step on the sequences `index`, accumulated over token-budget micro-batches."""
+    for group in optimizer.param_groups:
+        group["lr"] = knobs.lr
+    sequences = [batch.prompt_ids[i] + batch.completion_ids[i] for i in index]
+    total_mask = loss_mask[index]
+    loss_options = {"clip_low": cfg.clip_low, "clip_high": cfg.clip_high, "dual_clip": cfg.dual_clip,
+                    "loss_agg": cfg.loss_agg, "loss_agg_norm": knobs.max_new_tokens}
+    sums = {"actor/pg_loss": 0.0, "actor/kl_loss": 0.0, "actor/entropy": 0.0, "actor/pg_clipfrac": 0.0,
+            "actor/pg_clipfrac_lower": 0.0, "actor/ppo_kl": 0.0, "actor/logprob_mismatch": 0.0}
+    want_entropy = True  # logged always; it is cheap next to the forward pass
+    mismatch_tokens = 0.0
+    for mb in micro_batches([len(s) for s in sequences], cfg.micro_batch_tokens):
+        rows = [index[k] for k in mb]
+        new_lp, new_ent = sequence_values(policy, batch, rows, width, knobs.temperature, device, packed,
+                                          token_budget=1 << 62, with_entropy=want_entropy)
+        m = loss_mask[rows].to(device)
+        adv = advantages[rows].to(device)
+        old = old_lp[rows].to(device) if old_lp is not None else new_lp.detach()
+        if old_lp is not None:
+            valid = m.sum()
+            sums["actor/logprob_mismatch"] += float(((new_lp.detach() - old).abs() * m).sum())
+            mismatch_tokens += float(valid)
+        loss, pstats = algorithms.policy_loss(cfg.loss, new_lp, old, adv, m, **loss_options)
+        weight = _agg_weight(cfg.loss_agg, m, total_mask, len(rows), len(index))
+        total = loss
+        if ref_lp is not None and not cfg.kl_in_reward:
+            kl = algorithms.kl_penalty(new_lp, ref_lp[rows].to(device), cfg.kl_kind)
+            kl_loss = algorithms.aggregate_loss(kl, m, cfg.loss_agg)
+            total = total + cfg.kl_coef * kl_loss
+            sums["actor/kl_loss"] += weight * float(kl_loss)
+        if new_ent is not None:
+            ent_value = algorithms.aggregate_loss(new_ent, m, "token-mean")
+            if cfg.entropy_coef:
+                total = total - cfg.entropy_coef * ent_value
+            sums["actor/entropy"] += weight * float(ent_value)
+        if not torch.isfinite(total):
+            optimizer.zero_grad(set_to_none=True)
+            return {"actor/skipped_updates": 1.0, "actor/grad_norm": float("nan"), "actor/lr": knobs.lr}
+        (total * weight).backward()
+        sums["actor/pg_loss"] += weight * float(loss)
+        for key in ("pg_clipfrac", "pg_clipfrac_lower", "ppo_kl"):
+            sums[f"actor/{key}"] += weight * float(pstats.get(key, 0.0))
+    grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip or float("inf"))
+    skipped = 0.0
+    if torch.isfinite(grad_norm):
+        optimizer.step()
+    else:
+        skipped = 1.0
+    optimizer.zero_grad(set_to_none=True)
+    sums["actor/logprob_mismatch"] /= max(mismatch_tokens, 1.0)
+    return {**sums, "actor/grad_norm": float(grad_norm), "actor/lr": knobs.lr, "actor/skipped_updates": skipped}
+
+
+def batch_metrics(batch: RolloutBatch, knobs: Knobs) -> dict[str, float]:
+    """Reward, accuracy, group and length statistics with the names verl users know."""
+    rewards = torch.tensor(batch.rewards)
+    correct = torch.tensor(batch.correct, dtype=torch.float32)
+    lengths = torch.tensor([len(c) for c in batch.completion_ids], dtype=torch.float32)
+    groups = algorithms.group_stats(rewards, torch.tensor(batch.correct), torch.tensor(batch.group_ids))
+    out = {
+        "reward/mean": float(rewards.mean()),
+        "reward/std": float(rewards.std()) if len(rewards) > 1 else 0.0,
+        "accuracy": float(correct.mean()),
+        "format_error_ratio": 1.0 - float(np.mean(batch.format_ok)),
+        "response_length/mean": float(lengths.mean()),
+        "response_length/min": float(lengths.min()),
+        "response_length/max": float(lengths.max()),
+        "response_length/clip_ratio": float(np.mean([f == "length" for f in batch.finish_reasons])),
+        "prompt_length/mean": float(np.mean([len(p) for p in batch.prompt_ids])),
+        "rollout/temperature": knobs.temperature,
+        "rollout/max_new_tokens": float(knobs.max_new_tokens),
+        "rollout/group_size": float(knobs.group_size),
+        "curriculum/stage": float(knobs.stage),
+    }
+    out.update({k: float(v) for k, v in groups.items()})
+    for name in sorted({k for p in batch.parts for k in p}):
+        values = [p[name] for p in batch.parts if name in p]
+        out[f"rewards/{name}/mean"] = float(np.mean(values))
+    return out
+
+
+def dump_samples(run_dir: Path, step: int, batch: RolloutBatch) -> None:
+    from rlvr.data.io import write_jsonl_atomic
+
+    rows = [
+        {"step": step, "group": g, "prompt": ex.prompt, "completion": text, "reward": r, "correct": c,
+         "format_ok": f, "parts": p, "finish_reason": fr, "n_tokens": len(ids)}
+        for ex, text, r, c, f, p, fr, ids, g in zip(batch.examples, batch.texts, batch.rewards, batch.correct,
+                                                     batch.format_ok, batch.parts, batch.finish_reasons,
+                                                     batch.completion_ids, batch.group_ids)
+    ]
+    write_jsonl_atomic(run_dir / "samples" / f"step_{step:06d}.jsonl", rows)
+
+
+def train_rl(
+    policy: torch.nn.Module,
+    tokenizer: Any,
+    engine: RolloutEngine,
+    task: Task,
+    pool: ProblemPool,
+    prompt_cache: Callable[[Example], list[int]],
+    cfg: RLConfig,
+    *,
+    run_dir: Path,
+    logger: MetricsLogger,
+    device: torch.device,
+    packed: bool,
+    seed: int,
+    eos_ids: tuple[int, ...],
+    default_difficulty: dict[str, Any],
+    checkpoint: CheckpointConfig,
+    logging: LoggingConfig,
+    engine_shares_weights: bool,
+    eval_fn: Callable[[int], dict[str, float]] | None = None,
+    eval_every: int = 0,
+) -> dict[str, Any]:
+    """Run cfg.steps RL steps (resuming from the newest checkpoint); returns a summary dict."""
+    run_dir = Path(run_dir)
+    stage_dir = run_dir / "checkpoints" / "rl"
+    ref = copy.deepcopy(policy).eval().requires_grad_(False) if cfg.kl_coef > 0 else None
+    optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, betas=(0.9, 0.99),
+                                  weight_decay=cfg.weight_decay)
+    start_step, best, low_streak = 0, -1.0, 0
+    latest = ckpt.latest_checkpoint(stage_dir)
+    if latest is not None:
+        state = ckpt.load_checkpoint(latest, policy, policy.config)
+        optimizer.load_state_dict(state["optimizer"])
+        if ref is not None and "reference" in state:
+            ref.load_state_dict(state["reference"])
+        start_step, best, low_streak = state["step"], state["best_accuracy"], state["low_streak"]
+        logger.truncate_after("rl", start_step - 1)
+        if not engine_shares_weights:
+            engine.load_weights(policy.state_dict())
+    bar = Progress("rl", cfg.steps, enabled=logging.progress, start=start_step)
+    stopped_early = None
+    for step in range(start_step, cfg.steps):
+        t_step = time.perf_counter()
+        knobs = knobs_at(cfg, step, default_difficulty)
+        policy.eval()
+        t0 = time.perf_counter()
+        batch, ds_stats = collect(engine, tokenizer, task, pool, prompt_cache, knobs, cfg, eos_ids, seed, step)
+        t_gen = time.perf_counter() - t0
+        gen_tokens = sum(len(c) for c in batch.completion_ids)
+        metrics: dict[str, Any] = {"phase": "rl", "step": step, **batch_metrics(batch, knobs), **ds_stats}
+        t0 = time.perf_counter()
+        policy.train()
+        if len(batch) > 0:
+            metrics.update(update_policy(policy, ref, optimizer, batch, cfg, knobs, device, packed, step, seed))
+        policy.eval()
+        t_update = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        if not engine_shares_weights:
+            engine.load_weights(policy.state_dict())
+        t_sync = time.perf_counter() - t0
+        metrics.update({
+            "timing_s/gen": t_gen, "timing_s/update": t_update, "timing_s/sync": t_sync,
+            "perf/gen_tokens_per_s": gen_tokens / max(t_gen, 1e-9),
+        })
+        done = step + 1
+        if eval_fn is not None and eval_every and done % eval_every == 0 and done < cfg.steps:
+            metrics.update(eval_fn(done))
+        if logging.samples_every and (step % logging.samples_every == 0 or done == cfg.steps):
+            dump_samples(run_dir, step, batch)
+        metrics["timing_s/step"] = time.perf_counter() - t_step
+        logger.log(metrics)
+        bar.update(step, reward=metrics["reward/mean"], acc=metrics["accuracy"],
+                   len=metrics["response_length/mean"])
+        # Collapse guard: a policy whose batch accuracy stays far below its best has diverged.
+        best = max(best, metrics["accuracy"])
+        low_streak = low_streak + 1 if metrics["accuracy"] < 0.5 * best else 0
+        collapsed = cfg.collapse_patience and low_streak >= cfg.collapse_patience
+        if (checkpoint.every and done % checkpoint.every == 0) or done == cfg.steps or collapsed:
+            state = {"optimizer": optimizer.state_dict(), "best_accuracy": best, "low_streak": low_streak}
+            if ref is not None:
+                state["reference"] = ref.state_dict()
+            ckpt.save_checkpoint(stage_dir, done, policy, tokenizer, state, checkpoint.keep_last)
+        if collapsed:
+            stopped_early = done
+            break
+    bar.close()
+    return {"rl_steps_done": stopped_early or cfg.steps, "stopped_early_at": stopped_early}

@@ -1,0 +1,134 @@
+"""Cold-start supervised fine-tuning: one readable loop.
+
+Loss: mean negative log-likelihood over completion tokens only (prompt tokens are context).
+Sequences are packed several to a row (segment-aware attention, positions restart per sequence)
+when the model is rlvr's native implementation, so no padding token is computed on; with a plain
+transformers model rows are right-padded and padding is masked out of the loss. Linear warm-up,
+cosine decay; gradient accumulation over micro-batches of `micro_batch_tokens`; atomic
+checkpoints; resume from the newest checkpoint of the run directory.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from rlvr.config import CheckpointConfig, SFTConfig
+from rlvr.trainers import checkpoint as ckpt
+from rlvr.trainers.common import (
+    MetricsLogger,
+    Progress,
+    build_batch,
+    forward_logits,
+    lr_at,
+    micro_batches,
+    pack_rows,
+    token_logprobs,
+)
+
+
+def step_indices(step: int, batch_size: int, n_examples: int, seed: int) -> np.ndarray:
+    """Example indices of `step`: consecutive slices of a per-epoch permutation (a pure function of step)."""
+    start = step * batch_size
+    out = []
+    while len(out) < batch_size:
+        epoch, offset = divmod(start + len(out), n_examples)
+        perm = np.random.default_rng([seed, epoch]).permutation(n_examples)
+        out.extend(perm[offset : offset + batch_size - len(out)].tolist())
+    return np.asarray(out)
+
+
+def layout(lengths: Sequence[int], token_budget: int, packed: bool) -> list[list[list[int]]]:
+    """Micro-batches, each a list of rows, each a list of sequence indices."""
+    if not packed:
+        return [[[i] for i in mb] for mb in micro_batches(lengths, token_budget)]
+    rows = pack_rows(lengths, row_tokens=max(lengths))
+    row_width = [sum(lengths[i] for i in row) for row in rows]
+    groups = micro_batches(row_width, token_budget)
+    return [[rows[r] for r in group] for group in groups]
+
+
+def sft_loss(model: torch.nn.Module, sequences: Sequence[Sequence[int]], starts: Sequence[int],
+             rows: list[list[int]], device: torch.device, packed: bool) -> tuple[torch.Tensor, int]:
+    """Summed NLL of the completion tokens of `sequences` laid out in `rows`, and their count."""
+    batch = build_batch(sequences, starts, rows)
+    logits = forward_logits(model, batch, device, packed)  # (R, L, V)
+    logp = token_logprobs(logits, batch.target_ids.to(device))  # (R, L)
+    mask = batch.loss_mask.to(device)
+    return -(logp * mask).sum(), int(mask.sum().item())
+
+
+def train_sft(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    pairs: Sequence[tuple[list[int], list[int]]],
+    cfg: SFTConfig,
+    *,
+    run_dir: Path,
+    logger: MetricsLogger,
+    device: torch.device,
+    packed: bool,
+    seed: int,
+    checkpoint: CheckpointConfig,
+    progress: bool = True,
+    eval_fn: Callable[[int], dict[str, float]] | None = None,
+) -> dict[str, float]:
+    """Train on (prompt_ids, completion_ids) pairs for cfg.steps optimizer steps; returns last metrics."""
+    stage_dir = Path(run_dir) / "checkpoints" / "sft"
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.95),
+                                  weight_decay=cfg.weight_decay)
+    start_step = 0
+    latest = ckpt.latest_checkpoint(stage_dir)
+    if latest is not None:
+        state = ckpt.load_checkpoint(latest, model, model.config)
+        optimizer.load_state_dict(state["optimizer"])
+        start_step = state["step"]
+        logger.truncate_after("sft", start_step - 1)
+    if start_step >= cfg.steps:
+        return {}
+    model.train()
+    bar = Progress("sft", cfg.steps, enabled=progress, start=start_step)
+    last: dict[str, float] = {}
+    for step in range(start_step, cfg.steps):
+        t0 = time.perf_counter()
+        lr = lr_at(step, cfg.steps, cfg.lr, cfg.warmup_steps, "cosine", cfg.min_lr_ratio)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        chosen = step_indices(step, cfg.batch_size, len(pairs), seed)
+        sequences = [pairs[i][0] + pairs[i][1] for i in chosen]
+        starts = [len(pairs[i][0]) for i in chosen]
+        micro = layout([len(s) for s in sequences], cfg.micro_batch_tokens, packed)
+        n_tokens = sum(len(pairs[i][1]) for i in chosen)
+        total_loss = 0.0
+        for rows in micro:
+            loss_sum, _ = sft_loss(model, sequences, starts, rows, device, packed)
+            (loss_sum / n_tokens).backward()
+            total_loss += loss_sum.item()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf"))
+        if torch.isfinite(grad_norm):
+            optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        seconds = time.perf_counter() - t0
+        last = {
+            "phase": "sft", "step": step, "sft/loss": total_loss / n_tokens, "sft/lr": lr,
+            "sft/grad_norm": float(grad_norm), "sft/tokens_per_s": sum(map(len, sequences)) / seconds,
+            "sft/completion_tokens": n_tokens, "timing_s/step": seconds,
+        }
+        if eval_fn is not None and cfg.eval_every and (step + 1) % cfg.eval_every == 0 and step + 1 < cfg.steps:
+            model.eval()
+            last.update(eval_fn(step))
+            model.train()
+        logger.log(last)
+        bar.update(step, loss=last["sft/loss"], lr=lr, tok_s=float(int(last["sft/tokens_per_s"])))
+        done = step + 1
+        if (checkpoint.every and done % checkpoint.every == 0) or done == cfg.steps:
+            ckpt.save_checkpoint(stage_dir, done, model, tokenizer,
+                                 {"optimizer": optimizer.state_dict()}, checkpoint.keep_last)
+    bar.close()
+    model.eval()
+    return last
