@@ -13,7 +13,6 @@ from dataclasses import dataclass
 
 # End-of-turn markers some models emit as text; they are not "text after </answer>".
 _END_MARKERS = re.compile(r"(<\|im_end\|>|<\|endoftext\|>|<\|eot_id\|>|</s>|<eos>)\s*$")
-_ANSWER_BLOCK = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 
 
 @dataclass(frozen=True)
@@ -24,9 +23,18 @@ class FormatResult:
 
 
 def last_answer_block(text: str) -> str | None:
-    """Content of the last complete <answer>...</answer> block, stripped; None when absent."""
-    blocks = _ANSWER_BLOCK.findall(text)
-    return blocks[-1].strip() if blocks else None
+    """Content of the last complete <answer>...</answer> block, stripped; None when absent.
+
+    The last closing tag, and the last opening tag before it: two linear scans (a lazy regex is
+    quadratic on 100 KB of unclosed tags).
+    """
+    end = text.rfind("</answer>")
+    if end < 0:
+        return None
+    start = text.rfind("<answer>", 0, end)
+    if start < 0:
+        return None
+    return text[start + len("<answer>") : end].strip()
 
 
 def check_format(

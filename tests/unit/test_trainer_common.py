@@ -1,0 +1,67 @@
+"""Batching, layout and schedule helpers of the trainers."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from rlvr.config import StageConfig
+from rlvr.trainers.common import build_batch, lr_at, micro_batches, pack_rows, per_sequence, stage_value
+
+
+def test_micro_batches_respect_budget_and_cover_all():
+    lengths = [5, 17, 3, 9, 9, 40, 1]
+    batches = micro_batches(lengths, token_budget=20)
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    for b in batches:
+        width = max(lengths[i] for i in b)
+        assert len(b) == 1 or len(b) * width <= 20
+
+
+def test_pack_rows_first_fit_decreasing():
+    lengths = [6, 4, 3, 3, 2, 1]
+    rows = pack_rows(lengths, row_tokens=7)
+    assert sorted(i for r in rows for i in r) == list(range(6))
+    assert all(sum(lengths[i] for i in r) <= 7 for r in rows)
+    assert len(rows) == math.ceil(sum(lengths) / 7)  # 19 tokens fit exactly in 3 rows here
+
+
+def test_build_batch_packs_with_segments_and_masks_only_completions():
+    seqs = [[10, 11, 12, 13], [20, 21, 22]]
+    starts = [2, 1]  # completions: [12, 13] and [21, 22]
+    batch = build_batch(seqs, starts, [[0, 1]])
+    assert batch.input_ids.tolist() == [[10, 11, 12, 13, 20, 21, 22]]
+    assert batch.position_ids.tolist() == [[0, 1, 2, 3, 0, 1, 2]]
+    assert batch.segment_ids.tolist() == [[1, 1, 1, 1, 2, 2, 2]]
+    # loss on the position *before* each completion token, never across the segment boundary
+    assert batch.loss_mask.tolist() == [[0, 1, 1, 0, 1, 1, 0]]
+    assert batch.target_ids[0, 1:3].tolist() == [12, 13]
+    assert batch.target_ids[0, 4:6].tolist() == [21, 22]
+
+
+def test_per_sequence_gathers_completion_positions():
+    seqs = [[1, 2, 3, 4], [5, 6, 7]]
+    starts = [2, 1]
+    batch = build_batch(seqs, starts, [[1], [0]])
+    values = torch.arange(batch.input_ids.numel(), dtype=torch.float32).view_as(batch.input_ids)
+    out = per_sequence(values, batch.where, starts, width=3)
+    row0, off0, _ = batch.where[0]
+    assert out[0, :2].tolist() == [values[row0, off0 + 1].item(), values[row0, off0 + 2].item()]
+    assert out[0, 2].item() == 0.0
+    row1, off1, _ = batch.where[1]
+    assert out[1, :2].tolist() == [values[row1, off1].item(), values[row1, off1 + 1].item()]
+
+
+def test_lr_schedules():
+    assert lr_at(0, 100, 1.0, 10, "cosine", 0.1) == 0.1
+    assert lr_at(9, 100, 1.0, 10, "cosine", 0.1) == 1.0
+    assert abs(lr_at(99, 100, 1.0, 10, "cosine", 0.1) - 0.1) < 1e-9
+    assert abs(lr_at(99, 100, 2.0, 0, "linear", 0.0)) < 1e-9
+    assert lr_at(57, 100, 3.0, 0, "constant", 0.0) == 3.0
+
+
+def test_stage_value_picks_latest_started_stage():
+    stages = [StageConfig(0, 3), StageConfig(10, 4), StageConfig(20, 5)]
+    assert [stage_value(stages, s, 99) for s in (0, 9, 10, 25)] == [3, 3, 4, 5]
+    assert stage_value([StageConfig(5, 1)], 2, 7) == 7
