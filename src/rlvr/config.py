@@ -134,9 +134,10 @@ class RLConfig:
     """Policy loss (rlvr.algorithms.POLICY_LOSSES)."""
     loss_agg: str = "token-mean"
     """Loss aggregation (rlvr.algorithms.AGGREGATIONS)."""
-    clip_low: float = 0.2
-    clip_high: float = 0.2
-    """DAPO clip-higher uses 0.28."""
+    clip_low: float | None = None
+    """Lower clip epsilon; null: the loss's default (ppo 0.2, gspo 3e-4; cispo has none)."""
+    clip_high: float | None = None
+    """Upper clip epsilon; null: the loss's default (ppo 0.2, gspo 4e-4, cispo 0.28). DAPO clip-higher: 0.28."""
     dual_clip: float | None = None
     """Dual-clip constant c for negative advantages (3.0 in verl); null disables."""
     lr: float = 1e-4

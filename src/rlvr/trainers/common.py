@@ -18,7 +18,8 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+
+from rlvr.algorithms import entropy_from_logits, token_logprobs_from_logits
 
 
 def setup_torch(seed: int, threads: int = 0, device: str = "auto") -> torch.device:
@@ -151,19 +152,12 @@ def build_batch(
 
 def token_logprobs(logits: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """log softmax(logits / temperature)[target] per position: (R, L, V), (R, L) -> (R, L) float32."""
-    logits = logits.float()
-    if temperature != 1.0:
-        logits = logits / temperature
-    return torch.gather(F.log_softmax(logits, dim=-1), -1, targets.unsqueeze(-1)).squeeze(-1)
+    return token_logprobs_from_logits(logits, targets, temperature=temperature)
 
 
 def token_entropy(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """Entropy of softmax(logits / temperature) per position: (R, L, V) -> (R, L)."""
-    logits = logits.float()
-    if temperature != 1.0:
-        logits = logits / temperature
-    logp = F.log_softmax(logits, dim=-1)
-    return -(logp.exp() * logp).sum(-1)
+    return entropy_from_logits(logits, temperature=temperature)
 
 
 def forward_logits(model: torch.nn.Module, batch: Batch, device: torch.device, packed: bool) -> torch.Tensor:

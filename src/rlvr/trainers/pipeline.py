@@ -61,8 +61,7 @@ def load_policy(path: Path, impl: str, dtype: str, device: torch.device) -> Poli
     """The learner: rlvr's native model when it reproduces the architecture exactly, else transformers'."""
     from transformers import AutoConfig
 
-    from rlvr.models import load_model, load_tokenizer
-    from rlvr.models import native
+    from rlvr.models import load_model, load_tokenizer, native
 
     tokenizer = load_tokenizer(path)
     if impl in ("auto", "native"):

@@ -186,10 +186,10 @@ def collect(engine: RolloutEngine, tokenizer: Any, task: Task, pool: ProblemPool
     while True:
         rewards = torch.tensor(current.rewards)
         groups = torch.tensor(current.group_ids)
-        keep = algorithms.dynamic_sampling_select(rewards, groups)
-        kept_groups = sorted(set(groups[keep].tolist()))
+        picked = algorithms.dynamic_sampling_select(rewards, groups)
+        kept_groups = sorted(set(groups[picked.indices].tolist()))
         room = cfg.prompts_per_step - len(set(batch.group_ids))
-        dropped += len(set(current.group_ids)) - len(kept_groups)
+        dropped += int(picked.num_dropped_groups)
         batch.extend(current, kept_groups[:room])
         if len(set(batch.group_ids)) >= cfg.prompts_per_step or rounds >= cfg.max_refill_rounds:
             break
@@ -296,11 +296,16 @@ def update_policy(policy: torch.nn.Module, ref: torch.nn.Module | None, optimize
     return stats
 
 
-def _agg_weight(mode: str, mask: torch.Tensor, total_mask: torch.Tensor, n_seq: int, total_seq: int) -> float:
-    """Share of a micro-batch in its mini-batch's aggregated loss (aggregation is linear in token losses)."""
+def _agg_weight(mode: str, mask: torch.Tensor, total_mask: torch.Tensor) -> float:
+    """Share of a micro-batch in its mini-batch's aggregated loss (every mode is linear in token losses).
+
+    token-mean: its share of valid tokens; seq-mean modes: its share of rows with a valid token
+    (rows the loss mask empties do not count, as in algorithms.aggregate_loss).
+    """
     if mode == "token-mean":
         return float(mask.sum() / total_mask.sum().clamp(min=1))
-    return n_seq / max(total_seq, 1)
+    rows = float((mask.sum(-1) > 0).sum())
+    return rows / max(float((total_mask.sum(-1) > 0).sum()), 1.0)
 
 
 def minibatch_step(policy, optimizer, batch, index, width, advantages, loss_mask, old_lp, ref_lp, cfg, knobs,
@@ -312,6 +317,7 @@ def minibatch_step(policy, optimizer, batch, index, width, advantages, loss_mask
     total_mask = loss_mask[index]
     loss_options = {"clip_low": cfg.clip_low, "clip_high": cfg.clip_high, "dual_clip": cfg.dual_clip,
                     "loss_agg": cfg.loss_agg, "loss_agg_norm": knobs.max_new_tokens}
+    loss_options = {k: v for k, v in loss_options.items() if v is not None}  # None: the loss's own default
     sums = {"actor/pg_loss": 0.0, "actor/kl_loss": 0.0, "actor/entropy": 0.0, "actor/pg_clipfrac": 0.0,
             "actor/pg_clipfrac_lower": 0.0, "actor/ppo_kl": 0.0, "actor/logprob_mismatch": 0.0}
     want_entropy = True  # logged always; it is cheap next to the forward pass
@@ -328,11 +334,11 @@ def minibatch_step(policy, optimizer, batch, index, width, advantages, loss_mask
             sums["actor/logprob_mismatch"] += float(((new_lp.detach() - old).abs() * m).sum())
             mismatch_tokens += float(valid)
         loss, pstats = algorithms.policy_loss(cfg.loss, new_lp, old, adv, m, **loss_options)
-        weight = _agg_weight(cfg.loss_agg, m, total_mask, len(rows), len(index))
+        weight = _agg_weight(cfg.loss_agg, m, total_mask)
         total = loss
         if ref_lp is not None and not cfg.kl_in_reward:
             kl = algorithms.kl_penalty(new_lp, ref_lp[rows].to(device), cfg.kl_kind)
-            kl_loss = algorithms.aggregate_loss(kl, m, cfg.loss_agg)
+            kl_loss = algorithms.aggregate_loss(kl, m, cfg.loss_agg, norm=knobs.max_new_tokens)
             total = total + cfg.kl_coef * kl_loss
             sums["actor/kl_loss"] += weight * float(kl_loss)
         if new_ent is not None:
