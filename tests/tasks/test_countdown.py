@@ -180,6 +180,15 @@ def test_generated_problems_are_solvable_and_deterministic(task: Countdown, coun
         assert task.score(task.oracle_completion(example), example).reward == 1.0
 
 
+def test_response_prefix_counts_as_written() -> None:
+    task = Countdown(response_prefix="<think>\n")
+    example = task.examples(1, seed=0)[0]
+    oracle = task.oracle_completion(example)
+    assert "<think>" not in oracle
+    assert task.score(oracle, example).reward == 1.0
+    assert task.score("<think>\n" + oracle, example).format_ok is False
+
+
 def test_bad_options_are_errors(task: Countdown) -> None:
     for count in (2, 7):
         with pytest.raises(ValueError, match="numbers"):

@@ -6,7 +6,11 @@ Grading cases are hand-written; the slow-input cases assert only a generous uppe
 
 from __future__ import annotations
 
+import multiprocessing
+import os
 import pickle
+import subprocess
+import sys
 import textwrap
 import threading
 import time
@@ -233,6 +237,47 @@ def test_a_missed_deadline_scores_a_timeout_and_the_next_call_works() -> None:
 def test_the_task_pickles_and_scores_after(task: MathTask) -> None:
     clone = pickle.loads(pickle.dumps(task))
     assert clone.score(wrapped("\\boxed{\\frac{1}{\\sqrt{2}}}"), gold("\\frac{\\sqrt{2}}{2}")).correct is True
+
+
+def _score_sqrt_half(task: MathTask) -> tuple[bool, set[int], int]:
+    """(the verdict, pids of this process's workers, workers replaced so far)."""
+    from rlvr.tasks._timeout import _POOLS
+
+    correct = task.score(wrapped("\\boxed{\\frac{1}{\\sqrt{2}}}"), gold("\\frac{\\sqrt{2}}{2}")).correct
+    pools = list(_POOLS.values())
+    return correct, {w.process.pid for pool in pools for w in pool._all}, sum(p.restarts for p in pools)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_starts_its_own_worker_and_the_parent_keeps_its(task: MathTask) -> None:
+    correct, parent_pids, parent_restarts = _score_sqrt_half(task)  # a worker exists before the fork
+    assert correct and parent_pids
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        child_correct, child_pids, child_restarts = pool.apply(_score_sqrt_half, (task,))
+    # A fresh pool in the child: no inherited worker to find unusable and replace.
+    assert (child_correct, child_restarts) == (True, 0) and child_pids and not child_pids & parent_pids
+    assert _score_sqrt_half(task) == (True, parent_pids, parent_restarts)
+
+
+def test_workers_end_with_the_process() -> None:
+    script = textwrap.dedent("""
+        from rlvr.tasks.math import MathTask
+        from rlvr.tasks.base import Example
+        from rlvr.tasks._timeout import _POOLS
+        score = MathTask().score("<answer>\\\\boxed{x^2-1}</answer>", Example("p", "(x-1)(x+1)"))
+        assert score.correct, score
+        print(*[w.process.pid for pool in _POOLS.values() for w in pool._all])
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    pids = [int(p) for p in done.stdout.split()]
+    assert pids
+    deadline = time.monotonic() + HANG_SECONDS
+    while time.monotonic() < deadline and any(Path(f"/proc/{pid}").exists() for pid in pids):
+        time.sleep(0.05)
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
 
 
 # -- the worker pool --------------------------------------------------------------------------------
