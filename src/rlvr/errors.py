@@ -10,7 +10,8 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from rlvr.config import ConfigError
     from rlvr.tasks.base import RecordError
 
-    found: list[type[BaseException]] = [ConfigError, RecordError, FileNotFoundError, NotADirectoryError]
+    found: list[type[BaseException]] = [ConfigError, RecordError, FileNotFoundError, FileExistsError,
+                                        NotADirectoryError]
     for module, name in (("rlvr.data.io", "DataError"), ("rlvr.trainers.pipeline", "RunDirError"),
                          ("rlvr.trainers.checkpoint", "CheckpointError"), ("rlvr.models.loading", "ModelLoadError")):
         try:

@@ -67,7 +67,8 @@ def load_policy(path: Path, impl: str, dtype: str, device: torch.device) -> Poli
     if impl in ("auto", "native"):
         ok, reason = native.is_supported(AutoConfig.from_pretrained(str(path), local_files_only=True))
         if ok:
-            model = native.NativeCausalLM.from_pretrained(str(path), dtype=dtype).to(device)
+            torch_dtype = None if dtype == "auto" else getattr(torch, dtype)
+            model = native.NativeCausalLM.from_pretrained(str(path), dtype=torch_dtype, device=device)
             return Policy(model.eval(), tokenizer, True, path)
         if impl == "native":
             raise ConfigError(f"model.impl=native cannot run {path}: {reason}; use model.impl=auto or hf")
@@ -149,7 +150,7 @@ def run_eval(name: str, policy: Policy, engine: Any, task: tasks.Task, examples:
 
     out = run_dir / "eval" / name
     if (out / "metrics.json").exists():
-        return json.loads((out / "metrics.json").read_text())
+        return json.loads((out / "metrics.json").read_text())["metrics"]
     ev = config.eval
     k_values = tuple(k for k in ev.k_values if k <= n) or (1,)
     result = evaluate(engine, policy.tokenizer, task, examples, n=n, temperature=temperature,
@@ -172,7 +173,8 @@ def evaluate_both(stage: str, policy: Policy, engine: Any, task: tasks.Task, exa
 
 
 def accuracy(metrics: dict[str, float], n: int) -> float:
-    return float(metrics[f"avg@{n}"])
+    """pass@1 averaged over the n samples of each problem (avg@n)."""
+    return float(metrics["avg@n"])
 
 
 def run(config: RunConfig) -> dict[str, Any]:

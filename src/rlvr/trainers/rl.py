@@ -340,17 +340,17 @@ def minibatch_step(policy, optimizer, batch, index, width, advantages, loss_mask
             kl = algorithms.kl_penalty(new_lp, ref_lp[rows].to(device), cfg.kl_kind)
             kl_loss = algorithms.aggregate_loss(kl, m, cfg.loss_agg, norm=knobs.max_new_tokens)
             total = total + cfg.kl_coef * kl_loss
-            sums["actor/kl_loss"] += weight * float(kl_loss)
+            sums["actor/kl_loss"] += weight * float(kl_loss.detach())
         if new_ent is not None:
             ent_value = algorithms.aggregate_loss(new_ent, m, "token-mean")
             if cfg.entropy_coef:
                 total = total - cfg.entropy_coef * ent_value
-            sums["actor/entropy"] += weight * float(ent_value)
+            sums["actor/entropy"] += weight * float(ent_value.detach())
         if not torch.isfinite(total):
             optimizer.zero_grad(set_to_none=True)
             return {"actor/skipped_updates": 1.0, "actor/grad_norm": float("nan"), "actor/lr": knobs.lr}
         (total * weight).backward()
-        sums["actor/pg_loss"] += weight * float(loss)
+        sums["actor/pg_loss"] += weight * float(loss.detach())
         for key in ("pg_clipfrac", "pg_clipfrac_lower", "ppo_kl"):
             sums[f"actor/{key}"] += weight * float(pstats.get(key, 0.0))
     grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip or float("inf"))

@@ -1,0 +1,127 @@
+"""Load a local Hugging Face checkpoint directory: tokenizer and causal LM.
+
+rlvr never downloads: every path must be a directory on this machine (one written by
+`rlvr model init`, a trainer checkpoint, or a Qwen2.5 / Llama directory you fetched yourself).
+Problems are reported before transformers sees the path, naming the directory and the file that
+was expected, so that a typo does not turn into a stack trace about the hub.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
+DTYPES = ("float32", "bfloat16", "float16", "auto")
+
+# "Org/Name" or "Org/Name-7B": one slash, no leading "." or "/", no "~": looks like a hub id.
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+class ModelLoadError(ValueError):
+    """A model or tokenizer path that cannot be loaded; the message says what to do."""
+
+
+def check_model_dir(path: str | Path, need_weights: bool = True, need_tokenizer: bool = False) -> Path:
+    """The path as a Path to an existing model directory, or ModelLoadError naming what is missing."""
+    text = str(path)
+    directory = Path(text).expanduser()
+    if not directory.exists():
+        if _HUB_ID.match(text):
+            raise ModelLoadError(
+                f"no directory {text!r} here. If it is a Hugging Face hub id: rlvr loads local "
+                "directories only and never downloads. Fetch the model yourself, e.g. "
+                f"`huggingface-cli download {text} --local-dir models/{text.split('/')[-1]}`, "
+                "then point rlvr at that directory (a path such as ./models/NAME or /abs/path)."
+            )
+        raise ModelLoadError(f"model directory {text!r} does not exist")
+    if not directory.is_dir():
+        raise ModelLoadError(f"{text!r} is a file; expected a Hugging Face model directory")
+    if not (directory / "config.json").is_file():
+        raise ModelLoadError(
+            f"{text!r} has no config.json; expected a Hugging Face model directory "
+            "(config.json, weights, tokenizer files), e.g. one written by `rlvr model init`"
+        )
+    if (
+        need_weights
+        and not any((directory / name).is_file() for name in WEIGHT_FILES)
+        and not any(directory.glob("*.safetensors"))
+    ):
+        raise ModelLoadError(
+            f"{text!r} has no weights; expected one of {', '.join(WEIGHT_FILES)} (or *.safetensors shards)"
+        )
+    if need_tokenizer and not any((directory / name).is_file() for name in TOKENIZER_FILES):
+        raise ModelLoadError(f"{text!r} has no tokenizer; expected one of {', '.join(TOKENIZER_FILES)}")
+    return directory
+
+
+def _tokenizer_dir(path: str | Path) -> Path:
+    """Tokenizer directories need no config.json or weights, only tokenizer files."""
+    text = str(path)
+    directory = Path(text).expanduser()
+    if directory.is_dir() and any((directory / name).is_file() for name in TOKENIZER_FILES):
+        return directory
+    return check_model_dir(path, need_weights=False, need_tokenizer=True)
+
+
+def load_tokenizer(path: str | Path) -> Any:
+    """AutoTokenizer.from_pretrained on a local directory (never the hub).
+
+    A tokenizer without a pad token (Llama-style) gets its eos as pad: batching needs some pad id,
+    and padded positions are masked by whoever pads.
+    """
+    from transformers import AutoTokenizer
+
+    directory = _tokenizer_dir(path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
+    except (OSError, ValueError, KeyError) as error:
+        raise ModelLoadError(f"could not load the tokenizer in {str(path)!r}: {error}") from error
+    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def resolve_dtype(dtype: str) -> Any:
+    """'float32' | 'bfloat16' | 'float16' -> torch dtype; 'auto' stays 'auto' (the config's)."""
+    import torch
+
+    if dtype == "auto":
+        return "auto"
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    return getattr(torch, dtype)
+
+
+def _dtype_keyword() -> str:
+    """from_pretrained's dtype argument: `dtype` since transformers 4.56, `torch_dtype` before."""
+    import transformers
+    from packaging.version import Version
+
+    return "dtype" if Version(transformers.__version__) >= Version("4.56") else "torch_dtype"
+
+
+def load_model(path: str | Path, dtype: str = "float32", device: str = "cpu") -> Any:
+    """AutoModelForCausalLM.from_pretrained on a local directory, moved to `device`, eval mode.
+
+    dtype: 'float32' (CPU default: bf16 matmuls are slower than fp32 on most CPUs for small
+    models), 'bfloat16', 'float16', or 'auto' (the dtype recorded in config.json).
+    """
+    from transformers import AutoModelForCausalLM
+
+    directory = check_model_dir(path, need_weights=True)
+    torch_dtype = resolve_dtype(dtype)
+    try:
+        model: Any = AutoModelForCausalLM.from_pretrained(
+            str(directory), local_files_only=True, **{_dtype_keyword(): torch_dtype}
+        )
+    except (OSError, ValueError, KeyError) as error:
+        raise ModelLoadError(f"could not load the model in {str(path)!r}: {error}") from error
+    return model.to(device).eval()
