@@ -1,0 +1,34 @@
+"""Evaluation: avg@n, pass@k, maj@k, length / truncation / reflection statistics, run reports.
+
+evaluate(engine, tokenizer, task, examples, ...) -> EvalResult   sample, score, summarise
+write_eval(result, out_dir)                                    metrics.json + samples.jsonl
+compute_metrics(samples, k_values)                             the same metrics from samples
+write_report(run_dir)                                          run_dir/report.html (+ plots/)
+"""
+
+from rlvr.evaluation.evaluate import (
+    EvalResult,
+    eval_command,
+    evaluate,
+    format_summary,
+    load_engine,
+    read_eval,
+    write_eval,
+)
+from rlvr.evaluation.metrics import compute_metrics, maj_at_k, normalize_answer, pass_at_k
+from rlvr.evaluation.report import write_report
+
+__all__ = [
+    "EvalResult",
+    "compute_metrics",
+    "eval_command",
+    "evaluate",
+    "format_summary",
+    "load_engine",
+    "maj_at_k",
+    "normalize_answer",
+    "pass_at_k",
+    "read_eval",
+    "write_eval",
+    "write_report",
+]

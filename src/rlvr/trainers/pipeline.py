@@ -155,8 +155,8 @@ def run_eval(name: str, policy: Policy, engine: Any, task: tasks.Task, examples:
     k_values = tuple(k for k in ev.k_values if k <= n) or (1,)
     result = evaluate(engine, policy.tokenizer, task, examples, n=n, temperature=temperature,
                       top_p=ev.top_p if temperature > 0 else 1.0, max_new_tokens=ev.max_new_tokens,
-                      seed=config.seed, k_values=k_values, prompts_per_batch=ev.prompts_per_batch)
-    result.settings["model_path"] = str(policy.path)
+                      seed=config.seed, k_values=k_values, prompts_per_batch=ev.prompts_per_batch,
+                      model_path=str(policy.path))
     write_eval(result, out)
     return result.metrics
 
@@ -232,12 +232,9 @@ def run(config: RunConfig) -> dict[str, Any]:
 
     summary = make_summary(config, before, after, held_out, time.perf_counter() - t_start, rl_summary)
     write_json_atomic(run_dir / "summary.json", summary)
-    try:
-        from rlvr.evaluation.report import write_report
+    from rlvr.evaluation.report import write_report
 
-        log(f"report: {write_report(run_dir)}")
-    except ImportError as err:  # matplotlib is optional for the report's plots
-        log(f"report skipped: {err}")
+    log(f"report: {write_report(run_dir)}")
     return summary
 
 

@@ -1,0 +1,364 @@
+"""Sample, score and summarise: the evaluation harness behind `rlvr eval` and in-loop evals.
+
+evaluate() turns examples into prompts with the tokenizer's chat template, asks a RolloutEngine
+for n completions per prompt, scores each with the task's verifier and computes the metrics of
+rlvr.evaluation.metrics from the resulting samples. write_eval() stores them as
+`metrics.json` (metrics, sampling settings, timing) and `samples.jsonl` (one line per
+completion); compute_metrics(read samples) gives back the same metrics.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rlvr.evaluation.metrics import MetricsAccumulator, compute_metrics
+from rlvr.rollout.base import RolloutEngine, SamplingParams
+from rlvr.tasks.base import Example, Task
+
+
+@dataclass
+class EvalResult:
+    """metrics: flat {name: float} (see metrics.compute_metrics); samples: one dict per completion;
+    settings: how the completions were sampled; timing: wall-clock seconds and throughput."""
+
+    metrics: dict[str, float]
+    samples: list[dict[str, Any]]
+    settings: dict[str, Any]
+    timing: dict[str, float] = field(default_factory=dict)
+
+
+def check_sampling(n: int, temperature: float, k_values: Sequence[int]) -> None:
+    """Reject settings whose figures would mislead before any generation is spent."""
+    if n < 1:
+        raise ValueError(f"n (samples per prompt) must be >= 1, got {n}")
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    if temperature == 0 and n > 1:
+        raise ValueError(
+            f"temperature 0 (greedy) with n={n} gives {n} identical completions per prompt; "
+            "use n=1 for greedy or a temperature > 0 for avg@n / pass@k"
+        )
+    bad = [k for k in k_values if not 1 <= k <= n]
+    if bad:
+        raise ValueError(f"k values {bad} need 1 <= k <= n={n} samples per prompt (pass@k, maj@k)")
+
+
+def _sample_record(
+    index: int, sample_index: int, example: Example, text: str, rollout: Any, score: Any
+) -> dict[str, Any]:
+    return {
+        "prompt_index": index,
+        "sample_index": sample_index,
+        "metadata": dict(example.metadata),
+        "prompt": example.prompt,
+        "answer": example.answer,
+        "completion": text,
+        "extracted": score.extracted,
+        "reward": float(score.reward),
+        "correct": bool(score.correct),
+        "format_ok": bool(score.format_ok),
+        "parts": {name: float(value) for name, value in score.parts.items()},
+        "n_tokens": len(rollout.token_ids),
+        "finish_reason": rollout.finish_reason,
+    }
+
+
+def scored_groups(
+    engine: RolloutEngine,
+    tokenizer: Any,
+    task: Task,
+    examples: Iterable[Example],
+    *,
+    n: int,
+    temperature: float,
+    top_p: float,
+    top_k: int,
+    max_new_tokens: int,
+    seed: int,
+    prompts_per_batch: int,
+    timing: dict[str, float],
+) -> Iterator[list[dict[str, Any]]]:
+    """Each example's n scored samples (a list of sample dicts), in example order, streaming.
+
+    Examples are read `prompts_per_batch` at a time; batch b samples with seed `seed + b`.
+    Adds generate_s, score_s and generated_tokens into `timing` as it goes.
+    """
+    from rlvr.models.chat import batch_prompt_ids, decode_completion, eos_token_ids
+
+    if prompts_per_batch < 1:
+        raise ValueError(f"prompts_per_batch must be >= 1, got {prompts_per_batch}")
+    stop_ids = tuple(eos_token_ids(tokenizer))
+    iterator = iter(examples)
+    start = 0
+    for batch in itertools.count():
+        chunk = list(itertools.islice(iterator, prompts_per_batch))
+        if not chunk:
+            return
+        ids = batch_prompt_ids(tokenizer, [task.messages(e) for e in chunk], task.response_prefix)
+        params = SamplingParams(
+            n=n, temperature=temperature, top_p=top_p, top_k=top_k, max_new_tokens=max_new_tokens,
+            stop_token_ids=stop_ids, seed=seed + batch,
+        )
+        t0 = time.perf_counter()
+        rollouts = engine.generate(ids, params)
+        t1 = time.perf_counter()
+        if len(rollouts) != len(chunk) * n:
+            raise RuntimeError(f"engine returned {len(rollouts)} rollouts for {len(chunk)} prompts x n={n}")
+        groups: list[list[dict[str, Any]]] = [[] for _ in chunk]
+        for rollout in rollouts:
+            local = rollout.prompt_index
+            example = chunk[local]
+            text = decode_completion(tokenizer, rollout.token_ids)
+            score = task.score(text, example)
+            groups[local].append(_sample_record(start + local, len(groups[local]), example, text, rollout, score))
+            timing["generated_tokens"] = timing.get("generated_tokens", 0.0) + len(rollout.token_ids)
+        timing["generate_s"] = timing.get("generate_s", 0.0) + t1 - t0
+        timing["score_s"] = timing.get("score_s", 0.0) + time.perf_counter() - t1
+        start += len(chunk)
+        yield from groups
+
+
+def _settings(task: Task, n: int, temperature: float, top_p: float, top_k: int, max_new_tokens: int, seed: int,
+              k_values: Sequence[int], prompts_per_batch: int, model_path: str | None, n_examples: int) -> dict[str, Any]:
+    return {
+        "task": task.name, "model": model_path, "n": n, "temperature": temperature, "top_p": top_p,
+        "top_k": top_k, "max_new_tokens": max_new_tokens, "seed": seed, "k_values": list(k_values),
+        "prompts_per_batch": prompts_per_batch, "response_prefix": task.response_prefix, "n_examples": n_examples,
+    }
+
+
+def _finish_timing(timing: dict[str, float]) -> dict[str, float]:
+    generate_s = timing.get("generate_s", 0.0)
+    timing["gen_tokens_per_s"] = timing.get("generated_tokens", 0.0) / generate_s if generate_s > 0 else 0.0
+    return timing
+
+
+def evaluate(
+    engine: RolloutEngine,
+    tokenizer: Any,
+    task: Task,
+    examples: Sequence[Example],
+    *,
+    n: int = 1,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    top_k: int = 0,
+    max_new_tokens: int = 256,
+    seed: int = 0,
+    k_values: Sequence[int] = (1,),
+    prompts_per_batch: int = 64,
+    model_path: str | None = None,
+    on_batch: Callable[[int, int], None] | None = None,
+) -> EvalResult:
+    """Evaluate `examples` with n samples each; returns metrics, per-completion samples, settings.
+
+    Batches of `prompts_per_batch` prompts go to the engine in order; batch b samples with seed
+    `seed + b` so a run is reproducible for a given batch size. Stop tokens are the tokenizer's
+    eos ids (rlvr.models.chat.eos_token_ids). on_batch(done_prompts, total_prompts) is called
+    after each batch (progress display).
+    """
+    if not examples:
+        raise ValueError("no examples to evaluate")
+    check_sampling(n, temperature, k_values)
+    timing: dict[str, float] = {}
+    samples: list[dict[str, Any]] = []
+    groups = scored_groups(engine, tokenizer, task, examples, n=n, temperature=temperature, top_p=top_p,
+                           top_k=top_k, max_new_tokens=max_new_tokens, seed=seed,
+                           prompts_per_batch=prompts_per_batch, timing=timing)
+    for done, group in enumerate(groups, start=1):
+        samples += group
+        if on_batch is not None and (done % prompts_per_batch == 0 or done == len(examples)):
+            on_batch(done, len(examples))
+    settings = _settings(task, n, temperature, top_p, top_k, max_new_tokens, seed, k_values, prompts_per_batch,
+                         model_path, len(examples))
+    return EvalResult(compute_metrics(samples, k_values), samples, settings, _finish_timing(timing))
+
+
+def _finite(metrics: dict[str, float]) -> dict[str, float | None]:
+    """NaN / inf as null: metrics.json stays valid JSON for any reader."""
+    return {k: (v if math.isfinite(v) else None) for k, v in metrics.items()}
+
+
+def write_eval(result: EvalResult, out_dir: str | Path) -> Path:
+    """Write out_dir/metrics.json ({"metrics", "settings", "timing"}) and out_dir/samples.jsonl,
+    each atomically (temporary file + os.replace). Returns out_dir."""
+    from rlvr.data.io import write_json_atomic, write_jsonl_atomic
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    write_jsonl_atomic(out / "samples.jsonl", result.samples)
+    write_json_atomic(out / "metrics.json", _payload(result))
+    return out
+
+
+def _payload(result: EvalResult) -> dict[str, Any]:
+    return {"metrics": _finite(result.metrics), "settings": result.settings, "timing": result.timing}
+
+
+def read_eval(eval_dir: str | Path) -> dict[str, Any]:
+    """metrics.json of an eval directory as a dict ({"metrics", "settings", "timing"})."""
+    path = Path(eval_dir) / "metrics.json"
+    try:
+        payload = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}:{error.lineno}: not valid JSON ({error.msg})") from error
+    if not isinstance(payload, dict) or "metrics" not in payload:
+        raise ValueError(f"{path}: expected an object with a 'metrics' key (written by rlvr eval)")
+    return payload
+
+
+def load_engine(
+    model_dir: str | Path, device: str = "auto", dtype: str = "float32", native: bool = True,
+    max_batch_size: int | None = None,
+) -> tuple[Any, Any]:
+    """(TorchEngine, tokenizer) for a local model directory.
+
+    native: use rlvr's compact decoder (rlvr.models.native) when it reproduces the checkpoint's
+    architecture exactly (Qwen2 / Llama without RoPE scaling): same numbers, faster decoding.
+    """
+    import torch
+
+    from rlvr.models.chat import decode_completion, eos_token_ids
+    from rlvr.models.loading import load_model, load_tokenizer
+    from rlvr.models.native import NativeCausalLM, is_supported
+    from rlvr.rollout.torch_engine import TorchEngine
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    tokenizer = load_tokenizer(model_dir)
+    model = load_model(model_dir, dtype=dtype, device=device)
+    stop_ids = eos_token_ids(tokenizer, model)
+    if native and is_supported(model.config)[0]:
+        model = NativeCausalLM.from_hf(model).eval()
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop_ids[0]
+    engine = TorchEngine(model, stop_ids, pad_token_id=pad, device=device,
+                         decode_fn=lambda ids: decode_completion(tokenizer, ids), max_batch_size=max_batch_size)
+    return engine, tokenizer
+
+
+def parse_k(k: str | int | Sequence[int]) -> tuple[int, ...]:
+    """"1,4,16" / 4 / [1, 4] -> (1, 4, 16) / (4,) / (1, 4); sorted, without repeats."""
+    if isinstance(k, int):
+        values = [k]
+    elif isinstance(k, str):
+        try:
+            values = [int(part) for part in k.replace(" ", "").split(",") if part]
+        except ValueError:
+            raise ValueError(f"k must be comma-separated integers such as 1,4,16, got {k!r}") from None
+    else:
+        values = [int(v) for v in k]
+    if not values:
+        raise ValueError("k needs at least one value")
+    return tuple(sorted(set(values)))
+
+
+def eval_command(
+    model: str,
+    task: str,
+    data: str | None,
+    out: str | None = None,
+    *,
+    n: int = 1,
+    k: str | int | Sequence[int] = "1",
+    temperature: float | None = None,
+    top_p: float | None = None,
+    top_k: int = 0,
+    max_new_tokens: int = 1024,
+    seed: int = 0,
+    prompts_per_batch: int = 64,
+    limit: int | None = None,
+    device: str = "auto",
+    dtype: str = "float32",
+    task_options: dict[str, Any] | None = None,
+    progress: bool = True,
+    data_seed: int = 12345,
+) -> EvalResult:
+    """`rlvr eval`: evaluate a local model on a data file of `task`; writes out/ when given.
+
+    Streams: the data file is read a batch at a time and samples go straight to
+    out/samples.jsonl, with the metrics accumulated on the way, so the returned EvalResult's
+    samples list is empty when `out` is given (read them from the file) and full otherwise.
+
+    temperature / top_p default to greedy (0.0 / 1.0) for n == 1 and to DeepScaleR's evaluation
+    setting (0.6 / 0.95) for n > 1; the values used are recorded in metrics.json's settings.
+    data: JSONL / JSON / parquet rows in the task's public format (e.g. MATH-500 or AIME rows
+    with problem + answer for task "math"); limit: evaluate the first `limit` rows only.
+    data None: `limit` (default 256) problems generated by the task with seed `data_seed`.
+    """
+    import collections
+    import sys
+
+    from rlvr.data.io import iter_examples, write_json_atomic, write_jsonl_atomic
+    from rlvr.tasks import get
+
+    task_obj = get(task, **(task_options or {}))
+    k_values = parse_k(k)
+    if temperature is None:
+        temperature = 0.0 if n == 1 else 0.6
+    if top_p is None:
+        top_p = 1.0 if temperature == 0.0 else 0.95
+    check_sampling(n, temperature, k_values)
+    examples: Iterable[Example]
+    if data is None:
+        examples = task_obj.examples(256 if limit is None else limit, data_seed)
+    else:
+        examples = itertools.islice(iter_examples(task_obj, data), limit)
+    engine, tokenizer = load_engine(model, device=device, dtype=dtype)
+    timing: dict[str, float] = {}
+    groups = scored_groups(engine, tokenizer, task_obj, examples, n=n, temperature=temperature, top_p=top_p,
+                           top_k=top_k, max_new_tokens=max_new_tokens, seed=seed,
+                           prompts_per_batch=prompts_per_batch, timing=timing)
+    accumulator = MetricsAccumulator(k_values)
+    kept: list[dict[str, Any]] = []
+
+    def stream() -> Iterator[dict[str, Any]]:
+        for done, group in enumerate(groups, start=1):
+            accumulator.add(group)
+            if out is None:
+                kept.extend(group)
+            if progress and done % prompts_per_batch == 0:
+                sys.stderr.write(f"\r[eval] {done} prompts")
+                sys.stderr.flush()
+            yield from group
+
+    if out is not None:
+        out_dir = Path(out)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        write_jsonl_atomic(out_dir / "samples.jsonl", stream())
+    else:
+        collections.deque(stream(), maxlen=0)
+    if progress:
+        sys.stderr.write(f"\r[eval] {accumulator.total.prompts} prompts\n")
+    if not accumulator.total.prompts:
+        raise ValueError(f"no examples to evaluate in {data}")
+    settings = _settings(task_obj, n, temperature, top_p, top_k, max_new_tokens, seed, k_values, prompts_per_batch,
+                         str(model), accumulator.total.prompts)
+    settings["data"] = str(data) if data is not None else f"generated (seed {data_seed})"
+    result = EvalResult(accumulator.result(), kept, settings, _finish_timing(timing))
+    if out is not None:
+        write_json_atomic(Path(out) / "metrics.json", _payload(result))
+    return result
+
+
+def format_summary(result: EvalResult) -> str:
+    """A few lines for a terminal: settings, headline metrics, per-difficulty accuracy."""
+    s, m = result.settings, result.metrics
+    lines = [
+        f"{s['task']}: {int(m['n_prompts'])} prompts x n={s['n']}  temperature {s['temperature']}  "
+        f"top_p {s['top_p']}  max_new_tokens {s['max_new_tokens']}  seed {s['seed']}",
+        "  " + "  ".join(f"{key} {m[key]:.3f}" for key in m if key.startswith(("avg@", "pass@", "maj@"))),
+        f"  truncation {m['truncation_rate']:.3f}  format errors {m['format_error_rate']:.3f}  "
+        f"length mean {m['length/mean']:.1f}  reflection words/response {m['reflection_words_per_response']:.2f}",
+    ]
+    for name in sorted({key.split("/")[0] for key in m if key.startswith("by_")}):
+        cells = [f"{key.split('/')[1]}: {value:.3f}" for key, value in m.items()
+                 if key.startswith(name + "/") and key.endswith("/avg@n")]
+        lines.append(f"  {name[3:]} avg@n  " + "  ".join(cells))
+    return "\n".join(lines)
