@@ -508,3 +508,13 @@ def test_generated_examples_round_trip_through_the_public_schema():
         assert record["statements"].startswith("((")  # the public set's Python-literal form
         assert parse_statements(record["statements"], len(record["names"])) == example.metadata["statements"]
         assert task.from_record(record) == example
+
+
+def test_system_prompt_option_controls_the_system_message():
+    default = KnightsKnaves()
+    ex = default.examples(1, seed=3)[0]
+    assert [m["role"] for m in default.messages(ex)] == ["system", "user"]
+    bare = KnightsKnaves(system_prompt="")
+    assert bare.messages(ex) == [{"role": "user", "content": ex.prompt}]
+    custom = KnightsKnaves(system_prompt="Solve it.")
+    assert custom.messages(ex)[0] == {"role": "system", "content": "Solve it."}

@@ -363,11 +363,13 @@ class KnightsKnaves:
         response_prefix: str = "",
         names: Sequence[str] | None = None,
         phrasing: str = "varied",
+        system_prompt: str | None = None,
     ) -> None:
         if reward_scheme not in REWARD_SCHEMES:
             raise ValueError(f"unknown reward_scheme {reward_scheme!r}; valid: {', '.join(REWARD_SCHEMES)}")
         if phrasing not in PHRASINGS:
             raise ValueError(f"unknown phrasing {phrasing!r}; valid: {', '.join(PHRASINGS)}")
+        self.system_prompt = _SYSTEM if system_prompt is None else system_prompt
         pool = tuple(DEFAULT_NAMES if names is None else names)
         _check_name_pool(pool)
         self.reward_scheme = reward_scheme
@@ -419,7 +421,9 @@ class KnightsKnaves:
     # -- prompts and targets ------------------------------------------------------------------
 
     def messages(self, example: Example) -> list[dict[str, str]]:
-        return [{"role": "system", "content": _SYSTEM}, {"role": "user", "content": example.prompt}]
+        """System instruction (the `system_prompt` option; "" leaves it out) and the puzzle."""
+        user = {"role": "user", "content": example.prompt}
+        return [{"role": "system", "content": self.system_prompt}, user] if self.system_prompt else [user]
 
     def solution_trace(self, example: Example) -> str:
         """The cold-start SFT target: a brute-force search written out, then the answer.

@@ -203,11 +203,13 @@ def collect(engine: RolloutEngine, tokenizer: Any, task: Task, pool: ProblemPool
 
 def sequence_values(model: torch.nn.Module, batch: RolloutBatch, index: Sequence[int], width: int,
                     temperature: float, device: torch.device, packed: bool, token_budget: int,
-                    with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+                    with_entropy: bool = False,
+                    entropy_grad: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Per-token log-probs (and entropies) of the completions of sequences `index`: (b, width) each.
 
-    Runs in micro-batches of `token_budget` tokens. Gradients flow when called with grad enabled
-    (the index assignments below are differentiable).
+    Runs in micro-batches of `token_budget` tokens. Gradients flow to the log-probs when called with
+    grad enabled (the index assignments below are differentiable), and to the entropies only with
+    entropy_grad (an entropy bonus); otherwise entropies are for logging and cost no backward.
     """
     index = list(index)
     sequences = [batch.prompt_ids[i] + batch.completion_ids[i] for i in index]
@@ -221,7 +223,7 @@ def sequence_values(model: torch.nn.Module, batch: RolloutBatch, index: Sequence
         out_lp[mb] = per_sequence(token_logprobs(logits, sub.target_ids.to(device), temperature), sub.where,
                                   mb_starts, width)
         if out_ent is not None:
-            with torch.no_grad():
+            with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
                 out_ent[mb] = per_sequence(token_entropy(logits, temperature), sub.where, mb_starts, width)
     return out_lp, out_ent
 
@@ -325,7 +327,8 @@ def minibatch_step(policy, optimizer, batch, index, width, advantages, loss_mask
     for mb in micro_batches([len(s) for s in sequences], cfg.micro_batch_tokens):
         rows = [index[k] for k in mb]
         new_lp, new_ent = sequence_values(policy, batch, rows, width, knobs.temperature, device, packed,
-                                          token_budget=1 << 62, with_entropy=want_entropy)
+                                          token_budget=1 << 62, with_entropy=want_entropy,
+                                          entropy_grad=cfg.entropy_coef != 0)
         m = loss_mask[rows].to(device)
         adv = advantages[rows].to(device)
         old = old_lp[rows].to(device) if old_lp is not None else new_lp.detach()

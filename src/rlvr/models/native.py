@@ -1,0 +1,740 @@
+"""A compact pure-torch Qwen2 / Llama decoder with the Hugging Face parameter names.
+
+Why: on a 2-core CPU a tiny model spends most of a decode step in Python and op dispatch, not in
+arithmetic. This module reproduces `Qwen2ForCausalLM` / `LlamaForCausalLM` exactly (RMSNorm,
+rotary embeddings with `rope_theta`, grouped-query attention, SwiGLU MLP, tied or untied lm_head)
+in a few hundred lines, with a training forward that supports sequence packing and a KV-cache
+decode path with few ops per step. Its `state_dict()` keys equal the HF ones
+(`model.embed_tokens.weight`, `model.layers.{i}.self_attn.q_proj.weight`, ..., `model.norm.weight`,
+`lm_head.weight`), so weights move between the two unchanged and `save_pretrained` writes a
+checkpoint that `transformers.AutoModelForCausalLM.from_pretrained` loads.
+
+Architecture (Qwen2 technical report; Llama 2 paper), per layer, for hidden states x (B, T, H):
+    h = x + o_proj(attention(rope(q_proj(rms(x))), rope(k_proj(rms(x))), v_proj(rms(x))))
+    y = h + down_proj(silu(gate_proj(rms(h))) * up_proj(rms(h)))
+    rms(x) = weight * x / sqrt(mean(x^2) + eps)
+    rope(x)[p] = x * cos(p * inv_freq) + rotate_half(x) * sin(p * inv_freq),
+    inv_freq_i = rope_theta^(-2i / head_dim)  (RoFormer, Su et al. 2021)
+Qwen2 has biases on q/k/v only; Llama has them on q/k/v/o when `attention_bias` and on the MLP
+when `mlp_bias`. Configs this file does not reproduce exactly (RoPE scaling, sliding windows,
+other architectures) are refused by `is_supported`; callers then use the HF model.
+
+Inference API (used by rlvr.rollout.torch_engine):
+    logits, cache = model.prefill(input_ids, attention_mask, capacity)   # left-padded prompts
+    logits = model.decode_step(next_ids, cache)                           # one token per row
+    cache = cache.select(rows)             # drop finished rows, or repeat rows for n samples
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+SUPPORTED_MODEL_TYPES = ("qwen2", "llama")
+_ARCHITECTURES = {"qwen2": "Qwen2ForCausalLM", "llama": "LlamaForCausalLM"}
+# enable_gqa in scaled_dot_product_attention appeared in torch 2.5; older torch repeats K/V heads.
+_SDPA_HAS_GQA = tuple(int(p) for p in torch.__version__.split(".")[:2]) >= (2, 5)
+
+
+# --------------------------------------------------------------------------------------------
+# Configuration
+# --------------------------------------------------------------------------------------------
+
+
+def as_hf_config(config: Any) -> Any:
+    """An HF `PretrainedConfig` from a config object or a plain dict (model_type defaults to qwen2).
+
+    A dict goes through `AutoConfig.for_model`, so omitted fields take the HF defaults of that
+    architecture (e.g. Qwen2Config's num_key_value_heads defaults to 32, not to the head count).
+    """
+    if isinstance(config, Mapping):
+        from transformers import AutoConfig
+
+        fields = dict(config)
+        model_type = fields.pop("model_type", "qwen2")
+        return AutoConfig.for_model(model_type, **fields)
+    return config
+
+
+def _rope_settings(config: Any) -> tuple[float, str, float | None]:
+    """(rope_theta, rope_type, partial_rotary_factor) for transformers 4.x and 5.x config layouts."""
+    params = getattr(config, "rope_parameters", None) or {}
+    scaling = getattr(config, "rope_scaling", None) or {}
+    theta = params.get("rope_theta", getattr(config, "rope_theta", 10000.0))
+    rope_type = params.get("rope_type", params.get("type")) or scaling.get("rope_type", scaling.get("type"))
+    partial = params.get("partial_rotary_factor", getattr(config, "partial_rotary_factor", None))
+    return float(theta), rope_type or "default", partial
+
+
+def is_supported(config: Any) -> tuple[bool, str]:
+    """Whether NativeCausalLM reproduces this config exactly; the reason when it does not."""
+    try:
+        config = as_hf_config(config)
+    except (ValueError, KeyError) as exc:
+        return False, f"cannot build a transformers config: {exc}"
+    model_type = getattr(config, "model_type", None)
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        return False, f"model_type {model_type!r} is not one of {SUPPORTED_MODEL_TYPES}"
+    if getattr(config, "hidden_act", "silu") not in ("silu", "swish"):
+        return False, f"hidden_act {config.hidden_act!r} is not silu"
+    _, rope_type, partial = _rope_settings(config)
+    if rope_type != "default":
+        return False, f"RoPE scaling {rope_type!r} is not implemented (only plain RoPE)"
+    if partial not in (None, 1.0):
+        return False, f"partial_rotary_factor {partial} is not implemented"
+    layer_types = getattr(config, "layer_types", None) or []
+    if any(t != "full_attention" for t in layer_types):
+        return False, "sliding-window attention layers are not implemented"
+    if getattr(config, "use_sliding_window", False) and getattr(config, "sliding_window", None):
+        return False, "sliding-window attention is not implemented"
+    heads, kv_heads = config.num_attention_heads, config.num_key_value_heads or config.num_attention_heads
+    if heads % kv_heads:
+        return False, f"num_attention_heads {heads} is not a multiple of num_key_value_heads {kv_heads}"
+    if _head_dim(config) % 2:
+        return False, f"head_dim {_head_dim(config)} is odd"
+    return True, "ok"
+
+
+def _head_dim(config: Any) -> int:
+    return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+
+
+@dataclass(frozen=True)
+class Arch:
+    """The sizes and switches the native model needs, resolved once from an HF config."""
+
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    rms_norm_eps: float
+    rope_theta: float
+    qkv_bias: bool
+    o_bias: bool
+    mlp_bias: bool
+    tie_word_embeddings: bool
+    pad_token_id: int | None
+    attention_dropout: float
+    initializer_range: float
+
+    @classmethod
+    def from_config(cls, config: Any) -> Arch:
+        ok, reason = is_supported(config)
+        if not ok:
+            raise ValueError(f"NativeCausalLM cannot reproduce this config: {reason}; use the HF model")
+        model_type = config.model_type
+        attention_bias = bool(getattr(config, "attention_bias", False))
+        pad = getattr(config, "pad_token_id", None)
+        return cls(
+            vocab_size=config.vocab_size,
+            hidden_size=config.hidden_size,
+            intermediate_size=config.intermediate_size,
+            num_layers=config.num_hidden_layers,
+            num_heads=config.num_attention_heads,
+            num_kv_heads=config.num_key_value_heads or config.num_attention_heads,
+            head_dim=_head_dim(config),
+            rms_norm_eps=float(config.rms_norm_eps),
+            rope_theta=_rope_settings(config)[0],
+            # Qwen2 always has q/k/v biases and no o_proj bias; Llama switches all four together.
+            qkv_bias=model_type == "qwen2" or attention_bias,
+            o_bias=model_type == "llama" and attention_bias,
+            mlp_bias=model_type == "llama" and bool(getattr(config, "mlp_bias", False)),
+            tie_word_embeddings=bool(getattr(config, "tie_word_embeddings", False)),
+            pad_token_id=pad if isinstance(pad, int) and 0 <= pad < config.vocab_size else None,
+            attention_dropout=float(getattr(config, "attention_dropout", 0.0) or 0.0),
+            initializer_range=float(getattr(config, "initializer_range", 0.02)),
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# Modules (names mirror transformers' Qwen2/Llama modules so state_dict keys match)
+# --------------------------------------------------------------------------------------------
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """weight * x / sqrt(mean(x^2) + eps) over the last dim, normalised in float32 as HF does."""
+    if x.dtype == torch.float32:
+        return F.rms_norm(x, (x.shape[-1],), weight, eps)
+    # HF casts the normalised activations back to x's dtype before multiplying by the weight
+    return weight * F.rms_norm(x.float(), (x.shape[-1],), None, eps).to(x.dtype)
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, size: int, eps: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(size))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return rms_norm(x, self.weight, self.eps)
+
+
+class Attention(nn.Module):
+    def __init__(self, arch: Arch) -> None:
+        super().__init__()
+        a = arch
+        self.q_proj = nn.Linear(a.hidden_size, a.num_heads * a.head_dim, bias=a.qkv_bias)
+        self.k_proj = nn.Linear(a.hidden_size, a.num_kv_heads * a.head_dim, bias=a.qkv_bias)
+        self.v_proj = nn.Linear(a.hidden_size, a.num_kv_heads * a.head_dim, bias=a.qkv_bias)
+        self.o_proj = nn.Linear(a.num_heads * a.head_dim, a.hidden_size, bias=a.o_bias)
+
+
+class MLP(nn.Module):
+    def __init__(self, arch: Arch) -> None:
+        super().__init__()
+        h, i, bias = arch.hidden_size, arch.intermediate_size, arch.mlp_bias
+        self.gate_proj = nn.Linear(h, i, bias=bias)
+        self.up_proj = nn.Linear(h, i, bias=bias)
+        self.down_proj = nn.Linear(i, h, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, arch: Arch) -> None:
+        super().__init__()
+        self.self_attn = Attention(arch)
+        self.mlp = MLP(arch)
+        self.input_layernorm = RMSNorm(arch.hidden_size, arch.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(arch.hidden_size, arch.rms_norm_eps)
+
+
+class Backbone(nn.Module):
+    """Registered as `model` so that keys read `model.layers.{i}...` as in HF checkpoints."""
+
+    def __init__(self, arch: Arch) -> None:
+        super().__init__()
+        self.embed_tokens = nn.Embedding(arch.vocab_size, arch.hidden_size, padding_idx=arch.pad_token_id)
+        self.layers = nn.ModuleList(DecoderLayer(arch) for _ in range(arch.num_layers))
+        self.norm = RMSNorm(arch.hidden_size, arch.rms_norm_eps)
+
+
+# --------------------------------------------------------------------------------------------
+# Rotary embeddings and masks (pure functions)
+# --------------------------------------------------------------------------------------------
+
+
+def rope_inv_freq(head_dim: int, theta: float, device: torch.device | str = "cpu") -> torch.Tensor:
+    """inv_freq_i = theta^(-2i / head_dim), i < head_dim / 2, float32 (computed as HF does)."""
+    exponent = torch.arange(0, head_dim, 2, dtype=torch.int64, device=device).float() / head_dim
+    return 1.0 / (theta**exponent)
+
+
+def rope_cos_sin(
+    positions: torch.Tensor, inv_freq: torch.Tensor, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin of shape (*positions.shape, head_dim): angles in float32, then cast (as HF)."""
+    freqs = positions[..., None].float() * inv_freq  # (..., head_dim/2)
+    angles = torch.cat((freqs, freqs), dim=-1)
+    return angles.cos().to(dtype), angles.sin().to(dtype)
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def packed_position_ids(segment_ids: torch.Tensor) -> torch.Tensor:
+    """Positions that restart at 0 at every segment start: (B, T) int64.
+
+    A segment starts where the id differs from the previous token's (or at t = 0); e.g.
+    segment_ids [1 1 1 2 2 0 0] -> positions [0 1 2 0 1 0 1].
+    """
+    t = torch.arange(segment_ids.shape[1], device=segment_ids.device).expand_as(segment_ids)
+    starts = torch.ones_like(segment_ids, dtype=torch.bool)
+    starts[:, 1:] = segment_ids[:, 1:] != segment_ids[:, :-1]
+    start_index = torch.where(starts, t, torch.zeros_like(t)).cummax(dim=1).values
+    return t - start_index
+
+
+def packed_attention_mask(segment_ids: torch.Tensor) -> torch.Tensor:
+    """(B, 1, T, T) bool: query t sees key s iff s <= t and both lie in the same segment.
+
+    The diagonal is always allowed, so no query row is fully masked (a fully masked row would give
+    NaN in softmax, and NaN times a zero weight still poisons later layers).
+    """
+    T = segment_ids.shape[1]
+    causal = torch.ones(T, T, dtype=torch.bool, device=segment_ids.device).tril()
+    same = segment_ids[:, :, None] == segment_ids[:, None, :]  # (B, T, T)
+    return (same & causal)[:, None]
+
+
+def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, dropout: float):
+    """SDPA with grouped-query heads: q (B, Hq, T, d), k/v (B, Hkv, S, d)."""
+    if mask is None:
+        kwargs: dict[str, Any] = {"is_causal": True}
+    else:
+        kwargs = {"attn_mask": mask}
+    if q.shape[1] != k.shape[1]:
+        if _SDPA_HAS_GQA:
+            kwargs["enable_gqa"] = True
+        else:
+            rep = q.shape[1] // k.shape[1]
+            k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+    return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, **kwargs)
+
+
+# --------------------------------------------------------------------------------------------
+# KV cache
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class KVCache:
+    """Preallocated keys/values for a batch of left-padded rows that advance in lockstep.
+
+    keys[i], values[i]: (B, Hkv, capacity, d) for layer i; slots [0, length) are filled.
+    key_bias: (B, 1, 1, capacity) additive attention bias: -inf on a row's left padding, else 0.
+    positions: (B,) int64 rotary position of each row's next token (its own count of real tokens,
+    so a row's results do not depend on how much padding the batch gave it).
+    """
+
+    keys: list[torch.Tensor]
+    values: list[torch.Tensor]
+    key_bias: torch.Tensor
+    positions: torch.Tensor
+    length: int
+    weights: _DecodeWeights
+    rope: torch.Tensor  # (capacity, 2, (Hq + Hkv) * d): cos and sin per position, see _rope_table
+
+    @property
+    def batch_size(self) -> int:
+        return self.positions.shape[0]
+
+    @property
+    def capacity(self) -> int:
+        return self.key_bias.shape[-1]
+
+    def select(self, rows: torch.Tensor) -> KVCache:
+        """A new cache holding `rows` (int64 indices, repeats allowed) of this one, in that order.
+
+        Copies only the filled slots; use it to drop finished rows or to give each of n samples
+        its own copy of a prompt's prefill.
+        """
+        rows = rows.to(self.positions.device)
+        n, used = rows.shape[0], self.length
+
+        def take(buf: torch.Tensor) -> torch.Tensor:
+            out = buf.new_empty((n, *buf.shape[1:]))
+            out[:, :, :used] = buf[:, :, :used].index_select(0, rows)
+            return out
+
+        bias = self.key_bias.index_select(0, rows)
+        return KVCache(
+            keys=[take(k) for k in self.keys],
+            values=[take(v) for v in self.values],
+            key_bias=bias,
+            positions=self.positions.index_select(0, rows),
+            length=used,
+            weights=self.weights,
+            rope=self.rope,
+        )
+
+
+@dataclass
+class _DecodeWeights:
+    """Per-layer weights fused for decoding, rebuilt whenever a parameter changes.
+
+    qkv: rows [q, k, rotate_half(q), rotate_half(k), v] of the projection, so that rotary
+    embedding becomes x * cos + x_rot * sin with no permutation op per step (rotate_half is a
+    signed permutation of output rows, hence linear and foldable into the weight).
+    """
+
+    layers: list[tuple[torch.Tensor | None, ...]]
+    embed: torch.Tensor
+    norm: torch.Tensor
+    lm_head: torch.Tensor
+    key: tuple
+
+
+# --------------------------------------------------------------------------------------------
+# The model
+# --------------------------------------------------------------------------------------------
+
+
+class NativeCausalLM(nn.Module):
+    """Qwen2 / Llama causal LM in plain torch with HF parameter names (see the module docstring)."""
+
+    def __init__(self, config: Any) -> None:
+        super().__init__()
+        self.config = as_hf_config(config)
+        self.arch = Arch.from_config(self.config)
+        self.model = Backbone(self.arch)
+        self.lm_head = nn.Linear(self.arch.hidden_size, self.arch.vocab_size, bias=False)
+        self._tie()
+        self._decode_weights: _DecodeWeights | None = None
+        self._rope_tables: dict[tuple, torch.Tensor] = {}
+        self.reset_parameters()
+
+    def _tie(self) -> None:
+        if self.arch.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """HF's initialisation: N(0, initializer_range) weights, zero biases and padding row, unit norms."""
+        std = self.arch.initializer_range
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                module.weight.normal_(0.0, std)
+            if isinstance(module, nn.Linear) and module.bias is not None:
+                module.bias.zero_()
+            if isinstance(module, RMSNorm):
+                module.weight.fill_(1.0)
+        if self.arch.pad_token_id is not None:
+            self.model.embed_tokens.weight[self.arch.pad_token_id].zero_()
+
+    # ---------------------------------------------------------------- training forward
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        position_ids: torch.Tensor | None = None,
+        segment_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Logits (B, T, V) for input_ids (B, T).
+
+        position_ids (B, T): rotary positions; default 0..T-1, or restarting at every segment when
+        segment_ids is given. segment_ids (B, T): packing; a token attends to earlier tokens of the
+        same segment id only (id 0 is padding; its outputs are finite and meaningless). An HF-style
+        attention_mask (1 real, 0 pad) is a valid segment_ids tensor.
+        """
+        a = self.arch
+        B, T = input_ids.shape
+        if position_ids is None:
+            if segment_ids is None:
+                position_ids = torch.arange(T, device=input_ids.device).expand(B, T)
+            else:
+                position_ids = packed_position_ids(segment_ids)
+        mask = None if segment_ids is None else packed_attention_mask(segment_ids)
+        x = self.model.embed_tokens(input_ids)  # (B, T, H)
+        cos, sin = rope_cos_sin(position_ids, rope_inv_freq(a.head_dim, a.rope_theta, x.device), x.dtype)
+        cos, sin = cos[:, None], sin[:, None]  # (B, 1, T, d): broadcast over heads
+        dropout = a.attention_dropout if self.training else 0.0
+        for layer in self.model.layers:
+            attn = layer.self_attn
+            h = layer.input_layernorm(x)
+            q = attn.q_proj(h).view(B, T, a.num_heads, a.head_dim).transpose(1, 2)
+            k = attn.k_proj(h).view(B, T, a.num_kv_heads, a.head_dim).transpose(1, 2)
+            v = attn.v_proj(h).view(B, T, a.num_kv_heads, a.head_dim).transpose(1, 2)
+            q = q * cos + rotate_half(q) * sin
+            k = k * cos + rotate_half(k) * sin
+            o = _attend(q, k, v, mask, dropout)  # (B, Hq, T, d)
+            x = x + attn.o_proj(o.transpose(1, 2).reshape(B, T, a.num_heads * a.head_dim))
+            x = x + layer.mlp(layer.post_attention_layernorm(x))
+        return self.lm_head(self.model.norm(x))
+
+    # ---------------------------------------------------------------- inference (KV cache)
+
+    def _fused_weights(self, dtype: torch.dtype) -> _DecodeWeights:
+        """Decode weights in dtype, rebuilt when any parameter was modified (optimizer step, load).
+
+        Tensor version counters and storage pointers change on every in-place update or
+        reassignment, so a stale fused copy is never used.
+        """
+        params = list(self.parameters())
+        key = (dtype, *((p.data_ptr(), p._version, p.dtype, p.device) for p in params))
+        if self._decode_weights is not None and self._decode_weights.key == key:
+            return self._decode_weights
+        a = self.arch
+        half = a.head_dim // 2
+
+        def rot(w: torch.Tensor, heads: int) -> torch.Tensor:
+            w = w.reshape(heads, a.head_dim, *w.shape[1:])
+            return torch.cat((-w[:, half:], w[:, :half]), dim=1).reshape(heads * a.head_dim, *w.shape[2:])
+
+        def cast(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t.detach().to(dtype)
+
+        layers = []
+        with torch.no_grad():
+            for layer in self.model.layers:
+                at, mlp = layer.self_attn, layer.mlp
+                q_w, k_w, q_b, k_b = at.q_proj.weight, at.k_proj.weight, at.q_proj.bias, at.k_proj.bias
+                qkv_w = torch.cat([q_w, k_w, rot(q_w, a.num_heads), rot(k_w, a.num_kv_heads), at.v_proj.weight])
+                qkv_b = None
+                if a.qkv_bias:
+                    qkv_b = torch.cat([q_b, k_b, rot(q_b, a.num_heads), rot(k_b, a.num_kv_heads), at.v_proj.bias])
+                gate_up_w = torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight])
+                gate_up_b = torch.cat([mlp.gate_proj.bias, mlp.up_proj.bias]) if a.mlp_bias else None
+                fused = (
+                    layer.input_layernorm.weight,
+                    qkv_w,
+                    qkv_b,
+                    at.o_proj.weight.t(),
+                    at.o_proj.bias,
+                    layer.post_attention_layernorm.weight,
+                    gate_up_w,
+                    gate_up_b,
+                    mlp.down_proj.weight.t(),
+                    mlp.down_proj.bias,
+                )
+                layers.append(tuple(cast(t) for t in fused))
+            embed, norm, head = (cast(t) for t in (self.model.embed_tokens.weight, self.model.norm.weight, self.lm_head.weight))
+        self._decode_weights = _DecodeWeights(layers=layers, embed=embed, norm=norm, lm_head=head, key=key)
+        return self._decode_weights
+
+    def _rope_table(self, max_positions: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        """(P, 2, (Hq + Hkv) * d): row p holds cos then sin at position p, tiled over q and k heads."""
+        a = self.arch
+        key = (device, dtype)
+        table = self._rope_tables.get(key)
+        if table is None or table.shape[0] < max_positions:
+            size = max(max_positions, 2 * (0 if table is None else table.shape[0]), 256)
+            pos = torch.arange(size, device=device)
+            cos, sin = rope_cos_sin(pos, rope_inv_freq(a.head_dim, a.rope_theta, device), dtype)
+            heads = a.num_heads + a.num_kv_heads
+            table = torch.stack((cos.repeat(1, heads), sin.repeat(1, heads)), dim=1).contiguous()
+            self._rope_tables[key] = table
+        return table
+
+    @torch.no_grad()
+    def prefill(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        capacity: int | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> tuple[torch.Tensor, KVCache]:
+        """Run left-padded prompts (B, T) and return (last-token float32 logits (B, V), cache).
+
+        attention_mask (B, T): 1 on prompt tokens, 0 on the left padding. capacity: total slots
+        of the cache (prompt + tokens to generate); at least T. dtype: precision of the cache and
+        of decode_step (default: the parameters'). A float32 model can decode in bfloat16 from
+        bf16 copies of its weights, so the learner's own fp32 module can serve as the engine.
+        """
+        a = self.arch
+        B, T = input_ids.shape
+        capacity = max(capacity or T, T)
+        device, param_dtype = input_ids.device, self.model.embed_tokens.weight.dtype
+        dtype = dtype or param_dtype
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        valid = attention_mask.bool()
+        positions = (valid.long().cumsum(1) - 1).clamp(min=0)  # (B, T)
+        # causal, and keys must be real tokens; the diagonal keeps padding queries finite
+        diagonal = torch.eye(T, dtype=torch.bool, device=device)
+        mask = packed_attention_mask(valid.long()) & (valid[:, None, None, :] | diagonal)
+        weights = self._fused_weights(dtype)
+        cache_shape = (B, a.num_kv_heads, capacity, a.head_dim)
+        keys = [torch.zeros(cache_shape, device=device, dtype=dtype) for _ in range(a.num_layers)]
+        values = [torch.zeros(cache_shape, device=device, dtype=dtype) for _ in range(a.num_layers)]
+        x = self.model.embed_tokens(input_ids)
+        cos, sin = rope_cos_sin(positions, rope_inv_freq(a.head_dim, a.rope_theta, device), param_dtype)
+        cos, sin = cos[:, None], sin[:, None]
+        for i, layer in enumerate(self.model.layers):
+            attn = layer.self_attn
+            h = layer.input_layernorm(x)
+            q = attn.q_proj(h).view(B, T, a.num_heads, a.head_dim).transpose(1, 2)
+            k = attn.k_proj(h).view(B, T, a.num_kv_heads, a.head_dim).transpose(1, 2)
+            v = attn.v_proj(h).view(B, T, a.num_kv_heads, a.head_dim).transpose(1, 2)
+            q = q * cos + rotate_half(q) * sin
+            k = k * cos + rotate_half(k) * sin
+            keys[i][:, :, :T] = k
+            values[i][:, :, :T] = v
+            o = _attend(q, k, v, mask, 0.0)
+            x = x + attn.o_proj(o.transpose(1, 2).reshape(B, T, a.num_heads * a.head_dim))
+            x = x + layer.mlp(layer.post_attention_layernorm(x))
+        logits = self.lm_head(self.model.norm(x[:, -1])).float()
+        key_bias = torch.zeros(B, 1, 1, capacity, device=device, dtype=dtype)
+        key_bias[:, 0, 0, :T].masked_fill_(~valid, float("-inf"))
+        # a row's position never exceeds its slot index, so `capacity` positions suffice
+        rope = self._rope_table(capacity, device, dtype)
+        cache = KVCache(keys, values, key_bias, positions[:, -1] + 1, T, weights, rope)
+        return logits, cache
+
+    @torch.no_grad()
+    def decode_step(self, next_ids: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """Append one token per row (next_ids (B,)) to the cache; return float32 logits (B, V).
+
+        The cache is updated in place (slot `length`, positions + 1). Per layer this is one fused
+        q/k/v projection, rotary as two multiplies and a sum, two cache writes, one attention call
+        and two fused residual matmuls; grouped query heads attend as a (Hkv, Hq/Hkv) grid, so
+        K/V heads are never repeated.
+        """
+        a = self.arch
+        slot = cache.length
+        if slot >= cache.capacity:
+            raise RuntimeError(f"KV cache full: capacity {cache.capacity} slots")
+        B = next_ids.shape[0]
+        n_q, n_k = a.num_heads * a.head_dim, a.num_kv_heads * a.head_dim
+        n_qk, rep, eps = n_q + n_k, a.num_heads // a.num_kv_heads, a.rms_norm_eps
+        inter = a.intermediate_size
+        w = cache.weights
+        x = F.embedding(next_ids, w.embed)  # (B, H)
+        cos_sin = cache.rope.index_select(0, cache.positions)  # (B, 2, n_qk)
+        bias = cache.key_bias[..., : slot + 1]
+        for i, (ln1, w_qkv, b_qkv, wo_t, bo, ln2, w_gu, b_gu, wd_t, bd) in enumerate(w.layers):
+            h = rms_norm(x, ln1, eps)
+            y = F.linear(h, w_qkv, b_qkv)  # (B, 2 n_qk + n_k)
+            qk = (y[:, : 2 * n_qk].view(B, 2, n_qk) * cos_sin).sum(1)  # rotary: x cos + rot(x) sin
+            cache.keys[i].select(2, slot).copy_(qk[:, n_q:].view(B, a.num_kv_heads, a.head_dim))
+            cache.values[i].select(2, slot).copy_(y[:, 2 * n_qk :].view(B, a.num_kv_heads, a.head_dim))
+            q = qk[:, :n_q].view(B, a.num_kv_heads, rep, a.head_dim)
+            k = cache.keys[i][:, :, : slot + 1]
+            v = cache.values[i][:, :, : slot + 1]
+            o = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)  # (B, Hkv, rep, d)
+            x = torch.addmm(x, o.reshape(B, n_q), wo_t)
+            if bo is not None:
+                x = x + bo
+            gu = F.linear(rms_norm(x, ln2, eps), w_gu, b_gu)  # (B, 2 I)
+            x = torch.addmm(x, F.silu(gu[:, :inter]) * gu[:, inter:], wd_t)
+            if bd is not None:
+                x = x + bd
+        cache.length = slot + 1
+        cache.positions += 1
+        return F.linear(rms_norm(x, w.norm, eps), w.lm_head).float()
+
+    # ---------------------------------------------------------------- conversion and IO
+
+    @classmethod
+    def from_hf(cls, hf_model: nn.Module) -> NativeCausalLM:
+        """A native copy of a transformers Qwen2/Llama causal LM (same dtype and device)."""
+        param = next(hf_model.parameters())
+        model = cls(hf_model.config).to(device=param.device, dtype=param.dtype)
+        model.load_hf_state_dict(hf_model.state_dict())
+        return model
+
+    def to_hf(self) -> nn.Module:
+        """A transformers model with this model's config and weights."""
+        from transformers import AutoModelForCausalLM
+
+        param = next(self.parameters())
+        hf = AutoModelForCausalLM.from_config(self.config).to(device=param.device, dtype=param.dtype)
+        hf.load_state_dict(self.state_dict())
+        return hf
+
+    def load_hf_state_dict(self, state_dict: Mapping[str, torch.Tensor], source: str = "state_dict") -> None:
+        """Copy weights named as in HF checkpoints; errors name missing or unexpected keys."""
+        own = self.state_dict()
+        ignored = [k for k in state_dict if k.endswith("rotary_emb.inv_freq")]
+        unexpected = sorted(set(state_dict) - set(own) - set(ignored))
+        optional = {"lm_head.weight"} if self.arch.tie_word_embeddings else set()
+        missing = sorted(set(own) - set(state_dict) - optional)
+        if unexpected or missing:
+            raise KeyError(
+                f"{source}: weights do not match the config's architecture: missing {missing[:8]}, "
+                f"unexpected {unexpected[:8]}"
+            )
+        with torch.no_grad():
+            for name, tensor in state_dict.items():
+                if name in own:
+                    if own[name].shape != tensor.shape:
+                        raise ValueError(
+                            f"{source}: {name} has shape {tuple(tensor.shape)}, the config expects "
+                            f"{tuple(own[name].shape)}"
+                        )
+                    own[name].copy_(tensor)
+
+    @classmethod
+    def from_pretrained(
+        cls, path: str | os.PathLike, dtype: torch.dtype | None = None, device: str | torch.device = "cpu"
+    ) -> NativeCausalLM:
+        """Load an HF-format directory (config.json + model.safetensors, sharded or not)."""
+        from transformers import AutoConfig
+
+        path = Path(path)
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"{path}: no config.json (expected an HF-format model directory)")
+        config = AutoConfig.from_pretrained(str(path))
+        state_dict = _read_weights(path)
+        if dtype is None:
+            dtype = next(iter(state_dict.values())).dtype
+        with torch.device("meta"):
+            model = cls(config)
+        model.to_empty(device=device)
+        model = model.to(dtype)
+        model._tie()  # to_empty gives the tied weight two separate tensors
+        model.load_hf_state_dict(state_dict, source=str(path))
+        return model
+
+    def save_pretrained(self, path: str | os.PathLike) -> None:
+        """Write config.json + model.safetensors that AutoModelForCausalLM.from_pretrained loads.
+
+        Atomic: everything is written to a temporary sibling directory, which then replaces path.
+        A tied lm_head is not stored (HF re-ties it from the embedding).
+        """
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+        try:
+            config = copy.deepcopy(self.config)
+            config.architectures = [_ARCHITECTURES[self.config.model_type]]
+            dtype = next(self.parameters()).dtype
+            if hasattr(config, "dtype"):  # transformers >= 4.56; older versions call it torch_dtype
+                config.dtype = dtype
+            else:
+                config.torch_dtype = dtype
+            config.save_pretrained(str(tmp))
+            tensors = {
+                name: t.detach().contiguous().cpu()
+                for name, t in self.state_dict().items()
+                if not (self.arch.tie_word_embeddings and name == "lm_head.weight")
+            }
+            save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+            _replace_dir(tmp, path)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+def _read_weights(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    single, index = path / "model.safetensors", path / "model.safetensors.index.json"
+    if single.is_file():
+        return load_file(str(single))
+    if index.is_file():
+        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        state: dict[str, torch.Tensor] = {}
+        for shard in shards:
+            state.update(load_file(str(path / shard)))
+        return state
+    bin_file = path / "pytorch_model.bin"
+    if bin_file.is_file():
+        return torch.load(bin_file, map_location="cpu", weights_only=True)
+    raise FileNotFoundError(f"{path}: no model.safetensors, model.safetensors.index.json or pytorch_model.bin")
+
+
+def _replace_dir(src: Path, dst: Path) -> None:
+    """Move directory src to dst, replacing dst if present; dst is never left half-written."""
+    if dst.exists():
+        old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
+        os.replace(dst, old)
+        os.replace(src, dst)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(src, dst)
+
+
+__all__ = [
+    "Arch",
+    "KVCache",
+    "NativeCausalLM",
+    "SUPPORTED_MODEL_TYPES",
+    "as_hf_config",
+    "is_supported",
+    "packed_attention_mask",
+    "packed_position_ids",
+    "rope_cos_sin",
+    "rope_inv_freq",
+]

@@ -1,0 +1,432 @@
+"""Batched sampling with a KV cache for a local causal LM, in plain torch (CPU default, any device).
+
+`TorchEngine` implements the RolloutEngine protocol (base.py) for
+  * any transformers causal LM: its forward with `past_key_values` (a DynamicCache), and
+  * a fast path for models that offer the native inference API (rlvr.models.native.NativeCausalLM):
+        logits, cache = model.prefill(input_ids, attention_mask, capacity)
+        logits = model.decode_step(next_ids, cache);  cache = cache.select(rows)
+    The engine only duck-types this API (the rollout package imports nothing from rlvr.models).
+
+How one generate() call runs:
+  1. rows = (prompt, sample) pairs, prompt-major; chunks of at most `max_batch_size` rows.
+  2. per chunk: the distinct prompts are left-padded and prefilled once; their caches are then
+     replicated to one row per sample, so n samples share one prefill.
+  3. decode in lockstep: sample every running row, record token and log-prob, stop rows on a stop
+     id or stop string; finished rows are dropped from the running batch (compacted once enough
+     have finished that the copy pays for itself), so they stop costing compute.
+Rows of different prompt lengths share cache slots through left padding, with positions counted
+per row and padding masked out exactly, so a prompt's results do not depend on the rest of the
+batch beyond float rounding.
+
+Sampling: log-probs are log_softmax(logits / T) of the unfiltered logits (T = 1 for greedy),
+float32; top-k then top-p (on the renormalised top-k distribution) restrict the support; a token
+is drawn by inverting the CDF with one uniform number per row from a torch.Generator seeded by
+SamplingParams.seed (Gumbel-max or torch.multinomial draw one number per vocabulary entry, ~10x
+slower on CPU for a 1000-token vocabulary).
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+
+from rlvr.rollout.base import Rollout, SamplingParams
+
+# Compact the running batch once this fraction of its rows has finished. Compaction copies the
+# filled cache of the surviving rows, which costs about as much as one or two decode steps.
+COMPACT_FRACTION = 0.125
+
+
+# --------------------------------------------------------------------------------------------
+# Sampling (pure functions)
+# --------------------------------------------------------------------------------------------
+
+
+def top_k_top_p_mask(logprobs: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor | None:
+    """Boolean (B, V) mask of tokens kept by top-k, then top-p; None when neither filter is on.
+
+    top-k keeps tokens whose log-prob is at least the k-th largest (ties at the border kept).
+    top-p keeps the smallest prefix of the tokens sorted by probability (renormalised over the
+    top-k survivors) whose mass reaches top_p (Holtzman et al. 2020); the most likely token is
+    always kept. Sorting the whole vocabulary is slow on CPU, so the candidates are the top 32,
+    widened 4x until their mass reaches top_p in every row.
+    """
+    V = logprobs.shape[-1]
+    keep = None
+    if 0 < top_k < V:
+        kth = logprobs.topk(top_k, dim=-1).values[:, -1:]
+        keep = logprobs >= kth
+    if top_p < 1.0:
+        probs = logprobs.exp() if keep is None else logprobs.exp().masked_fill(~keep, 0.0)
+        probs = probs / probs.sum(-1, keepdim=True)
+        k = min(V, 32)
+        while True:
+            values, index = probs.topk(k, dim=-1)  # descending
+            cum = values.cumsum(-1)
+            if k == V or bool((cum[:, -1] >= top_p).all()):
+                break
+            k = min(V, 4 * k)
+        keep_sorted = (cum - values) < top_p  # mass strictly before the token is below top_p
+        nucleus = torch.zeros_like(probs, dtype=torch.bool).scatter(-1, index, keep_sorted)
+        keep = nucleus if keep is None else keep & nucleus
+    return keep
+
+
+def sample_tokens(
+    logits: torch.Tensor,
+    temperature: float,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Draw one token per row of logits (B, V); return (tokens (B,) int64, logprobs (B,) float32).
+
+    logprobs are those of the drawn tokens under log_softmax(logits / temperature) before any
+    filtering (under log_softmax(logits) when temperature == 0, which means greedy argmax).
+    """
+    logits = logits.float()
+    if temperature == 0:
+        logprobs = torch.log_softmax(logits, dim=-1)
+        tokens = logits.argmax(dim=-1)
+    else:
+        logprobs = torch.log_softmax(logits / temperature, dim=-1)
+        keep = top_k_top_p_mask(logprobs, top_k, top_p)
+        probs = logprobs.exp() if keep is None else logprobs.exp().masked_fill(~keep, 0.0)
+        cdf = probs.cumsum(dim=-1)  # (B, V)
+        u = torch.rand(cdf.shape[0], 1, generator=generator, device=cdf.device, dtype=cdf.dtype)
+        # first index whose cdf exceeds u * total: never a zero-probability token
+        tokens = torch.searchsorted(cdf, u * cdf[:, -1:], right=True).squeeze(1)
+        tokens = tokens.clamp_(max=logits.shape[-1] - 1)
+    chosen = logprobs.gather(-1, tokens[:, None]).squeeze(1)
+    return tokens, chosen
+
+
+def left_pad(prompts: Sequence[Sequence[int]], pad_token_id: int, device: torch.device | str):
+    """(ids (B, T) int64, attention_mask (B, T) int64) with prompts aligned to the right."""
+    T = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), T), pad_token_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), T), dtype=torch.long)
+    for i, p in enumerate(prompts):
+        if len(p):
+            ids[i, T - len(p) :] = torch.as_tensor(list(p), dtype=torch.long)
+            mask[i, T - len(p) :] = 1
+    return ids.to(device), mask.to(device)
+
+
+# --------------------------------------------------------------------------------------------
+# Model backends: prefill, step, select
+# --------------------------------------------------------------------------------------------
+
+
+class _NativeBackend:
+    """Models with prefill / decode_step / cache.select (rlvr.models.native.NativeCausalLM)."""
+
+    def __init__(self, model: Any, dtype: torch.dtype | None) -> None:
+        self.model = model
+        self.dtype = dtype
+
+    def prefill(self, ids: torch.Tensor, mask: torch.Tensor, capacity: int) -> tuple[torch.Tensor, Any]:
+        return self.model.prefill(ids, mask, capacity, dtype=self.dtype)
+
+    def step(self, next_ids: torch.Tensor, state: Any) -> torch.Tensor:
+        return self.model.decode_step(next_ids, state)
+
+    def select(self, state: Any, rows: torch.Tensor) -> Any:
+        return state.select(rows)
+
+
+@dataclass
+class _HFState:
+    cache: Any  # a transformers Cache, or the legacy tuple of (key, value) per layer
+    mask: torch.Tensor  # (B, T) 1 on real tokens, 0 on left padding
+    positions: torch.Tensor  # (B,) position of each row's next token
+
+
+class _HFBackend:
+    """Any transformers causal LM, through forward(input_ids, attention_mask, position_ids, cache)."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+        params = inspect.signature(model.forward).parameters
+        self.keep_kw = "logits_to_keep" if "logits_to_keep" in params else None
+        if self.keep_kw is None and "num_logits_to_keep" in params:
+            self.keep_kw = "num_logits_to_keep"
+
+    def prefill(self, ids: torch.Tensor, mask: torch.Tensor, capacity: int) -> tuple[torch.Tensor, _HFState]:
+        positions = (mask.cumsum(1) - 1).clamp(min=0)
+        extra = {self.keep_kw: 1} if self.keep_kw else {}
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **extra)
+        return out.logits[:, -1], _HFState(out.past_key_values, mask, positions[:, -1] + 1)
+
+    def step(self, next_ids: torch.Tensor, state: _HFState) -> torch.Tensor:
+        state.mask = torch.cat([state.mask, state.mask.new_ones(state.mask.shape[0], 1)], dim=1)
+        out = self.model(
+            input_ids=next_ids[:, None],
+            attention_mask=state.mask,
+            position_ids=state.positions[:, None],
+            past_key_values=state.cache,
+            use_cache=True,
+        )
+        state.cache = out.past_key_values
+        state.positions = state.positions + 1
+        return out.logits[:, -1]
+
+    def select(self, state: _HFState, rows: torch.Tensor) -> _HFState:
+        cache = state.cache
+        if hasattr(cache, "reorder_cache"):
+            cache.reorder_cache(rows)  # index_select along the batch: drops or repeats rows
+        else:
+            cache = tuple(tuple(t.index_select(0, rows) for t in layer) for layer in cache)
+        return _HFState(cache, state.mask.index_select(0, rows), state.positions.index_select(0, rows))
+
+
+# --------------------------------------------------------------------------------------------
+# The engine
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Chunk:
+    """Outputs of one chunk of rows: tokens and log-probs (R, max_new_tokens), lengths, stop flags."""
+
+    tokens: torch.Tensor
+    logprobs: torch.Tensor
+    lengths: torch.Tensor
+    stopped: torch.Tensor
+
+
+class TorchEngine:
+    """RolloutEngine for a local causal LM held in this process (see the module docstring).
+
+    model: a transformers causal LM or a NativeCausalLM. The engine may hold the learner's own
+    module (on CPU this is the intended set-up: no second copy, and load_weights is then a
+    no-op); generation runs under torch.inference_mode() with the model in eval mode, and the
+    previous train/eval mode is restored afterwards.
+    eos_token_ids: ids that always end a completion (SamplingParams.stop_token_ids add to them).
+    pad_token_id: filler for left padding (never attended to).
+    device: where generation runs; the model is moved there if it lives elsewhere.
+    decode_fn: token ids -> text; needed for SamplingParams.stop_strings.
+    max_batch_size: rows (prompt samples) in flight at once, to bound KV-cache memory.
+    dtype: decoding precision on the native path (e.g. torch.bfloat16 for a float32 model: the
+    decode step then uses bf16 copies of the weights, refreshed when they change); the HF path
+    always runs in the model's own dtype. Log-probs are computed in float32 either way.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        eos_token_ids: Sequence[int] | int | None,
+        pad_token_id: int = 0,
+        device: str | torch.device = "cpu",
+        decode_fn: Callable[[list[int]], str] | None = None,
+        max_batch_size: int | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        self.device = torch.device(device)
+        param = next(model.parameters(), None)
+        if param is not None and param.device != self.device:
+            model = model.to(self.device)
+        self.model = model
+        if eos_token_ids is None:
+            eos_token_ids = ()
+        elif isinstance(eos_token_ids, int):
+            eos_token_ids = (eos_token_ids,)
+        self.eos_token_ids = tuple(int(i) for i in eos_token_ids)
+        self.pad_token_id = int(pad_token_id)
+        self.decode_fn = decode_fn
+        if max_batch_size is not None and max_batch_size < 1:
+            raise ValueError(f"TorchEngine: max_batch_size must be >= 1, got {max_batch_size}")
+        self.max_batch_size = max_batch_size
+        native = all(hasattr(model, name) for name in ("prefill", "decode_step"))
+        if not native and dtype is not None:
+            raise ValueError("TorchEngine: dtype is only supported for models with the native inference API")
+        self.backend: _NativeBackend | _HFBackend = _NativeBackend(model, dtype) if native else _HFBackend(model)
+        self.last_stats: dict[str, float] = {}
+
+    # ---------------------------------------------------------------- public API
+
+    def generate(self, prompt_ids: Sequence[Sequence[int]], params: SamplingParams) -> list[Rollout]:
+        """len(prompt_ids) * params.n rollouts, ordered by prompt then sample."""
+        _check_params(params, self.decode_fn)
+        for i, p in enumerate(prompt_ids):
+            if len(p) == 0:
+                raise ValueError(f"TorchEngine.generate: prompt {i} is empty")
+        start = time.perf_counter()
+        rows = [(p, s) for p in range(len(prompt_ids)) for s in range(params.n)]
+        chunk_size = self.max_batch_size or max(1, len(rows))
+        generator = _generator(params.seed, self.device)
+        stats = {"decode_steps": 0, "row_steps": 0, "prefill_tokens": 0}
+        rollouts: list[Rollout] = []
+        was_training = getattr(self.model, "training", False)
+        self.model.eval()
+        try:
+            with torch.inference_mode():
+                for lo in range(0, len(rows), chunk_size):
+                    chunk_rows = rows[lo : lo + chunk_size]
+                    out = self._run_chunk([prompt_ids[p] for p, _ in chunk_rows], params, generator, stats)
+                    rollouts.extend(_to_rollouts(chunk_rows, prompt_ids, out))
+        finally:
+            self.model.train(was_training)
+        seconds = time.perf_counter() - start
+        tokens = sum(len(r.token_ids) for r in rollouts)
+        self.last_stats = {
+            "completion_tokens": tokens,
+            "prompt_tokens": sum(len(prompt_ids[r.prompt_index]) for r in rollouts),
+            "rollouts": len(rollouts),
+            "seconds": seconds,
+            "tokens_per_second": tokens / seconds if seconds > 0 else 0.0,
+            **stats,
+        }
+        return rollouts
+
+    def load_weights(self, state_dict: Mapping[str, torch.Tensor]) -> None:
+        """Copy the learner's weights (HF names) into the engine's model.
+
+        Tensors that already share storage with the engine's (the engine holds the learner's own
+        module) are skipped, so that set-up costs nothing. Unknown names, or engine weights that no
+        incoming tensor covers, raise KeyError.
+        """
+        own = self.model.state_dict()
+        unknown = sorted(set(state_dict) - set(own))
+        if unknown:
+            raise KeyError(f"TorchEngine.load_weights: names the engine's model does not have: {unknown[:8]}")
+        covered = set()
+        with torch.no_grad():
+            for name, tensor in state_dict.items():
+                target = own[name]
+                if target.data_ptr() != tensor.data_ptr() or target.device != tensor.device:
+                    if target.shape != tensor.shape:
+                        raise ValueError(
+                            f"TorchEngine.load_weights: {name} has shape {tuple(tensor.shape)}, "
+                            f"the engine's model expects {tuple(target.shape)}"
+                        )
+                    target.copy_(tensor)
+                covered.add(target.data_ptr())
+        missing = sorted(n for n, t in own.items() if t.data_ptr() not in covered)
+        if missing:
+            raise KeyError(f"TorchEngine.load_weights: no incoming weights for {missing[:8]}")
+
+    # ---------------------------------------------------------------- generation
+
+    def _run_chunk(
+        self, prompts: list[Sequence[int]], params: SamplingParams, generator: torch.Generator, stats: dict
+    ) -> _Chunk:
+        """Generate one completion per entry of prompts (equal entries share one prefill)."""
+        R, max_new = len(prompts), params.max_new_tokens
+        out = _Chunk(
+            tokens=torch.full((R, max(max_new, 1)), self.pad_token_id, dtype=torch.long, device=self.device),
+            logprobs=torch.zeros((R, max(max_new, 1)), dtype=torch.float32, device=self.device),
+            lengths=torch.full((R,), max_new, dtype=torch.long, device=self.device),
+            stopped=torch.zeros(R, dtype=torch.bool, device=self.device),
+        )
+        if max_new == 0:
+            return out
+        distinct: dict[tuple[int, ...], int] = {}
+        row_prompt = [distinct.setdefault(tuple(p), len(distinct)) for p in prompts]
+        ids, mask = left_pad(list(distinct), self.pad_token_id, self.device)
+        stats["prefill_tokens"] += int(mask.sum())
+        logits, state = self.backend.prefill(ids, mask, ids.shape[1] + max_new)
+        expand = torch.as_tensor(row_prompt, dtype=torch.long, device=self.device)
+        logits, state = logits.index_select(0, expand), self.backend.select(state, expand)
+
+        stop_ids = torch.as_tensor(
+            sorted(set(self.eos_token_ids) | set(params.stop_token_ids)), dtype=torch.long, device=self.device
+        )
+        row_ids = torch.arange(R, device=self.device)  # chunk row of each running batch row
+        alive = torch.ones(R, dtype=torch.bool, device=self.device)
+        for step in range(max_new):
+            tokens, logprobs = sample_tokens(logits, params.temperature, params.top_k, params.top_p, generator)
+            out.tokens[row_ids, step] = tokens
+            out.logprobs[row_ids, step] = logprobs
+            hit = torch.isin(tokens, stop_ids) & alive
+            if params.stop_strings:
+                hit |= self._stop_string_hits(out.tokens, row_ids, alive, step, params.stop_strings)
+            if bool(hit.any()):
+                finished = row_ids[hit]
+                out.lengths[finished] = step + 1
+                out.stopped[finished] = True
+                alive &= ~hit
+            n_alive = int(alive.sum())
+            if n_alive == 0 or step == max_new - 1:
+                break
+            if alive.shape[0] - n_alive >= max(1, math.ceil(COMPACT_FRACTION * alive.shape[0])):
+                keep = alive.nonzero().squeeze(1)
+                state = self.backend.select(state, keep)
+                row_ids, tokens, alive = row_ids[keep], tokens[keep], alive[keep]
+            logits = self.backend.step(tokens, state)
+            stats["decode_steps"] += 1
+            stats["row_steps"] += int(alive.shape[0])
+        return out
+
+    def _stop_string_hits(
+        self, tokens: torch.Tensor, row_ids: torch.Tensor, alive: torch.Tensor, step: int, stops: tuple[str, ...]
+    ) -> torch.Tensor:
+        """Running rows whose newest token completes one of the stop strings.
+
+        Only the last len(longest stop string) + 1 tokens are decoded: a token is at least one
+        character, so that window holds any occurrence that ends in the newest token (earlier
+        occurrences would have stopped the row before).
+        """
+        assert self.decode_fn is not None
+        window = max(len(s) for s in stops) + 1
+        lo = max(0, step + 1 - window)
+        recent = tokens[row_ids, lo : step + 1].tolist()
+        flags = [
+            bool(is_alive) and any(s in self.decode_fn(ids) for s in stops)
+            for ids, is_alive in zip(recent, alive.tolist())
+        ]
+        return torch.tensor(flags, dtype=torch.bool, device=alive.device)
+
+
+def _check_params(params: SamplingParams, decode_fn: Callable | None) -> None:
+    problems = []
+    if params.n < 1:
+        problems.append(f"n must be >= 1, got {params.n}")
+    if params.temperature < 0:
+        problems.append(f"temperature must be >= 0, got {params.temperature}")
+    if not 0 < params.top_p <= 1:
+        problems.append(f"top_p must be in (0, 1], got {params.top_p}")
+    if params.top_k < 0:
+        problems.append(f"top_k must be >= 0, got {params.top_k}")
+    if params.max_new_tokens < 0:
+        problems.append(f"max_new_tokens must be >= 0, got {params.max_new_tokens}")
+    if params.stop_strings and decode_fn is None:
+        problems.append("stop_strings need the engine's decode_fn (TorchEngine(..., decode_fn=...))")
+    if problems:
+        raise ValueError("SamplingParams: " + "; ".join(problems))
+
+
+def _generator(seed: int | None, device: torch.device) -> torch.Generator:
+    """A generator seeded by seed, or by the global torch RNG (so torch.manual_seed applies)."""
+    if seed is None:
+        seed = int(torch.randint(0, 2**62, ()).item())
+    return torch.Generator(device=device).manual_seed(seed)
+
+
+def _to_rollouts(rows: list[tuple[int, int]], prompt_ids: Sequence[Sequence[int]], out: _Chunk) -> list[Rollout]:
+    lengths, stopped = out.lengths.tolist(), out.stopped.tolist()
+    tokens, logprobs = out.tokens.cpu().tolist(), out.logprobs.cpu().tolist()
+    rollouts = []
+    for r, (p, s) in enumerate(rows):
+        n = lengths[r]
+        reason: Literal["stop", "length"] = "stop" if stopped[r] else "length"
+        rollouts.append(
+            Rollout(
+                prompt_index=p,
+                prompt_ids=list(prompt_ids[p]),
+                token_ids=tokens[r][:n],
+                logprobs=logprobs[r][:n],
+                finish_reason=reason,
+                metadata={"sample_index": s},
+            )
+        )
+    return rollouts
+
+
+__all__ = ["COMPACT_FRACTION", "TorchEngine", "left_pad", "sample_tokens", "top_k_top_p_mask"]

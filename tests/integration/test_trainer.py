@@ -1,0 +1,131 @@
+"""The pipeline end to end on a tiny model: smoke, determinism, crash and resume, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from rlvr.config import load_config
+from rlvr.trainers.pipeline import RunDirError, run
+
+TIMING = ("timing_s/", "perf/", "sft/tokens_per_s")
+
+
+def small_overrides(model_dir: Path, out_dir: Path, rl_steps: int = 2) -> list[str]:
+    return [
+        f"model.path={model_dir}", f"out_dir={out_dir}", "threads=1", "logging.progress=false",
+        "data.train_size=200", "data.eval_size=8", "sft.steps=4", "sft.batch_size=8", "sft.data_size=64",
+        "sft.warmup_steps=1", f"rl.steps={rl_steps}", "rl.prompts_per_step=4", "rl.group_size=4",
+        "rl.max_new_tokens=24", "eval.max_new_tokens=24", "eval.samples=2", "checkpoint.every=2",
+        "logging.samples_every=1",
+    ]
+
+
+def rl_lines(run_dir: Path) -> list[dict]:
+    lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in rec.items() if not k.startswith(TIMING)} for rec in lines if rec["phase"] == "rl"]
+
+
+def test_pipeline_smoke_changes_weights_and_writes_the_run_dir(tiny_model_dir, tmp_path):
+    out = tmp_path / "run"
+    # An SFT of 4 steps earns no reward, so GRPO advantages are all 0; the KL (to a reference model)
+    # and entropy terms still move the weights, which exercises that path of the update.
+    overrides = small_overrides(tiny_model_dir, out) + ["rl.kl_coef=0.05", "rl.entropy_coef=0.01"]
+    summary = run(load_config("recipes/kk-tiny.yaml", overrides))
+    for name in ("config.yaml", "metrics.jsonl", "summary.json", "report.html", "data/eval.jsonl",
+                 "eval/before_rl_greedy/metrics.json", "eval/after_rl_sampled/samples.jsonl"):
+        assert (out / name).exists(), name
+    assert summary["eval_size"] == 8 and summary["eval_people"] == [3]
+    assert 0.0 <= summary["accuracy_after_rl"] <= 1.0 and "temperature" in summary["accuracy_metric"]
+    lines = rl_lines(out)
+    assert [rec["step"] for rec in lines] == [0, 1]
+    for rec in lines:
+        for key in ("reward/mean", "accuracy", "actor/pg_loss", "actor/grad_norm", "actor/entropy", "actor/kl_loss",
+                    "response_length/mean", "all_correct_ratio", "all_wrong_ratio"):
+            assert key in rec and rec[key] == rec[key] and abs(rec[key]) != float("inf"), key
+    before = load_file(str(tiny_model_dir / "model.safetensors"))
+    sft = load_file(str(out / "checkpoints/sft/step_000004/model.safetensors"))
+    after = load_file(str(out / "checkpoints/rl/step_000002/model.safetensors"))
+    name = "model.layers.0.mlp.down_proj.weight"
+    assert not torch.equal(before[name], sft[name]), "SFT did not change the weights"
+    assert not torch.equal(sft[name], after[name]), "RL did not change the weights"
+    assert sorted(p.name for p in (out / "samples").iterdir()) == ["step_000000.jsonl", "step_000001.jsonl"]
+
+
+def test_same_seed_same_metrics(tiny_model_dir, tmp_path):
+    a = tmp_path / "a"
+    b = tmp_path / "b"
+    run(load_config("recipes/kk-tiny.yaml", small_overrides(tiny_model_dir, a)))
+    run(load_config("recipes/kk-tiny.yaml", small_overrides(tiny_model_dir, b)))
+    assert rl_lines(a) == rl_lines(b)
+    assert (a / "eval/after_rl_sampled/samples.jsonl").read_text() == (b / "eval/after_rl_sampled/samples.jsonl").read_text()
+
+
+@pytest.mark.slow
+def test_sigkill_mid_run_resumes_to_the_same_metrics(tiny_model_dir, tmp_path):
+    steps = 6
+    reference = tmp_path / "reference"
+    run(load_config("recipes/kk-tiny.yaml", small_overrides(tiny_model_dir, reference, rl_steps=steps)))
+
+    crashed = tmp_path / "crashed"
+    cmd = [sys.executable, "-m", "rlvr.cli", "run", "recipes/kk-tiny.yaml",
+           *small_overrides(tiny_model_dir, crashed, rl_steps=steps)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        metrics = crashed / "metrics.jsonl"
+        if metrics.exists() and sum('"phase": "rl"' in x for x in metrics.read_text().splitlines()) >= 3:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (crashed / "summary.json").exists()
+    assert len(rl_lines(crashed)) < steps
+    run(load_config("recipes/kk-tiny.yaml", small_overrides(tiny_model_dir, crashed, rl_steps=steps)))
+    assert rl_lines(crashed) == rl_lines(reference)
+    assert json.loads((crashed / "summary.json").read_text())["accuracy_after_rl"] == \
+        json.loads((reference / "summary.json").read_text())["accuracy_after_rl"]
+
+
+def test_run_dir_with_a_different_run_is_refused(tiny_model_dir, tmp_path):
+    out = tmp_path / "run"
+    overrides = small_overrides(tiny_model_dir, out) + ["sft.enabled=false", "rl.steps=0", "eval.samples=0"]
+    run(load_config("recipes/kk-tiny.yaml", overrides))
+    with pytest.raises(RunDirError, match="already holds a different run"):
+        run(load_config("recipes/kk-tiny.yaml", overrides + ["seed=1"]))
+
+
+def test_bad_inputs_fail_with_one_clear_message(tiny_model_dir, tmp_path):
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "rlvr.cli", *args], capture_output=True, text=True)
+
+    result = cli("run", "recipes/kk-tiny.yaml", "rl.lrr=1")
+    assert result.returncode == 2 and "did you mean 'rl.lr'" in result.stderr and "Traceback" not in result.stderr
+    result = cli("run", "recipes/kk-tiny.yaml", f"model.path={tmp_path / 'missing'}", f"out_dir={tmp_path / 'x'}")
+    assert result.returncode == 2 and "model.path" in result.stderr and "Traceback" not in result.stderr
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"quiz": "x"}\nnot json\n')
+    result = cli("run", "recipes/kk-tiny.yaml", f"model.path={tiny_model_dir}", f"out_dir={tmp_path / 'y'}",
+                 f"data.eval_file={bad}")
+    assert result.returncode == 2 and "bad.jsonl:" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_checkpoint_from_another_model_is_refused(tiny_model_dir, tmp_path):
+    from rlvr.models import init_model
+    from rlvr.trainers.checkpoint import CheckpointError, check_compatible
+
+    other = init_model(tmp_path / "mini", preset="mini", tasks=("knights_knaves",), seed=0)
+    config = json.loads((tiny_model_dir / "config.json").read_text())
+    with pytest.raises(CheckpointError, match="from another model: hidden_size"):
+        check_compatible(other, config)

@@ -1,0 +1,256 @@
+"""TorchEngine: sampling semantics, log-probs, stops, determinism, batching, both model paths."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from transformers import Qwen2Config, Qwen2ForCausalLM
+
+from rlvr.models.native import NativeCausalLM
+from rlvr.rollout.base import RolloutEngine, SamplingParams
+from rlvr.rollout.torch_engine import TorchEngine, sample_tokens, top_k_top_p_mask
+
+VOCAB = 53
+PROMPTS = [[5, 6, 7, 8, 9, 10], [11, 12, 13], [14, 15, 16, 17, 18, 19, 20, 21, 22]]
+
+
+def make_hf() -> Qwen2ForCausalLM:
+    torch.manual_seed(0)
+    config = Qwen2Config(
+        vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, initializer_range=0.4, pad_token_id=0, tie_word_embeddings=False,
+    )
+    return Qwen2ForCausalLM(config).eval()
+
+
+@pytest.fixture(scope="module")
+def hf():
+    return make_hf()
+
+
+@pytest.fixture(scope="module")
+def native(hf):
+    return NativeCausalLM.from_hf(hf)
+
+
+@pytest.fixture(params=["native", "hf"])
+def model(request, hf, native):
+    return native if request.param == "native" else hf
+
+
+def greedy(max_new=10, **kw) -> SamplingParams:
+    return SamplingParams(temperature=0.0, max_new_tokens=max_new, **kw)
+
+
+def test_is_a_rollout_engine(native):
+    assert isinstance(TorchEngine(native, eos_token_ids=[]), RolloutEngine)
+
+
+def test_greedy_equals_hf_generate(model, hf):
+    T = max(map(len, PROMPTS))
+    ids = torch.zeros(len(PROMPTS), T, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, p in enumerate(PROMPTS):
+        ids[i, T - len(p) :], mask[i, T - len(p) :] = torch.tensor(p), 1
+    expected = hf.generate(
+        input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=12, eos_token_id=None, pad_token_id=0
+    )[:, T:].tolist()
+    rollouts = TorchEngine(model, eos_token_ids=[]).generate(PROMPTS, greedy(12))
+    assert [r.token_ids for r in rollouts] == expected
+    assert len({tuple(t) for t in expected}) == len(expected)  # the prompts lead to different outputs
+    assert all(r.finish_reason == "length" for r in rollouts)
+
+
+def full_forward_logprobs(native, prompt, completion, temperature):
+    ids = torch.tensor([prompt + completion])
+    with torch.no_grad():
+        logits = native(ids)[0, len(prompt) - 1 : -1].float()
+    scale = temperature if temperature > 0 else 1.0
+    return torch.log_softmax(logits / scale, -1).gather(-1, torch.tensor(completion)[:, None]).squeeze(1)
+
+
+@pytest.mark.parametrize("temperature,top_k,top_p", [(0.7, 5, 0.8), (1.3, 0, 1.0), (0.0, 0, 1.0)])
+def test_logprobs_equal_full_forward_recomputation(model, native, temperature, top_k, top_p):
+    params = SamplingParams(n=2, temperature=temperature, top_k=top_k, top_p=top_p, max_new_tokens=9, seed=3)
+    rollouts = TorchEngine(model, eos_token_ids=[]).generate(PROMPTS, params)
+    for r in rollouts:
+        assert len(r.logprobs) == len(r.token_ids) == 9
+        assert all(isinstance(x, float) for x in r.logprobs)
+        expected = full_forward_logprobs(native, r.prompt_ids, r.token_ids, temperature)
+        torch.testing.assert_close(torch.tensor(r.logprobs), expected, atol=1e-4, rtol=0)
+
+
+def test_n_samples_ordered_by_prompt_then_sample(native):
+    params = SamplingParams(n=4, temperature=1.5, max_new_tokens=6, seed=0)
+    rollouts = TorchEngine(native, eos_token_ids=[]).generate(PROMPTS, params)
+    assert [r.prompt_index for r in rollouts] == [0] * 4 + [1] * 4 + [2] * 4
+    assert [r.metadata["sample_index"] for r in rollouts] == [0, 1, 2, 3] * 3
+    assert all(r.prompt_ids == PROMPTS[r.prompt_index] for r in rollouts)
+    assert len({tuple(r.token_ids) for r in rollouts[:4]}) > 1  # samples of one prompt differ
+
+
+def test_prefill_once_per_distinct_prompt(native):
+    engine = TorchEngine(native, eos_token_ids=[])
+    engine.generate(PROMPTS + [PROMPTS[0]], SamplingParams(n=5, max_new_tokens=4, seed=0))
+    assert engine.last_stats["prefill_tokens"] == sum(map(len, PROMPTS))
+    assert engine.last_stats["rollouts"] == 20 and engine.last_stats["completion_tokens"] == 80
+
+
+def test_stop_tokens_and_finish_reasons(model):
+    engine = TorchEngine(model, eos_token_ids=[])
+    free = engine.generate(PROMPTS, greedy(12))
+    stop_id = free[0].token_ids[4]
+    first = free[0].token_ids.index(stop_id)
+    for eos, extra in (([stop_id], ()), ([], (stop_id,))):  # engine eos ids and per-call stop ids
+        stopped = TorchEngine(model, eos_token_ids=eos).generate(PROMPTS, greedy(12, stop_token_ids=extra))
+        assert stopped[0].token_ids == free[0].token_ids[: first + 1]
+        assert stopped[0].finish_reason == "stop" and len(stopped[0].logprobs) == first + 1
+        for r, f in zip(stopped[1:], free[1:]):
+            if stop_id in f.token_ids:
+                assert r.token_ids == f.token_ids[: f.token_ids.index(stop_id) + 1] and r.finish_reason == "stop"
+            else:
+                assert r.token_ids == f.token_ids and r.finish_reason == "length"
+
+
+def test_stop_strings_need_decode_fn_and_stop_there(native):
+    def decode(ids):
+        return "".join(chr(ord("a") + i % 26) for i in ids)
+
+    free = TorchEngine(native, eos_token_ids=[]).generate(PROMPTS[:1], greedy(12))[0].token_ids
+    stop = decode(free[5:8])
+    with pytest.raises(ValueError, match="decode_fn"):
+        TorchEngine(native, eos_token_ids=[]).generate(PROMPTS, greedy(12, stop_strings=(stop,)))
+    engine = TorchEngine(native, eos_token_ids=[], decode_fn=decode)
+    r = engine.generate(PROMPTS[:1], greedy(12, stop_strings=(stop,)))[0]
+    end = decode(free).index(stop) + len(stop)
+    assert r.token_ids == free[:end] and r.finish_reason == "stop"
+
+
+def test_max_new_tokens(native):
+    engine = TorchEngine(native, eos_token_ids=[])
+    assert all(len(r.token_ids) == 3 for r in engine.generate(PROMPTS, greedy(3)))
+    empty = engine.generate(PROMPTS, greedy(0))
+    assert all(r.token_ids == [] and r.finish_reason == "length" for r in empty)
+
+
+def test_seed_determinism(model):
+    engine = TorchEngine(model, eos_token_ids=[])
+    params = SamplingParams(n=3, temperature=1.0, top_p=0.95, max_new_tokens=8, seed=11)
+    a = engine.generate(PROMPTS, params)
+    b = engine.generate(PROMPTS, params)
+    c = engine.generate(PROMPTS, SamplingParams(n=3, temperature=1.0, top_p=0.95, max_new_tokens=8, seed=12))
+    assert [r.token_ids for r in a] == [r.token_ids for r in b]
+    assert [r.logprobs for r in a] == [r.logprobs for r in b]
+    assert [r.token_ids for r in a] != [r.token_ids for r in c]
+    torch.manual_seed(5)
+    d = engine.generate(PROMPTS, SamplingParams(n=3, max_new_tokens=8))
+    torch.manual_seed(5)
+    assert [r.token_ids for r in d] == [r.token_ids for r in engine.generate(PROMPTS, SamplingParams(n=3, max_new_tokens=8))]
+
+
+def test_top_k_1_equals_greedy(model):
+    engine = TorchEngine(model, eos_token_ids=[])
+    sampled = engine.generate(PROMPTS, SamplingParams(n=2, temperature=1.7, top_k=1, max_new_tokens=8, seed=0))
+    expected = [r.token_ids for r in engine.generate(PROMPTS, greedy(8)) for _ in range(2)]
+    assert [r.token_ids for r in sampled] == expected
+
+
+def test_results_do_not_depend_on_the_rest_of_the_batch(model):
+    engine = TorchEngine(model, eos_token_ids=[])
+    alone = engine.generate([PROMPTS[1]], greedy(10))[0]
+    longer = [[3] * 15, PROMPTS[1], [40, 41]]
+    mixed = engine.generate(longer, greedy(10))[1]
+    chunked = TorchEngine(model, eos_token_ids=[], max_batch_size=1).generate(longer, greedy(10))[1]
+    for other in (mixed, chunked):
+        assert other.token_ids == alone.token_ids
+        torch.testing.assert_close(torch.tensor(other.logprobs), torch.tensor(alone.logprobs), atol=1e-5, rtol=0)
+
+
+def test_max_batch_size_matches_one_batch_for_greedy(native):
+    whole = TorchEngine(native, eos_token_ids=[]).generate(PROMPTS, greedy(7, n=3))
+    engine = TorchEngine(native, eos_token_ids=[], max_batch_size=2)
+    parts = engine.generate(PROMPTS, greedy(7, n=3))
+    assert [(r.prompt_index, r.token_ids) for r in parts] == [(r.prompt_index, r.token_ids) for r in whole]
+
+
+def test_finished_rows_leave_the_running_batch(native):
+    engine = TorchEngine(native, eos_token_ids=[])
+    free = engine.generate(PROMPTS, greedy(12))
+    stop_id = free[1].token_ids[1]  # prompt 1 stops after two tokens
+    engine = TorchEngine(native, eos_token_ids=[stop_id])
+    rollouts = engine.generate(PROMPTS, greedy(12, n=4))
+    lengths = [len(r.token_ids) for r in rollouts]
+    assert lengths[4:8] == [2] * 4 and max(lengths) == 12
+    stats = engine.last_stats
+    # every decode step after the stop ran fewer rows than the 12 in the batch
+    assert stats["row_steps"] < 12 * stats["decode_steps"]
+    assert stats["row_steps"] == 12 * 1 + 8 * (stats["decode_steps"] - 1)
+
+
+def test_load_weights_copies_and_sharing_is_a_no_op(hf):
+    learner = NativeCausalLM.from_hf(hf)
+    engine = TorchEngine(NativeCausalLM.from_hf(hf), eos_token_ids=[])
+    with torch.no_grad():
+        for p in learner.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    before = engine.generate(PROMPTS, greedy(8))
+    expected = TorchEngine(learner, eos_token_ids=[]).generate(PROMPTS, greedy(8))
+    assert [r.token_ids for r in before] != [r.token_ids for r in expected]
+    engine.load_weights(learner.state_dict())
+    assert [r.token_ids for r in engine.generate(PROMPTS, greedy(8))] == [r.token_ids for r in expected]
+    shared = TorchEngine(learner, eos_token_ids=[])
+    shared.load_weights(learner.state_dict())  # same storage: nothing to copy
+    with pytest.raises(KeyError, match="does not have"):
+        engine.load_weights({"module.lm_head.weight": learner.lm_head.weight})
+    with pytest.raises(KeyError, match="no incoming weights"):
+        engine.load_weights({"lm_head.weight": learner.lm_head.weight})
+
+
+def test_train_mode_restored_and_stats(native):
+    native.train()
+    engine = TorchEngine(native, eos_token_ids=[])
+    engine.generate(PROMPTS, greedy(5))
+    assert native.training
+    native.eval()
+    stats = engine.last_stats
+    assert stats["completion_tokens"] == 15 and stats["seconds"] > 0 and stats["tokens_per_second"] > 0
+
+
+def test_invalid_params_are_reported(native):
+    engine = TorchEngine(native, eos_token_ids=[])
+    with pytest.raises(ValueError, match="top_p"):
+        engine.generate(PROMPTS, SamplingParams(top_p=0.0))
+    with pytest.raises(ValueError, match="prompt 1 is empty"):
+        engine.generate([[1], []], SamplingParams())
+
+
+def test_top_k_top_p_mask_hand_computed():
+    logprobs = torch.tensor([[0.5, 0.3, 0.15, 0.05]]).log()
+    assert top_k_top_p_mask(logprobs) is None
+    assert top_k_top_p_mask(logprobs, top_k=2).tolist() == [[True, True, False, False]]
+    assert top_k_top_p_mask(logprobs, top_p=0.79).tolist() == [[True, True, False, False]]
+    assert top_k_top_p_mask(logprobs, top_p=0.81).tolist() == [[True, True, True, False]]
+    assert top_k_top_p_mask(logprobs, top_p=0.1).tolist() == [[True, False, False, False]]
+    # top-p on the renormalised top-3: 0.5/0.95 = 0.526 < 0.6 so two tokens are needed
+    assert top_k_top_p_mask(logprobs, top_k=3, top_p=0.6).tolist() == [[True, True, False, False]]
+    wide = torch.full((2, 300), -math.log(300.0))  # uniform over 300: the candidate set must widen
+    assert top_k_top_p_mask(wide, top_p=0.505).sum(-1).tolist() == [152, 152]
+
+
+def test_sample_tokens_frequencies_and_logprobs():
+    probs = torch.tensor([0.5, 0.3, 0.15, 0.05])
+    logits = probs.log().expand(20000, 4)
+    g = torch.Generator().manual_seed(0)
+    tokens, logprobs = sample_tokens(logits, temperature=1.0, generator=g)
+    freq = torch.bincount(tokens, minlength=4).float() / 20000
+    torch.testing.assert_close(freq, probs, atol=0.015, rtol=0)
+    torch.testing.assert_close(logprobs, probs.log()[tokens])
+    assert logprobs.dtype == torch.float32
+    tokens, logprobs = sample_tokens(logits, temperature=2.0, top_k=2, generator=g)
+    assert set(tokens.tolist()) == {0, 1}
+    torch.testing.assert_close(logprobs, torch.log_softmax(probs.log() / 2.0, -1)[tokens])
+    tokens, logprobs = sample_tokens(logits[:3], temperature=0.0)
+    assert tokens.tolist() == [0, 0, 0]
+    torch.testing.assert_close(logprobs, probs.log()[:1].expand(3))
