@@ -130,7 +130,8 @@ def training_source(config: RunConfig, task: tasks.Task, banned: set[str]):
 def sft_pairs(config: RunConfig, task: tasks.Task, tokenizer: Any, eos_id: int, banned: set[str]):
     from rlvr.models import prompt_ids
 
-    if not hasattr(task, "solution_trace"):
+    target = getattr(task, "solution_trace", None) or getattr(task, "oracle_completion", None)
+    if target is None:
         raise ConfigError(f"sft.enabled: task {task.name!r} has no solution traces to imitate; set sft.enabled=false")
     examples = task.examples(config.sft.data_size, seed=config.seed + 20_011, **config.sft.difficulty)
     pairs = []
@@ -138,7 +139,7 @@ def sft_pairs(config: RunConfig, task: tasks.Task, tokenizer: Any, eos_id: int, 
         if ex.prompt in banned:
             continue
         prompt = prompt_ids(tokenizer, task.messages(ex), task.response_prefix)
-        completion = tokenizer.encode(task.solution_trace(ex), add_special_tokens=False) + [eos_id]
+        completion = tokenizer.encode(target(ex), add_special_tokens=False) + [eos_id]
         pairs.append((prompt, completion))
     return pairs
 
