@@ -20,6 +20,8 @@ from typing import Any, Literal, Union
 
 import yaml
 
+from rlvr.distributed import RayConfig  # a plain dataclass: importing it does not import ray
+
 
 class ConfigError(ValueError):
     """A recipe or override that cannot be used; the message names the key and what was expected."""
@@ -177,8 +179,14 @@ class RLConfig:
     """Samples per prompt by step range."""
     length_reward: LengthRewardConfig = field(default_factory=LengthRewardConfig)
     collapse_patience: int = 0
-    """Stop RL early and keep the best checkpoint when the batch accuracy stays below half of its best
-    for this many consecutive steps (0: never)."""
+    """Stop RL early (saving a checkpoint) when the batch accuracy stays below half of its best for
+    this many consecutive steps (0: never)."""
+    partial_tokens_per_step: int = 0
+    """Partial rollouts: tokens each unfinished sequence may generate per step (0: off); groups whose
+    samples have not all finished continue in the next step (rlvr.rollout.partial)."""
+    tis_cap: float | None = None
+    """Truncated importance sampling: scale each token's advantage by min(pi_learner / pi_rollout, tis_cap),
+    correcting engine/learner log-prob mismatch (vLLM) and stale partial-rollout tokens; null: off."""
 
 
 @dataclass
@@ -235,6 +243,8 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+    """Workers and learners of `distributed: ray` (see docs/scale-out.md)."""
 
     def validate(self) -> RunConfig:
         """Cross-field checks; raises ConfigError naming the key."""
@@ -265,6 +275,10 @@ class RunConfig:
         if rl.length_reward.kind == "overlong":
             _check(0 < rl.length_reward.cache_tokens <= rl.max_new_tokens, "rl.length_reward.cache_tokens",
                    rl.length_reward.cache_tokens, "0 < cache_tokens <= rl.max_new_tokens")
+        _check(rl.partial_tokens_per_step >= 0, "rl.partial_tokens_per_step", rl.partial_tokens_per_step, ">= 0")
+        _check(rl.tis_cap is None or rl.tis_cap > 0, "rl.tis_cap", rl.tis_cap, "null or a positive number")
+        _check(self.ray.num_rollout_workers >= 1, "ray.num_rollout_workers", self.ray.num_rollout_workers, ">= 1")
+        _check(self.ray.num_learners >= 0, "ray.num_learners", self.ray.num_learners, ">= 0")
         _check(self.eval.samples >= 0, "eval.samples", self.eval.samples, "an integer >= 0")
         _check(self.checkpoint.keep_last >= 1, "checkpoint.keep_last", self.checkpoint.keep_last, ">= 1")
         return self

@@ -1,0 +1,97 @@
+"""Scale-out: Ray rollout workers and learner ranks, FSDP2 / data-parallel learner steps.
+
+This package is the only place in rlvr that imports torch.distributed or ray, and it imports them
+lazily: `import rlvr.distributed` costs nothing and works without Ray installed.
+
+    launch.py       process groups (gloo / nccl), free ports, a spawn helper
+    learner.py      data-parallel optimizer step (FSDP2 or replicated), packing, token budgets,
+                    gradient checkpointing
+    ray_engine.py   RayRolloutEngine: rollout worker actors behind the RolloutEngine protocol
+    ray_learner.py  RayLearnerGroup: learner ranks as actors running the RL loop's update step
+
+The RL loop (rlvr.trainers.rl.train_rl) is the same for every backend: `make_engine` gives it a
+RolloutEngine whose workers are Ray actors; `make_learner` gives the Ray learner ranks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+
+@dataclass
+class RayConfig:
+    """Settings of `distributed: ray` (proposed as the `ray:` section of the run config)."""
+
+    address: str = ""
+    """Ray cluster to join: "" starts a local one on this machine, "auto" joins the cluster this
+    node belongs to (`ray start --head` / `ray start --address=...`), "host:6379" a given head."""
+    num_rollout_workers: int = 2
+    """Rollout worker actors; the step's prompts are split evenly between them."""
+    cpus_per_worker: float = 1.0
+    """Ray CPUs reserved by each rollout worker."""
+    gpus_per_worker: float = 0.0
+    """Ray GPUs reserved by each rollout worker (a fraction shares a GPU); > 0 puts its engine on CUDA."""
+    threads_per_worker: int = 1
+    """torch CPU threads in each rollout worker (0: torch's default)."""
+    rollout_engine: Literal["torch", "vllm"] = "torch"
+    """Engine inside each worker: rlvr's TorchEngine (CPU or GPU) or vLLM (GPU)."""
+    engine_options: dict[str, Any] = field(default_factory=dict)
+    """Keyword options of that engine (e.g. vLLM: gpu_memory_utilization, dtype, max_model_len)."""
+    spread: bool = False
+    """Place workers on different nodes when possible (Ray's SPREAD scheduling)."""
+    num_learners: int = 0
+    """Learner rank actors; 0 keeps the learner in the driver process (the CPU default)."""
+    learner_strategy: Literal["fsdp", "replicate"] = "fsdp"
+    """How learner ranks combine gradients: FSDP2 sharding, or full replicas with an all-reduce."""
+    cpus_per_learner: float = 1.0
+    gpus_per_learner: float = 0.0
+    gradient_checkpointing: bool = False
+    """Recompute activations in backward (learner ranks)."""
+
+
+def make_engine(cfg: RayConfig, policy_model: Any, eos_token_ids: Sequence[int], pad_token_id: int = 0,
+                model_dir: str | None = None) -> Any:
+    """A RayRolloutEngine for the RL loop (train_rl with engine_shares_weights=False).
+
+    policy_model: the learner's module (copied to the workers); model_dir: the HF directory the
+    vLLM workers load (rollout_engine="vllm" only).
+    """
+    from rlvr.distributed.ray_engine import RayRolloutEngine
+
+    if cfg.rollout_engine == "vllm":
+        if not model_dir:
+            raise ValueError("ray.rollout_engine=vllm: the workers need the model directory (model_dir)")
+        model: Any = model_dir
+    else:
+        model = policy_model
+    return RayRolloutEngine(
+        model, cfg.num_rollout_workers, eos_token_ids, pad_token_id, engine=cfg.rollout_engine,
+        engine_options=dict(cfg.engine_options), cpus_per_worker=cfg.cpus_per_worker,
+        gpus_per_worker=cfg.gpus_per_worker, threads_per_worker=cfg.threads_per_worker, spread=cfg.spread,
+        address=cfg.address,
+    )
+
+
+def make_learner(cfg: RayConfig, policy_model: Any, rl_config: Any, packed: bool) -> Any:
+    """A RayLearnerGroup of cfg.num_learners ranks (None when num_learners == 0: learn in the driver)."""
+    if cfg.num_learners == 0:
+        return None
+    from rlvr.distributed.ray_learner import RayLearnerGroup
+
+    return RayLearnerGroup(
+        policy_model, rl_config, num_learners=cfg.num_learners, strategy=cfg.learner_strategy, packed=packed,
+        gradient_checkpointing=cfg.gradient_checkpointing, cpus_per_learner=cfg.cpus_per_learner,
+        gpus_per_learner=cfg.gpus_per_learner, address=cfg.address,
+    )
+
+
+def engine_from_config(config: Any, policy_model: Any, eos_token_ids: Sequence[int], pad_token_id: int = 0,
+                       model_dir: str | None = None) -> Any:
+    """make_engine with the run config's `ray` section (RayConfig defaults when it has none)."""
+    cfg = getattr(config, "ray", None) or RayConfig()
+    return make_engine(cfg, policy_model, eos_token_ids, pad_token_id, model_dir)
+
+
+__all__ = ["RayConfig", "engine_from_config", "make_engine", "make_learner"]

@@ -223,10 +223,16 @@ def run(config: RunConfig) -> dict[str, Any]:
     rl_summary: dict[str, Any] = {}
     if config.rl.enabled and config.rl.steps > 0:
         pool = ProblemPool(training_source(config, task, banned), seed=config.seed)
-        rl_summary = train_rl(policy.model, policy.tokenizer, engine, task, pool, prompt_cache, config.rl,
-                              run_dir=run_dir, logger=logger, device=device, packed=policy.packed,
-                              seed=config.seed, eos_ids=eos_ids, default_difficulty=config.data.difficulty,
-                              checkpoint=config.checkpoint, logging=config.logging, engine_shares_weights=True)
+        train_engine, learner, closers = training_engine(config, policy, engine, eos_ids)
+        try:
+            rl_summary = train_rl(policy.model, policy.tokenizer, train_engine, task, pool, prompt_cache, config.rl,
+                                  run_dir=run_dir, logger=logger, device=device, packed=policy.packed,
+                                  seed=config.seed, eos_ids=eos_ids, default_difficulty=config.data.difficulty,
+                                  checkpoint=config.checkpoint, logging=config.logging,
+                                  engine_shares_weights=train_engine is engine, learner=learner)
+        finally:
+            for close in closers:
+                close()
     after = evaluate_both("after_rl", policy, engine, task, held_out, config, run_dir)
     log(f"after RL: {_describe(after, config)}")
     logger.close()
@@ -237,6 +243,26 @@ def run(config: RunConfig) -> dict[str, Any]:
 
     log(f"report: {write_report(run_dir)}")
     return summary
+
+
+def training_engine(config: RunConfig, policy: Policy, engine: Any, eos_ids: tuple[int, ...]):
+    """The RL loop's engine and learner: in-process by default, Ray actors with distributed=ray,
+    wrapped for partial rollouts when rl.partial_tokens_per_step > 0. Evaluation keeps `engine`."""
+    train_engine, learner, closers = engine, None, []
+    if config.distributed == "ray":
+        from rlvr.distributed import make_engine, make_learner
+
+        train_engine = make_engine(config.ray, policy.model, eos_ids, policy.tokenizer.pad_token_id or 0,
+                                   model_dir=str(policy.path))
+        closers.append(train_engine.shutdown)
+        learner = make_learner(config.ray, policy.model, config.rl, policy.packed)
+        if learner is not None:
+            closers.append(learner.shutdown)
+    if config.rl.partial_tokens_per_step:
+        from rlvr.rollout.partial import PartialRollouts
+
+        train_engine = PartialRollouts(train_engine, config.rl.partial_tokens_per_step)
+    return train_engine, learner, closers
 
 
 def _describe(results: dict[str, dict[str, float]], config: RunConfig) -> str:

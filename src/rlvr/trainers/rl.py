@@ -110,6 +110,7 @@ class RolloutBatch:
     format_ok: list[bool] = field(default_factory=list)
     parts: list[dict[str, float]] = field(default_factory=list)
     group_ids: list[int] = field(default_factory=list)
+    engine_metrics: dict[str, float] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.rewards)
@@ -150,8 +151,14 @@ def generate_and_score(engine: RolloutEngine, tokenizer: Any, task: Task, exampl
     prompts = [prompt_cache(ex) for ex in examples]
     params = SamplingParams(n=knobs.group_size, temperature=knobs.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
                             max_new_tokens=knobs.max_new_tokens, stop_token_ids=eos_ids, seed=seed)
-    rollouts = engine.generate(prompts, params)
     batch = RolloutBatch()
+    if hasattr(engine, "generate_partial"):  # partial rollouts: complete groups, possibly from earlier steps
+        out = engine.generate_partial(prompts, params, keys=examples)
+        while not out.rollouts:  # no group complete yet: advance the carried ones within this step
+            out = engine.generate_partial([], params)
+        rollouts, examples, batch.engine_metrics = out.rollouts, out.keys, out.metrics
+    else:
+        rollouts = engine.generate(prompts, params)
     for r in rollouts:
         ex = examples[r.prompt_index]
         text = tokenizer.decode(r.token_ids, skip_special_tokens=True)
@@ -237,7 +244,7 @@ def padded(values: Sequence[Sequence[float]], width: int) -> torch.Tensor:
 
 def update_policy(policy: torch.nn.Module, ref: torch.nn.Module | None, optimizer: torch.optim.Optimizer,
                   batch: RolloutBatch, cfg: RLConfig, knobs: Knobs, device: torch.device, packed: bool,
-                  step: int, seed: int) -> dict[str, float]:
+                  step: int, seed: int, step_fn: Callable[..., dict[str, float]] | None = None) -> dict[str, float]:
     """Advantages, then ppo_epochs x mini_batches optimizer steps. Returns update metrics."""
     B = len(batch)
     width = max(len(c) for c in batch.completion_ids)
@@ -256,6 +263,17 @@ def update_policy(policy: torch.nn.Module, ref: torch.nn.Module | None, optimize
                                            cfg.micro_batch_tokens)
             ref_lp = ref_lp.cpu()
     old_lp = padded(batch.engine_logprobs, width) if need_old else None
+    if cfg.tis_cap is not None:
+        from rlvr.rollout.partial import logprob_mismatch, truncated_importance_weights
+
+        with torch.no_grad():
+            cur, _ = sequence_values(policy, batch, range(B), width, knobs.temperature, device, packed,
+                                     cfg.micro_batch_tokens)
+        behaviour = padded(batch.engine_logprobs, width)
+        tis_weights, tis_stats = truncated_importance_weights(cur.cpu(), behaviour, mask, cfg.tis_cap)
+        stats.update(tis_stats)
+        stats.update(logprob_mismatch(cur.cpu(), behaviour, mask))
+        old_lp = cur.cpu() if need_old else None  # proximal policy: the learner before this update
 
     adv_options = dict(cfg.advantage_options)
     if cfg.kl_in_reward and ref_lp is not None:
@@ -269,6 +287,8 @@ def update_policy(policy: torch.nn.Module, ref: torch.nn.Module | None, optimize
         else:
             rewards = rewards - cfg.kl_coef * kl.sum(-1)
     advantages = algorithms.compute_advantages(cfg.advantage, rewards, group_ids, mask, **adv_options)
+    if cfg.tis_cap is not None:
+        advantages = advantages * tis_weights
     loss_mask = mask.clone()
     if cfg.zero_variance == "mask":
         loss_mask = loss_mask * algorithms.zero_variance_mask(rewards, group_ids)[:, None].float()
@@ -285,7 +305,7 @@ def update_policy(policy: torch.nn.Module, ref: torch.nn.Module | None, optimize
             index = [i for i in range(B) if batch.group_ids[i] in chosen]
             if not index:
                 continue
-            mb_stats = minibatch_step(policy, optimizer, batch, index, width, advantages, loss_mask,
+            mb_stats = (step_fn or minibatch_step)(policy, optimizer, batch, index, width, advantages, loss_mask,
                                       old_lp, ref_lp, cfg, knobs, device, packed)
             for k, v in mb_stats.items():
                 sums[k] = sums.get(k, 0.0) + v
@@ -345,7 +365,7 @@ def minibatch_step(policy, optimizer, batch, index, width, advantages, loss_mask
             total = total + cfg.kl_coef * kl_loss
             sums["actor/kl_loss"] += weight * float(kl_loss.detach())
         if new_ent is not None:
-            ent_value = algorithms.aggregate_loss(new_ent, m, "token-mean")
+            ent_value = algorithms.aggregate_loss(new_ent, m, cfg.loss_agg, norm=knobs.max_new_tokens)
             if cfg.entropy_coef:
                 total = total - cfg.entropy_coef * ent_value
             sums["actor/entropy"] += weight * float(ent_value.detach())
@@ -427,6 +447,7 @@ def train_rl(
     checkpoint: CheckpointConfig,
     logging: LoggingConfig,
     engine_shares_weights: bool,
+    learner: Any = None,
     eval_fn: Callable[[int], dict[str, float]] | None = None,
     eval_every: int = 0,
 ) -> dict[str, Any]:
@@ -441,6 +462,8 @@ def train_rl(
     if latest is not None:
         state = ckpt.load_checkpoint(latest, policy, policy.config)
         optimizer.load_state_dict(state["optimizer"])
+        if learner is not None:
+            learner.load_state(policy.state_dict(), state.get("learner_optimizers"))
         if ref is not None and "reference" in state:
             ref.load_state_dict(state["reference"])
         start_step, best, low_streak = state["step"], state["best_accuracy"], state["low_streak"]
@@ -457,11 +480,16 @@ def train_rl(
         batch, ds_stats = collect(engine, tokenizer, task, pool, prompt_cache, knobs, cfg, eos_ids, seed, step)
         t_gen = time.perf_counter() - t0
         gen_tokens = sum(len(c) for c in batch.completion_ids)
-        metrics: dict[str, Any] = {"phase": "rl", "step": step, **batch_metrics(batch, knobs), **ds_stats}
+        metrics: dict[str, Any] = {"phase": "rl", "step": step, **batch_metrics(batch, knobs), **ds_stats,
+                                   **batch.engine_metrics}
         t0 = time.perf_counter()
         policy.train()
         if len(batch) > 0:
-            metrics.update(update_policy(policy, ref, optimizer, batch, cfg, knobs, device, packed, step, seed))
+            if learner is not None:  # learner ranks elsewhere (rlvr.distributed): same update, their weights
+                metrics.update(learner.update(batch, cfg, knobs, step, seed))
+                policy.load_state_dict(learner.state_dict())
+            else:
+                metrics.update(update_policy(policy, ref, optimizer, batch, cfg, knobs, device, packed, step, seed))
         policy.eval()
         t_update = time.perf_counter() - t0
         t0 = time.perf_counter()
@@ -487,6 +515,8 @@ def train_rl(
         collapsed = cfg.collapse_patience and low_streak >= cfg.collapse_patience
         if (checkpoint.every and done % checkpoint.every == 0) or done == cfg.steps or collapsed:
             state = {"optimizer": optimizer.state_dict(), "best_accuracy": best, "low_streak": low_streak}
+            if learner is not None:
+                state["learner_optimizers"] = learner.optimizer_state_dicts()
             if ref is not None:
                 state["reference"] = ref.state_dict()
             ckpt.save_checkpoint(stage_dir, done, policy, tokenizer, state, checkpoint.keep_last)

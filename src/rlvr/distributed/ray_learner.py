@@ -1,0 +1,185 @@
+"""Learner ranks as Ray actors: the RL loop hands each step's update to them.
+
+    learner = RayLearnerGroup(policy_model, cfg.rl, num_learners=2, strategy="fsdp", packed=True)
+    metrics = learner.update(batch, knobs, step, seed)   # in place of rl.update_policy(policy, ...)
+    engine.load_weights(learner.state_dict())            # whole weights, gathered from the shards
+
+Each rank is an actor holding a copy of the policy (sharded with FSDP2, or replicated), an AdamW
+optimizer built as the trainer builds it, and a frozen reference copy when cfg.kl_coef > 0. The
+ranks join one torch.distributed group (gloo on CPU, nccl on GPU) whose rendezvous address is rank
+0's node, so the ranks may sit on different nodes. update() sends the step's RolloutBatch to every
+rank and runs rlvr.trainers.rl.update_policy there (the very function the single-process loop
+runs); with more than one rank its optimizer steps are `dp_minibatch_step` (rlvr.distributed.learner),
+passed through update_policy's `step_fn` argument.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+from typing import Any
+
+import torch
+
+from rlvr.distributed.learner import (
+    DataParallel,
+    Strategy,
+    apply_gradient_checkpointing,
+    full_state_dict,
+    make_step_fn,
+    shard_model,
+)
+from rlvr.distributed.ray_engine import ensure_ray
+
+
+def make_optimizer(model: torch.nn.Module, cfg: Any) -> torch.optim.Optimizer:
+    """The RL loop's optimizer (rlvr.trainers.rl.train_rl builds the same one)."""
+    return torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.99), weight_decay=cfg.weight_decay)
+
+
+def update_policy_takes_step_fn() -> bool:
+    from rlvr.trainers.rl import update_policy
+
+    return "step_fn" in inspect.signature(update_policy).parameters
+
+
+class LearnerRank:
+    """One learner rank (a Ray actor). Call `address` on rank 0, then `setup` on every rank."""
+
+    def __init__(self, model: torch.nn.Module, cfg: Any, rank: int, world_size: int, strategy: Strategy,
+                 device: str, packed: bool, gradient_checkpointing: bool, threads: int) -> None:
+        if threads > 0:
+            torch.set_num_threads(threads)
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = torch.device(device)
+        self.cfg, self.packed = cfg, packed
+        self.dp = DataParallel(rank, world_size, strategy)
+        self.policy = model.to(self.device)
+        self.ref = copy.deepcopy(self.policy).eval().requires_grad_(False) if cfg.kl_coef > 0 else None
+        self.checkpointing = apply_gradient_checkpointing(self.policy) if gradient_checkpointing else ""
+        self.optimizer: torch.optim.Optimizer | None = None
+
+    def address(self) -> tuple[str, int]:
+        """(this node's IP, a free port on it): the rendezvous point when this is rank 0."""
+        import ray
+
+        from rlvr.distributed.launch import free_port
+
+        ip = ray.util.get_node_ip_address()
+        return ip, free_port(ip)
+
+    def setup(self, master_addr: str, master_port: int) -> None:
+        if self.dp.world_size > 1:
+            from rlvr.distributed.launch import default_backend, init_process_group
+
+            init_process_group(self.dp.rank, self.dp.world_size, master_addr, master_port,
+                               default_backend(self.device))
+        self.policy = shard_model(self.policy, self.dp)
+        self.optimizer = make_optimizer(self.policy, self.cfg)
+
+    def update(self, batch: Any, cfg: Any, knobs: Any, step: int, seed: int) -> dict[str, float]:
+        from rlvr.trainers.rl import update_policy
+
+        assert self.optimizer is not None, "LearnerRank.setup must run before update"
+        extra = {"step_fn": make_step_fn(self.dp)} if self.dp.world_size > 1 else {}
+        self.policy.train()
+        try:
+            return update_policy(self.policy, self.ref, self.optimizer, batch, cfg, knobs, self.device,
+                                 self.packed, step, seed, **extra)
+        finally:
+            self.policy.eval()
+
+    def state_dict(self) -> dict[str, torch.Tensor] | None:
+        """Whole weights on CPU from rank 0 (None on the others); every rank must be called."""
+        full = full_state_dict(self.policy)
+        return full if self.dp.rank == 0 else None
+
+    def optimizer_state_dict(self) -> dict[str, Any]:
+        assert self.optimizer is not None
+        return self.optimizer.state_dict()
+
+    def load_state(self, model_state: dict[str, torch.Tensor], optimizer_state: dict[str, Any] | None) -> None:
+        """Resume: whole weights into (the shards of) the policy, and this rank's optimizer state."""
+        from torch.distributed.tensor import DTensor, distribute_tensor
+
+        own = self.policy.state_dict()
+        with torch.no_grad():
+            for name in sorted(model_state):  # the same order on every rank: distribute_tensor is a collective
+                target, value = own[name], model_state[name]
+                if isinstance(target, DTensor):
+                    shard = distribute_tensor(value.to(target.dtype), target.device_mesh, target.placements)
+                    target.to_local().copy_(shard.to_local())
+                else:
+                    target.copy_(value)
+        if optimizer_state is not None and self.optimizer is not None:
+            self.optimizer.load_state_dict(optimizer_state)
+
+    def describe(self) -> dict[str, Any]:
+        return {"rank": self.dp.rank, "world_size": self.dp.world_size, "strategy": self.dp.strategy,
+                "device": str(self.device), "gradient_checkpointing": self.checkpointing}
+
+
+class RayLearnerGroup:
+    """`num_learners` LearnerRank actors driven as one learner (see the module docstring).
+
+    cfg: the run's RLConfig (optimizer settings, kl_coef). packed: the policy takes segment ids
+    (rlvr's native model). cpus_per_learner / gpus_per_learner: Ray resources per rank.
+    """
+
+    def __init__(self, model: torch.nn.Module, cfg: Any, *, num_learners: int = 1, strategy: Strategy = "fsdp",
+                 packed: bool = True, gradient_checkpointing: bool = False, cpus_per_learner: float = 1.0,
+                 gpus_per_learner: float = 0.0, threads_per_learner: int = 1, address: str = "") -> None:
+        if num_learners < 1:
+            raise ValueError(f"RayLearnerGroup: num_learners must be >= 1, got {num_learners}")
+        if num_learners > 1 and not update_policy_takes_step_fn():
+            raise RuntimeError(
+                "RayLearnerGroup: num_learners > 1 needs rlvr.trainers.rl.update_policy(..., step_fn=...) "
+                "(the optimizer-step function it calls for each mini-batch); this rlvr has no such argument"
+            )
+        ray = ensure_ray(address)
+        self._ray = ray
+        model_ref = ray.put(model.to("cpu") if next(model.parameters()).device.type == "cpu"
+                            else copy.deepcopy(model).to("cpu"))
+        device = "cuda" if gpus_per_learner > 0 else "cpu"
+        actor = ray.remote(LearnerRank).options(num_cpus=cpus_per_learner, num_gpus=gpus_per_learner)
+        self.ranks = [
+            actor.remote(model_ref, cfg, rank, num_learners, strategy, device, packed, gradient_checkpointing,
+                         threads_per_learner)
+            for rank in range(num_learners)
+        ]
+        master_addr, master_port = ray.get(self.ranks[0].address.remote())
+        ray.get([r.setup.remote(master_addr, master_port) for r in self.ranks])
+
+    def update(self, batch: Any, cfg: Any, knobs: Any, step: int, seed: int) -> dict[str, float]:
+        """One RL update on every rank; returns rank 0's metrics (all ranks report the same)."""
+        ref = self._ray.put(batch)
+        results = self._ray.get([r.update.remote(ref, cfg, knobs, step, seed) for r in self.ranks])
+        return results[0]
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Whole current weights (HF names) on CPU."""
+        results = self._ray.get([r.state_dict.remote() for r in self.ranks])
+        return results[0]
+
+    def optimizer_state_dicts(self) -> list[dict[str, Any]]:
+        """Each rank's optimizer state (a shard's under FSDP), rank order."""
+        return self._ray.get([r.optimizer_state_dict.remote() for r in self.ranks])
+
+    def load_state(self, model_state: dict[str, torch.Tensor], optimizer_states: list[dict] | None = None) -> None:
+        ref = self._ray.put(model_state)
+        states = optimizer_states or [None] * len(self.ranks)
+        if len(states) != len(self.ranks):
+            raise ValueError(f"RayLearnerGroup.load_state: {len(states)} optimizer states for {len(self.ranks)} ranks")
+        self._ray.get([r.load_state.remote(ref, s) for r, s in zip(self.ranks, states)])
+
+    def describe(self) -> list[dict[str, Any]]:
+        return self._ray.get([r.describe.remote() for r in self.ranks])
+
+    def shutdown(self) -> None:
+        for r in self.ranks:
+            self._ray.kill(r)
+        self.ranks = []
+
+
+__all__ = ["LearnerRank", "RayLearnerGroup", "make_optimizer", "update_policy_takes_step_fn"]
