@@ -175,13 +175,16 @@ def test_cache_select_repeats_and_drops_rows(pair):
         torch.testing.assert_close(logits, torch.stack([full_a[5], full_b[5]]), atol=1e-5, rtol=1e-5)
 
 
-def test_decode_sees_in_place_weight_updates():
+def test_decode_sees_weight_updates_between_prefills():
     native = NativeCausalLM.from_hf(hf_model(qwen2_config()))
     ids = torch.tensor([[3, 4, 5, 6]])
     with torch.no_grad():
-        native.prefill(ids)  # builds the fused decode weights
-        for p in native.parameters():
-            p.mul_(1.1)  # what an optimizer step does: in place
+        native.prefill(ids)  # builds fused decode weights
+        for i, p in enumerate(native.parameters()):
+            if i % 2:
+                p.mul_(1.1)  # in place, as an optimizer step
+            else:
+                p.data.mul_(0.9)  # through .data, which bypasses version counters
         _, cache = native.prefill(ids[:, :3], capacity=4)
         logits = native.decode_step(ids[:, 3], cache)
         torch.testing.assert_close(logits, native(ids)[:, 3], atol=1e-5, rtol=1e-5)

@@ -254,3 +254,16 @@ def test_sample_tokens_frequencies_and_logprobs():
     tokens, logprobs = sample_tokens(logits[:3], temperature=0.0)
     assert tokens.tolist() == [0, 0, 0]
     torch.testing.assert_close(logprobs, probs.log()[:1].expand(3))
+
+
+def test_bf16_decoding_of_a_float32_model(native, hf):
+    engine = TorchEngine(native, eos_token_ids=[], dtype="bfloat16")
+    rollouts = engine.generate(PROMPTS, SamplingParams(n=2, temperature=1.0, max_new_tokens=6, seed=0))
+    assert next(native.parameters()).dtype == torch.float32  # the model itself is untouched
+    for r in rollouts:
+        expected = full_forward_logprobs(native, r.prompt_ids, r.token_ids, 1.0)
+        torch.testing.assert_close(torch.tensor(r.logprobs), expected, atol=0.25, rtol=0)
+    with pytest.raises(ValueError, match="native inference API"):
+        TorchEngine(hf, eos_token_ids=[], dtype=torch.bfloat16)
+    with pytest.raises(ValueError, match="not a torch dtype"):
+        TorchEngine(native, eos_token_ids=[], dtype="bf16")

@@ -213,9 +213,10 @@ class TorchEngine:
     device: where generation runs; the model is moved there if it lives elsewhere.
     decode_fn: token ids -> text; needed for SamplingParams.stop_strings.
     max_batch_size: rows (prompt samples) in flight at once, to bound KV-cache memory.
-    dtype: decoding precision on the native path (e.g. torch.bfloat16 for a float32 model: the
-    decode step then uses bf16 copies of the weights, refreshed when they change); the HF path
-    always runs in the model's own dtype. Log-probs are computed in float32 either way.
+    dtype: decoding precision on the native path (torch.bfloat16 or "bfloat16" for a float32
+    model: each generate call decodes from bf16 copies of the current weights, ~2x faster matmuls
+    on CPUs with AVX512-BF16, but log-probs then differ from the fp32 learner's by ~0.04 nats per
+    token on average); the HF path runs in the model's own dtype. Log-probs are float32 always.
     """
 
     def __init__(
@@ -226,8 +227,11 @@ class TorchEngine:
         device: str | torch.device = "cpu",
         decode_fn: Callable[[list[int]], str] | None = None,
         max_batch_size: int | None = None,
-        dtype: torch.dtype | None = None,
+        dtype: torch.dtype | str | None = None,
     ) -> None:
+        decode_dtype = getattr(torch, dtype, None) if isinstance(dtype, str) else dtype
+        if dtype is not None and not isinstance(decode_dtype, torch.dtype):
+            raise ValueError(f"TorchEngine: dtype {dtype!r} is not a torch dtype (e.g. 'bfloat16')")
         self.device = torch.device(device)
         param = next(model.parameters(), None)
         if param is not None and param.device != self.device:
@@ -244,9 +248,11 @@ class TorchEngine:
             raise ValueError(f"TorchEngine: max_batch_size must be >= 1, got {max_batch_size}")
         self.max_batch_size = max_batch_size
         native = all(hasattr(model, name) for name in ("prefill", "decode_step"))
-        if not native and dtype is not None:
+        if not native and decode_dtype is not None:
             raise ValueError("TorchEngine: dtype is only supported for models with the native inference API")
-        self.backend: _NativeBackend | _HFBackend = _NativeBackend(model, dtype) if native else _HFBackend(model)
+        self.backend: _NativeBackend | _HFBackend = (
+            _NativeBackend(model, decode_dtype) if native else _HFBackend(model)
+        )
         self.last_stats: dict[str, float] = {}
 
     # ---------------------------------------------------------------- public API
