@@ -128,20 +128,17 @@ def training_source(config: RunConfig, task: tasks.Task, banned: set[str]):
 
 
 def sft_pairs(config: RunConfig, task: tasks.Task, tokenizer: Any, eos_id: int, banned: set[str]):
-    from rlvr.models import prompt_ids
+    """(prompt ids, target completion ids + EOS) for cold-start SFT, tokenized in batches."""
+    from rlvr.models import batch_prompt_ids
 
     target = getattr(task, "solution_trace", None) or getattr(task, "oracle_completion", None)
     if target is None:
         raise ConfigError(f"sft.enabled: task {task.name!r} has no solution traces to imitate; set sft.enabled=false")
     examples = task.examples(config.sft.data_size, seed=config.seed + 20_011, **config.sft.difficulty)
-    pairs = []
-    for ex in examples:
-        if ex.prompt in banned:
-            continue
-        prompt = prompt_ids(tokenizer, task.messages(ex), task.response_prefix)
-        completion = tokenizer.encode(target(ex), add_special_tokens=False) + [eos_id]
-        pairs.append((prompt, completion))
-    return pairs
+    examples = [ex for ex in examples if ex.prompt not in banned]
+    prompts = batch_prompt_ids(tokenizer, [task.messages(ex) for ex in examples], task.response_prefix)
+    completions = tokenizer([target(ex) for ex in examples], add_special_tokens=False)["input_ids"]
+    return [(p, list(c) + [eos_id]) for p, c in zip(prompts, completions)]
 
 
 def run_eval(name: str, policy: Policy, engine: Any, task: tasks.Task, examples: list[tasks.Example],
