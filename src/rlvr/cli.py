@@ -13,8 +13,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
+
+# OpenMP threads spin while they wait by default; on a shared or oversubscribed CPU (a laptop,
+# a CI box, Ray workers beside the learner) that made 2-thread steps 7-20x slower in our runs.
+# Must be set before torch is imported (every torch import below is inside a command).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def _int_list(text: str) -> list[int]:

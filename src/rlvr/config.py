@@ -35,6 +35,10 @@ class ModelConfig:
     """Model size built by `rlvr model init` when `path` is empty (see rlvr.models.PRESETS)."""
     dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32"
     """Parameter dtype of the learner and engine."""
+    engine_dtype: Literal["float32", "bfloat16"] = "float32"
+    """Dtype the rollout engine decodes in (bf16 weight copies: faster on CPUs with AMX and on GPUs;
+    its log-probs then differ slightly from the fp32 learner's, which matters only with several
+    updates per batch or rl.tis_cap)."""
     impl: Literal["auto", "native", "hf"] = "auto"
     """Model code: `native` (rlvr's fast Qwen2/Llama implementation), `hf` (transformers), `auto`
     (native when the architecture is supported exactly, else hf)."""

@@ -197,7 +197,7 @@ def run(config: RunConfig) -> dict[str, Any]:
     eos_ids = eos_token_ids(policy.tokenizer)
     logger = MetricsLogger(run_dir, config.logging.tensorboard, config.logging.wandb, config.logging.wandb_project)
     engine = TorchEngine(policy.model, eos_token_ids=eos_ids, pad_token_id=policy.tokenizer.pad_token_id or 0,
-                         device=str(device))
+                         device=str(device), dtype=getattr(torch, config.model.engine_dtype))
 
     if config.sft.enabled:
         t0 = time.perf_counter()
