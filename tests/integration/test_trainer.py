@@ -59,6 +59,10 @@ def test_pipeline_smoke_changes_weights_and_writes_the_run_dir(tiny_model_dir, t
     assert not torch.equal(before[name], sft[name]), "SFT did not change the weights"
     assert not torch.equal(sft[name], after[name]), "RL did not change the weights"
     assert sorted(p.name for p in (out / "samples").iterdir()) == ["step_000000.jsonl", "step_000001.jsonl"]
+    generation = json.loads((out / "checkpoints/rl/step_000002/generation_config.json").read_text())
+    from rlvr.models import eos_token_ids, load_tokenizer
+
+    assert sorted(generation["eos_token_id"]) == sorted(eos_token_ids(load_tokenizer(tiny_model_dir)))
 
 
 def test_same_seed_same_metrics(tiny_model_dir, tmp_path):

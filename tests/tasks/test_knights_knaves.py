@@ -247,7 +247,7 @@ def test_solution_trace_is_the_ordered_search_with_correct_checks():
     task = KnightsKnaves()
     for example in task.examples(40, seed=9, people=[2, 3, 4]):
         names, statements = example.answer["names"], example.metadata["statements"]
-        think = task.solution_trace(example).split("</think>")[0].removeprefix("<think>\n").strip()
+        think = task.solution_trace(example).split("</think>")[0].removeprefix("<think>\n").strip("\n")
         blocks = []
         for line in think.splitlines():
             if line.endswith(":"):
@@ -258,11 +258,12 @@ def test_solution_trace_is_the_ordered_search_with_correct_checks():
         assert len(blocks) == order.index(tuple(example.answer["solution"])) + 1
         for (header, checks), assignment in zip(blocks, order):
             roles = ["knight" if r else "knave" for r in assignment]
-            assert header == " ".join(f"{n} {r}" for n, r in zip(names, roles)) + ":"
+            # every line starts with a space: names are the same BPE tokens as in the prompt
+            assert header == "".join(f" {n} {r}" for n, r in zip(names, roles)) + ":"
             for i, line in enumerate(checks):
                 value = evaluate(statements[i], assignment)
                 verdict = "ok" if value == assignment[i] else "contradiction"
-                assert line == f"{names[i]} {roles[i]} says {str(value).lower()} {verdict}."
+                assert line == f" {names[i]} {roles[i]} says {str(value).lower()} {verdict}."
             verdicts = [line.rsplit(" ", 1)[1] for line in checks]
             final = assignment == tuple(example.answer["solution"])
             # stop at the first contradiction; the consistent assignment checks everyone

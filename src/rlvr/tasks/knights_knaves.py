@@ -451,11 +451,13 @@ class KnightsKnaves:
             raise ValueError("solution_trace needs the statements in example.metadata['statements']")
         lines = []
         for assignment in itertools.product((True, False), repeat=len(names)):
-            lines.append(" ".join(f"{name} {_role(role)}" for name, role in zip(names, assignment)) + ":")
+            # Each line starts with a space so that every name is the same BPE token (" Zoey") as in
+            # the prompt; a name at line start would be another token ("Zoey") the model must map.
+            lines.append("".join(f" {name} {_role(role)}" for name, role in zip(names, assignment)) + ":")
             for name, role, statement in zip(names, assignment, statements):
                 value = evaluate(statement, assignment)
                 verdict = "ok" if value == role else "contradiction"
-                lines.append(f"{name} {_role(role)} says {'true' if value else 'false'} {verdict}.")
+                lines.append(f" {name} {_role(role)} says {'true' if value else 'false'} {verdict}.")
                 if verdict != "ok":
                     break
             else:

@@ -39,10 +39,21 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def save_model_dir(model: torch.nn.Module, tokenizer: Any, out: Path) -> None:
-    """Write an HF-format model directory (config, safetensors weights, tokenizer) at `out`."""
+    """Write an HF-format model directory (config, safetensors weights, tokenizer) at `out`.
+
+    generation_config.json names every end-of-turn id rlvr stops on, so that transformers, vLLM
+    and TRL stop a checkpoint's generations where rlvr does.
+    """
     model.save_pretrained(str(out))  # type: ignore[operator]
     if tokenizer is not None:
         tokenizer.save_pretrained(str(out))
+        if not (out / "generation_config.json").exists():
+            from transformers import GenerationConfig
+
+            from rlvr.models import eos_token_ids
+
+            eos = list(eos_token_ids(tokenizer))
+            GenerationConfig(eos_token_id=eos, pad_token_id=tokenizer.pad_token_id).save_pretrained(str(out))
 
 
 def save_checkpoint(stage_dir: Path, step: int, model: torch.nn.Module, tokenizer: Any,
