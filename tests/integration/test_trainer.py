@@ -39,7 +39,8 @@ def test_pipeline_smoke_changes_weights_and_writes_the_run_dir(tiny_model_dir, t
     out = tmp_path / "run"
     # An SFT of 4 steps earns no reward, so GRPO advantages are all 0; the KL (to a reference model)
     # and entropy terms still move the weights, which exercises that path of the update.
-    overrides = small_overrides(tiny_model_dir, out) + ["rl.kl_coef=0.05", "rl.entropy_coef=0.01"]
+    overrides = small_overrides(tiny_model_dir, out) + ["rl.kl_coef=0.05", "rl.entropy_coef=0.01",
+                                                        "sft.eval_every=2", "eval.every=1"]
     summary = run(load_config("recipes/kk-tiny.yaml", overrides))
     for name in ("config.yaml", "metrics.jsonl", "summary.json", "report.html", "data/eval.jsonl",
                  "eval/before_rl_greedy/metrics.json", "eval/after_rl_sampled/samples.jsonl"):
@@ -48,6 +49,10 @@ def test_pipeline_smoke_changes_weights_and_writes_the_run_dir(tiny_model_dir, t
     assert 0.0 <= summary["accuracy_after_rl"] <= 1.0 and "temperature" in summary["accuracy_metric"]
     lines = rl_lines(out)
     assert [rec["step"] for rec in lines] == [0, 1]
+    assert 0.0 <= lines[0]["eval/greedy_accuracy"] <= 1.0  # in-loop eval (eval.every=1, not after the last step)
+    assert "eval/greedy_accuracy" not in lines[1]
+    sft_lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if '"sft"' in x]
+    assert [("sft_eval/greedy_accuracy" in rec) for rec in sft_lines] == [False, True, False, False]
     for rec in lines:
         for key in ("reward/mean", "accuracy", "actor/pg_loss", "actor/grad_norm", "actor/entropy", "actor/kl_loss",
                     "response_length/mean", "all_correct_ratio", "all_wrong_ratio"):

@@ -170,6 +170,24 @@ def evaluate_both(stage: str, policy: Policy, engine: Any, task: tasks.Task, exa
     return out
 
 
+def in_loop_eval(prefix: str, engine: Any, policy: Policy, task: tasks.Task, examples: list[tasks.Example],
+                 config: RunConfig):
+    """A step -> metrics function: greedy accuracy on the first 64 held-out problems (logged only,
+    never used to pick a checkpoint)."""
+    from rlvr.evaluation import evaluate
+
+    subset = examples[:64]
+
+    def fn(step: int) -> dict[str, float]:
+        result = evaluate(engine, policy.tokenizer, task, subset, n=1, temperature=0.0,
+                          max_new_tokens=config.eval.max_new_tokens, seed=config.seed, k_values=(1,),
+                          prompts_per_batch=config.eval.prompts_per_batch)
+        return {f"{prefix}/greedy_accuracy": float(result.metrics["avg@n"]),
+                f"{prefix}/format_error_rate": float(result.metrics["format_error_rate"])}
+
+    return fn
+
+
 def accuracy(metrics: dict[str, float], n: int) -> float:
     """pass@1 averaged over the n samples of each problem (avg@n)."""
     return float(metrics["avg@n"])
@@ -205,7 +223,8 @@ def run(config: RunConfig) -> dict[str, Any]:
         log(f"SFT: {len(pairs)} traces ({time.perf_counter() - t0:.1f}s to build), {config.sft.steps} steps")
         train_sft(policy.model, policy.tokenizer, pairs, config.sft, run_dir=run_dir, logger=logger,
                   device=device, packed=policy.packed, seed=config.seed, checkpoint=config.checkpoint,
-                  progress=config.logging.progress)
+                  progress=config.logging.progress,
+                  eval_fn=in_loop_eval("sft_eval", engine, policy, task, held_out, config))
 
     before = evaluate_both("before_rl", policy, engine, task, held_out, config, run_dir)
     log(f"before RL: {_describe(before, config)}")
@@ -226,7 +245,9 @@ def run(config: RunConfig) -> dict[str, Any]:
                                   run_dir=run_dir, logger=logger, device=device, packed=policy.packed,
                                   seed=config.seed, eos_ids=eos_ids, default_difficulty=config.data.difficulty,
                                   checkpoint=config.checkpoint, logging=config.logging,
-                                  engine_shares_weights=train_engine is engine, learner=learner)
+                                  engine_shares_weights=train_engine is engine, learner=learner,
+                                  eval_fn=in_loop_eval("eval", engine, policy, task, held_out, config),
+                                  eval_every=config.eval.every)
         finally:
             for close in closers:
                 close()
