@@ -47,7 +47,7 @@ def save_model_dir(model: torch.nn.Module, tokenizer: Any, out: Path) -> None:
     model.save_pretrained(str(out))  # type: ignore[operator]
     if tokenizer is not None:
         tokenizer.save_pretrained(str(out))
-        if not (out / "generation_config.json").exists():
+        if getattr(tokenizer, "eos_token_id", None) is not None and not (out / "generation_config.json").exists():
             from transformers import GenerationConfig
 
             from rlvr.models import eos_token_ids
