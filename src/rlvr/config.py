@@ -74,6 +74,9 @@ class SFTConfig:
     """Sequences (prompt + trace) per optimizer step."""
     micro_batch_tokens: int = 16384
     """Token budget of one forward/backward; larger batches are accumulated."""
+    autocast: Literal["none", "bfloat16"] = "none"
+    """bfloat16: forward/backward matmuls in bf16 (torch.autocast, like TRL's bf16=True); the
+    parameters, optimizer and loss stay in model.dtype. Pays off from a few million parameters."""
     lr: float = 2e-3
     """Peak learning rate (AdamW)."""
     warmup_steps: int = 30
@@ -131,7 +134,11 @@ class RLConfig:
     ppo_epochs: int = 1
     """Passes over each step's rollouts."""
     micro_batch_tokens: int = 16384
-    """Token budget of one forward/backward inside a mini-batch."""
+    """Token budget of one forward/backward inside a mini-batch (native model: completion tokens;
+    each distinct prompt of a micro-batch is computed once)."""
+    autocast: Literal["none", "bfloat16"] = "none"
+    """bfloat16: the update's forward/backward matmuls in bf16 (torch.autocast); the parameters,
+    optimizer, log-probs and loss stay float32."""
     advantage: str = "grpo"
     """Advantage estimator (rlvr.algorithms.ADVANTAGES)."""
     advantage_options: dict[str, Any] = field(default_factory=dict)

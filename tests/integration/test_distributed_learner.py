@@ -87,6 +87,12 @@ def new_model() -> NativeCausalLM:
     return NativeCausalLM(CFG)
 
 
+def adamw(model: torch.nn.Module) -> torch.optim.Optimizer:
+    # eps 1e-6, not 1e-8: Adam divides by |g| + eps, so with a smaller eps a gradient entry near
+    # zero turns float rounding (~1e-10 between two correct forward paths) into a full-size update.
+    return torch.optim.AdamW(model.parameters(), lr=1e-2, eps=1e-6)
+
+
 def run_step(model, optimizer, scenario: str, step_fn, **extra):  # noqa: ANN001
     batch, cfg, knobs, width, adv, mask, old_lp, ref_lp = inputs(*SCENARIOS[scenario])
     index = list(range(len(batch.completion_ids)))
@@ -100,7 +106,7 @@ def single_process(scenario: str):
     recorder = GradRecorder(model.parameters(), [n for n, _ in model.named_parameters()])
     stats = run_step(model, recorder, scenario, minibatch_step)
     model = new_model()
-    run_step(model, torch.optim.AdamW(model.parameters(), lr=1e-2), scenario, minibatch_step)
+    run_step(model, adamw(model), scenario, minibatch_step)
     return recorder.seen, {k: v.clone() for k, v in model.state_dict().items()}, stats
 
 
@@ -113,7 +119,7 @@ def ranked(rank: int, world: int, strategy: str) -> dict:
         recorder = GradRecorder(model.parameters(), [n for n, _ in model.named_parameters()])
         stats = run_step(model, recorder, scenario, dp_minibatch_step, dp=dp)
         model = shard_model(new_model(), dp)
-        run_step(model, torch.optim.AdamW(model.parameters(), lr=1e-2), scenario, dp_minibatch_step, dp=dp)
+        run_step(model, adamw(model), scenario, dp_minibatch_step, dp=dp)
         out[scenario] = (recorder.seen, full_state_dict(model), stats)
     return out
 
@@ -180,7 +186,7 @@ def test_world_of_one_equals_the_trainer_step(scenario: str):
     recorder = GradRecorder(model.parameters(), [n for n, _ in model.named_parameters()])
     stats = run_step(model, recorder, scenario, dp_minibatch_step, dp=dp)
     model2 = new_model()
-    run_step(model2, torch.optim.AdamW(model2.parameters(), lr=1e-2), scenario, dp_minibatch_step, dp=dp)
+    run_step(model2, adamw(model2), scenario, dp_minibatch_step, dp=dp)
     check_against_reference({scenario: (recorder.seen, dict(model2.state_dict()), stats)})
 
 

@@ -136,6 +136,42 @@ def test_packed_forward_equals_separate_forwards(pair):
     torch.testing.assert_close(explicit, logits)
 
 
+def test_completion_logits_share_prompts_and_equal_full_forwards(pair):
+    """Prompts of different lengths, each continued by several completions of different lengths:
+    logits on completion positions and every parameter gradient equal whole-sequence forwards."""
+    _, native = pair
+    torch.manual_seed(4)
+    prompts = [torch.randint(1, VOCAB, (n,)) for n in (6, 3)]
+    completions = [torch.randint(1, VOCAB, (n,)) for n in (4, 1, 5, 2)]
+    owner = [0, 1, 0, 1]  # completion r continues prompts[owner[r]]
+    prompt_ids = torch.zeros(2, 6, dtype=torch.long)
+    completion_ids = torch.zeros(4, 5, dtype=torch.long)
+    for i, p in enumerate(prompts):
+        prompt_ids[i, : len(p)] = p
+    for r, c in enumerate(completions):
+        completion_ids[r, : len(c)] = c
+    weights = torch.randn(4, 5, VOCAB)
+
+    grouped = native.completion_logits(prompt_ids, torch.tensor([6, 3]), completion_ids, torch.tensor(owner))
+    assert grouped.shape == (4, 5, VOCAB)
+    loss = sum((grouped[r, : len(c)] * weights[r, : len(c)]).sum() for r, c in enumerate(completions))
+    loss.backward()
+    got_grads = {name: p.grad.clone() for name, p in native.named_parameters()}
+    native.zero_grad()
+
+    loss = 0.0
+    for r, c in enumerate(completions):
+        p = prompts[owner[r]]
+        full = native(torch.cat([p, c])[None])[0]  # position t predicts token t + 1
+        expected = full[len(p) - 1 : len(p) - 1 + len(c)]
+        torch.testing.assert_close(grouped[r, : len(c)], expected, atol=1e-5, rtol=1e-5)
+        loss = loss + (expected * weights[r, : len(c)]).sum()
+    loss.backward()
+    for name, p in native.named_parameters():
+        torch.testing.assert_close(got_grads[name], p.grad, atol=1e-4, rtol=1e-4, msg=name)
+    assert torch.isfinite(grouped).all()  # padding positions too
+
+
 def test_cached_decoding_equals_full_forward(pair):
     _, native = pair
     torch.manual_seed(4)

@@ -37,7 +37,6 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from rlvr import algorithms
 from rlvr.trainers.common import (
     build_batch,
     forward_logits,
@@ -277,18 +276,13 @@ def dp_minibatch_step(policy, optimizer, batch, index, width, advantages, loss_m
     tests check that the gradient and the updated weights equal the single-process step's.
     Every rank must call it with the same arguments.
     """
-    from rlvr.trainers.rl import _agg_weight
+    from rlvr.trainers.rl import finish_step_sums, micro_batch_loss, new_step_sums
 
     for group in optimizer.param_groups:
         group["lr"] = knobs.lr
     sequences = [batch.prompt_ids[i] + batch.completion_ids[i] for i in index]
     total_mask = loss_mask[index]
-    loss_options = {"clip_low": cfg.clip_low, "clip_high": cfg.clip_high, "dual_clip": cfg.dual_clip,
-                    "loss_agg": cfg.loss_agg, "loss_agg_norm": knobs.max_new_tokens}
-    loss_options = {k: v for k, v in loss_options.items() if v is not None}
-    sums = {"actor/pg_loss": 0.0, "actor/kl_loss": 0.0, "actor/entropy": 0.0, "actor/pg_clipfrac": 0.0,
-            "actor/pg_clipfrac_lower": 0.0, "actor/ppo_kl": 0.0, "actor/logprob_mismatch": 0.0,
-            "mismatch_tokens": 0.0, "nonfinite": 0.0}
+    sums = {**new_step_sums(), "nonfinite": 0.0}
     fsdp = dp.strategy == "fsdp" and dp.world_size > 1
     scale = float(dp.world_size) if fsdp else 1.0  # FSDP averages gradients over ranks; we want the sum
     plan = plan_micro_batches([len(s) for s in sequences], cfg.micro_batch_tokens, dp.world_size, padded=not packed)
@@ -300,40 +294,21 @@ def dp_minibatch_step(policy, optimizer, batch, index, width, advantages, loss_m
                 _idle_pass(policy, device, packed)
             continue
         rows = [index[k] for k in mb]
-        new_lp, new_ent = micro_batch_values(
-            policy, [sequences[k] for k in mb], [len(batch.prompt_ids[i]) for i in rows], width,
-            knobs.temperature, device, packed, with_entropy=True, entropy_grad=cfg.entropy_coef != 0)
-        m = loss_mask[rows].to(device)
-        adv = advantages[rows].to(device)
-        old = old_lp[rows].to(device) if old_lp is not None else new_lp.detach()
-        if old_lp is not None:
-            sums["actor/logprob_mismatch"] += float(((new_lp.detach() - old).abs() * m).sum())
-            sums["mismatch_tokens"] += float(m.sum())
-        loss, pstats = algorithms.policy_loss(cfg.loss, new_lp, old, adv, m, **loss_options)
-        weight = _agg_weight(cfg.loss_agg, m, total_mask)
-        total = loss
-        if ref_lp is not None and not cfg.kl_in_reward:
-            kl = algorithms.kl_penalty(new_lp, ref_lp[rows].to(device), cfg.kl_kind)
-            kl_loss = algorithms.aggregate_loss(kl, m, cfg.loss_agg, norm=knobs.max_new_tokens)
-            total = total + cfg.kl_coef * kl_loss
-            sums["actor/kl_loss"] += weight * float(kl_loss.detach())
-        assert new_ent is not None
-        ent_value = algorithms.aggregate_loss(new_ent, m, cfg.loss_agg, norm=knobs.max_new_tokens)
-        if cfg.entropy_coef:
-            total = total - cfg.entropy_coef * ent_value
-        sums["actor/entropy"] += weight * float(ent_value.detach())
-        if not torch.isfinite(total):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.autocast == "bfloat16"):
+            new_lp, new_ent = micro_batch_values(
+                policy, [sequences[k] for k in mb], [len(batch.prompt_ids[i]) for i in rows], width,
+                knobs.temperature, device, packed, with_entropy=True, entropy_grad=cfg.entropy_coef != 0)
+        total = micro_batch_loss(new_lp, new_ent, rows, advantages, loss_mask, total_mask, old_lp, ref_lp, cfg,
+                                 knobs, sums)
+        if total is None:
             sums["nonfinite"] = 1.0
             if fsdp:  # the other ranks still run this pass's collectives
                 _idle_pass(policy, device, packed)
             continue
-        (total * (weight * scale)).backward()
-        sums["actor/pg_loss"] += weight * float(loss.detach())
-        for key in ("pg_clipfrac", "pg_clipfrac_lower", "ppo_kl"):
-            sums[f"actor/{key}"] += weight * float(pstats.get(key, 0.0))
+        (total * scale).backward()
     _set_gradient_sync(policy, True)
     sums = _sum_over_ranks(sums, dp)
-    if sums["nonfinite"]:  # as in the single-process step: no update from this mini-batch on any rank
+    if sums.pop("nonfinite"):  # as in the single-process step: no update from this mini-batch on any rank
         optimizer.zero_grad(set_to_none=True)
         return {"actor/skipped_updates": 1.0, "actor/grad_norm": float("nan"), "actor/lr": knobs.lr}
     if dp.world_size > 1 and not fsdp:
@@ -347,10 +322,8 @@ def dp_minibatch_step(policy, optimizer, batch, index, width, advantages, loss_m
     else:
         skipped = 1.0
     optimizer.zero_grad(set_to_none=True)
-    mismatch_tokens = sums.pop("mismatch_tokens")
-    sums.pop("nonfinite")
-    sums["actor/logprob_mismatch"] /= max(mismatch_tokens, 1.0)
-    return {**sums, "actor/grad_norm": float(grad_norm), "actor/lr": knobs.lr, "actor/skipped_updates": skipped}
+    return {**finish_step_sums(sums), "actor/grad_norm": float(grad_norm), "actor/lr": knobs.lr,
+            "actor/skipped_updates": skipped}
 
 
 def make_step_fn(dp: DataParallel) -> Callable[..., dict[str, float]]:

@@ -277,6 +277,16 @@ def packed_attention_mask(segment_ids: torch.Tensor) -> torch.Tensor:
     return (same & causal)[:, None]
 
 
+def _rotary_qkv(attn: Attention, a: Arch, h: torch.Tensor, cos: torch.Tensor,
+                sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """q, k (rotated) and v of normed hidden states h (B, T, H): (B, heads, T, head_dim) each."""
+    B, T, _ = h.shape
+    q = attn.q_proj(h).view(B, T, a.num_heads, a.head_dim).transpose(1, 2)
+    k = attn.k_proj(h).view(B, T, a.num_kv_heads, a.head_dim).transpose(1, 2)
+    v = attn.v_proj(h).view(B, T, a.num_kv_heads, a.head_dim).transpose(1, 2)
+    return q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin, v
+
+
 def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, dropout: float):
     """SDPA with grouped-query heads: q (B, Hq, T, d), k/v (B, Hkv, S, d)."""
     if mask is None:
@@ -429,16 +439,66 @@ class NativeCausalLM(nn.Module):
         dropout = a.attention_dropout if self.training else 0.0
         for layer in self.model.layers:
             attn = layer.self_attn
-            h = layer.input_layernorm(x)
-            q = attn.q_proj(h).view(B, T, a.num_heads, a.head_dim).transpose(1, 2)
-            k = attn.k_proj(h).view(B, T, a.num_kv_heads, a.head_dim).transpose(1, 2)
-            v = attn.v_proj(h).view(B, T, a.num_kv_heads, a.head_dim).transpose(1, 2)
-            q = q * cos + rotate_half(q) * sin
-            k = k * cos + rotate_half(k) * sin
+            q, k, v = _rotary_qkv(attn, a, layer.input_layernorm(x), cos, sin)
             o = _attend(q, k, v, mask, dropout)  # (B, Hq, T, d)
             x = x + attn.o_proj(o.transpose(1, 2).reshape(B, T, a.num_heads * a.head_dim))
             x = x + layer.mlp(layer.post_attention_layernorm(x))
         return self.lm_head(self.model.norm(x))
+
+    def completion_logits(
+        self,
+        prompt_ids: torch.Tensor,
+        prompt_lengths: torch.Tensor,
+        completion_ids: torch.Tensor,
+        prompt_index: torch.Tensor,
+    ) -> torch.Tensor:
+        """Logits predicting each completion token, with each prompt computed once: (n, C, V).
+
+        prompt_ids (P, Tp): right-padded distinct prompts, prompt_lengths (P,) their lengths;
+        completion_ids (n, C): right-padded completions, row r continuing prompt prompt_index[r].
+        Out[r, t] is what forward() gives at the position before completion token t of the
+        sequence prompt + completion, so log-probs match it exactly; but a group of G samples
+        costs one prompt pass instead of G, and no logits are computed on prompt positions (in
+        GRPO on short answers the prompt is a large share of the tokens). Differentiable: the
+        prompt's keys and values receive the gradients of every completion that attends to them.
+        Values on completion padding are finite and meaningless.
+        """
+        a = self.arch
+        P, Tp = prompt_ids.shape
+        n, C = completion_ids.shape
+        device = prompt_ids.device
+        inv_freq = rope_inv_freq(a.head_dim, a.rope_theta, device)
+        x = self.model.embed_tokens(prompt_ids)
+        cos_p, sin_p = rope_cos_sin(torch.arange(Tp, device=device).expand(P, Tp), inv_freq, x.dtype)
+        cos_p, sin_p = cos_p[:, None], sin_p[:, None]
+        # Completion token t of row r sits at position prompt_lengths[g] + t; it sees its prompt's
+        # real tokens and the completion tokens up to itself.
+        lengths = prompt_lengths[prompt_index]  # (n,)
+        positions = lengths[:, None] + torch.arange(C, device=device)[None, :]
+        cos_c, sin_c = rope_cos_sin(positions, inv_freq, x.dtype)
+        cos_c, sin_c = cos_c[:, None], sin_c[:, None]
+        sees_prompt = torch.arange(Tp, device=device)[None, :] < lengths[:, None]  # (n, Tp)
+        causal = torch.ones(C, C, dtype=torch.bool, device=device).tril()
+        mask = torch.cat([sees_prompt[:, None, :].expand(n, C, Tp), causal.expand(n, C, C)], dim=-1)[:, None]
+        y = self.model.embed_tokens(completion_ids)
+        dropout = a.attention_dropout if self.training else 0.0
+        for layer in self.model.layers:
+            attn = layer.self_attn
+            q, k, v = _rotary_qkv(attn, a, layer.input_layernorm(x), cos_p, sin_p)
+            qc, kc, vc = _rotary_qkv(attn, a, layer.input_layernorm(y), cos_c, sin_c)
+            # right-padded prompts under a causal mask: real tokens never see the padding after them
+            o = _attend(q, k, v, None, dropout)
+            x = x + attn.o_proj(o.transpose(1, 2).reshape(P, Tp, a.num_heads * a.head_dim))
+            x = x + layer.mlp(layer.post_attention_layernorm(x))
+            keys = torch.cat([k.index_select(0, prompt_index), kc], dim=2)
+            values = torch.cat([v.index_select(0, prompt_index), vc], dim=2)
+            oc = _attend(qc, keys, values, mask, dropout)
+            y = y + attn.o_proj(oc.transpose(1, 2).reshape(n, C, a.num_heads * a.head_dim))
+            y = y + layer.mlp(layer.post_attention_layernorm(y))
+        # the last prompt token predicts completion token 0; completion token t predicts t + 1
+        last = x[torch.arange(P, device=device), prompt_lengths - 1].index_select(0, prompt_index)
+        hidden = torch.cat([last[:, None], y[:, : C - 1]], dim=1)
+        return self.lm_head(self.model.norm(hidden))
 
     # ---------------------------------------------------------------- inference (KV cache)
 
@@ -538,12 +598,7 @@ class NativeCausalLM(nn.Module):
         cos, sin = cos[:, None], sin[:, None]
         for i, layer in enumerate(self.model.layers):
             attn = layer.self_attn
-            h = layer.input_layernorm(x)
-            q = attn.q_proj(h).view(B, T, a.num_heads, a.head_dim).transpose(1, 2)
-            k = attn.k_proj(h).view(B, T, a.num_kv_heads, a.head_dim).transpose(1, 2)
-            v = attn.v_proj(h).view(B, T, a.num_kv_heads, a.head_dim).transpose(1, 2)
-            q = q * cos + rotate_half(q) * sin
-            k = k * cos + rotate_half(k) * sin
+            q, k, v = _rotary_qkv(attn, a, layer.input_layernorm(x), cos, sin)
             keys[i][:, :, :T] = k
             values[i][:, :, :T] = v
             o = _attend(q, k, v, mask, 0.0)

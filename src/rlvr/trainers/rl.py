@@ -210,29 +210,67 @@ def collect(engine: RolloutEngine, tokenizer: Any, task: Task, pool: ProblemPool
 
 def sequence_values(model: torch.nn.Module, batch: RolloutBatch, index: Sequence[int], width: int,
                     temperature: float, device: torch.device, packed: bool, token_budget: int,
-                    with_entropy: bool = False,
-                    entropy_grad: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+                    with_entropy: bool = False, entropy_grad: bool = False,
+                    autocast: str = "none") -> tuple[torch.Tensor, torch.Tensor | None]:
     """Per-token log-probs (and entropies) of the completions of sequences `index`: (b, width) each.
 
     Runs in micro-batches of `token_budget` tokens. Gradients flow to the log-probs when called with
     grad enabled (the index assignments below are differentiable), and to the entropies only with
     entropy_grad (an entropy bonus); otherwise entropies are for logging and cost no backward.
+    A model with `completion_logits` (rlvr's native one) runs each distinct prompt once per
+    micro-batch and computes logits on completion positions only; others run every sequence whole.
+    autocast="bfloat16": the forward's matmuls in bf16 (torch.autocast); log-probs stay float32.
     """
     index = list(index)
-    sequences = [batch.prompt_ids[i] + batch.completion_ids[i] for i in index]
-    starts = [len(batch.prompt_ids[i]) for i in index]
     out_lp = torch.zeros((len(index), width), device=device)
     out_ent = torch.zeros((len(index), width), device=device) if with_entropy else None
-    for mb in micro_batches([len(s) for s in sequences], token_budget):
-        mb_starts = [starts[i] for i in mb]
-        sub = build_batch([sequences[i] for i in mb], mb_starts, [[k] for k in range(len(mb))])
-        logits = forward_logits(model, sub, device, packed)  # (b, L, V)
-        out_lp[mb] = per_sequence(token_logprobs(logits, sub.target_ids.to(device), temperature), sub.where,
-                                  mb_starts, width)
+    grouped = packed and hasattr(model, "completion_logits")
+    lengths = [len(batch.completion_ids[i]) if grouped else len(batch.prompt_ids[i]) + len(batch.completion_ids[i])
+               for i in index]
+    for mb in micro_batches(lengths, token_budget):
+        rows = [index[k] for k in mb]
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast == "bfloat16"):
+            if grouped:
+                logits, targets, valid = _completion_logits(model, batch, rows, device)  # (b, C, V)
+            else:
+                starts = [len(batch.prompt_ids[i]) for i in rows]
+                sub = build_batch([batch.prompt_ids[i] + batch.completion_ids[i] for i in rows], starts,
+                                  [[k] for k in range(len(rows))])
+                logits = forward_logits(model, sub, device, packed)  # (b, L, V)
+        if grouped:
+            C = logits.shape[1]
+            out_lp[mb, :C] = torch.where(valid, token_logprobs(logits, targets, temperature), 0.0)
+        else:
+            out_lp[mb] = per_sequence(token_logprobs(logits, sub.target_ids.to(device), temperature), sub.where,
+                                      starts, width)
         if out_ent is not None:
             with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
-                out_ent[mb] = per_sequence(token_entropy(logits, temperature), sub.where, mb_starts, width)
+                if grouped:
+                    out_ent[mb, :C] = torch.where(valid, token_entropy(logits, temperature), 0.0)
+                else:
+                    out_ent[mb] = per_sequence(token_entropy(logits, temperature), sub.where, starts, width)
     return out_lp, out_ent
+
+
+def _completion_logits(model: torch.nn.Module, batch: RolloutBatch, rows: Sequence[int],
+                       device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """model.completion_logits on `rows`, each distinct prompt once: logits (b, C, V), targets (b, C),
+    valid (b, C) bool (completion tokens, not padding)."""
+    prompts: dict[tuple[int, ...], int] = {}
+    prompt_index = [prompts.setdefault(tuple(batch.prompt_ids[i]), len(prompts)) for i in rows]
+    prompt_lengths = torch.tensor([len(p) for p in prompts], device=device)
+    prompt_ids = torch.zeros((len(prompts), int(prompt_lengths.max())), dtype=torch.long)
+    for p, k in prompts.items():
+        prompt_ids[k, : len(p)] = torch.tensor(p)
+    completion_lengths = torch.tensor([len(batch.completion_ids[i]) for i in rows], device=device)
+    completion_ids = torch.zeros((len(rows), int(completion_lengths.max())), dtype=torch.long)
+    for r, i in enumerate(rows):
+        completion_ids[r, : len(batch.completion_ids[i])] = torch.tensor(batch.completion_ids[i])
+    completion_ids = completion_ids.to(device)
+    logits = model.completion_logits(prompt_ids.to(device), prompt_lengths, completion_ids,
+                                     torch.tensor(prompt_index, device=device))
+    valid = torch.arange(completion_ids.shape[1], device=device)[None, :] < completion_lengths[:, None]
+    return logits, completion_ids, valid
 
 
 def padded(values: Sequence[Sequence[float]], width: int) -> torch.Tensor:
@@ -260,7 +298,7 @@ def update_policy(policy: torch.nn.Module, ref: torch.nn.Module | None, optimize
     with torch.no_grad():
         if ref is not None:
             ref_lp, _ = sequence_values(ref, batch, range(B), width, knobs.temperature, device, packed,
-                                           cfg.micro_batch_tokens)
+                                        cfg.micro_batch_tokens, autocast=cfg.autocast)
             ref_lp = ref_lp.cpu()
     old_lp = padded(batch.engine_logprobs, width) if need_old else None
     if cfg.tis_cap is not None:
@@ -268,7 +306,7 @@ def update_policy(policy: torch.nn.Module, ref: torch.nn.Module | None, optimize
 
         with torch.no_grad():
             cur, _ = sequence_values(policy, batch, range(B), width, knobs.temperature, device, packed,
-                                     cfg.micro_batch_tokens)
+                                     cfg.micro_batch_tokens, autocast=cfg.autocast)
         behaviour = padded(batch.engine_logprobs, width)
         tis_weights, tis_stats = truncated_importance_weights(cur.cpu(), behaviour, mask, cfg.tis_cap)
         stats.update(tis_stats)
@@ -279,7 +317,7 @@ def update_policy(policy: torch.nn.Module, ref: torch.nn.Module | None, optimize
     if cfg.kl_in_reward and ref_lp is not None:
         with torch.no_grad():
             cur, _ = sequence_values(policy, batch, range(B), width, knobs.temperature, device, packed,
-                                        cfg.micro_batch_tokens)
+                                        cfg.micro_batch_tokens, autocast=cfg.autocast)
         kl = algorithms.kl_penalty(cur.cpu(), ref_lp, cfg.kl_kind) * mask
         stats["actor/reward_kl"] = float((kl.sum() / mask.sum().clamp(min=1)).item())
         if cfg.advantage == "reinforce_pp":
@@ -330,52 +368,90 @@ def _agg_weight(mode: str, mask: torch.Tensor, total_mask: torch.Tensor) -> floa
     return rows / max(float((total_mask.sum(-1) > 0).sum()), 1.0)
 
 
+def loss_options(cfg: RLConfig, knobs: Knobs) -> dict[str, Any]:
+    """Keyword arguments of algorithms.policy_loss from the recipe (None: the loss's own default)."""
+    options = {"clip_low": cfg.clip_low, "clip_high": cfg.clip_high, "dual_clip": cfg.dual_clip,
+               "loss_agg": cfg.loss_agg, "loss_agg_norm": knobs.max_new_tokens}
+    return {k: v for k, v in options.items() if v is not None}
+
+
+def new_step_sums() -> dict[str, float]:
+    """Accumulators of one optimizer step's statistics (see micro_batch_loss)."""
+    return {"actor/pg_loss": 0.0, "actor/kl_loss": 0.0, "actor/entropy": 0.0, "actor/pg_clipfrac": 0.0,
+            "actor/pg_clipfrac_lower": 0.0, "actor/ppo_kl": 0.0, "actor/logprob_mismatch": 0.0,
+            "mismatch_tokens": 0.0}
+
+
+def micro_batch_loss(new_lp: torch.Tensor, new_ent: torch.Tensor | None, rows: Sequence[int],
+                     advantages: torch.Tensor, loss_mask: torch.Tensor, total_mask: torch.Tensor,
+                     old_lp: torch.Tensor | None, ref_lp: torch.Tensor | None, cfg: RLConfig, knobs: Knobs,
+                     sums: dict[str, float]) -> torch.Tensor | None:
+    """The loss of one micro-batch (rows `rows`), scaled by its share of the mini-batch's aggregate.
+
+    Policy loss + kl_coef * KL (unless the KL is in the reward) - entropy_coef * entropy; the sum of
+    the returned values over a mini-batch's micro-batches is the mini-batch loss (every aggregation
+    is linear in token losses, see _agg_weight). Adds the weighted statistics to `sums` (new_step_sums).
+    Returns None, adding nothing, when the loss is not finite: the caller skips the optimizer step.
+    Shared by the single-process step below and the data-parallel one (rlvr.distributed.learner).
+    """
+    device = new_lp.device
+    m = loss_mask[rows].to(device)
+    adv = advantages[rows].to(device)
+    old = old_lp[rows].to(device) if old_lp is not None else new_lp.detach()
+    loss, pstats = algorithms.policy_loss(cfg.loss, new_lp, old, adv, m, **loss_options(cfg, knobs))
+    weight = _agg_weight(cfg.loss_agg, m, total_mask)
+    total = loss
+    kl_value = ent_value = None
+    if ref_lp is not None and not cfg.kl_in_reward:
+        kl = algorithms.kl_penalty(new_lp, ref_lp[rows].to(device), cfg.kl_kind)
+        kl_value = algorithms.aggregate_loss(kl, m, cfg.loss_agg, norm=knobs.max_new_tokens)
+        total = total + cfg.kl_coef * kl_value
+    if new_ent is not None:
+        ent_value = algorithms.aggregate_loss(new_ent, m, cfg.loss_agg, norm=knobs.max_new_tokens)
+        if cfg.entropy_coef:
+            total = total - cfg.entropy_coef * ent_value
+    if not torch.isfinite(total):
+        return None
+    if old_lp is not None:
+        sums["actor/logprob_mismatch"] += float(((new_lp.detach() - old).abs() * m).sum())
+        sums["mismatch_tokens"] += float(m.sum())
+    sums["actor/pg_loss"] += weight * float(loss.detach())
+    if kl_value is not None:
+        sums["actor/kl_loss"] += weight * float(kl_value.detach())
+    if ent_value is not None:
+        sums["actor/entropy"] += weight * float(ent_value.detach())
+    for key in ("pg_clipfrac", "pg_clipfrac_lower", "ppo_kl"):
+        sums[f"actor/{key}"] += weight * float(pstats.get(key, 0.0))
+    return total * weight
+
+
+def finish_step_sums(sums: dict[str, float]) -> dict[str, float]:
+    """Turn the accumulated mismatch into a per-token mean; drop the accumulator keys."""
+    out = dict(sums)
+    out["actor/logprob_mismatch"] /= max(out.pop("mismatch_tokens"), 1.0)
+    return out
+
+
 def minibatch_step(policy, optimizer, batch, index, width, advantages, loss_mask, old_lp, ref_lp, cfg, knobs,
                    device, packed) -> dict[str, float]:  # noqa: ANN001 - flat helper of update_policy
     """One optimizer step on the sequences `index`, accumulated over token-budget micro-batches."""
     for group in optimizer.param_groups:
         group["lr"] = knobs.lr
-    sequences = [batch.prompt_ids[i] + batch.completion_ids[i] for i in index]
     total_mask = loss_mask[index]
-    loss_options = {"clip_low": cfg.clip_low, "clip_high": cfg.clip_high, "dual_clip": cfg.dual_clip,
-                    "loss_agg": cfg.loss_agg, "loss_agg_norm": knobs.max_new_tokens}
-    loss_options = {k: v for k, v in loss_options.items() if v is not None}  # None: the loss's own default
-    sums = {"actor/pg_loss": 0.0, "actor/kl_loss": 0.0, "actor/entropy": 0.0, "actor/pg_clipfrac": 0.0,
-            "actor/pg_clipfrac_lower": 0.0, "actor/ppo_kl": 0.0, "actor/logprob_mismatch": 0.0}
-    want_entropy = True  # logged always; it is cheap next to the forward pass
-    mismatch_tokens = 0.0
-    for mb in micro_batches([len(s) for s in sequences], cfg.micro_batch_tokens):
+    sums = new_step_sums()
+    grouped = packed and hasattr(policy, "completion_logits")
+    lengths = [len(batch.completion_ids[i]) + (0 if grouped else len(batch.prompt_ids[i])) for i in index]
+    for mb in micro_batches(lengths, cfg.micro_batch_tokens):
         rows = [index[k] for k in mb]
         new_lp, new_ent = sequence_values(policy, batch, rows, width, knobs.temperature, device, packed,
-                                          token_budget=1 << 62, with_entropy=want_entropy,
-                                          entropy_grad=cfg.entropy_coef != 0)
-        m = loss_mask[rows].to(device)
-        adv = advantages[rows].to(device)
-        old = old_lp[rows].to(device) if old_lp is not None else new_lp.detach()
-        if old_lp is not None:
-            valid = m.sum()
-            sums["actor/logprob_mismatch"] += float(((new_lp.detach() - old).abs() * m).sum())
-            mismatch_tokens += float(valid)
-        loss, pstats = algorithms.policy_loss(cfg.loss, new_lp, old, adv, m, **loss_options)
-        weight = _agg_weight(cfg.loss_agg, m, total_mask)
-        total = loss
-        if ref_lp is not None and not cfg.kl_in_reward:
-            kl = algorithms.kl_penalty(new_lp, ref_lp[rows].to(device), cfg.kl_kind)
-            kl_loss = algorithms.aggregate_loss(kl, m, cfg.loss_agg, norm=knobs.max_new_tokens)
-            total = total + cfg.kl_coef * kl_loss
-            sums["actor/kl_loss"] += weight * float(kl_loss.detach())
-        if new_ent is not None:
-            ent_value = algorithms.aggregate_loss(new_ent, m, cfg.loss_agg, norm=knobs.max_new_tokens)
-            if cfg.entropy_coef:
-                total = total - cfg.entropy_coef * ent_value
-            sums["actor/entropy"] += weight * float(ent_value.detach())
-        if not torch.isfinite(total):
+                                          token_budget=1 << 62, with_entropy=True,  # entropy: always logged
+                                          entropy_grad=cfg.entropy_coef != 0, autocast=cfg.autocast)
+        total = micro_batch_loss(new_lp, new_ent, rows, advantages, loss_mask, total_mask, old_lp, ref_lp, cfg,
+                                 knobs, sums)
+        if total is None:
             optimizer.zero_grad(set_to_none=True)
             return {"actor/skipped_updates": 1.0, "actor/grad_norm": float("nan"), "actor/lr": knobs.lr}
-        (total * weight).backward()
-        sums["actor/pg_loss"] += weight * float(loss.detach())
-        for key in ("pg_clipfrac", "pg_clipfrac_lower", "ppo_kl"):
-            sums[f"actor/{key}"] += weight * float(pstats.get(key, 0.0))
+        total.backward()
     grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip or float("inf"))
     skipped = 0.0
     if torch.isfinite(grad_norm):
@@ -383,8 +459,8 @@ def minibatch_step(policy, optimizer, batch, index, width, advantages, loss_mask
     else:
         skipped = 1.0
     optimizer.zero_grad(set_to_none=True)
-    sums["actor/logprob_mismatch"] /= max(mismatch_tokens, 1.0)
-    return {**sums, "actor/grad_norm": float(grad_norm), "actor/lr": knobs.lr, "actor/skipped_updates": skipped}
+    return {**finish_step_sums(sums), "actor/grad_norm": float(grad_norm), "actor/lr": knobs.lr,
+            "actor/skipped_updates": skipped}
 
 
 def batch_metrics(batch: RolloutBatch, knobs: Knobs) -> dict[str, float]:

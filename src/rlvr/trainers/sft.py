@@ -54,10 +54,12 @@ def layout(lengths: Sequence[int], token_budget: int, packed: bool) -> list[list
 
 
 def sft_loss(model: torch.nn.Module, sequences: Sequence[Sequence[int]], starts: Sequence[int],
-             rows: list[list[int]], device: torch.device, packed: bool) -> tuple[torch.Tensor, int]:
+             rows: list[list[int]], device: torch.device, packed: bool,
+             autocast: str = "none") -> tuple[torch.Tensor, int]:
     """Summed NLL of the completion tokens of `sequences` laid out in `rows`, and their count."""
     batch = build_batch(sequences, starts, rows)
-    logits = forward_logits(model, batch, device, packed)  # (R, L, V)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast == "bfloat16"):
+        logits = forward_logits(model, batch, device, packed)  # (R, L, V)
     logp = token_logprobs(logits, batch.target_ids.to(device))  # (R, L)
     mask = batch.loss_mask.to(device)
     return -(logp * mask).sum(), int(mask.sum().item())
@@ -106,7 +108,7 @@ def train_sft(
         n_tokens = sum(len(pairs[i][1]) for i in chosen)
         total_loss = 0.0
         for rows in micro:
-            loss_sum, _ = sft_loss(model, sequences, starts, rows, device, packed)
+            loss_sum, _ = sft_loss(model, sequences, starts, rows, device, packed, cfg.autocast)
             (loss_sum / n_tokens).backward()
             total_loss += loss_sum.item()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf"))
