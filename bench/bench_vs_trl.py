@@ -18,6 +18,7 @@ Workloads
 Contenders (each with its own settings; the ratio uses the fastest of each side)
   rlvr fp32         the native model, fp32 learner and fp32 KV-cache decoding (the recipe default);
   rlvr bf16-decode  the same fp32 learner; the engine decodes from bf16 copies of the weights;
+  rlvr bf16         bf16 decoding and a bf16-autocast update (rl.autocast: TRL's bf16 setting);
   TRL fp32 / bf16   GRPOTrainer with transformers' generate (no vLLM); bf16 = TRL's default mixed
                     precision (autocast); gradient checkpointing off (TRL turns it on by default,
                     which only costs time here), generation batch = 128 = per-device train batch.
@@ -86,7 +87,8 @@ class Workload:
     stop_at_eos: bool
 
 
-RLVR_DECODE = {"fp32": None, "bf16-decode": torch.bfloat16}  # engine decoding dtype; learner fp32
+# name: (engine decoding dtype, rl.autocast of the update); the learner's parameters stay fp32
+RLVR_SETTINGS = {"fp32": (None, "none"), "bf16-decode": (torch.bfloat16, "none"), "bf16": (torch.bfloat16, "bfloat16")}
 
 
 @dataclass
@@ -138,7 +140,7 @@ class StepPool:
 class RlvrContender:
     """rlvr's learner + TorchEngine from the checkpoint, stepped like train_rl (one update per batch)."""
 
-    def __init__(self, name: str, decode_dtype: torch.dtype | None, workload: Workload, s: Settings) -> None:
+    def __init__(self, name: str, setting: tuple[torch.dtype | None, str], workload: Workload, s: Settings) -> None:
         from rlvr.config import RLConfig
         from rlvr.rollout.torch_engine import TorchEngine
         from rlvr.trainers.pipeline import load_policy
@@ -148,12 +150,12 @@ class RlvrContender:
         self.cfg = RLConfig(steps=s.warmup + s.steps, prompts_per_step=s.prompts, group_size=s.group_size,
                             max_new_tokens=workload.max_new_tokens, lr=s.lr, lr_schedule="constant", grad_clip=1.0,
                             temperature=1.0, top_p=1.0, top_k=0, advantage="grpo", loss="ppo",
-                            loss_agg="token-mean", kl_coef=0.0, zero_variance="keep")
+                            loss_agg="token-mean", kl_coef=0.0, zero_variance="keep", autocast=setting[1])
         # fixed workload: no stop ids at all, so every completion runs to max_new_tokens
         self.stop_ids = s.eos_ids if workload.stop_at_eos else ()
         tok = self.policy.tokenizer
         self.engine = TorchEngine(self.policy.model, eos_token_ids=self.stop_ids, pad_token_id=tok.pad_token_id or 0,
-                                  device="cpu", dtype=decode_dtype)
+                                  device="cpu", dtype=setting[0])
         # as in train_rl
         self.optimizer = torch.optim.AdamW(self.policy.model.parameters(), lr=self.cfg.lr, betas=(0.9, 0.99),
                                            weight_decay=self.cfg.weight_decay)
@@ -180,7 +182,13 @@ class RlvrContender:
         model.eval()
         seconds = time.perf_counter() - t_step
         lengths = [len(p) + len(c) for p, c in zip(batch.prompt_ids, batch.completion_ids)]
-        forward = sum(len(mb) * max(lengths[i] for i in mb) for mb in micro_batches(lengths, cfg.micro_batch_tokens))
+        # the update (rlvr.trainers.rl.sequence_values with the native model): per micro-batch of
+        # completions, each distinct prompt once (padded to the longest) + completions padded
+        completions = [len(c) for c in batch.completion_ids]
+        forward = 0
+        for mb in micro_batches(completions, cfg.micro_batch_tokens):
+            prompts = {tuple(batch.prompt_ids[i]) for i in mb}
+            forward += len(prompts) * max(map(len, prompts)) + len(mb) * max(completions[i] for i in mb)
         engine = self.engine.last_stats
         record = StepRecord(
             round=round_, step=step, seconds=seconds, gen_seconds=t_gen,
@@ -348,7 +356,7 @@ def run_workload(workload: Workload, args: argparse.Namespace, s: Settings) -> d
               f"mean len {r.completion_tokens / r.rows:5.1f}, reward {r.extra['reward_mean']:+.2f})", flush=True)
 
     for round_, precision in enumerate(args.trl.split(",")):
-        contenders = [RlvrContender(f"rlvr {name}", RLVR_DECODE[name], workload, s) for name in args.rlvr.split(",")]
+        contenders = [RlvrContender(f"rlvr {name}", RLVR_SETTINGS[name], workload, s) for name in args.rlvr.split(",")]
 
         def between(step: int, contenders: list[RlvrContender] = contenders, round_: int = round_) -> None:
             for c in contenders:
@@ -420,7 +428,7 @@ def main() -> None:
     ap.add_argument("--model-dir", default="", help="HF checkpoint directory (default: newest under --sft-run)")
     ap.add_argument("--sft-run", default=str(DEFAULT_SFT_RUN), help="run directory of `rlvr sft`")
     ap.add_argument("--workloads", default="natural,fixed")
-    ap.add_argument("--rlvr", default="fp32,bf16-decode", help=f"rlvr settings: {','.join(RLVR_DECODE)}")
+    ap.add_argument("--rlvr", default="fp32,bf16-decode,bf16", help=f"rlvr settings: {','.join(RLVR_SETTINGS)}")
     ap.add_argument("--trl", default="fp32,bf16", help="TRL precisions: fp32, bf16 (autocast)")
     ap.add_argument("--natural-max-new-tokens", type=int, default=320)
     ap.add_argument("--fixed-new-tokens", type=int, default=64)
