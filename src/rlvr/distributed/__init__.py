@@ -15,6 +15,7 @@ RolloutEngine whose workers are Ray actors; `make_learner` gives the Ray learner
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -51,6 +52,46 @@ class RayConfig:
     """Recompute activations in backward (learner ranks)."""
 
 
+def reserved_resources(cfg: RayConfig) -> dict[str, float]:
+    """Ray resources the run's actors reserve: {"CPU": ..., "GPU": ...} over rollout workers and learners."""
+    return {
+        "CPU": cfg.num_rollout_workers * cfg.cpus_per_worker + cfg.num_learners * cfg.cpus_per_learner,
+        "GPU": cfg.num_rollout_workers * cfg.gpus_per_worker + cfg.num_learners * cfg.gpus_per_learner,
+    }
+
+
+def connect(cfg: RayConfig) -> Any:
+    """Join cfg.address, or start a local cluster that can hold all of the run's actors; returns ray.
+
+    Ray leaves an actor whose resources no node can ever provide pending forever, without an error:
+    on a 2-core machine the default 2 rollout workers + 1 learner (1 CPU each) would hang the run.
+    A local cluster is therefore started with max(cores, CPUs reserved) logical CPUs (the actors
+    then share the cores; each uses threads_per_worker threads), and a local cluster that still
+    cannot hold them (too few GPUs, or one started earlier with fewer CPUs) is refused here with the
+    keys to change. A remote cluster is joined as it is (an autoscaler may add nodes).
+    """
+    import os
+
+    from rlvr.distributed.ray_engine import ensure_ray, require_ray
+
+    need = reserved_resources(cfg)
+    if not cfg.address and not require_ray().is_initialized():
+        ensure_ray("", num_cpus=max(os.cpu_count() or 1, math.ceil(need["CPU"])))
+    ray = ensure_ray(cfg.address)
+    if not cfg.address:
+        have = ray.cluster_resources()
+        short = {k: (v, have.get(k, 0.0)) for k, v in need.items() if v > have.get(k, 0.0) + 1e-9}
+        if short:
+            detail = ", ".join(f"{v:g} {k} reserved, the cluster has {h:g}" for k, (v, h) in short.items())
+            raise RuntimeError(
+                f"distributed=ray: the local Ray cluster cannot hold {cfg.num_rollout_workers} rollout workers "
+                f"and {cfg.num_learners} learners ({detail}); lower ray.num_rollout_workers, "
+                f"ray.num_learners, ray.cpus_per_worker / cpus_per_learner or ray.gpus_per_worker / "
+                f"gpus_per_learner"
+            )
+    return ray
+
+
 def make_engine(cfg: RayConfig, policy_model: Any, eos_token_ids: Sequence[int], pad_token_id: int = 0,
                 model_dir: str | None = None) -> Any:
     """A RayRolloutEngine for the RL loop (train_rl with engine_shares_weights=False).
@@ -66,6 +107,7 @@ def make_engine(cfg: RayConfig, policy_model: Any, eos_token_ids: Sequence[int],
         model: Any = model_dir
     else:
         model = policy_model
+    connect(cfg)
     return RayRolloutEngine(
         model, cfg.num_rollout_workers, eos_token_ids, pad_token_id, engine=cfg.rollout_engine,
         engine_options=dict(cfg.engine_options), cpus_per_worker=cfg.cpus_per_worker,
@@ -80,6 +122,7 @@ def make_learner(cfg: RayConfig, policy_model: Any, rl_config: Any, packed: bool
         return None
     from rlvr.distributed.ray_learner import RayLearnerGroup
 
+    connect(cfg)
     return RayLearnerGroup(
         policy_model, rl_config, num_learners=cfg.num_learners, strategy=cfg.learner_strategy, packed=packed,
         gradient_checkpointing=cfg.gradient_checkpointing, cpus_per_learner=cfg.cpus_per_learner,
@@ -94,4 +137,4 @@ def engine_from_config(config: Any, policy_model: Any, eos_token_ids: Sequence[i
     return make_engine(cfg, policy_model, eos_token_ids, pad_token_id, model_dir)
 
 
-__all__ = ["RayConfig", "engine_from_config", "make_engine", "make_learner"]
+__all__ = ["RayConfig", "connect", "engine_from_config", "make_engine", "make_learner", "reserved_resources"]

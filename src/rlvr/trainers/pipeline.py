@@ -6,6 +6,7 @@ from the newest checkpoint (a finished stage is not redone, cached evaluations a
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from dataclasses import dataclass
@@ -214,8 +215,9 @@ def run(config: RunConfig) -> dict[str, Any]:
     log(f"model: {policy.path} ({n_params / 1e6:.2f}M parameters, {'native' if policy.packed else 'transformers'})")
     eos_ids = eos_token_ids(policy.tokenizer)
     logger = MetricsLogger(run_dir, config.logging.tensorboard, config.logging.wandb, config.logging.wandb_project)
+    decode_dtype = engine_dtype(config, policy)
     engine = TorchEngine(policy.model, eos_token_ids=eos_ids, pad_token_id=policy.tokenizer.pad_token_id or 0,
-                         device=str(device), dtype=getattr(torch, config.model.engine_dtype))
+                         device=str(device), dtype=decode_dtype)
 
     if config.sft.enabled:
         t0 = time.perf_counter()
@@ -239,7 +241,7 @@ def run(config: RunConfig) -> dict[str, Any]:
     rl_summary: dict[str, Any] = {}
     if config.rl.enabled and config.rl.steps > 0:
         pool = ProblemPool(training_source(config, task, banned), seed=config.seed)
-        train_engine, learner, closers = training_engine(config, policy, engine, eos_ids)
+        train_engine, learner, closers = training_engine(config, policy, engine, eos_ids, decode_dtype)
         try:
             rl_summary = train_rl(policy.model, policy.tokenizer, train_engine, task, pool, prompt_cache, config.rl,
                                   run_dir=run_dir, logger=logger, device=device, packed=policy.packed,
@@ -263,14 +265,31 @@ def run(config: RunConfig) -> dict[str, Any]:
     return summary
 
 
-def training_engine(config: RunConfig, policy: Policy, engine: Any, eos_ids: tuple[int, ...]):
+def engine_dtype(config: RunConfig, policy: Policy) -> torch.dtype | None:
+    """TorchEngine's decoding dtype: model.engine_dtype on rlvr's native model; a transformers model
+    decodes in its own dtype (None), so only the default model.engine_dtype=float32 fits it."""
+    if policy.packed:
+        return getattr(torch, config.model.engine_dtype)
+    if config.model.engine_dtype != "float32":
+        raise ConfigError(f"model.engine_dtype={config.model.engine_dtype} needs rlvr's native model, but "
+                          f"{policy.path} runs on transformers; set model.dtype instead (the engine decodes in it)")
+    return None
+
+
+def training_engine(config: RunConfig, policy: Policy, engine: Any, eos_ids: tuple[int, ...],
+                    decode_dtype: torch.dtype | None = None):
     """The RL loop's engine and learner: in-process by default, Ray actors with distributed=ray,
-    wrapped for partial rollouts when rl.partial_tokens_per_step > 0. Evaluation keeps `engine`."""
+    wrapped for partial rollouts when rl.partial_tokens_per_step > 0. Evaluation keeps `engine`.
+    Ray's torch rollout workers decode in decode_dtype, as `engine` does, unless ray.engine_options
+    sets a dtype."""
     train_engine, learner, closers = engine, None, []
     if config.distributed == "ray":
         from rlvr.distributed import make_engine, make_learner
 
-        train_engine = make_engine(config.ray, policy.model, eos_ids, policy.tokenizer.pad_token_id or 0,
+        ray_cfg = config.ray
+        if ray_cfg.rollout_engine == "torch" and decode_dtype is not None and "dtype" not in ray_cfg.engine_options:
+            ray_cfg = dataclasses.replace(ray_cfg, engine_options={**ray_cfg.engine_options, "dtype": decode_dtype})
+        train_engine = make_engine(ray_cfg, policy.model, eos_ids, policy.tokenizer.pad_token_id or 0,
                                    model_dir=str(policy.path))
         closers.append(train_engine.shutdown)
         learner = make_learner(config.ray, policy.model, config.rl, policy.packed)
