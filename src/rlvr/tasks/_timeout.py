@@ -80,6 +80,7 @@ class _Worker:
             close_fds=True,
         )
         self.ready = False
+        self._eof = False  # the worker's stdout reached end of file (it exited or closed it)
         self.broken = False
         self._buffer = b""
 
@@ -102,7 +103,11 @@ class _Worker:
             return Outcome("error", detail="worker pipe closed")
         line = self._read_line(timeout_seconds)
         if line is None:
-            return Outcome("timeout" if self.alive() else "error", detail="no reply in time")
+            # End of file means the worker died (it may not be reaped yet, so alive() can still say
+            # True for a moment on a loaded machine): an error, not a timeout.
+            if self._eof or not self.alive():
+                return Outcome("error", detail="the worker exited without a reply")
+            return Outcome("timeout", detail="no reply in time")
         try:
             reply = json.loads(line)
         except ValueError:
@@ -128,6 +133,7 @@ class _Worker:
                 return None
             chunk = os.read(fd, 1 << 16)
             if not chunk:
+                self._eof = True
                 return None
             self._buffer += chunk
         line, _, self._buffer = self._buffer.partition(b"\n")
