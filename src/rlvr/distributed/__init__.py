@@ -16,6 +16,7 @@ RolloutEngine whose workers are Ray actors; `make_learner` gives the Ray learner
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -70,14 +71,11 @@ def connect(cfg: RayConfig) -> Any:
     cannot hold them (too few GPUs, or one started earlier with fewer CPUs) is refused here with the
     keys to change. A remote cluster is joined as it is (an autoscaler may add nodes).
     """
-    import os
-
-    from rlvr.distributed.ray_engine import ensure_ray, require_ray
+    from rlvr.distributed.ray_engine import ensure_ray
 
     need = reserved_resources(cfg)
-    if not cfg.address and not require_ray().is_initialized():
-        ensure_ray("", num_cpus=max(os.cpu_count() or 1, math.ceil(need["CPU"])))
-    ray = ensure_ray(cfg.address)
+    # num_cpus only sizes a local cluster this call starts (ensure_ray ignores it otherwise)
+    ray = ensure_ray(cfg.address, num_cpus=max(os.cpu_count() or 1, math.ceil(need["CPU"])))
     if not cfg.address:
         have = ray.cluster_resources()
         short = {k: (v, have.get(k, 0.0)) for k, v in need.items() if v > have.get(k, 0.0) + 1e-9}

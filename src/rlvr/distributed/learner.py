@@ -38,6 +38,7 @@ import torch.distributed as dist
 from torch import nn
 
 from rlvr.trainers.common import (
+    autocast_context,
     build_batch,
     forward_logits,
     pack_rows,
@@ -294,7 +295,7 @@ def dp_minibatch_step(policy, optimizer, batch, index, width, advantages, loss_m
                 _idle_pass(policy, device, packed)
             continue
         rows = [index[k] for k in mb]
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.autocast == "bfloat16"):
+        with autocast_context(device, cfg.autocast):
             new_lp, new_ent = micro_batch_values(
                 policy, [sequences[k] for k in mb], [len(batch.prompt_ids[i]) for i in rows], width,
                 knobs.temperature, device, packed, with_entropy=True, entropy_grad=cfg.entropy_coef != 0)

@@ -160,6 +160,12 @@ def token_entropy(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tenso
     return entropy_from_logits(logits, temperature=temperature)
 
 
+def autocast_context(device: torch.device, mode: str) -> torch.autocast:
+    """The context for a training forward: bf16 matmuls under torch.autocast when mode is
+    "bfloat16" (sft.autocast, rl.autocast), a no-op context for "none"."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=mode == "bfloat16")
+
+
 def forward_logits(model: torch.nn.Module, batch: Batch, device: torch.device, packed: bool) -> torch.Tensor:
     """Logits (R, L, V) of `batch`; packed rows need the native model (segment-aware attention)."""
     ids = batch.input_ids.to(device)

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from rlvr import algorithms
 from rlvr.config import CheckpointConfig, LoggingConfig, RLConfig
@@ -34,6 +35,7 @@ from rlvr.trainers import checkpoint as ckpt
 from rlvr.trainers.common import (
     MetricsLogger,
     Progress,
+    autocast_context,
     build_batch,
     forward_logits,
     lr_at,
@@ -214,48 +216,46 @@ def sequence_values(model: torch.nn.Module, batch: RolloutBatch, index: Sequence
                     autocast: str = "none") -> tuple[torch.Tensor, torch.Tensor | None]:
     """Per-token log-probs (and entropies) of the completions of sequences `index`: (b, width) each.
 
-    Runs in micro-batches of `token_budget` tokens. Gradients flow to the log-probs when called with
-    grad enabled (the index assignments below are differentiable), and to the entropies only with
-    entropy_grad (an entropy bonus); otherwise entropies are for logging and cost no backward.
-    A model with `completion_logits` (rlvr's native one) runs each distinct prompt once per
-    micro-batch and computes logits on completion positions only; others run every sequence whole.
-    autocast="bfloat16": the forward's matmuls in bf16 (torch.autocast); log-probs stay float32.
+    Runs in micro-batches of `token_budget` tokens (see forward_lengths). Gradients flow to the
+    log-probs when called with grad enabled (the index assignments below are differentiable), and
+    to the entropies only with entropy_grad (an entropy bonus); otherwise entropies are for logging
+    and cost no backward. A model with `completion_logits` (rlvr's native one) runs each distinct
+    prompt once per micro-batch and computes logits on completion positions only; others run every
+    sequence whole. autocast="bfloat16": the forward's matmuls in bf16; log-probs stay float32.
     """
     index = list(index)
     out_lp = torch.zeros((len(index), width), device=device)
     out_ent = torch.zeros((len(index), width), device=device) if with_entropy else None
-    grouped = packed and hasattr(model, "completion_logits")
-    lengths = [len(batch.completion_ids[i]) if grouped else len(batch.prompt_ids[i]) + len(batch.completion_ids[i])
-               for i in index]
-    for mb in micro_batches(lengths, token_budget):
-        rows = [index[k] for k in mb]
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast == "bfloat16"):
-            if grouped:
-                logits, targets, valid = _completion_logits(model, batch, rows, device)  # (b, C, V)
-            else:
-                starts = [len(batch.prompt_ids[i]) for i in rows]
-                sub = build_batch([batch.prompt_ids[i] + batch.completion_ids[i] for i in rows], starts,
-                                  [[k] for k in range(len(rows))])
-                logits = forward_logits(model, sub, device, packed)  # (b, L, V)
-        if grouped:
-            C = logits.shape[1]
-            out_lp[mb, :C] = torch.where(valid, token_logprobs(logits, targets, temperature), 0.0)
-        else:
-            out_lp[mb] = per_sequence(token_logprobs(logits, sub.target_ids.to(device), temperature), sub.where,
-                                      starts, width)
+    forward = _grouped_forward if _grouped(model, packed) else _whole_forward
+    for mb in micro_batches(forward_lengths(model, batch, index, packed), token_budget):
+        with autocast_context(device, autocast):
+            logits, targets, place = forward(model, batch, [index[k] for k in mb], width, device, packed)
+        out_lp[mb] = place(token_logprobs(logits, targets, temperature))
         if out_ent is not None:
             with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
-                if grouped:
-                    out_ent[mb, :C] = torch.where(valid, token_entropy(logits, temperature), 0.0)
-                else:
-                    out_ent[mb] = per_sequence(token_entropy(logits, temperature), sub.where, starts, width)
+                out_ent[mb] = place(token_entropy(logits, temperature))
     return out_lp, out_ent
 
 
-def _completion_logits(model: torch.nn.Module, batch: RolloutBatch, rows: Sequence[int],
-                       device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """model.completion_logits on `rows`, each distinct prompt once: logits (b, C, V), targets (b, C),
-    valid (b, C) bool (completion tokens, not padding)."""
+def _grouped(model: torch.nn.Module, packed: bool) -> bool:
+    """Whether the update runs through model.completion_logits (prompts shared within a group)."""
+    return packed and hasattr(model, "completion_logits")
+
+
+def forward_lengths(model: torch.nn.Module, batch: RolloutBatch, index: Sequence[int], packed: bool) -> list[int]:
+    """What a sequence costs in a micro-batch's token budget: its completion when prompts are shared
+    (completion_logits), else prompt + completion."""
+    grouped = _grouped(model, packed)
+    return [len(batch.completion_ids[i]) + (0 if grouped else len(batch.prompt_ids[i])) for i in index]
+
+
+Placer = Callable[[torch.Tensor], torch.Tensor]
+
+
+def _grouped_forward(model: torch.nn.Module, batch: RolloutBatch, rows: Sequence[int], width: int,
+                     device: torch.device, packed: bool) -> tuple[torch.Tensor, torch.Tensor, Placer]:
+    """model.completion_logits on `rows`, each distinct prompt once: logits (b, C, V), the target ids
+    (b, C), and a function taking per-position values (b, C) to (b, width) with zeros on padding."""
     prompts: dict[tuple[int, ...], int] = {}
     prompt_index = [prompts.setdefault(tuple(batch.prompt_ids[i]), len(prompts)) for i in rows]
     prompt_lengths = torch.tensor([len(p) for p in prompts], device=device)
@@ -269,8 +269,28 @@ def _completion_logits(model: torch.nn.Module, batch: RolloutBatch, rows: Sequen
     completion_ids = completion_ids.to(device)
     logits = model.completion_logits(prompt_ids.to(device), prompt_lengths, completion_ids,
                                      torch.tensor(prompt_index, device=device))
-    valid = torch.arange(completion_ids.shape[1], device=device)[None, :] < completion_lengths[:, None]
-    return logits, completion_ids, valid
+    C = completion_ids.shape[1]
+    valid = torch.arange(C, device=device)[None, :] < completion_lengths[:, None]
+
+    def place(values: torch.Tensor) -> torch.Tensor:
+        return F.pad(torch.where(valid, values, 0.0), (0, width - C))
+
+    return logits, completion_ids, place
+
+
+def _whole_forward(model: torch.nn.Module, batch: RolloutBatch, rows: Sequence[int], width: int,
+                   device: torch.device, packed: bool) -> tuple[torch.Tensor, torch.Tensor, Placer]:
+    """Every sequence of `rows` whole, one per row: logits (b, L, V), the target ids (b, L), and a
+    function taking per-position values (b, L) to the completions' (b, width)."""
+    starts = [len(batch.prompt_ids[i]) for i in rows]
+    sub = build_batch([batch.prompt_ids[i] + batch.completion_ids[i] for i in rows], starts,
+                      [[k] for k in range(len(rows))])
+    logits = forward_logits(model, sub, device, packed)
+
+    def place(values: torch.Tensor) -> torch.Tensor:
+        return per_sequence(values, sub.where, starts, width)
+
+    return logits, sub.target_ids.to(device), place
 
 
 def padded(values: Sequence[Sequence[float]], width: int) -> torch.Tensor:
@@ -439,9 +459,7 @@ def minibatch_step(policy, optimizer, batch, index, width, advantages, loss_mask
         group["lr"] = knobs.lr
     total_mask = loss_mask[index]
     sums = new_step_sums()
-    grouped = packed and hasattr(policy, "completion_logits")
-    lengths = [len(batch.completion_ids[i]) + (0 if grouped else len(batch.prompt_ids[i])) for i in index]
-    for mb in micro_batches(lengths, cfg.micro_batch_tokens):
+    for mb in micro_batches(forward_lengths(policy, batch, index, packed), cfg.micro_batch_tokens):
         rows = [index[k] for k in mb]
         new_lp, new_ent = sequence_values(policy, batch, rows, width, knobs.temperature, device, packed,
                                           token_budget=1 << 62, with_entropy=True,  # entropy: always logged

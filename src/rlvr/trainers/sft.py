@@ -23,6 +23,7 @@ from rlvr.trainers import checkpoint as ckpt
 from rlvr.trainers.common import (
     MetricsLogger,
     Progress,
+    autocast_context,
     build_batch,
     forward_logits,
     lr_at,
@@ -58,7 +59,7 @@ def sft_loss(model: torch.nn.Module, sequences: Sequence[Sequence[int]], starts:
              autocast: str = "none") -> tuple[torch.Tensor, int]:
     """Summed NLL of the completion tokens of `sequences` laid out in `rows`, and their count."""
     batch = build_batch(sequences, starts, rows)
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast == "bfloat16"):
+    with autocast_context(device, autocast):
         logits = forward_logits(model, batch, device, packed)  # (R, L, V)
     logp = token_logprobs(logits, batch.target_ids.to(device))  # (R, L)
     mask = batch.loss_mask.to(device)
