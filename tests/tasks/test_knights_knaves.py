@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,7 @@ import pytest
 
 from rlvr.data.io import read_records
 from rlvr.tasks import RecordError, get
+from rlvr.tasks.base import Example
 from rlvr.tasks.knights_knaves import (
     KnightsKnaves,
     evaluate,
@@ -144,6 +146,20 @@ def test_names_option_and_rendering():
     assert "You meet 2 inhabitants: {} and {}.".format(*two.answer["names"]) in two.prompt
 
 
+def test_terse_phrasing_is_names_then_plain_statements_and_round_trips():
+    task = KnightsKnaves(names=["Ann", "Bea", "Cy", "Dot"], phrasing="terse")
+    example = task.examples(1, seed=0, people=3)[0]
+    names, statements = example.answer["names"], example.metadata["statements"]
+    said = " ".join(f"{n} says that {render_statement(s, names)}." for n, s in zip(names, statements))
+    assert example.prompt == f"{names[0]}, {names[1]}, and {names[2]}. {said}"
+    # Same puzzle and trace as the plain phrasing: only the prompt's wording changes.
+    plain = KnightsKnaves(names=["Ann", "Bea", "Cy", "Dot"], phrasing="plain").examples(1, seed=0, people=3)[0]
+    assert plain.answer == example.answer and task.solution_trace(example) == task.solution_trace(plain)
+    again = task.from_record(task.to_record(example))
+    assert again.prompt == example.prompt and again.answer == example.answer
+    assert task.score(task.solution_trace(example), again).correct
+
+
 def test_render_statement_wording():
     names = ["A", "B", "C"]
     assert render_statement(("telling-truth", 1), names) == "B is a knight"
@@ -268,6 +284,49 @@ def test_solution_trace_is_the_ordered_search_with_correct_checks():
             final = assignment == tuple(example.answer["solution"])
             # stop at the first contradiction; the consistent assignment checks everyone
             assert verdicts == (["ok."] * len(names) if final else ["ok."] * (len(checks) - 1) + ["contradiction."])
+
+
+def test_stepwise_trace_values_every_claim_against_the_header():
+    names = ["Zoey", "Oliver", "Ethan"]
+    statements = (("or", ("lying", 1), ("telling-truth", 2)), ("not", ("telling-truth", 2)),
+                  ("->", ("telling-truth", 0), ("lying", 1)))
+    example = Example("puzzle", {"names": names, "solution": [True, False, True]},
+                      {"people": 3, "statements": statements})
+    assert solve(statements) == [[True, False, True]]
+    # Each claim: name, claimed role, the role in the header above, whether they agree.
+    assert KnightsKnaves(trace="stepwise").solution_trace(example) == "\n".join([
+        "<think>",
+        " Zoey knight Oliver knight Ethan knight:",
+        " Zoey knight says Oliver knave knight false or Ethan knight knight true so true ok.",
+        " Oliver knight says not Ethan knight knight true so false contradiction.",
+        " Zoey knight Oliver knight Ethan knave:",
+        " Zoey knight says Oliver knave knight false or Ethan knight knave false so false contradiction.",
+        " Zoey knight Oliver knave Ethan knight:",
+        " Zoey knight says Oliver knave knave true or Ethan knight knight true so true ok.",
+        " Oliver knave says not Ethan knight knight true so false ok.",
+        " Ethan knight says if Zoey knight knight true then Oliver knave knave true so true ok.",
+        "</think>",
+        "<answer>",
+        "(1) Zoey is a knight\n(2) Oliver is a knave\n(3) Ethan is a knight",
+        "</answer>",
+    ])
+    task, compact = KnightsKnaves(trace="stepwise"), KnightsKnaves()
+    for example in task.examples(40, seed=9, people=[2, 3, 4]):
+        trace = task.solution_trace(example)
+        assert task.score(trace, example).correct
+        # Dropping the steps between "says" and the statement's value gives the compact trace.
+        assert re.sub(r" says .*? so ", " says ", trace) == compact.solution_trace(example)
+
+
+def test_stepwise_trace_brackets_a_compound_operand_from_a_record():
+    statements = (("not", ("and", ("telling-truth", 1), ("lying", 0))), ("telling-truth", 0))
+    example = Example("puzzle", {"names": ["Al", "Bo"], "solution": [True, True]},
+                      {"people": 2, "statements": statements})
+    assert solve(statements) == [[True, True]]
+    first = KnightsKnaves(trace="stepwise").solution_trace(example).split("\n")[2]
+    assert first == " Al knight says not ( Bo knight knight true and Al knave knight false so false) so true ok."
+    with pytest.raises(ValueError, match="trace"):
+        KnightsKnaves(trace="verbose")
 
 
 def test_solution_trace_answer_lines_follow_the_name_order():

@@ -171,6 +171,17 @@ def test_task_corpus_covers_every_kk_size(kk) -> None:
         assert text.endswith("</answer><|im_end|>") and "<think>" in text
 
 
+def test_task_options_shape_the_tokenizer_corpus(tmp_path: Path) -> None:
+    options = {"knights_knaves": {"system_prompt": "", "phrasing": "terse", "trace": "stepwise"}}
+    corpus = task_corpus(["knights_knaves"], seed=0, n_per_task=14, task_options=options)
+    assert all(text.startswith("<|im_start|>user\n") for text in corpus)  # no system message
+    assert all(" so " in text and "A very special island" not in text for text in corpus)
+    out = init_model(tmp_path / "m", seed=0, n_per_task=14, task_options=options)
+    assert json.loads((out / "rlvr_model.json").read_text())["task_options"] == options
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    assert tokenizer.tokenize(" so iff") == ["Ġso", "Ġiff"]  # trace words learnt as whole tokens
+
+
 def test_loaded_model_dtype_and_device(tiny_dir: Path) -> None:
     model = load_model(tiny_dir, dtype="bfloat16", device="cpu")
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16} and not model.training

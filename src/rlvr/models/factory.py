@@ -19,7 +19,7 @@ import math
 import os
 import shutil
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -168,8 +168,12 @@ def _target_completion(task: Any, example: Any) -> str:
     return ""
 
 
-def task_corpus(task_names: Sequence[str], seed: int = 0, n_per_task: int = DEFAULT_CORPUS_SIZE) -> list[str]:
+def task_corpus(task_names: Sequence[str], seed: int = 0, n_per_task: int = DEFAULT_CORPUS_SIZE,
+                task_options: Mapping[str, Mapping[str, Any]] | None = None) -> list[str]:
     """Tokenizer training texts: for each example, its chat prompt followed by its target completion.
+
+    task_options[name] are the options task `name` is built with (e.g. a recipe's
+    data.task_options), so the tokenizer learns the words of the prompts and traces the run uses.
 
     Text = ChatML(task.messages(example)) + "<|im_start|>assistant\\n" + response_prefix + target
     + "<|im_end|>", where target is task.solution_trace(example) or task.oracle_completion(example)
@@ -179,7 +183,7 @@ def task_corpus(task_names: Sequence[str], seed: int = 0, n_per_task: int = DEFA
 
     texts: list[str] = []
     for name in task_names:
-        task = task_registry.get(name)
+        task = task_registry.get(name, **dict((task_options or {}).get(name, {})))
         levels = CORPUS_LEVELS.get(name, [{}])
         per_level = max(1, math.ceil(n_per_task / len(levels)))
         for level in levels:
@@ -194,7 +198,8 @@ def tokens_per_word(tokenizer: Any, texts: Iterable[str]) -> float:
     """Mean tokens per whitespace-separated word (lower is faster sampling and training)."""
     batch = list(texts)
     words = sum(len(text.split()) for text in batch)
-    tokens = sum(len(ids) for ids in tokenizer(batch, add_special_tokens=False)["input_ids"])
+    # verbose=False: corpus texts may exceed model_max_length (8-person traces); only counting here
+    tokens = sum(len(ids) for ids in tokenizer(batch, add_special_tokens=False, verbose=False)["input_ids"])
     return tokens / max(words, 1)
 
 
@@ -225,13 +230,14 @@ def _quiet_progress() -> Iterator[None]:
 
 
 def _build(
-    directory: Path, preset_name: str, tasks: Sequence[str], seed: int, vocab_size: int, n_per_task: int
+    directory: Path, preset_name: str, tasks: Sequence[str], seed: int, vocab_size: int, n_per_task: int,
+    task_options: Mapping[str, Mapping[str, Any]],
 ) -> None:
     """Write tokenizer, model and provenance into the (new, empty) `directory`."""
     from transformers import GenerationConfig
 
     preset = PRESETS[preset_name]
-    corpus = task_corpus(tasks, seed=CORPUS_SEED, n_per_task=n_per_task)
+    corpus = task_corpus(tasks, seed=CORPUS_SEED, n_per_task=n_per_task, task_options=task_options)
     tokenizer = train_tokenizer(corpus, vocab_size)
     vocab = tokenizer.get_vocab()
     pad_id, eos_id = vocab[PAD_TOKEN], vocab[EOS_TOKEN]
@@ -247,6 +253,7 @@ def _build(
         "shape": {k: v for k, v in asdict(preset).items() if k != "description"},
         "params": sum(p.numel() for p in model.parameters()),
         "tasks": list(tasks),
+        **({"task_options": {k: dict(v) for k, v in task_options.items()}} if task_options else {}),
         "seed": seed,
         "vocab_size": len(tokenizer),
         "vocab_size_requested": vocab_size,
@@ -264,8 +271,11 @@ def init_model(
     vocab_size: int | None = None,
     overwrite: bool = False,
     n_per_task: int = DEFAULT_CORPUS_SIZE,
+    task_options: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> Path:
     """Build the model directory `out_dir` offline and return its path.
+
+    task_options: per task name, the options the tokenizer's corpus is written with (task_corpus).
 
     The directory is written next to `out_dir` under a temporary name and renamed into place, so
     readers never see a half-written model. When `out_dir` exists: identical contents -> it is
@@ -284,7 +294,8 @@ def init_model(
     temporary = out.parent / f".{out.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     temporary.mkdir()
     try:
-        _build(temporary, preset, tuple(tasks), seed, vocab_size or DEFAULT_VOCAB_SIZE, n_per_task)
+        _build(temporary, preset, tuple(tasks), seed, vocab_size or DEFAULT_VOCAB_SIZE, n_per_task,
+               {name: task_options[name] for name in tasks if task_options and task_options.get(name)})
         _move_into_place(temporary, out, overwrite)
         return out
     finally:

@@ -43,13 +43,17 @@ DEFAULT_NAMES: tuple[str, ...] = (
 )
 MIN_PEOPLE, MAX_PEOPLE = 2, 8
 REWARD_SCHEMES = ("default", "logic_rl")
-PHRASINGS = ("varied", "plain")
+PHRASINGS = ("varied", "plain", "terse")
+TRACES = ("compact", "stepwise")
 
 _INTRO = (
     "A very special island is inhabited only by knights and knaves. Knights always tell the truth, "
     "and knaves always lie. You meet {n} inhabitants: {names}."
 )
 _QUESTION = "So who is a knight and who is a knave?"
+# phrasing="terse": the people and their statements only (rules and question left out), for models too
+# small to read instructions; 3-person prompts shrink from ~87 to ~50 tokens.
+_TERSE_INTRO = "{names}."
 # Speech templates: {name} the speaker, {s} the statement mid-sentence, {S} capitalised in quotes.
 _TEMPLATES = (
     "{name} says that {s}.",
@@ -350,8 +354,11 @@ class KnightsKnaves:
                      completions are judged as prefix + completion, and solution_trace returns
                      only what follows the prefix.
     names:           the pool names are drawn from (default DEFAULT_NAMES); ASCII letters only.
-    phrasing:        "varied" (a speech template drawn per person, as the public set) or "plain"
-                     (always "NAME says that ..."; fewer distinct words for a tiny model).
+    phrasing:        "varied" (a speech template drawn per person, as the public set), "plain"
+                     (always "NAME says that ..."; fewer distinct words for a tiny model) or "terse"
+                     (plain statements after the list of names, without the rules and the question).
+    trace:           the SFT trace (solution_trace): "compact" (one truth value per statement) or
+                     "stepwise" (each named role claim is looked up and valued; see solution_trace).
     """
 
     name = "knights_knaves"
@@ -364,11 +371,14 @@ class KnightsKnaves:
         names: Sequence[str] | None = None,
         phrasing: str = "varied",
         system_prompt: str | None = None,
+        trace: str = "compact",
     ) -> None:
         if reward_scheme not in REWARD_SCHEMES:
             raise ValueError(f"unknown reward_scheme {reward_scheme!r}; valid: {', '.join(REWARD_SCHEMES)}")
         if phrasing not in PHRASINGS:
             raise ValueError(f"unknown phrasing {phrasing!r}; valid: {', '.join(PHRASINGS)}")
+        if trace not in TRACES:
+            raise ValueError(f"unknown trace {trace!r}; valid: {', '.join(TRACES)}")
         self.system_prompt = _SYSTEM if system_prompt is None else system_prompt
         pool = tuple(DEFAULT_NAMES if names is None else names)
         _check_name_pool(pool)
@@ -376,6 +386,7 @@ class KnightsKnaves:
         self.response_prefix = response_prefix
         self.names = pool
         self.phrasing = phrasing
+        self.trace = trace
 
     @property
     def reward_range(self) -> tuple[float, float]:
@@ -410,12 +421,14 @@ class KnightsKnaves:
         return Example(prompt=prompt, answer={"names": names, "solution": solution}, metadata=metadata)
 
     def _render(self, statements: Sequence[Statement], names: Sequence[str], rng: random.Random) -> str:
-        sentences = [_INTRO.format(n=len(names), names=_join_names(names))]
+        terse = self.phrasing == "terse"
+        sentences = [(_TERSE_INTRO if terse else _INTRO).format(n=len(names), names=_join_names(names))]
         for name, statement in zip(names, statements):
             text = render_statement(statement, names)
             template = rng.choice(_TEMPLATES) if self.phrasing == "varied" else _TEMPLATES[0]
             sentences.append(template.format(name=name, s=text, S=text[0].upper() + text[1:]))
-        sentences.append(_QUESTION)
+        if not terse:
+            sentences.append(_QUESTION)
         return " ".join(sentences)
 
     # -- prompts and targets ------------------------------------------------------------------
@@ -444,6 +457,14 @@ class KnightsKnaves:
             ...
             </answer>
 
+        trace="stepwise" writes out how each truth value is reached: every claim "X is a knight /
+        knave" in the statement becomes the name, the claimed role, X's role in the assignment being
+        tried and whether they agree; the connectives stay between the claims, and "so" gives the
+        statement's value. Each token then depends on a copy from the prompt, a look-up in the
+        assignment header or the two tokens before it:
+
+            Zoey knight says Oliver knave knight false and Ethan knight knight true so false contradiction.
+
         Returns only the text after response_prefix (which must be a start of the trace).
         """
         names, statements = example.answer["names"], example.metadata.get("statements")
@@ -457,7 +478,8 @@ class KnightsKnaves:
             for name, role, statement in zip(names, assignment, statements):
                 value = evaluate(statement, assignment)
                 verdict = "ok" if value == role else "contradiction"
-                lines.append(f" {name} {_role(role)} says {'true' if value else 'false'} {verdict}.")
+                steps = _steps(statement, names, assignment, top=True) + " so" if self.trace == "stepwise" else ""
+                lines.append(f" {name} {_role(role)} says{steps} {_truth(value)} {verdict}.")
                 if verdict != "ok":
                     break
             else:
@@ -575,6 +597,34 @@ class KnightsKnaves:
 
 def _role(knight: bool) -> str:
     return "knight" if knight else "knave"
+
+
+def _truth(value: bool) -> str:
+    return "true" if value else "false"
+
+
+def _steps(statement: Statement, names: Sequence[str], assignment: Sequence[bool], top: bool = False) -> str:
+    """The stepwise trace's evaluation of `statement` under `assignment` (see solution_trace).
+
+    A claim is " NAME CLAIMED ACTUAL TRUTH"; "not" precedes its operand; and / or join their
+    operands; "if A then B"; "A iff B". A compound operand below the top (not made by the generator,
+    possible in loaded records) is bracketed with its own value: " (... so TRUTH)".
+    """
+    op = statement[0]
+    if op in ("telling-truth", "lying"):
+        claimed, person = op == "telling-truth", statement[1]
+        actual = bool(assignment[person])
+        return f" {names[person]} {_role(claimed)} {_role(actual)} {_truth(claimed == actual)}"
+    parts = [_steps(part, names, assignment) for part in statement[1:]]
+    if op == "not":
+        text = f" not{parts[0]}"
+    elif op == "->":
+        text = f" if{parts[0]} then{parts[1]}"
+    elif op == "<=>":
+        text = f"{parts[0]} iff{parts[1]}"
+    else:
+        text = f" {op}".join(parts)
+    return text if top else f" ({text} so {_truth(evaluate(statement, assignment))})"
 
 
 def _after_prefix(full: str, prefix: str) -> str:

@@ -87,7 +87,8 @@ def build_model_dir(config: RunConfig, run_dir: Path) -> Path:
     path = run_dir / "model_init"
     if not (path / "config.json").exists():
         log(f"building the {config.model.preset!r} model and tokenizer offline in {path}")
-        init_model(path, preset=config.model.preset, tasks=(config.data.task,), seed=config.seed)
+        init_model(path, preset=config.model.preset, tasks=(config.data.task,), seed=config.seed,
+                   task_options={config.data.task: config.data.task_options})
     return path
 
 
