@@ -37,7 +37,7 @@ RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "kk-tiny.yaml"
 RL_STEPS, SFT_STEPS, WORKERS = 2, 20, 2
 SHRINK = [
     "threads=1", f"sft.steps={SFT_STEPS}", "sft.data_size=400", "sft.batch_size=16", "data.train_size=200",
-    "data.eval_size=16", f"rl.steps={RL_STEPS}", "rl.prompts_per_step=4", "rl.group_size=4",
+    "data.eval_size=16", f"rl.steps={RL_STEPS}", "rl.prompts_per_step=4", "rl.mini_batches=2", "rl.group_size=4",
     "rl.max_new_tokens=64", "rl.length_reward.kind=overlong", "rl.length_reward.cache_tokens=64",
     "eval.max_new_tokens=64", "eval.samples=2", "logging.progress=false",
     "checkpoint.every=1", "checkpoint.keep_last=2",  # keeps the RL checkpoint after step 1

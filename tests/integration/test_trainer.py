@@ -24,7 +24,7 @@ def small_overrides(model_dir: Path, out_dir: Path, rl_steps: int = 2) -> list[s
     return [
         f"model.path={model_dir}", f"out_dir={out_dir}", "threads=1", "logging.progress=false",
         "data.train_size=200", "data.eval_size=8", "sft.steps=4", "sft.batch_size=8", "sft.data_size=64",
-        "sft.warmup_steps=1", f"rl.steps={rl_steps}", "rl.prompts_per_step=4", "rl.group_size=4",
+        "sft.warmup_steps=1", f"rl.steps={rl_steps}", "rl.prompts_per_step=4", "rl.mini_batches=2", "rl.group_size=4",
         "rl.max_new_tokens=24", "eval.max_new_tokens=24", "eval.samples=2", "checkpoint.every=2",
         "logging.samples_every=1",
     ]

@@ -45,7 +45,8 @@ def test_grpo_raises_reward_on_a_toy_task(tiny_model_dir, tmp_path):
     torch.manual_seed(0)
     config = load_config("recipes/kk-tiny.yaml", [
         f"out_dir={tmp_path}", "rl.steps=40", "rl.prompts_per_step=8", "rl.group_size=8", "rl.max_new_tokens=8",
-        "rl.lr=3e-3", "rl.lr_schedule=constant", "checkpoint.every=0", "logging.samples_every=0",
+        "rl.lr=3e-3", "rl.lr_schedule=constant", "rl.mini_batches=1", "rl.autocast=bfloat16", "checkpoint.every=0",
+        "logging.samples_every=0",
         "logging.progress=false",
     ])
     policy = load_policy(tiny_model_dir, "auto", "float32", torch.device("cpu"))
