@@ -37,7 +37,8 @@ work done in between. "gen s" is sampling plus scoring for rlvr, and the time un
 function is called for TRL (batch fetch, tokenisation, generate). "fwd/real" is the number of token
 positions the update's forward pass computes over the number of real (prompt + completion) tokens.
 
-    .venv/bin/rlvr sft recipes/kk-tiny.yaml out_dir=bench/out/kk-tiny-sft sft.steps=300
+    .venv/bin/rlvr sft recipes/kk-tiny.yaml out_dir=bench/out/kk-tiny-sft sft.steps=300 \
+        data.task_options.phrasing=varied data.task_options.trace=compact   # the measured workload
     .venv/bin/python bench/bench_vs_trl.py                       # both workloads, 2 warm-up + 3 steps
     .venv/bin/python bench/bench_vs_trl.py --workloads natural --steps 5 --trl fp32
 
@@ -329,7 +330,8 @@ def newest_checkpoint(run_dir: Path) -> Path:
     found = sorted(p for p in (run_dir / "checkpoints" / "sft").glob("step_*") if (p / "config.json").is_file())
     if not found:
         raise SystemExit(f"bench_vs_trl: no SFT checkpoint under {run_dir}/checkpoints/sft; make one with\n"
-                         f"  .venv/bin/rlvr sft recipes/kk-tiny.yaml out_dir={run_dir} sft.steps=300\n"
+                         f"  .venv/bin/rlvr sft recipes/kk-tiny.yaml out_dir={run_dir} sft.steps=300 "
+                         "data.task_options.phrasing=varied data.task_options.trace=compact\n"
                          "or pass --model-dir")
     return found[-1]
 
