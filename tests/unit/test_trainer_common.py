@@ -19,6 +19,36 @@ def test_micro_batches_respect_budget_and_cover_all():
         assert len(b) == 1 or len(b) * width <= 20
 
 
+def test_micro_batches_minimise_padding_plus_overhead():
+    """The split is the cheapest cut of the length-sorted indices into runs (checked by brute force)."""
+    import itertools
+    import random
+
+    def cost(batches, lengths, overhead):
+        return sum(overhead + len(b) * max(lengths[i] for i in b) for b in batches)
+
+    rng = random.Random(0)
+    for _ in range(200):
+        lengths = [rng.randint(1, 60) for _ in range(rng.randint(1, 8))]
+        budget, overhead = rng.choice([30, 100, 1000]), rng.choice([0, 5, 40])
+        batches = micro_batches(lengths, budget, overhead_tokens=overhead)
+        assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+        assert all(len(b) == 1 or len(b) * max(lengths[i] for i in b) <= budget for b in batches)
+        order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+        best = float("inf")
+        for k in range(len(order)):
+            for cuts in itertools.combinations(range(1, len(order)), k):
+                edges = (0, *cuts, len(order))
+                runs = [order[a:b] for a, b in zip(edges, edges[1:])]
+                if all(len(r) == 1 or len(r) * lengths[r[0]] <= budget for r in runs):
+                    best = min(best, cost(runs, lengths, overhead))
+        assert cost(batches, lengths, overhead) == best
+    # one truncated completion among natural ones gets its own micro-batch
+    assert micro_batches([180, 400, 90, 220], 16384, overhead_tokens=128)[0] == [1]
+    # equal lengths: one micro-batch, whatever the overhead
+    assert micro_batches([50] * 10, 16384) == [list(range(10))]
+
+
 def test_pack_rows_first_fit_decreasing():
     lengths = [6, 4, 3, 3, 2, 1]
     rows = pack_rows(lengths, row_tokens=7)

@@ -302,6 +302,19 @@ def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tenso
     return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, **kwargs)
 
 
+def _decode_attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """One decode step's attention: q (B, Hkv, rep, d) over k/v (B, Hkv, S, d), bias (B, 1, 1, S).
+
+    In float32 two batched matmuls and a softmax beat the fused CPU kernel, which is built for long
+    queries: on 2 cores, 128 rows x 250 keys of the kk-tiny model, 1.25 ms instead of 1.8 ms
+    (bench: ~30% of all decode-attention time). In bf16 the fused kernel is as fast or faster.
+    """
+    if q.dtype != torch.float32:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+    scores = torch.matmul(q, k.transpose(-1, -2)).mul_(q.shape[-1] ** -0.5).add_(bias)
+    return torch.matmul(torch.softmax(scores, dim=-1), v)
+
+
 # --------------------------------------------------------------------------------------------
 # KV cache
 # --------------------------------------------------------------------------------------------
@@ -645,7 +658,7 @@ class NativeCausalLM(nn.Module):
             q = qk[:, : a.num_heads].view(B, a.num_kv_heads, rep, a.head_dim)
             k = cache.keys[i][:, :, : slot + 1]
             v = cache.values[i][:, :, : slot + 1]
-            o = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)  # (B, Hkv, rep, d)
+            o = _decode_attend(q, k, v, bias)  # (B, Hkv, rep, d)
             x = torch.addmm(x, o.reshape(B, n_q), wo_t)
             if bo is not None:
                 x = x + bo

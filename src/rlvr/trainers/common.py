@@ -63,23 +63,42 @@ def stage_value(stages: Sequence[Any], step: int, default: Any) -> Any:
 # Batching: micro-batches by token budget, packed or padded rows
 
 
-def micro_batches(lengths: Sequence[int], token_budget: int) -> list[list[int]]:
+# What one more micro-batch costs, in padded tokens: its fixed per-call work (op launches, the
+# prompt pass, the optimizer-free backward set-up). Measured on the 1M kk-tiny model on 2 cores: a
+# forward+backward costs ~90 us per padded token at every width from 88 to 400, with an intercept
+# below the noise (~10 ms), so the constant only needs to keep micro-batches from shrinking to one
+# sequence each.
+MICRO_BATCH_OVERHEAD_TOKENS = 128
+
+
+def micro_batches(lengths: Sequence[int], token_budget: int,
+                  overhead_tokens: int = MICRO_BATCH_OVERHEAD_TOKENS) -> list[list[int]]:
     """Split sequence indices into micro-batches of at most `token_budget` padded tokens.
 
-    Indices are sorted by length (longest first) so that each micro-batch pads little; a sequence
-    longer than the budget gets a micro-batch of its own.
+    Every row of a micro-batch is padded to its longest sequence, so the split minimises padded
+    tokens plus `overhead_tokens` per micro-batch: indices sorted by length (longest first) are cut
+    into consecutive runs by dynamic programming. E.g. GRPO completions of lengths 400, 220, 180, 90
+    (a truncated sample among natural ones) pad to 1600 tokens in one micro-batch, to 1060 as
+    [400] + [220, 180, 90]. A sequence longer than the budget gets a micro-batch of its own.
     """
-    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    n = len(lengths)
+    order = sorted(range(n), key=lambda i: -lengths[i])
+    width = [lengths[i] for i in order]  # non-increasing: a run's first entry is its width
+    best = [0.0] * (n + 1)  # best[j]: least cost of the runs covering width[j:]
+    cut = [n] * (n + 1)
+    for j in range(n - 1, -1, -1):
+        best[j] = float("inf")
+        for k in range(j + 1, n + 1):
+            if k - j > 1 and (k - j) * width[j] > token_budget:
+                break
+            cost = overhead_tokens + (k - j) * width[j] + best[k]
+            if cost < best[j]:
+                best[j], cut[j] = cost, k
     batches: list[list[int]] = []
-    current: list[int] = []
-    for i in order:
-        width = lengths[current[0]] if current else lengths[i]
-        if current and (len(current) + 1) * width > token_budget:
-            batches.append(current)
-            current = []
-        current.append(i)
-    if current:
-        batches.append(current)
+    j = 0
+    while j < n:
+        batches.append(order[j : cut[j]])
+        j = cut[j]
     return batches
 
 
