@@ -277,12 +277,14 @@ def dp_minibatch_step(policy, optimizer, batch, index, width, advantages, loss_m
     tests check that the gradient and the updated weights equal the single-process step's.
     Every rank must call it with the same arguments.
     """
-    from rlvr.trainers.rl import finish_step_sums, micro_batch_loss, new_step_sums
+    from rlvr.trainers.rl import (fill_missing_gradients, gradient_rows, micro_batch_loss, new_step_sums,
+                                  step_statistics)
 
     for group in optimizer.param_groups:
         group["lr"] = knobs.lr
-    sequences = [batch.prompt_ids[i] + batch.completion_ids[i] for i in index]
     total_mask = loss_mask[index]
+    index = gradient_rows(index, advantages, loss_mask, cfg, ref_lp)  # rows with a zero loss are not run
+    sequences = [batch.prompt_ids[i] + batch.completion_ids[i] for i in index]
     sums = {**new_step_sums(), "nonfinite": 0.0}
     fsdp = dp.strategy == "fsdp" and dp.world_size > 1
     scale = float(dp.world_size) if fsdp else 1.0  # FSDP averages gradients over ranks; we want the sum
@@ -314,6 +316,7 @@ def dp_minibatch_step(policy, optimizer, batch, index, width, advantages, loss_m
         return {"actor/skipped_updates": 1.0, "actor/grad_norm": float("nan"), "actor/lr": knobs.lr}
     if dp.world_size > 1 and not fsdp:
         _all_reduce_gradients(policy)
+    fill_missing_gradients(policy)
     grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip or float("inf"))
     if hasattr(grad_norm, "full_tensor"):
         grad_norm = grad_norm.full_tensor()
@@ -323,8 +326,8 @@ def dp_minibatch_step(policy, optimizer, batch, index, width, advantages, loss_m
     else:
         skipped = 1.0
     optimizer.zero_grad(set_to_none=True)
-    return {**finish_step_sums(sums), "actor/grad_norm": float(grad_norm), "actor/lr": knobs.lr,
-            "actor/skipped_updates": skipped}
+    return {**step_statistics(sums, index, loss_mask, total_mask, cfg), "actor/grad_norm": float(grad_norm),
+            "actor/lr": knobs.lr, "actor/skipped_updates": skipped}
 
 
 def make_step_fn(dp: DataParallel) -> Callable[..., dict[str, float]]:

@@ -354,7 +354,7 @@ def update_policy(policy: torch.nn.Module, ref: torch.nn.Module | None, optimize
     groups = sorted(set(batch.group_ids))
     rng = np.random.default_rng([seed, step, 17])
     sums: dict[str, float] = {}
-    count = 0
+    counts: dict[str, int] = {}  # a statistic is the mean over the optimizer steps that report it
     for epoch in range(cfg.ppo_epochs):
         order = rng.permutation(len(groups)) if epoch > 0 or cfg.mini_batches > 1 else np.arange(len(groups))
         per_mb = math.ceil(len(groups) / cfg.mini_batches)
@@ -367,8 +367,8 @@ def update_policy(policy: torch.nn.Module, ref: torch.nn.Module | None, optimize
                                       old_lp, ref_lp, cfg, knobs, device, packed)
             for k, v in mb_stats.items():
                 sums[k] = sums.get(k, 0.0) + v
-            count += 1
-    stats.update({k: v / max(count, 1) for k, v in sums.items()})
+                counts[k] = counts.get(k, 0) + 1
+    stats.update({k: v / counts[k] for k, v in sums.items()})
     stats["critic/advantages/mean"] = float(advantages[mask.bool()].mean()) if mask.any() else 0.0
     stats["critic/advantages/max"] = float(advantages[mask.bool()].max()) if mask.any() else 0.0
     stats["critic/advantages/min"] = float(advantages[mask.bool()].min()) if mask.any() else 0.0
@@ -459,8 +459,9 @@ def minibatch_step(policy, optimizer, batch, index, width, advantages, loss_mask
         group["lr"] = knobs.lr
     total_mask = loss_mask[index]
     sums = new_step_sums()
-    for mb in micro_batches(forward_lengths(policy, batch, index, packed), cfg.micro_batch_tokens):
-        rows = [index[k] for k in mb]
+    active = gradient_rows(index, advantages, loss_mask, cfg, ref_lp)
+    for mb in micro_batches(forward_lengths(policy, batch, active, packed), cfg.micro_batch_tokens):
+        rows = [active[k] for k in mb]
         new_lp, new_ent = sequence_values(policy, batch, rows, width, knobs.temperature, device, packed,
                                           token_budget=1 << 62, with_entropy=True,  # entropy: always logged
                                           entropy_grad=cfg.entropy_coef != 0, autocast=cfg.autocast)
@@ -470,6 +471,7 @@ def minibatch_step(policy, optimizer, batch, index, width, advantages, loss_mask
             optimizer.zero_grad(set_to_none=True)
             return {"actor/skipped_updates": 1.0, "actor/grad_norm": float("nan"), "actor/lr": knobs.lr}
         total.backward()
+    fill_missing_gradients(policy)
     grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip or float("inf"))
     skipped = 0.0
     if torch.isfinite(grad_norm):
@@ -477,8 +479,50 @@ def minibatch_step(policy, optimizer, batch, index, width, advantages, loss_mask
     else:
         skipped = 1.0
     optimizer.zero_grad(set_to_none=True)
-    return {**finish_step_sums(sums), "actor/grad_norm": float(grad_norm), "actor/lr": knobs.lr,
-            "actor/skipped_updates": skipped}
+    return {**step_statistics(sums, active, loss_mask, total_mask, cfg), "actor/grad_norm": float(grad_norm),
+            "actor/lr": knobs.lr, "actor/skipped_updates": skipped}
+
+
+def fill_missing_gradients(policy: torch.nn.Module) -> None:
+    """A zero gradient for every trainable parameter that got none (a step with no active row), so
+    that the optimizer steps as it would on a zero loss (AdamW's momentum still moves the weights)."""
+    for p in policy.parameters():
+        if p.requires_grad and p.grad is None:
+            p.grad = torch.zeros_like(p)
+
+
+def step_statistics(sums: dict[str, float], active: Sequence[int], loss_mask: torch.Tensor,
+                    total_mask: torch.Tensor, cfg: RLConfig) -> dict[str, float]:
+    """The step's statistics from its accumulated sums (new_step_sums) over the active rows.
+
+    The losses are exact as accumulated (an inactive row adds zero). Entropy, clip fractions and
+    ppo_kl describe the active rows: their aggregation weights are rescaled to sum to one over
+    them; with no active row there is nothing to describe and they are left out.
+    """
+    share = _agg_weight(cfg.loss_agg, loss_mask[list(active)], total_mask) if len(active) else 0.0
+    out: dict[str, float] = {}
+    for key, value in finish_step_sums(sums).items():
+        if key in ("actor/pg_loss", "actor/kl_loss", "actor/logprob_mismatch"):
+            out[key] = value
+        elif share > 0:
+            out[key] = value / share
+    return out
+
+
+def gradient_rows(index: Sequence[int], advantages: torch.Tensor, loss_mask: torch.Tensor, cfg: RLConfig,
+                  ref_lp: torch.Tensor | None) -> list[int]:
+    """The sequences of `index` that can contribute a gradient to the step.
+
+    Every policy loss is the advantage times a function of the ratio, token by token, so without a
+    KL loss or an entropy bonus a sequence whose advantage is zero on all its loss tokens (a GRPO
+    group whose samples all scored the same; a masked sequence) adds exactly zero to the loss and
+    its gradient. Its forward and backward are skipped; it still counts in the aggregation's
+    denominators (total_mask in micro_batch_loss), so the step is the one that running it would give.
+    On kk-tiny a third of the groups have equal rewards: a third of the update's compute.
+    """
+    if (ref_lp is not None and not cfg.kl_in_reward) or cfg.entropy_coef:
+        return list(index)
+    return [i for i in index if bool(((advantages[i] != 0) & (loss_mask[i] > 0)).any())]
 
 
 def batch_metrics(batch: RolloutBatch, knobs: Knobs) -> dict[str, float]:

@@ -1,0 +1,101 @@
+"""The RL optimizer step skips sequences whose loss is identically zero, and steps as if it ran them."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rlvr import algorithms
+from rlvr.config import RLConfig
+from rlvr.models.native import NativeCausalLM
+from rlvr.trainers import rl
+from rlvr.trainers.rl import Knobs, RolloutBatch, minibatch_step, padded
+
+CFG = dict(vocab_size=40, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+           intermediate_size=64, tie_word_embeddings=True, max_position_embeddings=256)
+
+
+class GradRecorder(torch.optim.SGD):
+    """SGD that keeps a copy of every gradient it steps with (minibatch_step sets its lr)."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.names = [n for n, _ in model.named_parameters()]
+        super().__init__(model.parameters(), lr=0.0)
+        self.seen: dict[str, torch.Tensor] = {}
+
+    def step(self, closure=None):  # noqa: ANN001
+        for name, p in zip(self.names, self.param_groups[0]["params"]):
+            self.seen[name] = p.grad.detach().clone()
+        return super().step(closure)
+
+
+def make_batch(rewards: list[list[float]]) -> RolloutBatch:
+    gen = torch.Generator().manual_seed(0)
+    batch = RolloutBatch()
+    for g, group in enumerate(rewards):
+        prompt = torch.randint(1, 40, (5 + g,), generator=gen).tolist()
+        for r in group:
+            n = int(torch.randint(3, 12, (1,), generator=gen))
+            batch.prompt_ids.append(prompt)
+            batch.completion_ids.append(torch.randint(1, 40, (n,), generator=gen).tolist())
+            batch.engine_logprobs.append((-torch.rand(n, generator=gen) * 3).tolist())
+            batch.rewards.append(r)
+            batch.group_ids.append(g)
+    return batch
+
+
+def step(batch: RolloutBatch, loss_agg: str, model: NativeCausalLM, optimizer: torch.optim.Optimizer):
+    cfg = RLConfig(loss_agg=loss_agg, micro_batch_tokens=64)
+    knobs = Knobs(difficulty={}, max_new_tokens=16, group_size=4, temperature=1.0, lr=1e-2, stage=0)
+    width = max(len(c) for c in batch.completion_ids)
+    lengths = torch.tensor([len(c) for c in batch.completion_ids])
+    mask = (torch.arange(width)[None, :] < lengths[:, None]).float()
+    adv = algorithms.compute_advantages("grpo", torch.tensor(batch.rewards), torch.tensor(batch.group_ids), mask)
+    old_lp = padded(batch.engine_logprobs, width)
+    return minibatch_step(model, optimizer, batch, list(range(len(batch))), width, adv, mask, old_lp, None, cfg,
+                          knobs, torch.device("cpu"), True)
+
+
+@pytest.mark.parametrize("loss_agg", ["token-mean", "seq-mean-token-mean"])
+def test_zero_advantage_groups_are_not_run_and_the_gradient_is_unchanged(monkeypatch, loss_agg):
+    # group 0 all correct, group 2 all wrong: GRPO gives them zero advantages
+    batch = make_batch([[1.0] * 4, [1.0, 0.0, 0.0, 1.0], [0.0] * 4])
+    run_rows: list[int] = []
+    values = rl.sequence_values
+
+    def counting(model, b, index, *args, **kwargs):  # noqa: ANN001
+        run_rows.extend(index)
+        return values(model, b, index, *args, **kwargs)
+
+    monkeypatch.setattr(rl, "sequence_values", counting)
+    torch.manual_seed(0)
+    model = NativeCausalLM(CFG)
+    skipping = GradRecorder(model)
+    stats = step(batch, loss_agg, model, skipping)
+    assert sorted(run_rows) == [4, 5, 6, 7]  # only the group with reward variance ran
+
+    monkeypatch.setattr(rl, "gradient_rows", lambda index, *a: list(index))  # run every row
+    torch.manual_seed(0)
+    model = NativeCausalLM(CFG)
+    running_all = GradRecorder(model)
+    want = step(batch, loss_agg, model, running_all)
+    assert sorted(run_rows) == sorted([4, 5, 6, 7] + list(range(12)))
+    assert any(float(g.abs().max()) > 1e-4 for g in running_all.seen.values())  # a gradient to compare
+    for name, g in running_all.seen.items():
+        torch.testing.assert_close(skipping.seen[name], g, atol=1e-7, rtol=1e-5)
+    assert stats["actor/pg_loss"] == pytest.approx(want["actor/pg_loss"], rel=1e-5, abs=1e-8)
+    assert stats["actor/grad_norm"] == pytest.approx(want["actor/grad_norm"], rel=1e-5)
+    # entropy describes the rows that ran: a weighted mean of per-row values, so within their range
+    assert 0.0 < stats["actor/entropy"] < 2 * want["actor/entropy"]
+
+
+def test_a_step_with_no_active_row_still_steps_the_optimizer():
+    batch = make_batch([[1.0] * 4, [0.0] * 4])
+    torch.manual_seed(0)
+    model = NativeCausalLM(CFG)
+    recorder = GradRecorder(model)
+    stats = step(batch, "token-mean", model, recorder)
+    assert set(recorder.seen) == {n for n, _ in model.named_parameters()}
+    assert all(float(g.abs().max()) == 0.0 for g in recorder.seen.values())
+    assert stats["actor/grad_norm"] == 0.0 and stats["actor/pg_loss"] == 0.0
+    assert "actor/entropy" not in stats  # nothing ran, nothing to describe
