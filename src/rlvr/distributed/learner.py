@@ -277,8 +277,13 @@ def dp_minibatch_step(policy, optimizer, batch, index, width, advantages, loss_m
     tests check that the gradient and the updated weights equal the single-process step's.
     Every rank must call it with the same arguments.
     """
-    from rlvr.trainers.rl import (fill_missing_gradients, gradient_rows, micro_batch_loss, new_step_sums,
-                                  step_statistics)
+    from rlvr.trainers.rl import (
+        fill_missing_gradients,
+        gradient_rows,
+        micro_batch_loss,
+        new_step_sums,
+        step_statistics,
+    )
 
     for group in optimizer.param_groups:
         group["lr"] = knobs.lr
