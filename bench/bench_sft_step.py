@@ -1,0 +1,99 @@
+"""SFT step time of the kk-tiny recipe: bf16 attention written out as matmuls vs the fused CPU kernel.
+
+Builds the kk-tiny model and tokenizer offline (bench/out/kk-tiny-model; random weights: speed does
+not depend on them), tokenizes batches of Knights-and-Knaves prompts with the recipe's solution
+traces (terse prompts, stepwise trace, people [2, 3, 3, 3] as recipes/kk-tiny.yaml), and times full
+SFT steps (packed forward, backward, AdamW) under bf16 autocast. The two attention paths alternate
+batch by batch in one process, so load from other jobs hits both alike; the figure is the median
+seconds per step of each and the ratio.
+
+    .venv/bin/python bench/bench_sft_step.py               # 2 threads, 4 rounds of 6 batches
+    .venv/bin/python bench/bench_sft_step.py --threads 1 --rounds 2
+
+Measured (torch 2.13 CPU, 2 threads, quiet machine): see the README's speed table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+import rlvr.models.native as native
+from rlvr import tasks
+from rlvr.config import load_config
+from rlvr.models import batch_prompt_ids, eos_token_ids, init_model, load_tokenizer
+from rlvr.trainers.sft import layout, sft_loss
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def fused(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """The fused kernel on the same (bf16) inputs the written-out path gets."""
+    kwargs = {"attn_mask": mask} if mask is not None else {"is_causal": True}
+    return F.scaled_dot_product_attention(q, k, v, enable_gqa=True, **kwargs)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--batches", type=int, default=6)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    cfg = load_config(ROOT / "recipes" / "kk-tiny.yaml", [])
+    task = tasks.get(cfg.data.task, **cfg.data.task_options)
+    model_dir = init_model(ROOT / "bench" / "out" / "kk-tiny-model", preset=cfg.model.preset,
+                           task_options={cfg.data.task: cfg.data.task_options})
+    tokenizer = load_tokenizer(model_dir)
+    model = native.NativeCausalLM.from_pretrained(str(model_dir))
+    model.train()
+    eos = eos_token_ids(tokenizer)[0]
+    size = cfg.sft.batch_size
+    examples = task.examples(size * args.batches, seed=5, **cfg.sft.difficulty)
+    prompts = batch_prompt_ids(tokenizer, [task.messages(ex) for ex in examples], task.response_prefix)
+    traces = tokenizer([task.solution_trace(ex) for ex in examples], add_special_tokens=False)["input_ids"]
+    sequences = [p + list(c) + [eos] for p, c in zip(prompts, traces)]
+    starts = [len(p) for p in prompts]
+    batches = [(sequences[i : i + size], starts[i : i + size]) for i in range(0, len(sequences), size)]
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.0)
+    device = torch.device("cpu")
+
+    def step(seqs: list[list[int]], first: list[int]) -> None:
+        n = sum(len(s) - f for s, f in zip(seqs, first))
+        for rows in layout([len(s) for s in seqs], cfg.sft.micro_batch_tokens, True):
+            loss, _ = sft_loss(model, seqs, first, rows, device, True, "bfloat16")
+            (loss / n).backward()
+        optimizer.step()
+        optimizer.zero_grad()
+
+    written_out = native._attend_matmul
+    paths = {"fused kernel": fused, "written out": written_out}
+    times: dict[str, list[float]] = {name: [] for name in paths}
+    step(*batches[0])  # warm-up
+    try:
+        for _ in range(args.rounds):
+            for seqs, first in batches:
+                for name, attend in paths.items():
+                    native._attend_matmul = attend
+                    t0 = time.perf_counter()
+                    step(seqs, first)
+                    times[name].append(time.perf_counter() - t0)
+    finally:
+        native._attend_matmul = written_out
+    mean_len = statistics.mean(len(s) for s in sequences)
+    print(f"kk-tiny SFT step: {size} sequences (mean {mean_len:.0f} tokens), bf16 autocast, "
+          f"{args.threads} threads, {len(times['fused kernel'])} steps each")
+    base = statistics.median(times["fused kernel"])
+    for name, values in times.items():
+        median = statistics.median(values)
+        print(f"  {name:13s} {median:.3f} s/step  (min {min(values):.3f})  speed-up {base / median:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
