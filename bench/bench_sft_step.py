@@ -21,7 +21,6 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 import rlvr.models.native as native
 from rlvr import tasks
@@ -30,12 +29,6 @@ from rlvr.models import batch_prompt_ids, eos_token_ids, init_model, load_tokeni
 from rlvr.trainers.sft import layout, sft_loss
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def fused(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """The fused kernel on the same (bf16) inputs the written-out path gets."""
-    kwargs = {"attn_mask": mask} if mask is not None else {"is_causal": True}
-    return F.scaled_dot_product_attention(q, k, v, enable_gqa=True, **kwargs)
 
 
 def main() -> None:
@@ -72,20 +65,22 @@ def main() -> None:
         optimizer.step()
         optimizer.zero_grad()
 
-    written_out = native._attend_matmul
-    paths = {"fused kernel": fused, "written out": written_out}
+    # native._attend picks its path with native._bf16: reporting "not bf16" sends it down its own
+    # fused-kernel branch (which autocast then runs in bf16), the code path before the change.
+    use_bf16 = native._bf16
+    paths = {"fused kernel": lambda q: False, "written out": use_bf16}
     times: dict[str, list[float]] = {name: [] for name in paths}
     step(*batches[0])  # warm-up
     try:
         for _ in range(args.rounds):
             for seqs, first in batches:
-                for name, attend in paths.items():
-                    native._attend_matmul = attend
+                for name, choose in paths.items():
+                    native._bf16 = choose
                     t0 = time.perf_counter()
                     step(seqs, first)
                     times[name].append(time.perf_counter() - t0)
     finally:
-        native._attend_matmul = written_out
+        native._bf16 = use_bf16
     mean_len = statistics.mean(len(s) for s in sequences)
     print(f"kk-tiny SFT step: {size} sequences (mean {mean_len:.0f} tokens), bf16 autocast, "
           f"{args.threads} threads, {len(times['fused kernel'])} steps each")
