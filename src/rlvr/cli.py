@@ -31,15 +31,19 @@ def _int_list(text: str) -> list[int]:
 
 
 def _kv(items: list[str]) -> dict:
-    """--difficulty people=3 -> {"people": 3} (values parsed as YAML)."""
+    """--difficulty people=3 -> {"people": 3} (values parsed as YAML; `key=` is the empty string).
+
+    YAML would read an empty value as null, which for an option such as system_prompt means "the
+    task's default" -- the opposite of what `system_prompt=` says.
+    """
     import yaml
 
     out = {}
     for item in items or []:
         key, sep, value = item.partition("=")
-        if not sep:
+        if not sep or not key:
             raise SystemExit(f"rlvr: error: expected key=value, got {item!r}")
-        out[key] = yaml.safe_load(value)
+        out[key] = yaml.safe_load(value) if value.strip() else ""
     return out
 
 

@@ -67,3 +67,14 @@ def test_missing_recipe_and_non_mapping(tmp_path):
     bad.write_text("- 1\n- 2\n")
     with pytest.raises(ConfigError, match="must be a mapping"):
         load_config(bad)
+
+
+def test_cli_key_value_options_parse_yaml_and_keep_empty_strings():
+    from rlvr.cli import _kv
+
+    got = _kv(["people=3", "system_prompt=", 'names=["Zoey", "Lily"]', "phrasing=terse"])
+    assert got == {"people": 3, "system_prompt": "", "names": ["Zoey", "Lily"], "phrasing": "terse"}
+    with pytest.raises(SystemExit, match="expected key=value"):
+        _kv(["people"])
+    with pytest.raises(SystemExit, match="expected key=value"):
+        _kv(["=3"])
