@@ -6,6 +6,7 @@
     rlvr data gen | filter | dedup | stats | mix
     rlvr model init                           tiny offline model + tokenizer, HF format
     rlvr report RUN_DIR                       HTML report with plots
+    rlvr noise RECIPE.yaml model.path=CKPT    gradient noise scale of the recipe's RL update and of SFT
     rlvr config RECIPE.yaml [key=value ...]   print the resolved config and derived sizes
 """
 
@@ -138,6 +139,20 @@ def cmd_eval(args: argparse.Namespace, extra: list[str]) -> int:
     return 0
 
 
+def cmd_noise(args: argparse.Namespace, extra: list[str]) -> int:
+    from rlvr.config import load_config
+    from rlvr.data.io import write_json_atomic
+    from rlvr.trainers.noise import describe, measure
+
+    config = load_config(args.recipe, args.overrides)
+    result = measure(config, groups=args.groups, sft_examples=args.sft_examples)
+    print(describe(result))
+    if args.out:
+        write_json_atomic(Path(args.out), result)
+        print(f"wrote {args.out}")
+    return 0
+
+
 def cmd_report(args: argparse.Namespace, extra: list[str]) -> int:
     from rlvr.evaluation.report import write_report
 
@@ -174,6 +189,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N problems")
     p.add_argument("--out", default=None, help="output directory (metrics.json, samples.jsonl)")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("noise", help="gradient noise scale of a recipe's RL update (and of SFT) at a checkpoint")
+    p.add_argument("recipe", help="YAML recipe (its RL settings and task); pass model.path=CHECKPOINT")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. model.path=runs/x/checkpoints/sft/step_000500")
+    p.add_argument("--groups", type=int, default=256, help="RL groups to take gradients of")
+    p.add_argument("--sft-examples", type=int, default=256, help="solution traces to take SFT gradients of (0: none)")
+    p.add_argument("--out", default=None, help="JSON file for the figures")
+    p.set_defaults(func=cmd_noise)
 
     p = sub.add_parser("report", help="write RUN_DIR/report.html with plots")
     p.add_argument("run_dir")

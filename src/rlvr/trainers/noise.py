@@ -1,0 +1,281 @@
+"""Gradient noise scale of a recipe's RL update, and of SFT on the task's traces, at a checkpoint.
+
+The noise scale of a gradient estimator (McCandlish et al. 2018, "An empirical model of
+large-batch training") is B_noise = tr(Sigma) / |G|^2: G is the true gradient, Sigma the
+covariance of one unit's gradient (here one GRPO group, or one SFT example). A batch of b units
+estimates G with signal share about b / (b + B_noise), so B_noise says how many units a step
+needs before its direction is mostly signal rather than noise.
+
+`rlvr noise RECIPE.yaml model.path=CKPT --groups 256` draws the recipe's own RL batches (its
+prompts, group size, temperature, reward) from the checkpoint, and takes each group's gradient
+through the trainer's own advantage and loss code (update_policy with one group per mini-batch,
+stepping no optimizer); then the gradients of `--sft-examples` of the task's solution traces
+(the SFT loss, token-mean over one example). Memory is O(parameters): only running sums are kept.
+
+"Adam-normalised" divides every coordinate by its root mean square over the units, as Adam's
+second-moment estimate would once it has seen them: the signal share an Adam step sees.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rlvr.config import ConfigError, RunConfig
+
+
+@dataclass
+class NoiseScale:
+    """Estimates from N per-unit gradients g_1..g_N.
+
+    mean_sq: |mean g|^2; trace_cov: tr(Sigma), the unbiased per-unit covariance trace;
+    signal_sq: |G|^2 estimated without bias as |mean g|^2 - tr(Sigma) / N (can come out <= 0
+    when the signal is below what N units resolve); b_noise: tr(Sigma) / signal_sq, inf when
+    signal_sq <= 0; half_cos: cosine between the mean gradients of the first and second half of
+    the units (near 0: the halves' directions are mostly noise; near 1: mostly signal).
+    """
+
+    n: int
+    mean_sq: float
+    trace_cov: float
+    signal_sq: float
+    b_noise: float
+    half_cos: float
+
+    def as_dict(self) -> dict[str, float]:
+        return dataclasses.asdict(self)
+
+
+class NoiseAccumulator:
+    """Running sums of flat gradient vectors; `scale()` turns them into a NoiseScale.
+
+    Units alternate between two halves (even / odd), which keeps half_cos meaningful when the
+    units arrive in batches drawn the same way.
+    """
+
+    def __init__(self, dim: int) -> None:
+        self.n = 0
+        self.sum = torch.zeros(dim, dtype=torch.float64)
+        self.sum_sq = torch.zeros(dim, dtype=torch.float64)  # per coordinate: sum over units of g^2
+        self.halves = torch.zeros(2, dim, dtype=torch.float64)
+
+    def add(self, grad: torch.Tensor) -> None:
+        g = grad.detach().reshape(-1).to(torch.float64)
+        if g.shape != self.sum.shape:
+            raise ValueError(f"gradient of {g.numel()} values, accumulator of {self.sum.numel()}")
+        self.sum += g
+        self.sum_sq += g * g
+        self.halves[self.n % 2] += g
+        self.n += 1
+
+    def scale(self, adam_normalised: bool = False) -> NoiseScale:
+        if self.n < 2:
+            raise ValueError(f"a noise scale needs at least 2 gradients, got {self.n}")
+        n = self.n
+        total, halves = self.sum, self.halves
+        sum_norm_sq = float(self.sum_sq.sum())
+        if adam_normalised:
+            rms = (self.sum_sq / n).sqrt()
+            live = rms > 0
+            inv = torch.where(live, 1.0 / rms.clamp(min=1e-300), torch.zeros_like(rms))
+            total, halves = total * inv, halves * inv
+            sum_norm_sq = float(n * live.sum())  # sum_j |g_j / rms|^2 = sum_c (sum_j g_jc^2) / rms_c^2
+        mean = total / n
+        mean_sq = float(mean @ mean)
+        trace_cov = max((sum_norm_sq - n * mean_sq) / (n - 1), 0.0)
+        signal_sq = mean_sq - trace_cov / n
+        b_noise = trace_cov / signal_sq if signal_sq > 0 else math.inf
+        a, b = halves[0], halves[1]
+        denom = float(a.norm() * b.norm())
+        half_cos = float(a @ b) / denom if denom > 0 else 0.0
+        return NoiseScale(n, mean_sq, trace_cov, signal_sq, b_noise, half_cos)
+
+
+def flat_grad(params: Sequence[torch.nn.Parameter]) -> torch.Tensor:
+    """The parameters' .grad concatenated (zeros where a parameter has none)."""
+    return torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1).float()
+                      for p in params])
+
+
+def rl_group_gradients(policy: torch.nn.Module, engine: Any, tokenizer: Any, task: Any, pool: Any,
+                       prompt_cache: Callable[[Any], list[int]], cfg: Any, *, groups: int, device: torch.device,
+                       packed: bool, seed: int, eos_ids: tuple[int, ...], default_difficulty: dict[str, Any],
+                       stats: dict[str, float] | None = None) -> Iterable[torch.Tensor]:
+    """Yield one flat policy gradient per group of the recipe's RL batches, at the current weights.
+
+    Batches are drawn as RL steps 0, 1, ... would draw them (knobs of step 0: its difficulty,
+    temperature, group size, max_new_tokens) until `groups` groups are out. Each group's gradient is
+    the trainer's own: update_policy's advantages over the whole batch, then micro_batch_loss over
+    that group alone as one mini-batch, at PPO ratio 1 (the on-policy gradient that a step's first
+    mini-batch takes), backward, no optimizer step. With equal group sizes and a seq-mean or
+    token-sum aggregation, the mean of a batch's group gradients is the gradient of the batch as one
+    mini-batch. A KL term is left out (its gradient is zero while the policy equals its reference).
+    Equal-reward groups yield zeros, as they add nothing to a step. `stats` receives accuracy,
+    zero_variance_ratio, truncation ratio and generated tokens.
+    """
+    from rlvr.trainers import rl
+
+    params = [p for p in policy.parameters() if p.requires_grad]
+    one_per_mb = dataclasses.replace(cfg, mini_batches=cfg.prompts_per_step, ppo_epochs=1, kl_coef=0.0,
+                                     zero_variance="keep" if cfg.zero_variance == "dynamic_sampling"
+                                     else cfg.zero_variance)
+    knobs = rl.knobs_at(cfg, 0, default_difficulty)
+    never_stepped = torch.optim.SGD(params, lr=0.0)  # update_policy hands it to `record`, which does not step
+    out: list[torch.Tensor] = []
+    totals = {"samples": 0.0, "correct": 0.0, "truncated": 0.0, "tokens": 0.0, "groups": 0.0, "zero_var": 0.0}
+
+    def record(policy, optimizer, batch, index, width, advantages, loss_mask, old_lp, ref_lp, cfg_, knobs_,
+               device_, packed_) -> dict[str, float]:  # noqa: ANN001 - update_policy's step_fn
+        policy.zero_grad(set_to_none=True)
+        active = rl.gradient_rows(index, advantages, loss_mask, cfg_, ref_lp)
+        totals["zero_var"] += float(not active)
+        if active:
+            sums = rl.new_step_sums()
+            new_lp, _ = rl.sequence_values(policy, batch, active, width, knobs_.temperature, device_, packed_,
+                                           token_budget=cfg_.micro_batch_tokens, autocast=cfg_.autocast)
+            # old_lp None: the ratio is exactly 1, the on-policy gradient a step's first mini-batch takes
+            loss = rl.micro_batch_loss(new_lp, None, active, advantages, loss_mask, loss_mask[index], None,
+                                       None, cfg_, knobs_, sums)
+            if loss is None:
+                raise FloatingPointError("non-finite RL loss while measuring the gradient noise")
+            loss.backward()
+        out.append(flat_grad(params))
+        return {}
+
+    step = 0
+    while totals["groups"] < groups:
+        policy.eval()
+        batch, _ = rl.collect(engine, tokenizer, task, pool, prompt_cache, knobs, cfg, eos_ids, seed, step)
+        policy.train()
+        keep = sorted(set(batch.group_ids))[: groups - int(totals["groups"])]
+        if len(keep) < len(set(batch.group_ids)):
+            trimmed = rl.RolloutBatch()
+            trimmed.extend(batch, keep)
+            batch = trimmed
+        totals["groups"] += len(keep)
+        totals["samples"] += len(batch)
+        totals["correct"] += sum(batch.correct)
+        totals["truncated"] += sum(r == "length" for r in batch.finish_reasons)
+        totals["tokens"] += sum(len(c) for c in batch.completion_ids)
+        rl.update_policy(policy, None, never_stepped, batch, dataclasses.replace(one_per_mb, mini_batches=len(keep)),
+                         knobs, device, packed, step, seed, step_fn=record)
+        yield from out
+        out.clear()
+        step += 1
+    policy.zero_grad(set_to_none=True)
+    policy.eval()
+    if stats is not None:
+        stats.update({"accuracy": totals["correct"] / totals["samples"],
+                      "zero_variance_ratio": totals["zero_var"] / totals["groups"],
+                      "truncation_ratio": totals["truncated"] / totals["samples"],
+                      "response_length_mean": totals["tokens"] / totals["samples"]})
+
+
+def sft_example_gradients(policy: torch.nn.Module, pairs: Sequence[tuple[list[int], list[int]]],
+                          device: torch.device, packed: bool, autocast: str = "none") -> Iterable[torch.Tensor]:
+    """Yield the gradient of each (prompt, completion) pair's SFT loss: the token-mean NLL of its
+    completion, the unit whose batch mean is the SFT step's gradient when examples are equally long."""
+    from rlvr.trainers.sft import sft_loss
+
+    params = [p for p in policy.parameters() if p.requires_grad]
+    policy.train()
+    for prompt, completion in pairs:
+        policy.zero_grad(set_to_none=True)
+        loss_sum, n_tokens = sft_loss(policy, [prompt + completion], [len(prompt)], [[0]], device, packed, autocast)
+        (loss_sum / max(n_tokens, 1)).backward()
+        yield flat_grad(params)
+    policy.zero_grad(set_to_none=True)
+    policy.eval()
+
+
+def measure(config: RunConfig, groups: int, sft_examples: int, progress: Callable[[str], None] = print
+            ) -> dict[str, Any]:
+    """Noise scales of the recipe's RL gradient (per group) and SFT gradient (per example) at the
+    checkpoint config.model.path. Writes nothing. Returns a JSON-ready dict."""
+    from rlvr import tasks
+    from rlvr.models import batch_prompt_ids, eos_token_ids, prompt_ids
+    from rlvr.rollout.torch_engine import TorchEngine
+    from rlvr.trainers.common import setup_torch
+    from rlvr.trainers.pipeline import build_model_dir, load_policy, training_source
+    from rlvr.trainers.rl import ProblemPool
+
+    if groups < 2:
+        raise ValueError(f"--groups must be >= 2, got {groups}")
+    if not config.model.path:
+        raise ConfigError("rlvr noise measures a trained checkpoint: pass model.path=DIR (e.g. a run's "
+                          "checkpoints/sft/step_000500)")
+    device = setup_torch(config.seed, config.threads, config.device)
+    task = tasks.get(config.data.task, **config.data.task_options)
+    model_dir = build_model_dir(config, Path(config.out_dir))
+    policy = load_policy(model_dir, config.model.impl, config.model.dtype, device)
+    eos_ids = eos_token_ids(policy.tokenizer)
+    engine = TorchEngine(policy.model, eos_token_ids=eos_ids, pad_token_id=policy.tokenizer.pad_token_id or 0,
+                         device=str(device))
+    dim = sum(p.numel() for p in policy.model.parameters() if p.requires_grad)
+    result: dict[str, Any] = {"model": str(model_dir), "parameters": dim, "groups": groups,
+                              "group_size": config.rl.group_size, "temperature": config.rl.temperature,
+                              "advantage": config.rl.advantage, "loss_agg": config.rl.loss_agg}
+
+    def prompt_cache(ex: Any) -> list[int]:
+        return prompt_ids(policy.tokenizer, task.messages(ex), task.response_prefix)
+
+    t0 = time.perf_counter()
+    pool = ProblemPool(training_source(config, task, set()), seed=config.seed)
+    acc = NoiseAccumulator(dim)
+    rl_stats: dict[str, float] = {}
+    for g in rl_group_gradients(policy.model, engine, policy.tokenizer, task, pool, prompt_cache, config.rl,
+                                groups=groups, device=device, packed=policy.packed, seed=config.seed,
+                                eos_ids=eos_ids, default_difficulty=config.data.difficulty, stats=rl_stats):
+        acc.add(g)
+    result["rl"] = {**rl_stats, "per_group": acc.scale().as_dict(),
+                    "per_group_adam_normalised": acc.scale(adam_normalised=True).as_dict(),
+                    "seconds": time.perf_counter() - t0}
+    rl_mean = acc.sum / acc.n
+    progress(f"RL: {acc.n} groups in {time.perf_counter() - t0:.0f}s")
+    if sft_examples >= 2:
+        t0 = time.perf_counter()
+        target = getattr(task, "solution_trace", None) or getattr(task, "oracle_completion", None)
+        if target is None:
+            raise ValueError(f"task {task.name!r} has no solution traces; use --sft-examples 0")
+        examples = [ex for ex in pool.draw(config.data.difficulty, sft_examples, step=10**6)]
+        prompts = batch_prompt_ids(policy.tokenizer, [task.messages(ex) for ex in examples], task.response_prefix)
+        completions = policy.tokenizer([target(ex) for ex in examples], add_special_tokens=False)["input_ids"]
+        pairs = [(p, list(c) + [eos_ids[0]]) for p, c in zip(prompts, completions)]
+        sft = NoiseAccumulator(dim)
+        for g in sft_example_gradients(policy.model, pairs, device, policy.packed, config.sft.autocast):
+            sft.add(g)
+        sft_mean = sft.sum / sft.n
+        denom = float(rl_mean.norm() * sft_mean.norm())
+        result["sft"] = {"examples": sft.n, "per_example": sft.scale().as_dict(),
+                         "per_example_adam_normalised": sft.scale(adam_normalised=True).as_dict(),
+                         "cos_with_rl_mean": float(rl_mean @ sft_mean) / denom if denom > 0 else 0.0,
+                         "seconds": time.perf_counter() - t0}
+        progress(f"SFT: {sft.n} examples in {time.perf_counter() - t0:.0f}s")
+    return result
+
+
+def describe(result: dict[str, Any]) -> str:
+    """A few lines for the terminal."""
+    def line(name: str, s: dict[str, float], unit: str) -> str:
+        return (f"  {name}: B_noise {s['b_noise']:.4g} {unit}  |G|^2 {s['signal_sq']:.3g}  tr(Sigma) "
+                f"{s['trace_cov']:.3g}  cos(half, half) {s['half_cos']:.3f}  (N={s['n']})")
+
+    rl_part = result["rl"]
+    lines = [f"{result['model']}: {result['parameters']} parameters",
+             f"RL ({result['advantage']}, {result['group_size']} samples per group, T={result['temperature']}): "
+             f"accuracy {rl_part['accuracy']:.3f}, equal-reward groups {rl_part['zero_variance_ratio']:.2f}",
+             line("per group", rl_part["per_group"], "groups"),
+             line("per group, Adam-normalised", rl_part["per_group_adam_normalised"], "groups")]
+    if "sft" in result:
+        sft = result["sft"]
+        lines += ["SFT (solution traces):", line("per example", sft["per_example"], "examples"),
+                  line("per example, Adam-normalised", sft["per_example_adam_normalised"], "examples"),
+                  f"  cos(mean RL gradient, mean SFT gradient) {sft['cos_with_rl_mean']:.3f}"]
+    return "\n".join(lines)
