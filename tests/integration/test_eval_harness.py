@@ -71,6 +71,30 @@ def test_eval_command_end_to_end(model_dir: Path, tmp_path: Path) -> None:
         eval_command(str(model_dir), "knights_knaves", str(data), n=2, temperature=0.0, device="cpu")
 
 
+def test_eval_cli_takes_the_task_and_its_options_from_a_recipe(model_dir: Path, tmp_path: Path) -> None:
+    from rlvr.cli import main
+    from rlvr.config import load_config
+
+    recipe = Path(__file__).parents[2] / "recipes" / "kk-tiny.yaml"
+    options = load_config(recipe, []).data.task_options
+    assert options["system_prompt"] == "" and options["phrasing"] == "terse"  # what the recipe trains on
+    out = tmp_path / "eval"
+    assert main(["eval", "--model", str(model_dir), "--recipe", str(recipe), "--limit", "2", "--max-new-tokens",
+                 "4", "--device", "cpu", "--out", str(out)]) == 0
+    samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    want = tasks.get("knights_knaves", **options).examples(2, 12345)
+    assert [s["prompt"] for s in samples] == [ex.prompt for ex in want]
+    assert [s["prompt"] for s in samples] != [ex.prompt for ex in tasks.get("knights_knaves").examples(2, 12345)]
+    assert read_eval(out)["settings"]["max_new_tokens"] == 4
+    # --task-option goes over the recipe's; a task other than the recipe's is an error
+    assert main(["eval", "--model", str(model_dir), "--recipe", str(recipe), "--limit", "1", "--max-new-tokens",
+                 "2", "--device", "cpu", "--task-option", "phrasing=plain", "--out", str(tmp_path / "e2")]) == 0
+    with pytest.raises(SystemExit, match="trains knights_knaves"):
+        main(["eval", "--model", str(model_dir), "--recipe", str(recipe), "--task", "math"])
+    with pytest.raises(SystemExit, match="--task or --recipe"):
+        main(["eval", "--model", str(model_dir)])
+
+
 def test_filter_command_with_a_model(model_dir: Path, tmp_path: Path) -> None:
     data = tmp_path / "pool.jsonl"
     generate("knights_knaves", 4, seed=5, out=data, people=2)
