@@ -159,3 +159,41 @@ def test_sft_example_gradient_is_the_token_mean_nll_gradient():
     model.zero_grad()
     nll.backward()
     torch.testing.assert_close(got[1], flat_grad(list(model.parameters())), rtol=1e-4, atol=1e-6)
+
+
+def test_signal_share_of_a_batch():
+    from rlvr.trainers.noise import signal_share
+
+    assert signal_share(8, 792) == pytest.approx(0.01)
+    assert signal_share(50, 50) == pytest.approx(0.5)
+    assert signal_share(8, math.inf) == 0.0
+    # b / (b + B_noise) is |G|^2 / E|mean of b units|^2 on gradients with that noise scale
+    gen = torch.Generator().manual_seed(3)
+    G = torch.zeros(100)
+    G[0] = 1.0  # |G|^2 = 1, tr(Sigma) = 100: B_noise = 100
+    means = torch.stack([(G + torch.randn(25, 100, generator=gen)).mean(0) for _ in range(2000)])
+    assert float(1.0 / means.pow(2).sum(1).mean()) == pytest.approx(signal_share(25, 100), rel=0.05)
+
+
+def test_rlvr_noise_command_end_to_end(tiny_model_dir, tmp_path, capsys):
+    import json
+    from pathlib import Path
+
+    from rlvr.cli import main
+
+    recipe = str(Path(__file__).parents[2] / "recipes" / "kk-tiny.yaml")
+    small = ["threads=1", "data.train_size=40", "rl.prompts_per_step=2", "rl.mini_batches=1", "rl.group_size=3",
+             "rl.max_new_tokens=6"]
+    out = tmp_path / "noise.json"
+    assert main(["noise", recipe, f"model.path={tiny_model_dir}", *small, "--groups", "3", "--sft-examples", "2",
+                 "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["rl"]["per_group"]["n"] == 3 and result["sft"]["per_example"]["n"] == 2
+    assert result["group_size"] == 3 and result["prompts_per_step"] == 2
+    # an untrained model fails every puzzle: no group has a gradient, so no RL signal can be seen
+    assert result["rl"]["accuracy"] == 0.0 and result["rl"]["zero_variance_ratio"] == 1.0
+    assert result["rl"]["per_group"]["signal_sq"] == 0.0 and result["rl"]["per_group"]["b_noise"] is None
+    assert result["sft"]["per_example"]["trace_cov"] > 0  # every trace has a gradient
+    assert "signal share" in capsys.readouterr().out
+    assert main(["noise", recipe, *small]) == 2  # no model.path: one clear error, nothing written
+    assert "pass model.path=DIR" in capsys.readouterr().err

@@ -49,8 +49,12 @@ class NoiseScale:
     b_noise: float
     half_cos: float
 
-    def as_dict(self) -> dict[str, float]:
-        return dataclasses.asdict(self)
+    def as_dict(self) -> dict[str, float | None]:
+        """JSON-ready: an infinite b_noise (no resolvable signal) is None."""
+        out: dict[str, float | None] = dict(dataclasses.asdict(self))
+        if math.isinf(self.b_noise):
+            out["b_noise"] = None
+        return out
 
 
 class NoiseAccumulator:
@@ -221,7 +225,9 @@ def measure(config: RunConfig, groups: int, sft_examples: int, progress: Callabl
     dim = sum(p.numel() for p in policy.model.parameters() if p.requires_grad)
     result: dict[str, Any] = {"model": str(model_dir), "parameters": dim, "groups": groups,
                               "group_size": config.rl.group_size, "temperature": config.rl.temperature,
-                              "advantage": config.rl.advantage, "loss_agg": config.rl.loss_agg}
+                              "advantage": config.rl.advantage, "loss_agg": config.rl.loss_agg,
+                              "prompts_per_step": config.rl.prompts_per_step,
+                              "mini_batches": config.rl.mini_batches}
 
     def prompt_cache(ex: Any) -> list[int]:
         return prompt_ids(policy.tokenizer, task.messages(ex), task.response_prefix)
@@ -261,10 +267,17 @@ def measure(config: RunConfig, groups: int, sft_examples: int, progress: Callabl
     return result
 
 
+def signal_share(batch: float, b_noise: float | None) -> float:
+    """About how much of a `batch`-unit gradient is signal: |G|^2 / E|g_batch|^2 = b / (b + B_noise).
+    b_noise None or inf: no resolvable signal."""
+    return 0.0 if b_noise is None or math.isinf(b_noise) else batch / (batch + b_noise)
+
+
 def describe(result: dict[str, Any]) -> str:
     """A few lines for the terminal."""
     def line(name: str, s: dict[str, float], unit: str) -> str:
-        return (f"  {name}: B_noise {s['b_noise']:.4g} {unit}  |G|^2 {s['signal_sq']:.3g}  tr(Sigma) "
+        b = "inf" if s["b_noise"] is None else f"{s['b_noise']:.4g}"
+        return (f"  {name}: B_noise {b} {unit}  |G|^2 {s['signal_sq']:.3g}  tr(Sigma) "
                 f"{s['trace_cov']:.3g}  cos(half, half) {s['half_cos']:.3f}  (N={s['n']})")
 
     rl_part = result["rl"]
@@ -273,6 +286,11 @@ def describe(result: dict[str, Any]) -> str:
              f"accuracy {rl_part['accuracy']:.3f}, equal-reward groups {rl_part['zero_variance_ratio']:.2f}",
              line("per group", rl_part["per_group"], "groups"),
              line("per group, Adam-normalised", rl_part["per_group_adam_normalised"], "groups")]
+    b = result["rl"]["per_group_adam_normalised"]["b_noise"]
+    per_step = result["prompts_per_step"]
+    per_update = per_step / result["mini_batches"]
+    lines.append(f"  signal share (Adam-normalised): a step of {per_step} groups {signal_share(per_step, b):.1%}, "
+                 f"an optimizer step of {per_update:g} {signal_share(per_update, b):.1%}")
     if "sft" in result:
         sft = result["sft"]
         lines += ["SFT (solution traces):", line("per example", sft["per_example"], "examples"),
