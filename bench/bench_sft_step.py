@@ -25,7 +25,8 @@ import torch
 import rlvr.models.native as native
 from rlvr import tasks
 from rlvr.config import load_config
-from rlvr.models import batch_prompt_ids, eos_token_ids, init_model, load_tokenizer
+from rlvr.models import eos_token_ids, init_model, load_tokenizer
+from rlvr.trainers.pipeline import trace_pairs
 from rlvr.trainers.sft import layout, sft_loss
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,10 +50,9 @@ def main() -> None:
     eos = eos_token_ids(tokenizer)[0]
     size = cfg.sft.batch_size
     examples = task.examples(size * args.batches, seed=5, **cfg.sft.difficulty)
-    prompts = batch_prompt_ids(tokenizer, [task.messages(ex) for ex in examples], task.response_prefix)
-    traces = tokenizer([task.solution_trace(ex) for ex in examples], add_special_tokens=False)["input_ids"]
-    sequences = [p + list(c) + [eos] for p, c in zip(prompts, traces)]
-    starts = [len(p) for p in prompts]
+    pairs = trace_pairs(task, tokenizer, examples, eos, task.solution_trace)
+    sequences = [p + c for p, c in pairs]
+    starts = [len(p) for p, _ in pairs]
     batches = [(sequences[i : i + size], starts[i : i + size]) for i in range(0, len(sequences), size)]
     optimizer = torch.optim.AdamW(model.parameters(), lr=0.0)
     device = torch.device("cpu")

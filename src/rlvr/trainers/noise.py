@@ -127,9 +127,7 @@ def rl_group_gradients(policy: torch.nn.Module, engine: Any, tokenizer: Any, tas
     from rlvr.trainers import rl
 
     params = [p for p in policy.parameters() if p.requires_grad]
-    one_per_mb = dataclasses.replace(cfg, mini_batches=cfg.prompts_per_step, ppo_epochs=1, kl_coef=0.0,
-                                     zero_variance="keep" if cfg.zero_variance == "dynamic_sampling"
-                                     else cfg.zero_variance)
+    one_epoch = dataclasses.replace(cfg, ppo_epochs=1)  # each group once; mini_batches is set per batch below
     knobs = rl.knobs_at(cfg, 0, default_difficulty)
     never_stepped = torch.optim.SGD(params, lr=0.0)  # update_policy hands it to `record`, which does not step
     out: list[torch.Tensor] = []
@@ -168,7 +166,8 @@ def rl_group_gradients(policy: torch.nn.Module, engine: Any, tokenizer: Any, tas
         totals["correct"] += sum(batch.correct)
         totals["truncated"] += sum(r == "length" for r in batch.finish_reasons)
         totals["tokens"] += sum(len(c) for c in batch.completion_ids)
-        rl.update_policy(policy, None, never_stepped, batch, dataclasses.replace(one_per_mb, mini_batches=len(keep)),
+        # no reference model: no KL term; one group per mini-batch
+        rl.update_policy(policy, None, never_stepped, batch, dataclasses.replace(one_epoch, mini_batches=len(keep)),
                          knobs, device, packed, step, seed, step_fn=record)
         yield from out
         out.clear()
@@ -204,10 +203,16 @@ def measure(config: RunConfig, groups: int, sft_examples: int, progress: Callabl
     """Noise scales of the recipe's RL gradient (per group) and SFT gradient (per example) at the
     checkpoint config.model.path. Writes nothing. Returns a JSON-ready dict."""
     from rlvr import tasks
-    from rlvr.models import batch_prompt_ids, eos_token_ids, prompt_ids
+    from rlvr.models import eos_token_ids, prompt_ids
     from rlvr.rollout.torch_engine import TorchEngine
     from rlvr.trainers.common import setup_torch
-    from rlvr.trainers.pipeline import build_model_dir, load_policy, training_source
+    from rlvr.trainers.pipeline import (
+        build_model_dir,
+        load_policy,
+        solution_target,
+        trace_pairs,
+        training_source,
+    )
     from rlvr.trainers.rl import ProblemPool
 
     if groups < 2:
@@ -247,13 +252,11 @@ def measure(config: RunConfig, groups: int, sft_examples: int, progress: Callabl
     progress(f"RL: {acc.n} groups in {time.perf_counter() - t0:.0f}s")
     if sft_examples >= 2:
         t0 = time.perf_counter()
-        target = getattr(task, "solution_trace", None) or getattr(task, "oracle_completion", None)
+        target = solution_target(task)
         if target is None:
             raise ValueError(f"task {task.name!r} has no solution traces; use --sft-examples 0")
-        examples = [ex for ex in pool.draw(config.data.difficulty, sft_examples, step=10**6)]
-        prompts = batch_prompt_ids(policy.tokenizer, [task.messages(ex) for ex in examples], task.response_prefix)
-        completions = policy.tokenizer([target(ex) for ex in examples], add_special_tokens=False)["input_ids"]
-        pairs = [(p, list(c) + [eos_ids[0]]) for p, c in zip(prompts, completions)]
+        examples = pool.draw(config.data.difficulty, sft_examples, step=10**6)
+        pairs = trace_pairs(task, policy.tokenizer, examples, eos_ids[0], target)
         sft = NoiseAccumulator(dim)
         for g in sft_example_gradients(policy.model, pairs, device, policy.packed, config.sft.autocast):
             sft.add(g)

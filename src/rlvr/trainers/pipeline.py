@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -129,18 +130,29 @@ def training_source(config: RunConfig, task: tasks.Task, banned: set[str]):
     return source
 
 
-def sft_pairs(config: RunConfig, task: tasks.Task, tokenizer: Any, eos_id: int, banned: set[str]):
-    """(prompt ids, target completion ids + EOS) for cold-start SFT, tokenized in batches."""
+def solution_target(task: tasks.Task) -> Callable[[tasks.Example], str] | None:
+    """What SFT imitates on a task: its solution trace, else its oracle completion (None: neither)."""
+    return getattr(task, "solution_trace", None) or getattr(task, "oracle_completion", None)
+
+
+def trace_pairs(task: tasks.Task, tokenizer: Any, examples: Sequence[tasks.Example], eos_id: int,
+                target: Callable[[tasks.Example], str]) -> list[tuple[list[int], list[int]]]:
+    """(prompt ids, target completion ids + EOS) of `examples`, tokenized in batches."""
     from rlvr.models import batch_prompt_ids
 
-    target = getattr(task, "solution_trace", None) or getattr(task, "oracle_completion", None)
+    prompts = batch_prompt_ids(tokenizer, [task.messages(ex) for ex in examples], task.response_prefix)
+    completions = tokenizer([target(ex) for ex in examples], add_special_tokens=False)["input_ids"]
+    return [(p, list(c) + [eos_id]) for p, c in zip(prompts, completions)]
+
+
+def sft_pairs(config: RunConfig, task: tasks.Task, tokenizer: Any, eos_id: int, banned: set[str]):
+    """(prompt ids, target completion ids + EOS) for cold-start SFT, tokenized in batches."""
+    target = solution_target(task)
     if target is None:
         raise ConfigError(f"sft.enabled: task {task.name!r} has no solution traces to imitate; set sft.enabled=false")
     examples = task.examples(config.sft.data_size, seed=config.seed + 20_011, **config.sft.difficulty)
     examples = [ex for ex in examples if ex.prompt not in banned]
-    prompts = batch_prompt_ids(tokenizer, [task.messages(ex) for ex in examples], task.response_prefix)
-    completions = tokenizer([target(ex) for ex in examples], add_special_tokens=False)["input_ids"]
-    return [(p, list(c) + [eos_id]) for p, c in zip(prompts, completions)]
+    return trace_pairs(task, tokenizer, examples, eos_id, target)
 
 
 def run_eval(name: str, policy: Policy, engine: Any, task: tasks.Task, examples: list[tasks.Example],
