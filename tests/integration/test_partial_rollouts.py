@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 from collections import Counter
@@ -266,8 +265,6 @@ class IdsTokenizer:
         Path(path).mkdir(parents=True, exist_ok=True)
 
 
-@pytest.mark.skipif(not {"partial_tokens_per_step", "tis_cap"} <= {f.name for f in dataclasses.fields(RLConfig)},
-                    reason="needs rl.partial_tokens_per_step and rl.tis_cap (rlvr.config / rlvr.trainers.rl)")
 def test_rl_loop_with_partial_rollouts_carries_corrects_and_learns(tmp_path: Path):
     torch.manual_seed(0)
     cfg_model = dict(model_type="qwen2", vocab_size=16, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,

@@ -8,9 +8,11 @@ Optional task members this test uses when present:
 
 from __future__ import annotations
 
-import importlib
 import json
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -33,13 +35,7 @@ HUNDRED_KB = [
 
 @pytest.fixture(params=sorted(TASKS))
 def task(request: pytest.FixtureRequest) -> Task:
-    name = request.param
-    module_name = TASKS[name].split(":")[0]
-    try:
-        importlib.import_module(module_name)
-    except ImportError as error:
-        pytest.skip(f"task {name!r}: module {module_name} does not import yet ({error})")
-    return rlvr.tasks.get(name)
+    return rlvr.tasks.get(request.param)  # a registered task whose module does not import fails here
 
 
 def reward_range(task: Task) -> tuple[float, float]:
@@ -113,3 +109,19 @@ def test_records_round_trip(task: Task) -> None:
         assert again.prompt == example.prompt
         assert json.dumps(again.answer, sort_keys=True) == json.dumps(example.answer, sort_keys=True)
         assert task.score(oracle(task, again), again).reward == high
+
+
+def test_a_registered_task_whose_module_does_not_import_fails(tmp_path) -> None:
+    """The contract must fail, not skip, for a task that cannot be imported (pytest run on this file)."""
+    (tmp_path / "broken_task.py").write_text("raise ImportError('a dependency is missing')\n")
+    (tmp_path / "register_broken.py").write_text(
+        "import rlvr.tasks\nrlvr.tasks.TASKS['broken'] = 'broken_task:Broken'\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), *sys.path])}
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "register_broken", "-rfEs",
+         __file__, "-k", "broken and test_is_a_task_with_its_registered_name"],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300,
+    )
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "1 error" in result.stdout and "skipped" not in result.stdout
+    assert "a dependency is missing" in result.stdout

@@ -19,6 +19,7 @@ from rlvr.tasks.knights_knaves import (
     KnightsKnaves,
     evaluate,
     format_answer,
+    logic_rl_roles,
     parse_answer,
     parse_statements,
     render_statement,
@@ -28,6 +29,10 @@ from rlvr.tasks.knights_knaves import (
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 PUBLIC = FIXTURES / "kk_public_sample.jsonl"
 VERL = FIXTURES / "kk_logic_rl_verl.jsonl"
+# Responses to the two puzzles of kk_logic_rl_verl.jsonl (field index), each with the score Logic-RL's
+# reward gives it: verl/utils/reward_score/kk.py compute_score in github.com/Unakar/Logic-RL at
+# commit 9d2c457, run on the row's prompt + response, as Logic-RL's verl reward manager calls it.
+LOGIC_RL_SCORES = FIXTURES / "kk_logic_rl_scores.jsonl"
 NAMES = ["Zoey", "Oliver", "Ethan"]
 GOLD = [True, False, True]  # Zoey knight, Oliver knave, Ethan knight
 
@@ -399,13 +404,42 @@ def test_logic_rl_totals_by_hand():
         (completion(WRONG), -0.5, 1.0, -1.5),  # format ok, parsed but wrong: 1 - 1.5
         (completion("I am not sure"), -1.0, 1.0, -2.0),  # format ok, unparseable: 1 - 2
         (f"{RIGHT}", -3.0, -1.0, -2.0),  # no tags at all: -1 - 2
-        (completion(RIGHT) + "\nDone.", -3.0, -1.0, -2.0),  # text after </answer>: format fails
+        (completion(RIGHT) + "\nDone.", 3.0, 1.0, 2.0),  # Logic-RL allows text after </answer>
+        (completion(WRONG) + ".<|eot_id|>", -0.5, 1.0, -1.5),
+        (completion("(1) Zoey is knight\n(2) Oliver is knave\n(3) Ethan is knight"), -1.0, 1.0, -2.0),  # "is a" needed
     ]
     for text, total, format_part, answer_part in cases:
         score = task.score(text, example)
         assert score.reward == total
         assert score.parts == {"format": format_part, "answer": answer_part}
     assert task.reward_range == (-3.0, 3.0)
+
+
+def test_logic_rl_scores_equal_logic_rl_on_every_row():
+    rows = list(read_records(VERL))
+    scored = [json.loads(line) for line in LOGIC_RL_SCORES.read_text().splitlines()]
+    assert len(scored) == 42
+    task = KnightsKnaves(reward_scheme="logic_rl", response_prefix="<think>")  # the prompts end in <think>
+    examples = [task.from_record(row) for row in rows]
+    ours = [task.score(row["response"], examples[row["index"]]).reward for row in scored]
+    assert [(row["case"], mine) for row, mine in zip(scored, ours) if mine != row["logic_rl_score"]] == []
+    # rlvr's own scheme keeps its stricter format: no text after </answer> but an end-of-turn marker.
+    default = KnightsKnaves(response_prefix="<think>")
+    for row in scored:
+        if row["case"].startswith("text after </answer>"):
+            assert row["logic_rl_score"] == 3.0
+            assert not default.score(row["response"], examples[row["index"]]).format_ok
+
+
+def test_logic_rl_roles_follow_logic_rl_rules():
+    names = ["Zoey", "Oliver"]
+    assert logic_rl_roles("Zoey is a knight, oliver is a KNAVE", names) == [True, False]
+    assert logic_rl_roles("Oliver is a knave. Zoey is a knight. Zoey is a knave", names) is None  # 3 role words
+    assert logic_rl_roles("Zoey is knight, Oliver is a knave", names) is None  # the article is required
+    assert logic_rl_roles("Zoey is a knight, Bob is a knave", names) is None  # Oliver has no claim
+    assert logic_rl_roles("Zoey is a knights, Oliver is a knave", names) is None  # counted, not a claim
+    assert logic_rl_roles("\u212anight: Zoey is a knight, Oliver is a knave", names) is None  # Kelvin K counts
+    assert logic_rl_roles("", names) is None and logic_rl_roles(None, names) is None
 
 
 def test_logic_rl_with_prefilled_think():
@@ -469,6 +503,28 @@ def test_extracted_is_the_judged_block():
     score = KnightsKnaves().score(f"<think>x</think><answer>a</answer><answer>\n {RIGHT} \n</answer>", hand_example())
     assert score.extracted == RIGHT
     assert KnightsKnaves().score("no block", hand_example()).extracted is None
+
+
+ODD_TAGS = [
+    f"<think>x</think><answer>a<answer>{RIGHT}</answer>",  # nested opening tag: the one nearest the close
+    f"<answer><answer>{RIGHT}</answer></answer>",
+    f"<answer>{RIGHT}</answer><answer>unclosed",
+    f"</answer><answer>{RIGHT}",  # a close before any open, then an unclosed block
+    f"<answer>{WRONG}</answer>x<answer>{RIGHT}</answer>",
+    f"<answer> <answer> </answer> {RIGHT} </answer>",
+    "<answer" + RIGHT + "</answer>",
+]
+
+
+@pytest.mark.parametrize("text", ODD_TAGS)
+@pytest.mark.parametrize("prefix", ["", "<think>"])
+def test_the_judged_block_is_rewards_last_answer_block(text, prefix):
+    from rlvr.rewards import last_answer_block
+
+    for scheme in ("default", "logic_rl"):
+        score = KnightsKnaves(reward_scheme=scheme, response_prefix=prefix).score(text, hand_example())
+        assert score.extracted == last_answer_block(prefix + text)
+        assert score.correct == (parse_answer(score.extracted, NAMES) == GOLD)
 
 
 def test_messages():

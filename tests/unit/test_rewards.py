@@ -106,6 +106,10 @@ def test_last_answer_block():
     assert last_answer_block("no tags") is None
     assert last_answer_block("<answer></answer>") == ""
     assert last_answer_block("<answer>a<answer>b</answer>") == "b"  # the opening tag nearest the close
+    assert last_answer_block("<answer><answer>b</answer></answer>") == "b</answer>"  # the last close counts
+    assert last_answer_block("</answer><answer>b") is None  # a close with no open before it
+    assert last_answer_block("<answer>a</answer>b</answer>") == "a</answer>b"
+    assert last_answer_block("<answer a</answer>") is None
 
 
 # ----------------------------------------------------------------------------- combine

@@ -16,7 +16,6 @@ passed through update_policy's `step_fn` argument.
 from __future__ import annotations
 
 import copy
-import inspect
 from typing import Any
 
 import torch
@@ -35,12 +34,6 @@ from rlvr.distributed.ray_engine import ensure_ray
 def make_optimizer(model: torch.nn.Module, cfg: Any) -> torch.optim.Optimizer:
     """The RL loop's optimizer (rlvr.trainers.rl.train_rl builds the same one)."""
     return torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.99), weight_decay=cfg.weight_decay)
-
-
-def update_policy_takes_step_fn() -> bool:
-    from rlvr.trainers.rl import update_policy
-
-    return "step_fn" in inspect.signature(update_policy).parameters
 
 
 class LearnerRank:
@@ -132,11 +125,6 @@ class RayLearnerGroup:
                  gpus_per_learner: float = 0.0, threads_per_learner: int = 1, address: str = "") -> None:
         if num_learners < 1:
             raise ValueError(f"RayLearnerGroup: num_learners must be >= 1, got {num_learners}")
-        if num_learners > 1 and not update_policy_takes_step_fn():
-            raise RuntimeError(
-                "RayLearnerGroup: num_learners > 1 needs rlvr.trainers.rl.update_policy(..., step_fn=...) "
-                "(the optimizer-step function it calls for each mini-batch); this rlvr has no such argument"
-            )
         ray = ensure_ray(address)
         self._ray = ray
         model_ref = ray.put(model.to("cpu") if next(model.parameters()).device.type == "cpu"
@@ -182,4 +170,4 @@ class RayLearnerGroup:
         self.ranks = []
 
 
-__all__ = ["LearnerRank", "RayLearnerGroup", "make_optimizer", "update_policy_takes_step_fn"]
+__all__ = ["LearnerRank", "RayLearnerGroup", "make_optimizer"]

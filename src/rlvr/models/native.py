@@ -753,7 +753,7 @@ class NativeCausalLM(nn.Module):
         if not (path / "config.json").is_file():
             raise FileNotFoundError(f"{path}: no config.json (expected an HF-format model directory)")
         config = AutoConfig.from_pretrained(str(path))
-        state_dict = _read_weights(path)
+        state_dict = read_weights(path)
         if dtype is None:
             dtype = next(iter(state_dict.values())).dtype
         with torch.device("meta"):
@@ -798,17 +798,24 @@ class NativeCausalLM(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
 
-def _read_weights(path: Path) -> dict[str, torch.Tensor]:
+def read_weights(path: Path) -> dict[str, torch.Tensor]:
+    """The state dict of an HF-format directory: model.safetensors, the shards its index names, or
+    pytorch_model.bin. FileNotFoundError names what is missing (a shard, or every form)."""
     from safetensors.torch import load_file
 
     single, index = path / "model.safetensors", path / "model.safetensors.index.json"
     if single.is_file():
         return load_file(str(single))
     if index.is_file():
-        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        weight_map = json.loads(index.read_text())["weight_map"]
         state: dict[str, torch.Tensor] = {}
-        for shard in shards:
+        for shard in sorted(set(weight_map.values())):
+            if Path(shard).name != shard or not (path / shard).is_file():
+                raise FileNotFoundError(f"{index} names the shard {shard!r}, which is not a file in {path}")
             state.update(load_file(str(path / shard)))
+        absent = sorted(set(weight_map) - set(state))
+        if absent:
+            raise FileNotFoundError(f"{index} maps {len(absent)} tensors its shards lack, e.g. {absent[0]!r}")
         return state
     bin_file = path / "pytorch_model.bin"
     if bin_file.is_file():

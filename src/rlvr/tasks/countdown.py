@@ -35,7 +35,7 @@ from collections.abc import Sequence
 from fractions import Fraction
 from typing import Any
 
-from rlvr.rewards import check_format
+from rlvr.rewards import check_format, last_answer_block
 from rlvr.tasks.base import Example, RecordError, Score
 
 REWARD_SCHEMES = ("default", "tinyzero")
@@ -363,7 +363,7 @@ class Countdown:
 
     def _score(self, completion: str, example: Example) -> Score:
         text = self.response_prefix + completion
-        answer = _last_answer_block(text)
+        answer = last_answer_block(text)
         format_ok = all(text.count(tag) == 1 for tag in _TAGS) and check_format(
             completion, prefix=self.response_prefix
         ).ok  # counting first keeps check_format's regex off adversarial text
@@ -436,15 +436,6 @@ def _random_expression(rng: random.Random, numbers: list[int]) -> tuple[int, str
         value = {"+": a + b, "-": a - b, "*": a * b, "/": a // b}[op]
         items.append((value, f"{_wrap(text_a)} {op} {_wrap(text_b)}"))
     return items[0]
-
-
-def _last_answer_block(text: str) -> str | None:
-    """Content of the last <answer> ... </answer> (rfind: linear on adversarial text), stripped."""
-    close = text.rfind("</answer>")
-    if close < 0:
-        return None
-    open_ = text.rfind("<answer>", 0, close)
-    return None if open_ < 0 else text[open_ + len("<answer>") : close].strip()
 
 
 def _after_prefix(full: str, prefix: str) -> str:

@@ -16,9 +16,17 @@ Generation follows the public set: a fair die picks leaf / not / and / or / -> /
 top of each statement, the operands (depth 2) are leaves, a speaker never calls themself a knave
 (nor "not a knight"), and puzzles without exactly one solution are drawn again from the same RNG.
 
-Rewards. "default": 1.0 iff the answer is right and the format holds, else 0.0. "logic_rl":
-Logic-RL's scheme, format +1 / -1 plus answer +2 (right), -1.5 (parsed but wrong), -2 (unparseable,
-or the format failed), so the totals are 3, -0.5, -1 and -3.
+Rewards. "default": 1.0 iff the answer is right and the format holds, else 0.0; the format is
+rlvr's (rlvr.rewards.check_format): each tag once, in order, and nothing but an end-of-turn marker
+after </answer>. "logic_rl": Logic-RL's scheme (verl/utils/reward_score/kk.py in Unakar/Logic-RL),
+format +1 / -1 plus answer +2 (right), -1.5 (parsed but wrong), -2 (unparseable, or the format
+failed), so the totals are 3, -0.5, -1 and -3, with Logic-RL's own rules: the format needs each tag
+once and in order but allows any text after </answer>, and an answer parses when the words
+"knight"/"knave" (lower-cased substrings) occur once per person and every name has a claim
+"NAME is a knight|knave" (first claim per name; the article "a" required). Logic-RL judges the text
+after the prompt's assistant header; rlvr judges response_prefix + completion, the same text when
+the prompt ends with that header. `correct` is rlvr's judgement of the last answer block (see
+parse_answer) in both schemes.
 """
 
 from __future__ import annotations
@@ -31,7 +39,7 @@ from collections.abc import Sequence
 from functools import lru_cache
 from typing import Any
 
-from rlvr.rewards import check_format
+from rlvr.rewards import check_format, last_answer_block
 from rlvr.tasks.base import Example, RecordError, Score
 
 Statement = tuple[Any, ...]
@@ -309,6 +317,34 @@ def parse_answer(text: str | None, names: Sequence[str]) -> list[bool] | None:
     return [roles[name] for name in lowered]
 
 
+def logic_rl_roles(text: str | None, names: Sequence[str]) -> list[bool] | None:
+    """Roles in an answer as Logic-RL's reward parses them, in `names` order; None if unparseable.
+
+    Unparseable: empty text; the lower-cased text holds the substrings "knight" and "knave" more or
+    fewer times in all than there are people (so "knights" counts, and str.lower folds the Kelvin
+    sign into "k"); a name without a claim "NAME is a knight|knave" (case-insensitive, whole words,
+    the article "a" required). The first claim of each name counts. Looser than parse_answer in
+    places (no check of names outside the puzzle), stricter in others ("is knight", "is an knave").
+    """
+    if not text:
+        return None
+    lowered = text.lower()
+    if lowered.count("knight") + lowered.count("knave") != len(names):
+        return None
+    roles = []
+    for name in names:
+        found = _logic_rl_claim(name).search(text)
+        if found is None:
+            return None
+        roles.append(found.group(1).lower() == "knight")
+    return roles
+
+
+@lru_cache(maxsize=4096)
+def _logic_rl_claim(name: str) -> re.Pattern[str]:
+    return re.compile(rf"\b{re.escape(name)}\b\s+is\s+a\s+\b(knight|knave)\b", re.IGNORECASE)
+
+
 def format_answer(names: Sequence[str], solution: Sequence[bool]) -> str:
     """The public set's solution_text_format: "(1) Zoey is a knight\\n(2) Oliver is a knave"."""
     return "\n".join(f"({i}) {name} is {_article_role(role)}" for i, (name, role) in
@@ -318,26 +354,6 @@ def format_answer(names: Sequence[str], solution: Sequence[bool]) -> str:
 def _solution_text(names: Sequence[str], solution: Sequence[bool]) -> str:
     claims = [f"{name} is {_article_role(role)}" for name, role in zip(names, solution)]
     return _join_names(claims) + "."
-
-
-def _last_answer_block(text: str) -> str | None:
-    """Content of the last complete <answer>...</answer>, stripped; None when absent.
-
-    Same result as rlvr.rewards.last_answer_block (leftmost, non-overlapping, shortest blocks) in
-    linear time: a regex scan restarts at every "<answer>" and is quadratic on adversarial text.
-    """
-    last = None
-    position = 0
-    while True:
-        start = text.find("<answer>", position)
-        if start < 0:
-            break
-        end = text.find("</answer>", start + 8)
-        if end < 0:
-            break
-        last = (start + 8, end)
-        position = end + 9
-    return None if last is None else text[last[0] : last[1]].strip()
 
 
 def _tags_once(text: str) -> bool:
@@ -509,21 +525,24 @@ class KnightsKnaves:
 
     def _score(self, completion: str, example: Example) -> Score:
         text = self.response_prefix + completion
-        answer = _last_answer_block(text)
-        # check_format returns False whenever a tag count is not 1; testing that first keeps its
-        # regex off adversarial text (many "<answer>" without a close), which is quadratic there.
-        format_ok = _tags_once(text) and check_format(completion, prefix=self.response_prefix).ok
+        answer = last_answer_block(text)
+        logic_rl = self.reward_scheme == "logic_rl"
+        # Counting the tags first returns early on adversarial text (100 KB of "<answer>").
+        format_ok = _tags_once(text) and check_format(
+            completion, prefix=self.response_prefix, allow_text_after=logic_rl).ok
+        solution = [bool(x) for x in example.answer["solution"]]
         predicted = parse_answer(answer, example.answer["names"])
-        correct = predicted is not None and predicted == [bool(x) for x in example.answer["solution"]]
-        if self.reward_scheme == "default":
+        correct = predicted is not None and predicted == solution
+        if not logic_rl:
             reward = 1.0 if correct and format_ok else 0.0
             parts = {"answer": float(correct), "format": float(format_ok)}
         else:
             format_part = 1.0 if format_ok else -1.0
-            if not format_ok or predicted is None:
+            claimed = logic_rl_roles(answer, example.answer["names"]) if format_ok else None
+            if claimed is None:
                 answer_part = -2.0
             else:
-                answer_part = 2.0 if correct else -1.5
+                answer_part = 2.0 if claimed == solution else -1.5
             reward = format_part + answer_part
             parts = {"answer": answer_part, "format": format_part}
         return Score(reward=reward, correct=correct, format_ok=format_ok, parts=parts, extracted=answer)

@@ -1,6 +1,7 @@
 """Atomic checkpoints: an HF-format model directory plus the trainer's state.
 
-Layout: RUN_DIR/checkpoints/<stage>/step_000120/ holds config.json, model.safetensors and the
+Layout: RUN_DIR/checkpoints/<stage>/step_000120/ holds config.json, model.safetensors (or the
+shards listed in model.safetensors.index.json, as save_pretrained writes a large model) and the
 tokenizer files (loadable by transformers and vLLM as they are) and trainer_state.pt (optimizer,
 RNG states, step, data position, anything else the loop needs to continue exactly). A checkpoint
 is written into a temporary directory and renamed into place, so a crash never leaves a half one.
@@ -16,7 +17,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file
+
+from rlvr.models.native import read_weights
 
 STATE_FILE = "trainer_state.pt"
 # Config fields that must agree between a checkpoint and the run's model.
@@ -107,7 +109,10 @@ def check_compatible(checkpoint: Path, model_config: Any) -> None:
 def load_checkpoint(checkpoint: Path, model: torch.nn.Module, model_config: Any) -> dict[str, Any]:
     """Load weights into `model` and return the trainer state (RNG states restored)."""
     check_compatible(checkpoint, model_config)
-    weights = load_file(str(checkpoint / "model.safetensors"))
+    try:  # model.safetensors, or the shards of model.safetensors.index.json (save_pretrained's max_shard_size)
+        weights = read_weights(checkpoint)
+    except FileNotFoundError as error:
+        raise CheckpointError(f"checkpoint {checkpoint} has no readable weights: {error}") from None
     missing, unexpected = model.load_state_dict(weights, strict=False)
     # Tied embeddings are stored once; anything else missing means a different model.
     missing = [k for k in missing if k != "lm_head.weight"]

@@ -214,7 +214,11 @@ def per_sequence(values: torch.Tensor, where: Sequence[tuple[int, int, int]], st
 
 
 class MetricsLogger:
-    """Appends one JSON object per step to metrics.jsonl; mirrors to TensorBoard / W&B when enabled."""
+    """Appends one JSON object per step to metrics.jsonl; mirrors to TensorBoard / W&B when enabled.
+
+    config: the run's resolved config (rlvr.config.to_dict); W&B records it as the run's config,
+    TensorBoard as a "config" text entry.
+    """
 
     def __init__(self, run_dir: Path, tensorboard: bool = False, wandb: bool = False,
                  wandb_project: str = "rlvr", config: dict | None = None) -> None:
@@ -227,6 +231,9 @@ class MetricsLogger:
             except ImportError as err:  # tensorboard is an optional extra
                 raise RuntimeError("logging.tensorboard=true needs `pip install rlvr[tensorboard]`") from err
             self._tb = SummaryWriter(str(Path(run_dir) / "tensorboard"))
+            if config is not None:  # indented: a Markdown code block in TensorBoard's text tab
+                text = json.dumps(config, indent=2, default=str)
+                self._tb.add_text("config", "".join(f"    {line}\n" for line in text.splitlines()), 0)
         if wandb:
             try:
                 import wandb as wandb_module

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from rlvr import tasks
-from rlvr.config import ConfigError, RunConfig, dump_yaml
+from rlvr.config import ConfigError, RunConfig, dump_yaml, to_dict
 from rlvr.data.io import load_examples, write_json_atomic, write_jsonl_atomic
 from rlvr.trainers.common import MetricsLogger, setup_torch
 
@@ -227,7 +227,8 @@ def run(config: RunConfig) -> dict[str, Any]:
     n_params = sum(p.numel() for p in policy.model.parameters())
     log(f"model: {policy.path} ({n_params / 1e6:.2f}M parameters, {'native' if policy.packed else 'transformers'})")
     eos_ids = eos_token_ids(policy.tokenizer)
-    logger = MetricsLogger(run_dir, config.logging.tensorboard, config.logging.wandb, config.logging.wandb_project)
+    logger = MetricsLogger(run_dir, config.logging.tensorboard, config.logging.wandb, config.logging.wandb_project,
+                           config=to_dict(config))
     decode_dtype = engine_dtype(config, policy)
     engine = TorchEngine(policy.model, eos_token_ids=eos_ids, pad_token_id=policy.tokenizer.pad_token_id or 0,
                          device=str(device), dtype=decode_dtype)
