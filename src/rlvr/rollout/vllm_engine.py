@@ -386,6 +386,12 @@ class VLLMEngine:
             self.llm.wake_up(tags=wanted)
             self.asleep -= set(wanted)
 
+    def shutdown(self) -> None:
+        """Stop vLLM's engine core (its processes, when not colocated) and drop the model."""
+        llm = self.__dict__.pop("llm", None)
+        if llm is not None:
+            llm.llm_engine.engine_core.shutdown()
+
     def _reset_prefix_cache(self) -> None:
         # Cached prefixes were computed with the old weights.
         if hasattr(self.llm, "reset_prefix_cache"):
