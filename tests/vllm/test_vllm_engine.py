@@ -227,3 +227,18 @@ def test_sleep_frees_memory_and_wakes_for_the_next_step(model_dir: Path):
     assert free_asleep > free_awake + 256 * 2**20  # at least the KV cache came back
     out = engine.generate(prompts(2), SamplingParams(n=1, max_new_tokens=4, seed=0))
     assert len(out) == 2 and not engine.asleep
+
+
+def test_weight_push_into_vllms_own_process(model_dir: Path):
+    """colocated=False: the engine core in vLLM's process; weights travel as safetensors bytes."""
+    engine = make_engine(model_dir, "float32", colocated=False)
+    try:
+        greedy = SamplingParams(n=1, temperature=0.0, max_new_tokens=16)
+        before = [r.token_ids for r in engine.generate(prompts(), greedy)]
+        other = perturbed(learner(model_dir), seed=7)
+        engine.load_weights(other.state_dict())
+        after = [r.token_ids for r in engine.generate(prompts(), greedy)]
+        reference = TorchEngine(other, eos_token_ids=(), device=DEVICE).generate(prompts(), greedy)
+        assert after == [r.token_ids for r in reference] and after != before
+    finally:
+        engine.shutdown()
