@@ -84,6 +84,7 @@ def frequent_id(model_dir: Path) -> int:
 def make_engine(model_dir: Path, dtype: str, **options):  # noqa: ANN003
     from rlvr.rollout.vllm_engine import VLLMEngine
 
+    options.setdefault("gpu_memory_utilization", 0.2)  # GPU only: several engines live in one process
     return VLLMEngine(str(model_dir), eos_token_ids=(), dtype=dtype, max_num_seqs=32, max_model_len=256,
                       threads=1, **options)
 
@@ -200,7 +201,7 @@ def test_bf16_logprobs_are_close_to_the_learner(model_dir: Path):
     try:
         out = engine.generate(prompts(), SamplingParams(n=2, temperature=1.0, max_new_tokens=48, seed=3))
     finally:
-        del engine
+        engine.shutdown()
     ours = learner_logprobs(learner(model_dir, torch.bfloat16), out, 1.0)
     diffs = torch.cat([(a - torch.tensor(r.logprobs)).abs() for a, r in zip(ours, out)])
     print(f"bf16: |learner - vllm| log-prob mean {diffs.mean():.4f} p99 {torch.quantile(diffs, 0.99):.4f} "
@@ -225,8 +226,11 @@ def test_sleep_frees_memory_and_wakes_for_the_next_step(model_dir: Path):
     engine.sleep()
     free_asleep, _ = torch.cuda.mem_get_info()
     assert free_asleep > free_awake + 256 * 2**20  # at least the KV cache came back
-    out = engine.generate(prompts(2), SamplingParams(n=1, max_new_tokens=4, seed=0))
-    assert len(out) == 2 and not engine.asleep
+    try:
+        out = engine.generate(prompts(2), SamplingParams(n=1, max_new_tokens=4, seed=0))
+        assert len(out) == 2 and not engine.asleep
+    finally:
+        engine.shutdown()
 
 
 def test_weight_push_into_vllms_own_process(model_dir: Path):
