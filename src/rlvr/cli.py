@@ -146,7 +146,7 @@ def cmd_eval(args: argparse.Namespace, extra: list[str]) -> int:
     result = eval_command(args.model, task, args.data, args.out, n=args.n, k=args.k,
                           temperature=args.temperature, top_p=args.top_p, max_new_tokens=max_new_tokens or 1024,
                           seed=args.seed, limit=args.limit, device=args.device, dtype=args.dtype,
-                          task_options=options)
+                          task_options=options, engine=args.engine)
     print(format_summary(result))
     return 0
 
@@ -201,6 +201,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16", "auto"])
     p.add_argument("--max-new-tokens", type=int, default=None,
                    help="default: the recipe's eval.max_new_tokens, else 1024")
+    p.add_argument("--engine", default="torch", choices=["torch", "vllm"],
+                   help="rollout engine: rlvr's torch engine or vLLM (installed separately; many samples)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N problems")
     p.add_argument("--out", default=None, help="output directory (metrics.json, samples.jsonl)")

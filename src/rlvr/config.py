@@ -39,6 +39,10 @@ class ModelConfig:
     """Dtype the rollout engine decodes in (bf16 weight copies: faster on CPUs with AMX and on GPUs;
     its log-probs then differ slightly from the fp32 learner's, which matters only with several
     updates per batch or rl.tis_cap)."""
+    engine: Literal["torch", "vllm"] = "torch"
+    """Rollout engine of the RL stage: rlvr's TorchEngine (shares the learner's weights) or vLLM in
+    this process (decoding in engine_dtype, the learner's weights pushed after every update; needs
+    vLLM installed, e.g. the .venv-vllm of `make test-vllm`). Evaluation stays on the torch engine."""
     impl: Literal["auto", "native", "hf"] = "auto"
     """Model code: `native` (rlvr's fast Qwen2/Llama implementation), `hf` (transformers), `auto`
     (native when the architecture is supported exactly, else hf)."""

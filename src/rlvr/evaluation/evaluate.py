@@ -243,6 +243,22 @@ def load_engine(
     return engine, tokenizer
 
 
+def load_vllm_engine(model_dir: str | Path, dtype: str = "float32", rows: int = 64,
+                     max_new_tokens: int = 1024) -> tuple[Any, Any]:
+    """(VLLMEngine, tokenizer) for a local model directory: rows completions in flight, sequences of
+    up to 1024 prompt tokens + max_new_tokens; stops on the same ids as load_engine's TorchEngine."""
+    from rlvr.models.chat import eos_token_ids
+    from rlvr.models.loading import load_tokenizer
+    from rlvr.rollout.vllm_engine import VLLMEngine, require_vllm
+
+    require_vllm()
+    tokenizer = load_tokenizer(model_dir)
+    vllm_dtype = "float32" if dtype == "auto" else dtype
+    engine = VLLMEngine(str(model_dir), eos_token_ids(tokenizer, str(model_dir)), dtype=vllm_dtype,
+                        max_num_seqs=rows, max_model_len=1024 + max_new_tokens)
+    return engine, tokenizer
+
+
 def parse_k(k: str | int | Sequence[int]) -> tuple[int, ...]:
     """"1,4,16" / 4 / [1, 4] -> (1, 4, 16) / (4,) / (1, 4); sorted, without repeats."""
     if isinstance(k, int):
@@ -279,6 +295,7 @@ def eval_command(
     task_options: dict[str, Any] | None = None,
     progress: bool = True,
     data_seed: int = 12345,
+    engine: str = "torch",
 ) -> EvalResult:
     """`rlvr eval`: evaluate a local model on a data file of `task`; writes out/ when given.
 
@@ -310,9 +327,13 @@ def eval_command(
         examples = task_obj.examples(256 if limit is None else limit, data_seed)
     else:
         examples = itertools.islice(iter_examples(task_obj, data), limit)
-    engine, tokenizer = load_engine(model, device=device, dtype=dtype)
+    if engine == "vllm":
+        the_engine, tokenizer = load_vllm_engine(model, dtype=dtype, rows=prompts_per_batch * n,
+                                                 max_new_tokens=max_new_tokens)
+    else:
+        the_engine, tokenizer = load_engine(model, device=device, dtype=dtype)
     timing: dict[str, float] = {}
-    groups = scored_groups(engine, tokenizer, task_obj, examples, n=n, temperature=temperature, top_p=top_p,
+    groups = scored_groups(the_engine, tokenizer, task_obj, examples, n=n, temperature=temperature, top_p=top_p,
                            top_k=top_k, max_new_tokens=max_new_tokens, seed=seed,
                            prompts_per_batch=prompts_per_batch, timing=timing)
     accumulator = MetricsAccumulator(k_values)

@@ -214,6 +214,8 @@ def run(config: RunConfig) -> dict[str, Any]:
     from rlvr.trainers.sft import train_sft
 
     t_start = time.perf_counter()
+    if config.model.engine == "vllm":
+        check_vllm(config)
     run_dir = prepare_run_dir(config)
     device = setup_torch(config.seed, config.threads, config.device)
     for key, value in config.derived_sizes().items():
@@ -224,6 +226,13 @@ def run(config: RunConfig) -> dict[str, Any]:
     log(f"held-out set: {len(held_out)} problems ({config.data.eval_difficulty})")
 
     policy = load_policy(build_model_dir(config, run_dir), config.model.impl, config.model.dtype, device)
+    if config.model.engine == "vllm":
+        from rlvr.rollout.vllm_engine import check_supported
+
+        try:
+            check_supported(policy.path)
+        except ValueError as error:
+            raise ConfigError(f"model.engine=vllm: {error}") from None
     n_params = sum(p.numel() for p in policy.model.parameters())
     log(f"model: {policy.path} ({n_params / 1e6:.2f}M parameters, {'native' if policy.packed else 'transformers'})")
     eos_ids = eos_token_ids(policy.tokenizer)
@@ -297,6 +306,9 @@ def training_engine(config: RunConfig, policy: Policy, engine: Any, eos_ids: tup
     Ray's torch rollout workers decode in decode_dtype, as `engine` does, unless ray.engine_options
     sets a dtype."""
     train_engine, learner, closers = engine, None, []
+    if config.model.engine == "vllm" and config.distributed != "ray":
+        train_engine = vllm_engine(config, policy, eos_ids)
+        closers.append(train_engine.shutdown)
     if config.distributed == "ray":
         from rlvr.distributed import make_engine, make_learner
 
@@ -314,6 +326,34 @@ def training_engine(config: RunConfig, policy: Policy, engine: Any, eos_ids: tup
 
         train_engine = PartialRollouts(train_engine, config.rl.partial_tokens_per_step)
     return train_engine, learner, closers
+
+
+def check_vllm(config: RunConfig) -> None:
+    """model.engine=vllm: vLLM must be importable (one message naming the install command)."""
+    from rlvr.rollout.vllm_engine import INSTALL, vllm_available
+
+    if config.distributed == "ray":
+        raise ConfigError("model.engine=vllm runs vLLM in this process; with distributed=ray set "
+                          "ray.rollout_engine=vllm instead")
+    if not vllm_available():
+        raise ConfigError(f"model.engine=vllm: vLLM is not installed in this Python ({INSTALL})")
+
+
+def vllm_engine(config: RunConfig, policy: Policy, eos_ids: tuple[int, ...]):
+    """The RL stage's VLLMEngine (colocated, in this process) holding the policy's current weights.
+    One step's prompts x group size fit in one batch; a sequence may hold 1024 prompt tokens plus
+    the largest completion budget of the recipe."""
+    from rlvr.rollout.vllm_engine import VLLMEngine
+
+    rl = config.rl
+    group = max([rl.group_size] + [int(s.value) for s in rl.group_size_stages])
+    new_tokens = max([rl.max_new_tokens] + [int(s.value) for s in rl.max_new_tokens_stages])
+    engine = VLLMEngine(str(policy.path), eos_token_ids=eos_ids, dtype=config.model.engine_dtype,
+                        max_num_seqs=rl.prompts_per_step * group, max_model_len=1024 + new_tokens,
+                        threads=config.threads or None, seed=config.seed)
+    engine.load_weights(policy.model.state_dict())  # after SFT the policy differs from its directory
+    log(f"rollout engine: vLLM ({config.model.engine_dtype}, weights pushed after every update)")
+    return engine
 
 
 def _describe(results: dict[str, dict[str, float]], config: RunConfig) -> str:
