@@ -252,6 +252,13 @@ def run(config: RunConfig) -> dict[str, Any]:
     n_params = sum(p.numel() for p in policy.model.parameters())
     log(f"model: {policy.path} ({n_params / 1e6:.2f}M parameters, {'native' if policy.packed else 'transformers'})")
     eos_ids = eos_token_ids(policy.tokenizer)
+    from rlvr.trainers.budget import budget_lines
+
+    lines, warning = budget_lines(config, policy.tokenizer)
+    for line in lines:
+        log(line)
+    if warning:
+        log(warning)
     logger = MetricsLogger(run_dir, config.logging.tensorboard, config.logging.wandb, config.logging.wandb_project)
     decode_dtype = engine_dtype(config, policy)
     engine = TorchEngine(policy.model, eos_token_ids=eos_ids, pad_token_id=policy.tokenizer.pad_token_id or 0,
