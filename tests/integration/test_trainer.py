@@ -149,6 +149,15 @@ def test_a_placebo_control_run_is_marked_and_resumes_to_the_same_metrics(tiny_mo
     assert control_lines[0]["actor/pg_loss"] != real_lines[0]["actor/pg_loss"]
 
 
+def test_the_learning_curve_does_not_change_the_rl_metrics(tiny_model_dir, tmp_path):
+    extra = ["rl.length_reward.kind=overlong", "rl.length_reward.cache_tokens=20"]  # varied rewards: real updates
+    off, on = tmp_path / "off", tmp_path / "on"
+    run(load_config("recipes/kk-tiny.yaml", small_overrides(tiny_model_dir, off, 3) + extra + ["eval.every=0"]))
+    run(load_config("recipes/kk-tiny.yaml", small_overrides(tiny_model_dir, on, 3) + extra + ["eval.every=1"]))
+    assert eval_lines(off) == [] and [rec["step"] for rec in eval_lines(on)] == [0, 1, 2, 3]
+    assert rl_lines(off) == rl_lines(on)
+
+
 def test_run_dir_with_a_different_run_is_refused(tiny_model_dir, tmp_path):
     out = tmp_path / "run"
     overrides = small_overrides(tiny_model_dir, out) + ["sft.enabled=false", "rl.steps=0", "eval.samples=0"]
