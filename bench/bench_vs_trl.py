@@ -14,6 +14,11 @@ Workloads
   natural  completions end at EOS (uneven lengths), at most 320 new tokens;
   fixed    every completion is exactly 64 tokens: rlvr gets no stop ids (a sampled EOS does not
            stop it), TRL gets min_new_tokens=64 (EOS is never sampled); the compute is the same.
+           A 64-token cut never holds a whole answer, so the KK score would give every sample the
+           same reward (-3): all advantages 0, rlvr would skip its update while TRL runs one. Both
+           sides are scored instead by `fixed_reward` (the share of vowels among the completion's
+           letters), which differs within every group: every sequence carries a nonzero advantage
+           and both sides run the whole update.
 
 Contenders (each with its own settings; the ratio uses the fastest of each side)
   rlvr fp32         the native model, fp32 learner and fp32 KV-cache decoding (the recipe default);
@@ -123,6 +128,33 @@ class Settings:
     reward_scheme: str
 
 
+def fixed_reward(text: str) -> float:
+    """The fixed workload's reward, the same on both sides: the share of vowels among the letters
+    of the completion (continuous, so the samples of a group all differ)."""
+    letters = [c for c in text.lower() if c.isalpha()]
+    return sum(c in "aeiou" for c in letters) / max(len(letters), 1)
+
+
+class FixedRewardTask:
+    """The KK task with its score replaced by fixed_reward (prompts and everything else unchanged)."""
+
+    def __init__(self, task: Any) -> None:
+        self.task = task
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.task, name)
+
+    def score(self, completion: str, example: Any) -> Any:
+        from rlvr.tasks.base import Score
+
+        return Score(reward=fixed_reward(completion), correct=False, format_ok=True)
+
+
+def workload_task(workload: Workload, reward_scheme: str) -> Any:
+    task = tasks.get("knights_knaves", reward_scheme=reward_scheme)
+    return task if workload.stop_at_eos else FixedRewardTask(task)
+
+
 # ------------------------------------------------------------------------------------------------
 # rlvr: the body of train_rl, one step at a time
 
@@ -160,7 +192,7 @@ class RlvrContender:
         # as in train_rl
         self.optimizer = torch.optim.AdamW(self.policy.model.parameters(), lr=self.cfg.lr, betas=(0.9, 0.99),
                                            weight_decay=self.cfg.weight_decay)
-        self.task = tasks.get("knights_knaves", reward_scheme=s.reward_scheme)
+        self.task = workload_task(workload, s.reward_scheme)
         self.pool = StepPool(s.examples)
         self.ids = {ex.prompt: ids for ex, ids in zip(s.examples, s.prompt_token_ids)}
         self.records: list[StepRecord] = []
@@ -196,7 +228,7 @@ class RlvrContender:
             completion_tokens=sum(len(c) for c in batch.completion_ids), rows=len(batch),
             forward_positions=forward, real_tokens=sum(lengths), loss_tokens=int(stats["actor/loss_tokens"]),
             extra={"row_steps": float(engine["row_steps"]), "decode_steps": float(engine["decode_steps"]),
-                   "reward_mean": sum(batch.rewards) / len(batch)},
+                   "reward_mean": sum(batch.rewards) / len(batch), "active_rows": active_rows(batch)},
         )
         self.records.append(record)
         return record
@@ -204,6 +236,13 @@ class RlvrContender:
 
 # ------------------------------------------------------------------------------------------------
 # TRL: GRPOTrainer with a callback that times its steps and runs the rlvr steps in between
+
+
+def active_rows(batch: Any) -> float:
+    """Sequences of the batch whose GRPO advantage is nonzero (those the update runs)."""
+    from rlvr.algorithms import group_has_variance
+
+    return float(group_has_variance(torch.tensor(batch.rewards), torch.tensor(batch.group_ids)).sum())
 
 
 def trl_config(workload: Workload, precision: str, s: Settings, out_dir: str) -> Any:
@@ -234,9 +273,9 @@ class _TrlClock:
     """Reward function + step callback: times TRL's steps and runs `between(step)` after each."""
 
     def __init__(self, name: str, round_: int, s: Settings, between: Callable[[int], None],
-                 show: Callable[[str, StepRecord], None]) -> None:
+                 show: Callable[[str, StepRecord], None], workload: Workload) -> None:
         self.name, self.round, self.s, self.between, self.show = name, round_, s, between, show
-        self.task = tasks.get("knights_knaves", reward_scheme=s.reward_scheme)
+        self.task = workload_task(workload, s.reward_scheme)
         self.records: list[StepRecord] = []
         self.t_start = 0.0
         self.t_reward = 0.0
@@ -252,6 +291,12 @@ class _TrlClock:
         texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
         self.rewards = [self.task.score(t, self.s.examples[i]).reward for t, i in zip(texts, example_index)]
         return self.rewards
+
+    def active_rows(self) -> int:
+        """Samples of groups whose rewards are not all equal (TRL's rows with a nonzero advantage)."""
+        g = self.s.group_size
+        groups = [self.rewards[i : i + g] for i in range(0, len(self.rewards), g)]
+        return sum(len(group) for group in groups if max(group) != min(group))
 
     def callback(self) -> Any:
         from transformers import TrainerCallback
@@ -276,7 +321,7 @@ class _TrlClock:
             round=self.round, step=step, seconds=now - self.t_start, gen_seconds=self.t_reward - self.t_start,
             completion_tokens=sum(self.lengths), rows=rows, forward_positions=forward,
             real_tokens=sum(self.lengths) + sum(self.prompt_lengths), loss_tokens=-1,
-            extra={"reward_mean": sum(self.rewards) / max(rows, 1)},
+            extra={"reward_mean": sum(self.rewards) / max(rows, 1), "active_rows": float(self.active_rows())},
         ))
         self.show(self.name, self.records[-1])
         self.between(step)
@@ -292,7 +337,7 @@ def run_trl_round(workload: Workload, precision: str, round_: int, s: Settings, 
 
     task = tasks.get("knights_knaves")
     rows = [{"prompt": task.messages(ex), "example_index": i} for i, ex in enumerate(s.examples)]
-    clock = _TrlClock(f"TRL {precision}", round_, s, between, show)
+    clock = _TrlClock(f"TRL {precision}", round_, s, between, show, workload)
 
     def kk_reward(prompts: list, completions: list, completion_ids: list, example_index: list[int],
                   **kwargs: Any) -> list[float]:
@@ -355,7 +400,8 @@ def run_workload(workload: Workload, args: argparse.Namespace, s: Settings) -> d
     def show(name: str, r: StepRecord) -> None:
         results.setdefault(name, []).append(r)
         print(f"  {workload.name:<8}{name:<18} step {r.step}: {r.seconds:6.2f}s (gen {r.gen_seconds:5.2f}s, "
-              f"mean len {r.completion_tokens / r.rows:5.1f}, reward {r.extra['reward_mean']:+.2f})", flush=True)
+              f"mean len {r.completion_tokens / r.rows:5.1f}, reward {r.extra['reward_mean']:+.2f}, "
+              f"rows with an advantage {r.extra['active_rows']:.0f}/{r.rows})", flush=True)
 
     for round_, precision in enumerate(args.trl.split(",")):
         contenders = [RlvrContender(f"rlvr {name}", RLVR_SETTINGS[name], workload, s) for name in args.rlvr.split(",")]

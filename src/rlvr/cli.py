@@ -70,6 +70,13 @@ def cmd_config(args: argparse.Namespace, extra: list[str]) -> int:
     print(dump_yaml(config))
     for key, value in config.derived_sizes().items():
         print(f"# {key}: {value}")
+    from rlvr.trainers.budget import budget_lines
+
+    lines, warning = budget_lines(config)
+    for line in lines:
+        print(f"# {line}")
+    if warning:
+        print(f"rlvr: {warning}", file=sys.stderr)
     return 0
 
 

@@ -203,6 +203,11 @@ class RLConfig:
     tis_cap: float | None = None
     """Truncated importance sampling: scale each token's advantage by min(pi_learner / pi_rollout, tis_cap),
     correcting engine/learner log-prob mismatch (vLLM) and stale partial-rollout tokens; null: off."""
+    shuffle_rewards: bool = False
+    """Placebo control: permute each group's rewards among its samples before the advantages (a
+    pure function of seed and step). The update has the same noise as the real run's and none of
+    its signal; run it next to a real run to tell learning from drift. summary.json and
+    report.html mark such a run as a control. Logged rewards and accuracies stay the real ones."""
 
 
 @dataclass
@@ -218,7 +223,14 @@ class EvalConfig:
     k_values: list[int] = field(default_factory=lambda: [1])
     """k of pass@k and maj@k reported by the sampled evaluation."""
     every: int = 0
-    """In-loop RL evaluation (greedy) every N steps (0: only before and after RL)."""
+    """The learning curve: every N RL steps (and before the first), sampled accuracy on a fixed
+    held-out slice (curve_size problems x curve_samples samples at eval.temperature, one sampling
+    seed for every point), logged to metrics.jsonl as phase "rl_eval" with step = RL steps done
+    and plotted in report.html with the training reward. 0: only the before / after RL evals."""
+    curve_size: int = 64
+    """Held-out problems of each curve point (the first curve_size of the held-out set)."""
+    curve_samples: int = 2
+    """Samples per problem of each curve point."""
     prompts_per_batch: int = 128
 
 
@@ -296,6 +308,9 @@ class RunConfig:
         _check(self.ray.num_rollout_workers >= 1, "ray.num_rollout_workers", self.ray.num_rollout_workers, ">= 1")
         _check(self.ray.num_learners >= 0, "ray.num_learners", self.ray.num_learners, ">= 0")
         _check(self.eval.samples >= 0, "eval.samples", self.eval.samples, "an integer >= 0")
+        _check(self.eval.every >= 0, "eval.every", self.eval.every, "an integer >= 0")
+        _check(self.eval.curve_size >= 1, "eval.curve_size", self.eval.curve_size, "a positive integer")
+        _check(self.eval.curve_samples >= 1, "eval.curve_samples", self.eval.curve_samples, "a positive integer")
         _check(self.checkpoint.keep_last >= 1, "checkpoint.keep_last", self.checkpoint.keep_last, ">= 1")
         return self
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -35,6 +36,11 @@ def rl_lines(run_dir: Path) -> list[dict]:
     return [{k: v for k, v in rec.items() if not k.startswith(TIMING)} for rec in lines if rec["phase"] == "rl"]
 
 
+def eval_lines(run_dir: Path) -> list[dict]:
+    lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in rec.items() if not k.startswith(TIMING)} for rec in lines if rec["phase"] == "rl_eval"]
+
+
 def test_pipeline_smoke_changes_weights_and_writes_the_run_dir(tiny_model_dir, tmp_path):
     out = tmp_path / "run"
     # An SFT of 4 steps earns no reward, so GRPO advantages are all 0; the KL (to a reference model)
@@ -49,8 +55,12 @@ def test_pipeline_smoke_changes_weights_and_writes_the_run_dir(tiny_model_dir, t
     assert 0.0 <= summary["accuracy_after_rl"] <= 1.0 and "temperature" in summary["accuracy_metric"]
     lines = rl_lines(out)
     assert [rec["step"] for rec in lines] == [0, 1]
-    assert 0.0 <= lines[0]["eval/greedy_accuracy"] <= 1.0  # in-loop eval (eval.every=1, not after the last step)
-    assert "eval/greedy_accuracy" not in lines[1]
+    curve = eval_lines(out)  # the learning curve (eval.every=1): before RL, after each step
+    assert [rec["step"] for rec in curve] == [0, 1, 2]
+    assert all(0.0 <= rec["eval/sampled_accuracy"] <= 1.0 and rec["eval/samples"] == 8 * 2 for rec in curve)
+    raw = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [("timing_s/eval" in rec) for rec in raw if rec["phase"] == "rl"] == [True, True]
+    assert summary["placebo_control"] is False
     sft_lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if '"sft"' in x]
     assert [("sft_eval/greedy_accuracy" in rec) for rec in sft_lines] == [False, True, False, False]
     for rec in lines:
@@ -105,6 +115,47 @@ def test_sigkill_mid_run_resumes_to_the_same_metrics(tiny_model_dir, tmp_path):
     assert rl_lines(crashed) == rl_lines(reference)
     assert json.loads((crashed / "summary.json").read_text())["accuracy_after_rl"] == \
         json.loads((reference / "summary.json").read_text())["accuracy_after_rl"]
+
+
+def test_a_placebo_control_run_is_marked_and_resumes_to_the_same_metrics(tiny_model_dir, tmp_path):
+    """rl.shuffle_rewards with the learning curve on: a run cut between checkpoints (its newest
+    checkpoint, summary and final evals gone, as after a kill) resumes to the uninterrupted run's
+    metrics, curve included; summary.json and report.html say it is a control."""
+    # A 4-step SFT earns no answer reward; the overlong length penalty gives every group varied
+    # rewards, so the permutation changes the update.
+    extra = ["rl.shuffle_rewards=true", "eval.every=2", "eval.curve_size=4", "rl.length_reward.kind=overlong",
+             "rl.length_reward.cache_tokens=20"]
+    reference, cut = tmp_path / "reference", tmp_path / "cut"
+    summary = run(load_config("recipes/kk-tiny.yaml", small_overrides(tiny_model_dir, reference, 4) + extra))
+    assert summary["placebo_control"] is True
+    assert "Placebo control run" in (reference / "report.html").read_text()
+    assert [rec["step"] for rec in eval_lines(reference)] == [0, 2, 4]
+    run(load_config("recipes/kk-tiny.yaml", small_overrides(tiny_model_dir, cut, 4) + extra))
+    shutil.rmtree(cut / "checkpoints/rl/step_000004")
+    for name in ("summary.json", "eval/after_rl_greedy", "eval/after_rl_sampled"):
+        shutil.rmtree(cut / name) if (cut / name).is_dir() else (cut / name).unlink()
+    with open(cut / "metrics.jsonl", "a") as f:  # a curve point logged before a checkpoint that never came
+        f.write(json.dumps({"phase": "rl_eval", "step": 3, "eval/sampled_accuracy": 9.0}) + "\n")
+    run(load_config("recipes/kk-tiny.yaml", small_overrides(tiny_model_dir, cut, 4) + extra))
+    assert rl_lines(cut) == rl_lines(reference)
+    assert eval_lines(cut) == eval_lines(reference)
+    assert json.loads((cut / "summary.json").read_text())["accuracy_after_rl"] == summary["accuracy_after_rl"]
+    # The control differs from the real run only through the permuted rewards: the same first batch,
+    # another update.
+    real = tmp_path / "real"
+    run(load_config("recipes/kk-tiny.yaml", small_overrides(tiny_model_dir, real, 4) + extra[1:]))
+    control_lines, real_lines = rl_lines(reference), rl_lines(real)
+    assert control_lines[0]["reward/std"] > 0 and control_lines[0]["reward/mean"] == real_lines[0]["reward/mean"]
+    assert control_lines[0]["actor/pg_loss"] != real_lines[0]["actor/pg_loss"]
+
+
+def test_the_learning_curve_does_not_change_the_rl_metrics(tiny_model_dir, tmp_path):
+    extra = ["rl.length_reward.kind=overlong", "rl.length_reward.cache_tokens=20"]  # varied rewards: real updates
+    off, on = tmp_path / "off", tmp_path / "on"
+    run(load_config("recipes/kk-tiny.yaml", small_overrides(tiny_model_dir, off, 3) + extra + ["eval.every=0"]))
+    run(load_config("recipes/kk-tiny.yaml", small_overrides(tiny_model_dir, on, 3) + extra + ["eval.every=1"]))
+    assert eval_lines(off) == [] and [rec["step"] for rec in eval_lines(on)] == [0, 1, 2, 3]
+    assert rl_lines(off) == rl_lines(on)
 
 
 def test_run_dir_with_a_different_run_is_refused(tiny_model_dir, tmp_path):

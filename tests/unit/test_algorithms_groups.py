@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rlvr.algorithms import dynamic_sampling_select, group_has_variance, group_stats, zero_variance_mask
+from rlvr.algorithms import (
+    compute_advantages,
+    dynamic_sampling_select,
+    group_has_variance,
+    group_stats,
+    shuffle_within_groups,
+    zero_variance_mask,
+)
 
 # groups (by id): 7 -> rewards (1, 1) all correct; -2 -> (0, 0, 0) all wrong; 40 -> (1, 0) mixed;
 # 5 -> (0.5,) a single sample; ids neither sorted nor contiguous, members interleaved.
@@ -77,3 +84,27 @@ def test_errors() -> None:
         group_stats(REWARDS[:7], CORRECT, IDS)
     with pytest.raises(TypeError, match="integer ids"):
         dynamic_sampling_select(REWARDS, IDS.float())
+
+
+def test_shuffle_within_groups_keeps_each_groups_values_and_is_seeded() -> None:
+    ids = torch.tensor([7, 3, 7, 3, 7, 3, 7, 3, 5, 5, 5, 5])
+    rewards = torch.arange(12, dtype=torch.float32)  # all distinct: a permutation is visible
+
+    def draw(seed: int) -> torch.Tensor:
+        return shuffle_within_groups(rewards, ids, torch.Generator().manual_seed(seed))
+
+    out = draw(0)
+    for g in (7, 3, 5):
+        assert sorted(out[ids == g].tolist()) == sorted(rewards[ids == g].tolist())
+    assert torch.equal(out, draw(0))  # the generator's seed decides it
+    assert any(not torch.equal(draw(s), draw(0)) for s in range(1, 4))
+    assert any(not torch.equal(draw(s), rewards) for s in range(4))  # it does move values
+    # GRPO advantages of shuffled rewards: the same multiset per group as the real ones'.
+    mask = torch.ones(12, 3)
+    real = compute_advantages("grpo", rewards, ids, mask)[:, 0]
+    shuffled = compute_advantages("grpo", out, ids, mask)[:, 0]
+    for g in (7, 3, 5):
+        assert torch.allclose(shuffled[ids == g].sort().values, real[ids == g].sort().values)
+    assert not torch.allclose(shuffled, real)
+    with pytest.raises(ValueError, match="values has shape"):
+        shuffle_within_groups(rewards[:5], ids, torch.Generator())

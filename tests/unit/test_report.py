@@ -187,3 +187,21 @@ def test_report_renders_in_headless_chromium(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr[-2000:]
     dom = result.stdout
     assert "<svg" in dom and "BEST-COMPLETION" in dom and "avg@n by people" in dom
+
+
+def test_report_marks_a_placebo_control_and_draws_the_learning_curve(tmp_path: Path) -> None:
+    run = make_run(tmp_path / "run")
+    page = write_report(run, png=False).read_text(encoding="utf-8")
+    assert "Placebo control" not in page and "Learning curve" not in page
+    with open(run / "metrics.jsonl", "a") as f:
+        for done in (0, 10, 20, 30):
+            f.write(json.dumps({"phase": "rl_eval", "step": done, "eval/sampled_accuracy": 0.2 + done / 100,
+                                "timing_s/eval": 1.0}) + "\n")
+    (run / "config.yaml").write_text("rl:\n  shuffle_rewards: true\n")  # a run in progress: no summary yet
+    (run / "summary.json").unlink()
+    page = write_report(run, png=False).read_text(encoding="utf-8")
+    assert "Placebo control run" in page
+    curve = next(svg for svg in _svgs(page) if 'aria-label="Learning curve' in svg)
+    assert "held-out accuracy (in-loop eval) (0.5)" in curve and "training reward/mean" in curve
+    (run / "summary.json").write_text(json.dumps({"placebo_control": False}))
+    assert "Placebo control run" not in write_report(run, png=False).read_text(encoding="utf-8")

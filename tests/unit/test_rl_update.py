@@ -99,3 +99,18 @@ def test_a_step_with_no_active_row_still_steps_the_optimizer():
     assert all(float(g.abs().max()) == 0.0 for g in recorder.seen.values())
     assert stats["actor/grad_norm"] == 0.0 and stats["actor/pg_loss"] == 0.0
     assert "actor/entropy" not in stats  # nothing ran, nothing to describe
+
+
+def test_shuffle_rewards_permutes_within_groups_by_seed_and_step() -> None:
+    batch = make_batch([[0.0, 1.0, 0.0, 1.0, 1.0, 0.0], [2.0, 3.0, 4.0, 5.0, 6.0, 7.0], [1.0, 1.0, 1.0]])
+    real = torch.tensor(batch.rewards)
+    assert torch.equal(rl.training_rewards(batch, RLConfig(), seed=0, step=0), real)
+    control = RLConfig(shuffle_rewards=True)
+    draws = {(seed, step): rl.training_rewards(batch, control, seed, step) for seed in (0, 1) for step in (0, 1, 2)}
+    ids = torch.tensor(batch.group_ids)
+    for out in draws.values():
+        for g in range(3):
+            assert sorted(out[ids == g].tolist()) == sorted(real[ids == g].tolist())
+    assert torch.equal(rl.training_rewards(batch, control, 1, 2), draws[1, 2])  # a pure function of (seed, step)
+    assert len({tuple(v.tolist()) for v in draws.values()}) > 1
+    assert any(not torch.equal(v, real) for v in draws.values())

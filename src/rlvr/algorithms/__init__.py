@@ -15,6 +15,7 @@ ones, an unknown option a TypeError listing the accepted ones.
     entropy_from_logits(logits[B, T, V], temperature) -> [B, T]                      blockwise
     group_stats(rewards, correct, group_ids) -> dict of python floats
     zero_variance_mask(rewards, group_ids, mask=None), dynamic_sampling_select(rewards, group_ids, max_groups)
+    shuffle_within_groups(values, group_ids, generator): a group's values permuted among its samples
 
 Files: advantages.py, losses.py, kl.py, aggregation.py, logits.py, groups.py, masked.py.
 """
@@ -32,6 +33,7 @@ from rlvr.algorithms.groups import (
     dynamic_sampling_select,
     group_has_variance,
     group_stats,
+    shuffle_within_groups,
     zero_variance_mask,
 )
 from rlvr.algorithms.kl import KL_KINDS, kl_penalty
@@ -59,6 +61,7 @@ __all__ = [
     "masked_sum",
     "masked_whiten",
     "policy_loss",
+    "shuffle_within_groups",
     "token_logprobs_from_logits",
     "token_rewards",
     "value_loss",

@@ -133,6 +133,21 @@ def zero_variance_mask(rewards: Tensor, group_ids: Tensor, mask: Tensor | None =
     return torch.where(keep[:, None], mask, torch.zeros((), dtype=mask.dtype, device=mask.device))
 
 
+def shuffle_within_groups(values: Tensor, group_ids: Tensor, generator: torch.Generator) -> Tensor:
+    """values[B] with each group's entries permuted among that group's samples (uniformly, by
+    `generator`): every group keeps its multiset of values, any link between a sample and its own
+    value is broken. A placebo control: GRPO advantages from shuffled rewards carry the update
+    noise of the real ones (same per-group statistics) and none of their signal."""
+    index = group_index(group_ids)
+    check_shape("values", values, tuple(group_ids.shape), "shuffle_within_groups")
+    out = values.clone()
+    for g in range(index.num_groups):
+        members = (index.inverse == g).nonzero().squeeze(1)
+        order = torch.randperm(members.numel(), generator=generator)
+        out[members] = values[members[order.to(members.device)]]
+    return out
+
+
 @dataclass(frozen=True)
 class DynamicSample:
     """What dynamic_sampling_select kept."""
@@ -182,6 +197,7 @@ __all__ = [
     "group_index",
     "group_is_constant",
     "group_stats",
+    "shuffle_within_groups",
     "group_std",
     "group_sum",
     "zero_variance_mask",

@@ -201,10 +201,33 @@ def stage_markers(rows: Sequence[Mapping[str, Any]]) -> list[tuple[float, str]]:
     return sorted(markers)
 
 
+CURVE_KEY = "eval/sampled_accuracy"  # phase rl_eval: the in-loop learning curve (eval.every)
+
+
+def curve_panel(rows_by_phase: Mapping[str, Sequence[Mapping[str, Any]]]) -> Panel | None:
+    """The RL learning curve: held-out sampled accuracy every eval.every steps (phase rl_eval, step =
+    RL steps done) over the training reward (phase rl: the batch the policy sampled after `step`
+    steps), so both x values count the updates behind the policy. None without a curve."""
+    xs, ys = _series(rows_by_phase.get("rl_eval", []), CURVE_KEY)
+    if not xs:
+        return None
+    series = [("held-out accuracy (in-loop eval)", xs, ys)]
+    train_x, train_y = _series(rows_by_phase.get("rl", []), "reward/mean")
+    if train_x:
+        series.append(("training reward/mean", train_x, train_y))
+    return Panel("Learning curve: held-out accuracy and training reward", series,
+                 stage_markers(rows_by_phase.get("rl", [])), x_label="RL steps done")
+
+
 def training_panels(rows_by_phase: Mapping[str, Sequence[Mapping[str, Any]]]) -> tuple[list[Panel], list[Panel]]:
-    """(main panels in PANELS order, extra panels for the remaining keys grouped by prefix)."""
+    """(main panels: the learning curve, then PANELS order; extra panels for the remaining keys
+    grouped by prefix)."""
     main: list[Panel] = []
     used: set[str] = set()
+    curve = curve_panel(rows_by_phase)
+    if curve is not None:
+        main.append(curve)
+        used.add(f"rl_eval:{CURVE_KEY}")
     markers = stage_markers(rows_by_phase.get("rl", []))
     for phase, title, wanted in PANELS:
         rows = rows_by_phase.get(phase, [])
@@ -485,6 +508,7 @@ pre{background:#f7f7f7;border:1px solid #e4e4e4;padding:8px;overflow:auto;font-s
 white-space:pre-wrap;word-break:break-word}
 details{margin:6px 0}summary{cursor:pointer}.warn{color:#8a5a00}
 .sample{border:1px solid #e4e4e4;border-radius:6px;padding:6px 10px;margin:8px 0}
+.control{border:2px solid #c62828;border-radius:6px;padding:8px 12px;background:#fff4f4}
 """
 
 
@@ -555,6 +579,28 @@ def _cards(run: Run) -> str:
         cards.append((str(int(sft[-1]["step"]) + 1), "SFT steps"))
     return '<div class="cards">' + "".join(f"<div class=card><b>{_esc(v)}</b><span>{_esc(k)}</span></div>"
                                            for v, k in cards) + "</div>"
+
+
+def is_placebo_control(run: Run) -> bool:
+    """Whether the run is a placebo control (rl.shuffle_rewards): from summary.json, or while the run
+    has no summary yet, from its config.yaml."""
+    if run.summary is not None and "placebo_control" in run.summary:
+        return bool(run.summary["placebo_control"])
+    if run.config_text is None:
+        return False
+    import yaml
+
+    try:
+        config = yaml.safe_load(run.config_text)
+    except yaml.YAMLError:
+        return False
+    rl = config.get("rl") if isinstance(config, dict) else None
+    return isinstance(rl, dict) and rl.get("shuffle_rewards") is True
+
+
+_CONTROL_NOTE = ("<p class=control><b>Placebo control run</b> (rl.shuffle_rewards): each group's rewards were "
+                 "permuted among its samples before the advantages, so the RL update had the noise of a real "
+                 "run and none of its signal. Its RL gain is the drift to compare a real run's gain with.</p>")
 
 
 def _timing_section(rows: Sequence[Mapping[str, Any]]) -> str:
@@ -701,7 +747,7 @@ def render_html(run: Run, main: Sequence[Panel], extra: Sequence[Panel], pngs: S
     parts = [f"<!DOCTYPE html><html lang=en><head><meta charset=utf-8><title>{_esc(title)}</title>"
              f"<meta name=viewport content='width=device-width,initial-scale=1'><style>{_CSS}</style></head><body>",
              f"<h1>{_esc(title)}</h1><div class=sub>{_esc(run.directory)} · report written {now}</div>",
-             _cards(run)]
+             _CONTROL_NOTE if is_placebo_control(run) else "", _cards(run)]
     if run.warnings:
         items = "".join(f"<li>{_esc(w)}</li>" for w in run.warnings[:50])
         more = f"<li>... and {len(run.warnings) - 50} more</li>" if len(run.warnings) > 50 else ""

@@ -202,6 +202,31 @@ def in_loop_eval(prefix: str, engine: Any, policy: Policy, task: tasks.Task, exa
     return fn
 
 
+def curve_eval(engine: Any, policy: Policy, task: tasks.Task, examples: list[tasks.Example], config: RunConfig):
+    """A step -> metrics function: one point of the RL learning curve (eval.every): sampled accuracy
+    on the first eval.curve_size held-out problems, eval.curve_samples samples each at
+    eval.temperature. Every point samples with the same seed, so two points differ by the policy
+    and not by the draw of random numbers (logged only, never used to pick a checkpoint)."""
+    from rlvr.evaluation import evaluate
+
+    ev = config.eval
+    subset = examples[: ev.curve_size]
+    temperature = ev.temperature if ev.temperature > 0 else 0.0
+    n = ev.curve_samples if temperature > 0 else 1
+
+    def fn(step: int) -> dict[str, float]:
+        t0 = time.perf_counter()
+        result = evaluate(engine, policy.tokenizer, task, subset, n=n, temperature=temperature,
+                          top_p=ev.top_p if temperature > 0 else 1.0, max_new_tokens=ev.max_new_tokens,
+                          seed=config.seed + 30_011, k_values=(1,), prompts_per_batch=ev.prompts_per_batch)
+        return {"eval/sampled_accuracy": float(result.metrics["avg@n"]),
+                "eval/format_error_rate": float(result.metrics["format_error_rate"]),
+                "eval/response_length": float(result.metrics.get("length/mean", float("nan"))),
+                "eval/samples": float(len(subset) * n), "timing_s/eval": time.perf_counter() - t0}
+
+    return fn
+
+
 def accuracy(metrics: dict[str, float], n: int) -> float:
     """pass@1 averaged over the n samples of each problem (avg@n)."""
     return float(metrics["avg@n"])
@@ -236,6 +261,13 @@ def run(config: RunConfig) -> dict[str, Any]:
     n_params = sum(p.numel() for p in policy.model.parameters())
     log(f"model: {policy.path} ({n_params / 1e6:.2f}M parameters, {'native' if policy.packed else 'transformers'})")
     eos_ids = eos_token_ids(policy.tokenizer)
+    from rlvr.trainers.budget import budget_lines
+
+    lines, warning = budget_lines(config, policy.tokenizer)
+    for line in lines:
+        log(line)
+    if warning:
+        log(warning)
     logger = MetricsLogger(run_dir, config.logging.tensorboard, config.logging.wandb, config.logging.wandb_project,
                            config=to_dict(config))
     decode_dtype = engine_dtype(config, policy)
@@ -271,7 +303,7 @@ def run(config: RunConfig) -> dict[str, Any]:
                                   seed=config.seed, eos_ids=eos_ids, default_difficulty=config.data.difficulty,
                                   checkpoint=config.checkpoint, logging=config.logging,
                                   engine_shares_weights=train_engine is engine, learner=learner,
-                                  eval_fn=in_loop_eval("eval", engine, policy, task, held_out, config),
+                                  eval_fn=curve_eval(engine, policy, task, held_out, config),
                                   eval_every=config.eval.every)
         finally:
             for close in closers:
@@ -382,6 +414,9 @@ def make_summary(config: RunConfig, before: dict, after: dict, held_out: list, s
         "eval_max_new_tokens": config.eval.max_new_tokens,
         "wall_seconds": round(seconds, 1),
         "seed": config.seed,
+        # rl.shuffle_rewards: each group's rewards were permuted among its samples (no signal); the
+        # RL gain of such a run is what the update's noise alone does.
+        "placebo_control": bool(config.rl.enabled and config.rl.steps > 0 and config.rl.shuffle_rewards),
         **rl_summary,
     }
     for kind in ("greedy", "sampled"):

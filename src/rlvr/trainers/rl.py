@@ -300,6 +300,17 @@ def padded(values: Sequence[Sequence[float]], width: int) -> torch.Tensor:
     return out
 
 
+def training_rewards(batch: RolloutBatch, cfg: RLConfig, seed: int, step: int) -> torch.Tensor:
+    """The rewards the advantages see: the batch's own, or with rl.shuffle_rewards (the placebo
+    control) each group's rewards permuted among its samples, drawn from (seed, step) alone so a
+    resumed run draws the same permutation."""
+    rewards = torch.tensor(batch.rewards, dtype=torch.float32)
+    if not cfg.shuffle_rewards:
+        return rewards
+    generator = torch.Generator().manual_seed(int(np.random.SeedSequence([seed, step, 31]).generate_state(1)[0]))
+    return algorithms.shuffle_within_groups(rewards, torch.tensor(batch.group_ids), generator)
+
+
 def update_policy(policy: torch.nn.Module, ref: torch.nn.Module | None, optimizer: torch.optim.Optimizer,
                   batch: RolloutBatch, cfg: RLConfig, knobs: Knobs, device: torch.device, packed: bool,
                   step: int, seed: int, step_fn: Callable[..., dict[str, float]] | None = None) -> dict[str, float]:
@@ -308,8 +319,8 @@ def update_policy(policy: torch.nn.Module, ref: torch.nn.Module | None, optimize
     width = max(len(c) for c in batch.completion_ids)
     lengths = torch.tensor([len(c) for c in batch.completion_ids])
     mask = (torch.arange(width)[None, :] < lengths[:, None]).float()  # (B, T)
-    rewards = torch.tensor(batch.rewards, dtype=torch.float32)
     group_ids = torch.tensor(batch.group_ids)
+    rewards = training_rewards(batch, cfg, seed, step)
     n_updates = cfg.ppo_epochs * cfg.mini_batches
     stats: dict[str, float] = {}
 
@@ -566,6 +577,17 @@ def dump_samples(run_dir: Path, step: int, batch: RolloutBatch) -> None:
     write_jsonl_atomic(run_dir / "samples" / f"step_{step:06d}.jsonl", rows)
 
 
+def curve_point(logger: MetricsLogger, eval_fn: Callable[[int], dict[str, float]] | None, every: int,
+                done: int, steps: int) -> float:
+    """Log the learning curve's point after `done` of `steps` RL steps (phase rl_eval) when one is
+    due (done = 0, a multiple of `every`, or the last); returns the seconds it took (0: none due)."""
+    if eval_fn is None or not every or not (done % every == 0 or done == steps):
+        return 0.0
+    t0 = time.perf_counter()
+    logger.log({"phase": "rl_eval", "step": done, **eval_fn(done)})
+    return time.perf_counter() - t0
+
+
 def train_rl(
     policy: torch.nn.Module,
     tokenizer: Any,
@@ -589,7 +611,12 @@ def train_rl(
     eval_fn: Callable[[int], dict[str, float]] | None = None,
     eval_every: int = 0,
 ) -> dict[str, Any]:
-    """Run cfg.steps RL steps (resuming from the newest checkpoint); returns a summary dict."""
+    """Run cfg.steps RL steps (resuming from the newest checkpoint); returns a summary dict.
+
+    eval_fn(done) -> metrics, with eval_every > 0: the learning curve, logged as rows of phase
+    "rl_eval" whose step is the number of RL steps done: before the first step, after every
+    eval_every-th and after the last.
+    """
     run_dir = Path(run_dir)
     stage_dir = run_dir / "checkpoints" / "rl"
     ref = copy.deepcopy(policy).eval().requires_grad_(False) if cfg.kl_coef > 0 else None
@@ -608,6 +635,10 @@ def train_rl(
         logger.truncate_after("rl", start_step - 1)
         if not engine_shares_weights:
             engine.load_weights(policy.state_dict())
+    # The point at the resumed step may have been logged before its checkpoint was written, or not:
+    # it is dropped and computed again (same weights, same sampling seed: the same value).
+    logger.truncate_after("rl_eval", start_step - 1)
+    curve_point(logger, eval_fn, eval_every, start_step, cfg.steps)
     bar = Progress("rl", cfg.steps, enabled=logging.progress, start=start_step)
     stopped_early = None
     for step in range(start_step, cfg.steps):
@@ -639,8 +670,9 @@ def train_rl(
             "perf/gen_tokens_per_s": gen_tokens / max(t_gen, 1e-9),
         })
         done = step + 1
-        if eval_fn is not None and eval_every and done % eval_every == 0 and done < cfg.steps:
-            metrics.update(eval_fn(done))
+        t_eval = curve_point(logger, eval_fn, eval_every, done, cfg.steps)
+        if t_eval:
+            metrics["timing_s/eval"] = t_eval
         if logging.samples_every and (step % logging.samples_every == 0 or done == cfg.steps):
             dump_samples(run_dir, step, batch)
         metrics["timing_s/step"] = time.perf_counter() - t_step
