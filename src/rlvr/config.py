@@ -211,6 +211,30 @@ class RLConfig:
 
 
 @dataclass
+class CriticConfig:
+    """PPO's value model (rlvr.trainers.critic), used by rl.advantage=gae and only by it."""
+
+    enabled: bool = False
+    """Train a critic and compute GAE advantages from its values (rl.advantage must be gae)."""
+    path: str = ""
+    """Local HF model directory whose backbone starts the critic (its vocabulary must be the
+    policy's). Empty: a copy of the policy at the start of RL (after SFT), as verl and OpenRLHF do.
+    Either way the LM head is replaced by a fresh linear value head."""
+    lr: float = 1e-4
+    """Learning rate of the critic's own AdamW (constant)."""
+    warmup_steps: int = 0
+    """RL steps at the start in which only the critic is updated and the actor does not move
+    (verl's trainer.critic_warmup), so that its first advantages come from a trained value."""
+    value_clip: float | None = 0.5
+    """PPO value clipping: the value moves at most this far from its pre-update prediction per
+    step, in reward units (verl's cliprange_value 0.5); null: the plain squared error."""
+    weight_decay: float = 0.0
+    """AdamW weight decay of the critic."""
+    grad_clip: float = 1.0
+    """Max global gradient norm of a critic step (0 disables)."""
+
+
+@dataclass
 class EvalConfig:
     greedy: bool = True
     """Evaluate with one greedy completion per problem."""
@@ -268,6 +292,8 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
     rl: RLConfig = field(default_factory=RLConfig)
+    critic: CriticConfig = field(default_factory=CriticConfig)
+    """PPO's value model (rl.advantage=gae)."""
     eval: EvalConfig = field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
@@ -305,6 +331,7 @@ class RunConfig:
                    rl.length_reward.cache_tokens, "0 < cache_tokens <= rl.max_new_tokens")
         _check(rl.partial_tokens_per_step >= 0, "rl.partial_tokens_per_step", rl.partial_tokens_per_step, ">= 0")
         _check(rl.tis_cap is None or rl.tis_cap > 0, "rl.tis_cap", rl.tis_cap, "null or a positive number")
+        self._validate_critic()
         _check(self.ray.num_rollout_workers >= 1, "ray.num_rollout_workers", self.ray.num_rollout_workers, ">= 1")
         _check(self.ray.num_learners >= 0, "ray.num_learners", self.ray.num_learners, ">= 0")
         _check(self.eval.samples >= 0, "eval.samples", self.eval.samples, "an integer >= 0")
@@ -313,6 +340,32 @@ class RunConfig:
         _check(self.eval.curve_samples >= 1, "eval.curve_samples", self.eval.curve_samples, "a positive integer")
         _check(self.checkpoint.keep_last >= 1, "checkpoint.keep_last", self.checkpoint.keep_last, ">= 1")
         return self
+
+    def _validate_critic(self) -> None:
+        """GAE needs a critic and a critic needs GAE; the data-parallel learner has no critic."""
+        rl, critic = self.rl, self.critic
+        _check(critic.enabled or rl.advantage != "gae", "rl.advantage", rl.advantage,
+               "an estimator without a value model, or critic.enabled=true (gae needs a critic)")
+        if not critic.enabled:
+            return
+        _check(rl.advantage == "gae", "critic.enabled", critic.enabled,
+               f"false with rl.advantage={rl.advantage!r} (only gae uses the critic's values)")
+        _check(self.distributed != "ray" or self.ray.num_learners == 0, "critic.enabled", critic.enabled,
+               f"false with ray.num_learners={self.ray.num_learners}: the data-parallel learner has no "
+               "critic; use ray.num_learners=0 (the update runs in the driver) or a critic-free estimator")
+        _check(critic.lr > 0, "critic.lr", critic.lr, "a positive number")
+        _check(0 <= critic.warmup_steps < max(rl.steps, 1), "critic.warmup_steps", critic.warmup_steps,
+               f"an integer in [0, rl.steps) (rl.steps is {rl.steps})")
+        _check(critic.value_clip is None or critic.value_clip > 0, "critic.value_clip", critic.value_clip,
+               "null or a positive number")
+        _check(critic.grad_clip >= 0, "critic.grad_clip", critic.grad_clip, "a number >= 0")
+        unknown = sorted(set(rl.advantage_options) - {"gamma", "lam"})
+        _check(not unknown, "rl.advantage_options", rl.advantage_options,
+               "gae's options gamma and lam only (kl and values come from the trainer)")
+        for key in ("gamma", "lam"):
+            value = rl.advantage_options.get(key, 1.0)
+            _check(isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value <= 1,
+                   f"rl.advantage_options.{key}", value, "a number in [0, 1]")
 
     def derived_sizes(self) -> dict[str, int]:
         rl = self.rl

@@ -114,3 +114,85 @@ def test_shuffle_rewards_permutes_within_groups_by_seed_and_step() -> None:
     assert torch.equal(rl.training_rewards(batch, control, 1, 2), draws[1, 2])  # a pure function of (seed, step)
     assert len({tuple(v.tolist()) for v in draws.values()}) > 1
     assert any(not torch.equal(v, real) for v in draws.values())
+
+
+# ---------------------------------------------------------------- old log-probs and their mismatch
+
+
+def learner_logprobs(model: NativeCausalLM, batch: RolloutBatch) -> torch.Tensor:
+    width = max(len(c) for c in batch.completion_ids)
+    with torch.no_grad():
+        lp, _ = rl.sequence_values(model, batch, range(len(batch)), width, 1.0, torch.device("cpu"), True, 1 << 20)
+    return lp
+
+
+def update(model: NativeCausalLM, batch: RolloutBatch, shares: bool, step_fn=None, **cfg_options):  # noqa: ANN001
+    cfg = RLConfig(micro_batch_tokens=64, **{"mini_batches": 3, **cfg_options})
+    knobs = Knobs(difficulty={}, max_new_tokens=16, group_size=4, temperature=1.0, lr=5e-2, stage=0)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=5e-2)
+    return rl.update_policy(model, None, optimizer, batch, cfg, knobs, torch.device("cpu"), True, 0, 0,
+                            step_fn=step_fn, engine_shares_weights=shares)
+
+
+@pytest.mark.parametrize("shares", [True, False])
+def test_old_logprobs_are_recomputed_when_the_engine_does_not_share_weights(shares):
+    batch = make_batch([[1.0, 0.0, 0.0, 1.0], [0.0, 1.0, 1.0, 1.0], [1.0, 0.0, 1.0, 0.0]])  # random engine lp
+    torch.manual_seed(0)
+    model = NativeCausalLM(CFG)
+    current = learner_logprobs(model, batch)
+    seen = []
+
+    def record(policy, optimizer, b, index, width, advantages, loss_mask, old_lp, *rest):  # noqa: ANN001
+        seen.append(old_lp)
+        return {}
+
+    update(model, batch, shares, step_fn=record)
+    assert len(seen) == 3  # one per mini-batch, all with the same old log-probs
+    want = padded(batch.engine_logprobs, current.shape[1]) if shares else current
+    for old in seen:
+        torch.testing.assert_close(old, want)
+
+
+@pytest.mark.parametrize("shares", [True, False])
+def test_logprob_mismatch_is_measured_before_the_first_update(shares):
+    # The engine's log-probs are the learner's own plus 0.1 nats on every token: the mismatch before
+    # the first update is 0.1, whatever the later optimizer steps (lr 5e-2) do to the policy.
+    batch = make_batch([[1.0, 0.0, 0.0, 1.0], [0.0, 1.0, 1.0, 1.0], [1.0, 0.0, 1.0, 0.0]])
+    torch.manual_seed(0)
+    model = NativeCausalLM(CFG)
+    current = learner_logprobs(model, batch)
+    batch.engine_logprobs = [(current[i, : len(c)] + 0.1).tolist() for i, c in enumerate(batch.completion_ids)]
+    stats = update(model, batch, shares, ppo_epochs=2)
+    assert stats["actor/logprob_mismatch"] == pytest.approx(0.1, abs=1e-5)
+    assert float((learner_logprobs(model, batch) - current).abs().max()) > 0.05  # the policy did move
+
+
+def test_one_optimizer_step_reports_no_mismatch_it_did_not_measure():
+    batch = make_batch([[1.0, 0.0, 0.0, 1.0], [0.0, 1.0, 1.0, 1.0]])
+    torch.manual_seed(0)
+    stats = update(NativeCausalLM(CFG), batch, True, mini_batches=1)
+    assert "actor/logprob_mismatch" not in stats and "actor/pg_loss" in stats
+
+
+def test_tis_and_kl_in_reward_share_one_forward_of_the_current_policy(monkeypatch):
+    batch = make_batch([[1.0, 0.0, 0.0, 1.0], [0.0, 1.0, 1.0, 1.0]])
+    torch.manual_seed(0)
+    model = NativeCausalLM(CFG)
+    ref = NativeCausalLM(CFG).eval().requires_grad_(False)
+    calls: list[tuple[bool, bool]] = []
+    values = rl.sequence_values
+
+    def counting(m, *args, **kwargs):  # noqa: ANN001
+        calls.append((m is model, torch.is_grad_enabled()))
+        return values(m, *args, **kwargs)
+
+    monkeypatch.setattr(rl, "sequence_values", counting)
+    cfg = RLConfig(micro_batch_tokens=1 << 20, mini_batches=2, tis_cap=2.0, kl_coef=0.1, kl_in_reward=True,
+                   advantage="reinforce_pp")
+    knobs = Knobs(difficulty={}, max_new_tokens=16, group_size=4, temperature=1.0, lr=1e-3, stage=0)
+    stats = rl.update_policy(model, ref, torch.optim.AdamW(model.parameters(), lr=1e-3), batch, cfg, knobs,
+                             torch.device("cpu"), True, 0, 0, engine_shares_weights=False)
+    assert calls.count((True, False)) == 1  # the current policy before the update: once, for TIS, KL and old lp
+    assert calls.count((False, False)) == 1  # the reference
+    assert calls.count((True, True)) == 2  # one training forward per mini-batch
+    assert "actor/reward_kl" in stats and "rollout/tis_weight_mean" in stats

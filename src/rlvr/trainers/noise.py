@@ -166,9 +166,10 @@ def rl_group_gradients(policy: torch.nn.Module, engine: Any, tokenizer: Any, tas
         totals["correct"] += sum(batch.correct)
         totals["truncated"] += sum(r == "length" for r in batch.finish_reasons)
         totals["tokens"] += sum(len(c) for c in batch.completion_ids)
-        # no reference model: no KL term; one group per mini-batch
+        # no reference model: no KL term; one group per mini-batch; `engine` runs `policy` (and
+        # `record` never reads old log-probs)
         rl.update_policy(policy, None, never_stepped, batch, dataclasses.replace(one_epoch, mini_batches=len(keep)),
-                         knobs, device, packed, step, seed, step_fn=record)
+                         knobs, device, packed, step, seed, step_fn=record, engine_shares_weights=True)
         yield from out
         out.clear()
         step += 1

@@ -261,6 +261,10 @@ def run(config: RunConfig) -> dict[str, Any]:
     n_params = sum(p.numel() for p in policy.model.parameters())
     log(f"model: {policy.path} ({n_params / 1e6:.2f}M parameters, {'native' if policy.packed else 'transformers'})")
     eos_ids = eos_token_ids(policy.tokenizer)
+    if config.critic.enabled and config.critic.path:  # refused before any work, not after SFT
+        from rlvr.trainers.critic import check_critic_dir
+
+        check_critic_dir(config.critic.path, policy.model.config)
     from rlvr.trainers.budget import budget_lines
 
     lines, warning = budget_lines(config, policy.tokenizer)
@@ -297,6 +301,12 @@ def run(config: RunConfig) -> dict[str, Any]:
     if config.rl.enabled and config.rl.steps > 0:
         pool = ProblemPool(training_source(config, task, banned), seed=config.seed)
         train_engine, learner, closers = training_engine(config, policy, engine, eos_ids, decode_dtype)
+        critic = None
+        if config.critic.enabled:
+            from rlvr.trainers.critic import build_critic
+
+            critic = build_critic(config.critic, policy.model, policy.packed, device, config.model.impl,
+                                  config.model.dtype, config.seed)
         try:
             rl_summary = train_rl(policy.model, policy.tokenizer, train_engine, task, pool, prompt_cache, config.rl,
                                   run_dir=run_dir, logger=logger, device=device, packed=policy.packed,
@@ -304,7 +314,7 @@ def run(config: RunConfig) -> dict[str, Any]:
                                   checkpoint=config.checkpoint, logging=config.logging,
                                   engine_shares_weights=train_engine is engine, learner=learner,
                                   eval_fn=curve_eval(engine, policy, task, held_out, config),
-                                  eval_every=config.eval.every)
+                                  eval_every=config.eval.every, critic=critic)
         finally:
             for close in closers:
                 close()

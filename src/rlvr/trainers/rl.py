@@ -5,10 +5,12 @@
                -> log -> eval -> checkpoint
 
 Differences from the papers, stated once: the reward of a completion is whatever the task's
-reward scheme (plus optional length shaping) returns; old log-probs come from the rollout engine
-when the same weights produced them (CPU, shared module) and are recomputed by the learner
-otherwise; with one optimizer step per batch the PPO ratio is exactly 1 and old log-probs are the
-detached current ones, as in verl.
+reward scheme (plus optional length shaping) returns; with several optimizer steps per batch, old
+log-probs come from the rollout engine when it ran the learner's own module (CPU,
+engine_shares_weights) and are recomputed by the learner otherwise (as verl does), and whenever
+the learner computes its current log-probs anyway (rl.tis_cap, rl.kl_in_reward); with one
+optimizer step per batch the PPO ratio is exactly 1 and old log-probs are the detached current
+ones, as in verl. PPO with a critic (rl.advantage=gae): rlvr.trainers.critic.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -45,6 +47,9 @@ from rlvr.trainers.common import (
     token_entropy,
     token_logprobs,
 )
+
+if TYPE_CHECKING:
+    from rlvr.trainers.critic import Critic
 
 
 class ProblemPool:
@@ -313,8 +318,19 @@ def training_rewards(batch: RolloutBatch, cfg: RLConfig, seed: int, step: int) -
 
 def update_policy(policy: torch.nn.Module, ref: torch.nn.Module | None, optimizer: torch.optim.Optimizer,
                   batch: RolloutBatch, cfg: RLConfig, knobs: Knobs, device: torch.device, packed: bool,
-                  step: int, seed: int, step_fn: Callable[..., dict[str, float]] | None = None) -> dict[str, float]:
-    """Advantages, then ppo_epochs x mini_batches optimizer steps. Returns update metrics."""
+                  step: int, seed: int, step_fn: Callable[..., dict[str, float]] | None = None, *,
+                  engine_shares_weights: bool = False, critic: Critic | None = None,
+                  update_actor: bool = True) -> dict[str, float]:
+    """Advantages, then ppo_epochs x mini_batches optimizer steps. Returns update metrics.
+
+    engine_shares_weights: the engine's log-probs are the learner's own (the engine runs this
+    module), so with several optimizer steps they serve as old log-probs; otherwise the learner
+    recomputes them before its first update. critic: GAE advantages from its values, and its own
+    update (rlvr.trainers.critic); update_actor=False (critic warm-up) leaves the policy as it is.
+    actor/logprob_mismatch is the mean |learner - engine| log-prob per token before the first
+    update: over the whole batch when the learner computed its log-probs, else over the loss tokens
+    of the first optimizer step (left out when that step has none, or with one optimizer step).
+    """
     B = len(batch)
     width = max(len(c) for c in batch.completion_ids)
     lengths = torch.tensor([len(c) for c in batch.completion_ids])
@@ -324,38 +340,50 @@ def update_policy(policy: torch.nn.Module, ref: torch.nn.Module | None, optimize
     n_updates = cfg.ppo_epochs * cfg.mini_batches
     stats: dict[str, float] = {}
 
-    need_old = n_updates > 1
+    need_old = n_updates > 1 and update_actor
     ref_lp = None
     with torch.no_grad():
         if ref is not None:
             ref_lp, _ = sequence_values(ref, batch, range(B), width, knobs.temperature, device, packed,
                                         cfg.micro_batch_tokens, autocast=cfg.autocast)
             ref_lp = ref_lp.cpu()
-    old_lp = padded(batch.engine_logprobs, width) if need_old else None
-    if cfg.tis_cap is not None:
-        from rlvr.rollout.partial import logprob_mismatch, truncated_importance_weights
-
+    behaviour = padded(batch.engine_logprobs, width)
+    cur = None  # the learner's log-probs before this update, computed once for all their uses
+    if cfg.tis_cap is not None or (cfg.kl_in_reward and ref_lp is not None) or (need_old and not engine_shares_weights):
         with torch.no_grad():
             cur, _ = sequence_values(policy, batch, range(B), width, knobs.temperature, device, packed,
                                      cfg.micro_batch_tokens, autocast=cfg.autocast)
-        behaviour = padded(batch.engine_logprobs, width)
-        tis_weights, tis_stats = truncated_importance_weights(cur.cpu(), behaviour, mask, cfg.tis_cap)
+        cur = cur.cpu()
+        stats["actor/logprob_mismatch"] = float(((cur - behaviour).abs() * mask).sum() / mask.sum().clamp(min=1))
+    # old log-probs: the learner's own when computed (the proximal policy with tis_cap), else the engine's
+    old_lp = (cur if cur is not None else behaviour) if need_old else None
+    if cfg.tis_cap is not None:
+        from rlvr.rollout.partial import logprob_mismatch, truncated_importance_weights
+
+        assert cur is not None
+        tis_weights, tis_stats = truncated_importance_weights(cur, behaviour, mask, cfg.tis_cap)
         stats.update(tis_stats)
-        stats.update(logprob_mismatch(cur.cpu(), behaviour, mask))
-        old_lp = cur.cpu() if need_old else None  # proximal policy: the learner before this update
+        stats.update(logprob_mismatch(cur, behaviour, mask))
 
     adv_options = dict(cfg.advantage_options)
     if cfg.kl_in_reward and ref_lp is not None:
-        with torch.no_grad():
-            cur, _ = sequence_values(policy, batch, range(B), width, knobs.temperature, device, packed,
-                                        cfg.micro_batch_tokens, autocast=cfg.autocast)
-        kl = algorithms.kl_penalty(cur.cpu(), ref_lp, cfg.kl_kind) * mask
+        assert cur is not None
+        kl = algorithms.kl_penalty(cur, ref_lp, cfg.kl_kind) * mask
         stats["actor/reward_kl"] = float((kl.sum() / mask.sum().clamp(min=1)).item())
-        if cfg.advantage == "reinforce_pp":
+        if cfg.advantage in ("reinforce_pp", "gae"):
             adv_options.update(kl=kl, kl_coef=cfg.kl_coef)
         else:
             rewards = rewards - cfg.kl_coef * kl.sum(-1)
-    advantages = algorithms.compute_advantages(cfg.advantage, rewards, group_ids, mask, **adv_options)
+    if critic is not None:
+        old_values = critic.values(batch, width, device, cfg)
+        advantages, returns = algorithms.gae_advantages_returns(rewards, mask, old_values, **adv_options)
+        advantages = advantages.float()
+        from rlvr.trainers.critic import value_statistics
+
+        stats.update(value_statistics(old_values, returns, mask))
+        stats.update(critic.update(batch, old_values, returns.float(), mask, cfg, device, step, seed))
+    else:
+        advantages = algorithms.compute_advantages(cfg.advantage, rewards, group_ids, mask, **adv_options)
     if cfg.tis_cap is not None:
         advantages = advantages * tis_weights
     loss_mask = mask.clone()
@@ -366,7 +394,8 @@ def update_policy(policy: torch.nn.Module, ref: torch.nn.Module | None, optimize
     rng = np.random.default_rng([seed, step, 17])
     sums: dict[str, float] = {}
     counts: dict[str, int] = {}  # a statistic is the mean over the optimizer steps that report it
-    for epoch in range(cfg.ppo_epochs):
+    first_step = True
+    for epoch in range(cfg.ppo_epochs if update_actor else 0):
         order = rng.permutation(len(groups)) if epoch > 0 or cfg.mini_batches > 1 else np.arange(len(groups))
         per_mb = math.ceil(len(groups) / cfg.mini_batches)
         for m in range(cfg.mini_batches):
@@ -376,6 +405,14 @@ def update_policy(policy: torch.nn.Module, ref: torch.nn.Module | None, optimize
                 continue
             mb_stats = (step_fn or minibatch_step)(policy, optimizer, batch, index, width, advantages, loss_mask,
                                       old_lp, ref_lp, cfg, knobs, device, packed)
+            # Each step's |new - old| after the first includes the policy's own movement: only the
+            # first, at the weights the engine sampled from, measures the learner/engine mismatch.
+            mismatch = mb_stats.pop("actor/logprob_mismatch", None)
+            if first_step and cur is None and old_lp is not None and mismatch is not None:
+                active = gradient_rows(index, advantages, loss_mask, cfg, ref_lp)
+                if float(loss_mask[active].sum()) > 0:
+                    stats["actor/logprob_mismatch"] = mismatch
+            first_step = False
             for k, v in mb_stats.items():
                 sums[k] = sums.get(k, 0.0) + v
                 counts[k] = counts.get(k, 0) + 1
@@ -588,7 +625,7 @@ def curve_point(logger: MetricsLogger, eval_fn: Callable[[int], dict[str, float]
     return time.perf_counter() - t0
 
 
-def train_rl(
+def train_rl(  # noqa: C901 - one loop; an optional learner, reference and critic each add branches
     policy: torch.nn.Module,
     tokenizer: Any,
     engine: RolloutEngine,
@@ -610,13 +647,17 @@ def train_rl(
     learner: Any = None,
     eval_fn: Callable[[int], dict[str, float]] | None = None,
     eval_every: int = 0,
+    critic: Critic | None = None,
 ) -> dict[str, Any]:
     """Run cfg.steps RL steps (resuming from the newest checkpoint); returns a summary dict.
 
     eval_fn(done) -> metrics, with eval_every > 0: the learning curve, logged as rows of phase
     "rl_eval" whose step is the number of RL steps done: before the first step, after every
     eval_every-th and after the last.
+    critic: PPO's value model (rlvr.trainers.critic.build_critic), checkpointed with the actor.
     """
+    if critic is not None and learner is not None:
+        raise ValueError("train_rl: the data-parallel learner has no critic; run the update in the driver")
     run_dir = Path(run_dir)
     stage_dir = run_dir / "checkpoints" / "rl"
     ref = copy.deepcopy(policy).eval().requires_grad_(False) if cfg.kl_coef > 0 else None
@@ -631,6 +672,11 @@ def train_rl(
             learner.load_state(policy.state_dict(), state.get("learner_optimizers"))
         if ref is not None and "reference" in state:
             ref.load_state_dict(state["reference"])
+        if critic is not None:
+            if "critic" not in state:
+                raise ckpt.CheckpointError(f"checkpoint {latest} has no critic state (written by a run without "
+                                           "critic.enabled); use a fresh out_dir")
+            critic.load_state_dict(state["critic"])
         start_step, best, low_streak = state["step"], state["best_accuracy"], state["low_streak"]
         logger.truncate_after("rl", start_step - 1)
         if not engine_shares_weights:
@@ -658,7 +704,10 @@ def train_rl(
                 metrics.update(learner.update(batch, cfg, knobs, step, seed))
                 policy.load_state_dict(learner.state_dict())
             else:
-                metrics.update(update_policy(policy, ref, optimizer, batch, cfg, knobs, device, packed, step, seed))
+                update_actor = critic is None or step >= critic.cfg.warmup_steps
+                metrics.update(update_policy(policy, ref, optimizer, batch, cfg, knobs, device, packed, step, seed,
+                                             engine_shares_weights=engine_shares_weights, critic=critic,
+                                             update_actor=update_actor))
         policy.eval()
         t_update = time.perf_counter() - t0
         t0 = time.perf_counter()
@@ -689,6 +738,8 @@ def train_rl(
                 state["learner_optimizers"] = learner.optimizer_state_dicts()
             if ref is not None:
                 state["reference"] = ref.state_dict()
+            if critic is not None:
+                state["critic"] = critic.state_dict()
             ckpt.save_checkpoint(stage_dir, done, policy, tokenizer, state, checkpoint.keep_last)
         if collapsed:
             stopped_early = done

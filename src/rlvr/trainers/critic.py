@@ -1,0 +1,219 @@
+"""PPO's value model (critic) for rl.advantage=gae.
+
+The critic is a causal LM whose LM head is replaced by a linear value head (hidden -> 1): a copy
+of the policy when RL starts (its SFT weights, as verl and OpenRLHF start the critic from the
+actor) or the model of `critic.path`. Its value for completion position t is read where the LM
+would predict completion token t, i.e. V(prompt + completion[:t]), the state before that token;
+with the outcome reward on the last token and gamma = lam = 1 the GAE advantage of every token is
+R - V_t and the value target (the return) is R.
+
+One RL step with a critic (rl.update_policy):
+    old values V = critic.values(batch)                       no grad, (B, T)
+    advantages, returns = algorithms.gae_advantages_returns(rewards, mask, V, gamma, lam, kl)
+    critic.update(...): ppo_epochs x mini_batches AdamW steps on algorithms.value_loss(V_new, V,
+                        returns, mask, clip=critic.value_clip), token-mean over each mini-batch
+    the actor's steps as without a critic (none during critic.warmup_steps)
+
+Metrics (verl's names): critic/vf_loss, critic/vf_clipfrac, critic/vpred_mean, critic/grad_norm,
+critic/lr, critic/skipped_updates from the update; critic/values/mean, critic/returns/mean and
+critic/vf_explained_var (1 - Var(R - V) / Var(R) over the batch's tokens, of the values predicted
+before the critic trained on the batch) from value_statistics.
+
+The critic lives in the driver process; the data-parallel learner (rlvr.distributed) has none,
+and the config refuses that combination.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from rlvr import algorithms
+from rlvr.config import ConfigError, CriticConfig, RLConfig
+from rlvr.trainers.common import autocast_context, micro_batches
+from rlvr.trainers.rl import RolloutBatch, _grouped, _grouped_forward, _whole_forward, forward_lengths
+
+
+def value_model(lm: nn.Module, seed: int) -> nn.Module:
+    """A copy of causal LM `lm` whose lm_head is a fresh linear value head (hidden -> 1).
+
+    The head's weights are N(0, 1 / (hidden + 1)) from a generator seeded with `seed` (no global
+    RNG is drawn, so building a critic does not shift any other random stream), its bias 0. The
+    LM's forward and completion_logits then return values (.., 1) where they returned logits.
+    """
+    if not isinstance(getattr(lm, "lm_head", None), nn.Linear):
+        raise ConfigError(f"critic: {type(lm).__name__} has no linear lm_head to replace by a value head")
+    model = copy.deepcopy(lm)
+    old_head = model.lm_head
+    hidden = old_head.in_features
+    param = old_head.weight
+    head = nn.Linear(hidden, 1, bias=True, device=param.device, dtype=param.dtype)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        head.weight.copy_(torch.randn((1, hidden), generator=generator) / (hidden + 1))
+        head.bias.zero_()
+    model.lm_head = head  # unties it from the embedding, if it was tied
+    return model.requires_grad_(True)
+
+
+def check_critic_dir(path: str, policy_config: Any) -> Path:
+    """The directory of critic.path, refused (ConfigError) unless it is an HF model directory whose
+    vocabulary size is the policy's: the critic reads the policy's token ids."""
+    import json
+
+    directory = Path(path)
+    config_file = directory / "config.json"
+    if not config_file.is_file():
+        raise ConfigError(f"config key critic.path: {directory} is not an HF model directory (no config.json)")
+    vocab = json.loads(config_file.read_text()).get("vocab_size")
+    want = getattr(policy_config, "vocab_size", None)
+    if want is not None and vocab != want:
+        raise ConfigError(f"config key critic.path: {directory} has vocab_size {vocab}, the policy {want}; the "
+                          "critic must read the policy's tokens")
+    return directory
+
+
+def sequence_values(model: nn.Module, batch: RolloutBatch, index: Sequence[int], width: int, device: torch.device,
+                    packed: bool, token_budget: int, autocast: str = "none") -> torch.Tensor:
+    """Values (len(index), width) float32 of the completions of sequences `index`, 0 on padding.
+
+    The same forward as the policy's log-probs (rl.sequence_values: prompts shared within a
+    micro-batch on rlvr's native model), with the value head's output in place of log-probs.
+    Differentiable when called with grad enabled.
+    """
+    index = list(index)
+    out = torch.zeros((len(index), width), device=device)
+    forward = _grouped_forward if _grouped(model, packed) else _whole_forward
+    for mb in micro_batches(forward_lengths(model, batch, index, packed), token_budget):
+        with autocast_context(device, autocast):
+            head, _, place = forward(model, batch, [index[k] for k in mb], width, device, packed)
+        out[mb] = place(head[..., 0].float())
+    return out
+
+
+def value_statistics(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
+    """critic/values/mean, critic/returns/mean and critic/vf_explained_var over the valid tokens.
+
+    Explained variance 1 - Var(R - V) / Var(R): 1 when the values predict the returns exactly, 0
+    for a constant prediction at their mean, negative for worse; left out when the returns do not
+    vary (nothing to explain).
+    """
+    valid = mask.bool()
+    v, r = values[valid].double(), returns[valid].double()
+    if v.numel() == 0:
+        return {}
+    out = {"critic/values/mean": float(v.mean()), "critic/returns/mean": float(r.mean())}
+    var = float(r.var(unbiased=False)) if r.numel() > 1 else 0.0
+    if var > 0:
+        out["critic/vf_explained_var"] = 1.0 - float((r - v).var(unbiased=False)) / var
+    return out
+
+
+def mini_batch_indices(batch: RolloutBatch, ppo_epochs: int, mini_batches: int,
+                       rng: np.random.Generator) -> Iterator[list[int]]:
+    """Sequence indices of each optimizer step: whole groups, split as rl.update_policy splits them."""
+    groups = sorted(set(batch.group_ids))
+    per_mb = math.ceil(len(groups) / mini_batches)
+    for epoch in range(ppo_epochs):
+        order = rng.permutation(len(groups)) if epoch > 0 or mini_batches > 1 else np.arange(len(groups))
+        for m in range(mini_batches):
+            chosen = {groups[i] for i in order[m * per_mb : (m + 1) * per_mb]}
+            index = [i for i in range(len(batch)) if batch.group_ids[i] in chosen]
+            if index:
+                yield index
+
+
+class Critic:
+    """The value model with its own AdamW (see the module docstring)."""
+
+    def __init__(self, model: nn.Module, cfg: CriticConfig, packed: bool) -> None:
+        self.model, self.cfg, self.packed = model, cfg, packed
+        self.optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.99),
+                                           weight_decay=cfg.weight_decay)
+
+    def values(self, batch: RolloutBatch, width: int, device: torch.device, rl_cfg: RLConfig) -> torch.Tensor:
+        """The values (B, width) of every sequence of `batch` at the current weights, no grad, on CPU."""
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.no_grad():
+                return sequence_values(self.model, batch, range(len(batch)), width, device, self.packed,
+                                       rl_cfg.micro_batch_tokens, rl_cfg.autocast).cpu()
+        finally:
+            self.model.train(was_training)
+
+    def update(self, batch: RolloutBatch, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor,
+               rl_cfg: RLConfig, device: torch.device, step: int, seed: int) -> dict[str, float]:
+        """rl.ppo_epochs x rl.mini_batches critic steps on the batch; returns their mean metrics."""
+        rng = np.random.default_rng([seed, step, 23])
+        sums: dict[str, float] = {}
+        counts: dict[str, int] = {}
+        self.model.train()
+        for index in mini_batch_indices(batch, rl_cfg.ppo_epochs, rl_cfg.mini_batches, rng):
+            for k, v in self._step(batch, index, old_values, returns, mask, rl_cfg, device).items():
+                sums[k] = sums.get(k, 0.0) + v
+                counts[k] = counts.get(k, 0) + 1
+        self.model.eval()
+        return {k: v / counts[k] for k, v in sums.items()}
+
+    def _step(self, batch: RolloutBatch, index: list[int], old_values: torch.Tensor, returns: torch.Tensor,
+              mask: torch.Tensor, rl_cfg: RLConfig, device: torch.device) -> dict[str, float]:
+        """One AdamW step on the token-mean value loss of sequences `index`, over micro-batches."""
+        cfg = self.cfg
+        for group in self.optimizer.param_groups:
+            group["lr"] = cfg.lr
+        width = mask.shape[1]
+        total = float(mask[index].sum())
+        sums = {"critic/vf_loss": 0.0, "critic/vf_clipfrac": 0.0, "critic/vpred_mean": 0.0}
+        for mb in micro_batches(forward_lengths(self.model, batch, index, self.packed), rl_cfg.micro_batch_tokens):
+            rows = [index[k] for k in mb]
+            new = sequence_values(self.model, batch, rows, width, device, self.packed, 1 << 62, rl_cfg.autocast)
+            m = mask[rows].to(device)
+            loss, stats = algorithms.value_loss(new, old_values[rows].to(device), returns[rows].to(device), m,
+                                                clip=cfg.value_clip)
+            if not torch.isfinite(loss):
+                self.optimizer.zero_grad(set_to_none=True)
+                return {"critic/skipped_updates": 1.0, "critic/lr": cfg.lr}
+            weight = float(m.sum()) / max(total, 1.0)  # token-mean over the mini-batch
+            (loss * weight).backward()
+            sums["critic/vf_loss"] += weight * float(loss.detach())
+            sums["critic/vf_clipfrac"] += weight * float(stats["vf_clipfrac"])
+            sums["critic/vpred_mean"] += weight * float(stats["vpred_mean"])
+        for p in self.model.parameters():  # a parameter without a gradient steps as on a zero one
+            if p.requires_grad and p.grad is None:
+                p.grad = torch.zeros_like(p)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip or float("inf"))
+        skipped = 0.0
+        if torch.isfinite(grad_norm):
+            self.optimizer.step()
+        else:
+            skipped = 1.0
+        self.optimizer.zero_grad(set_to_none=True)
+        return {**sums, "critic/grad_norm": float(grad_norm), "critic/lr": cfg.lr, "critic/skipped_updates": skipped}
+
+    def state_dict(self) -> dict[str, Any]:
+        """Weights and optimizer state, for the RL checkpoint's trainer_state.pt."""
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+
+
+def build_critic(cfg: CriticConfig, policy: nn.Module, packed: bool, device: torch.device, impl: str,
+                 dtype: str, seed: int) -> Critic:
+    """The critic of a run: from critic.path when set (loaded like the policy), else from `policy`."""
+    lm, lm_packed = policy, packed
+    if cfg.path:
+        from rlvr.trainers.pipeline import load_policy
+
+        loaded = load_policy(check_critic_dir(cfg.path, getattr(policy, "config", None)), impl, dtype, device)
+        lm, lm_packed = loaded.model, loaded.packed
+    return Critic(value_model(lm, seed + 30_011), cfg, lm_packed)
