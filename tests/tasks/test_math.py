@@ -25,6 +25,7 @@ from rlvr.tasks.math import (
     PROMPT_SUFFIX,
     MathTask,
     answer_part,
+    final_boxes,
     guard,
     last_boxed,
     quick_verdict,
@@ -53,6 +54,24 @@ def test_answer_part_prefers_the_last_answer_block_then_after_think_then_all() -
     assert answer_part("<think>a</think><answer>1</answer> x <answer> 2 </answer>") == "2"
     assert answer_part("<think>\\boxed{1}</think> so \\boxed{2}") == "so \\boxed{2}"
     assert answer_part("just \\boxed{3}") == "just \\boxed{3}"
+
+
+def test_an_answer_block_that_does_not_parse_extracts_nothing() -> None:
+    assert answer_part("<think>a</think><answer>\\boxed{5}</answer><answer>\\boxed{6") is None
+    assert answer_part("<think>I get 5</think><answer> 5") is None
+    assert answer_part("<think>a</think> 5 </answer>") is None
+
+
+def test_final_boxes_are_the_last_run_of_complete_boxes_and_none_when_one_never_closes() -> None:
+    assert final_boxes("no box") == []
+    assert final_boxes("so \\boxed{12 - 5") is None
+    assert final_boxes("\\boxed{7} wait, actually \\boxed{12 - 5") is None
+    assert final_boxes("\\boxed{3}. Wait, that is wrong: \\boxed{5}") == ["5"]
+    assert final_boxes("the roots are $\\boxed{-2}$ and $\\boxed{1}$.") == ["-2", "1"]
+    assert final_boxes("x = \\boxed{-1} \\text{ or } x = \\boxed{4}") == ["-1", "4"]
+    assert final_boxes("\\boxed{5}, \\boxed{5}") == ["5"]
+    assert final_boxes("\\boxed{\\boxed{5}}") == ["\\boxed{5}"]
+    assert final_boxes("\\boxed{\\{1, 2\\}}") == ["\\{1, 2\\}"]
 
 
 def test_last_boxed_takes_the_last_complete_box_with_nested_braces() -> None:
@@ -127,7 +146,11 @@ def test_guard_flags_costly_inputs_only(candidate: str, reason: str | None) -> N
         ("5", "The answer is 6.", False),
         ("5", "", False),
         ("5", "\\boxed{}", False),
-        ("5", "\\boxed{1} or \\boxed{5}", True),  # the last box is graded
+        ("5", "\\boxed{1} or \\boxed{5}", False),  # a hedge: boxes joined by "or" are the set {1, 5}
+        ("\\{1,5\\}", "\\boxed{1} or \\boxed{5}", True),
+        ("(3,4)", "\\boxed{3}, \\boxed{4}", True),  # a tuple written as several boxes
+        ("(3,4)", "\\boxed{4}, \\boxed{3}", False),
+        ("5", "\\boxed{3}. Wait, that is wrong; it is \\boxed{5}.", True),  # prose between: the last box
         ("5", "\\boxed{5} or \\boxed{1}", False),
     ],
 )
@@ -137,6 +160,22 @@ def test_grading(task: MathTask, gold_answer: str, answer: str, correct: bool) -
     assert score.format_ok is True
     assert score.reward == (1.0 if correct else 0.0)
     assert score.parts == {"answer": float(correct), "format": 1.0, "timeout": 0.0}
+
+
+@pytest.mark.parametrize(
+    ("gold_answer", "completion"),
+    [
+        ("5", "\\boxed{12 - 5"),  # math-verify alone takes the trailing 5
+        ("7", "\\boxed{7} wait, actually \\boxed{12 - 5"),  # no fallback to an earlier box either
+        ("5", "<think>a</think><answer>\\boxed{12 - 5</answer>"),
+        ("5", "<think>a</think><answer>\\boxed{5}</answer><answer>\\boxed{6"),  # an unclosed last block
+        ("5", "<think>so 5</think> 5 </answer>"),  # a closing tag without an opening one
+    ],
+)
+def test_an_answer_that_does_not_parse_is_wrong_never_the_surrounding_text(gold_answer: str, completion: str) -> None:
+    for scheme in ("default", "answer_only"):
+        score = MathTask(reward_scheme=scheme).score(completion, gold(gold_answer))
+        assert (score.correct, score.reward, score.extracted) == (False, 0.0, None)
 
 
 def test_gold_goes_first_math_verify_is_not_symmetric(task: MathTask) -> None:

@@ -13,8 +13,13 @@ Which text is graded (decided here; DeepScaleR's grader uses the text after </th
   1. the answer part: the last <answer> ... </answer> block; without one, the text after the last
      </think>; without that, the whole completion (so `correct` means something for models
      that ignore the tags; the default reward still requires the format);
-  2. inside it, the last complete \\boxed{...} (or \\fbox{...}); without one, the answer part
-     itself is a bare answer, accepted where math-verify extracts one (e.g. "x = 5", "0.5").
+  2. inside it, the last complete \\boxed{...} (or \\fbox{...}) with the boxes just before it that
+     only spacing, punctuation, "and"/"or" or "x =" separate from it (a set or tuple written as
+     several boxes; a hedge "\\boxed{1} or \\boxed{5}" is graded as both values); without a box,
+     the answer part itself is a bare answer, accepted where math-verify extracts one ("x = 5").
+  An answer block or box that exists but does not parse extracts nothing (wrong, reward 0),
+  never the surrounding text: a \\boxed{ that never closes, an <answer> after the last
+  </answer>, a </answer> without an <answer> before it.
 
 How it is graded, cheapest first:
   1. exact match after a conservative normalisation (spaces, \\left/\\right, \\dfrac, $...$,
@@ -67,17 +72,22 @@ _TAGS = ("<think>", "</think>", "<answer>", "</answer>")
 
 # -- extraction ---------------------------------------------------------------------------------
 
-def answer_part(text: str) -> str:
+def answer_part(text: str) -> str | None:
     """The graded region: last <answer> block, else the text after the last </think>, else all.
 
     The block is the text between the last "</answer>" and the last "<answer>" before it
-    (found with rfind, linear even on adversarial text).
+    (found with rfind, linear even on adversarial text). An answer block that exists but does
+    not parse gives None (nothing extracted), never the surrounding text: an "<answer>" after the
+    last "</answer>" (an unclosed block) or a "</answer>" without an "<answer>" before it.
     """
     close = text.rfind("</answer>")
+    if text.rfind("<answer>") > close:
+        return None  # the last block never closes
     if close >= 0:
         open_ = text.rfind("<answer>", 0, close)
-        if open_ >= 0:
-            return text[open_ + len("<answer>") : close].strip()
+        if open_ < 0:
+            return None  # a closing tag without an opening one
+        return text[open_ + len("<answer>") : close].strip()
     think_end = text.rfind("</think>")
     if think_end >= 0:
         return text[think_end + len("</think>") :].strip()
@@ -104,6 +114,59 @@ def last_boxed(text: str) -> str | None:
             if start in box_opens:
                 best = (start + 1, match.start())
     return None if best is None else text[best[0] : best[1]].strip()
+
+
+# Text allowed between the boxes of one multi-box answer ("\\boxed{-1} or \\boxed{4}",
+# "$x = \\boxed{3}$, $y = \\boxed{5}$"): spacing, punctuation, math delimiters, and/or, "x =".
+_MAX_GAP = 80
+_BOX_GAP = re.compile(
+    r"(?:\s|[,;.&$]|\\[,;:! ()\[\]]|\\q?quad|\\text\{\s*(?:and|or|,)?\s*\}|\b(?:and|or)\b|[A-Za-z]\s*=)*"
+)
+
+
+def final_boxes(text: str) -> list[str] | None:
+    """Contents of the final answer's boxes: [] without a box, None when a box never closes.
+
+    The final answer is the last top-level complete \\boxed{...} (or \\fbox{...}) together with
+    the boxes before it that only spacing, punctuation, "and"/"or" or "x =" separate from it: a set
+    or tuple written as several boxes ("\\boxed{-2} and \\boxed{1}", also a hedge "\\boxed{1} or
+    \\boxed{5}", which is graded as the two values, not as the last one). A box that opens and never
+    closes means nothing was extracted: None, never a fallback to the surrounding text. Linear
+    apart from sorting the boxes.
+    """
+    opens = {m.end() - 1: m.start() for m in _BOX_OPEN.finditer(text)}  # brace -> backslash
+    if not opens:
+        return []
+    stack: list[int] = []
+    complete: list[tuple[int, int, int, int]] = []  # (box start, content start, content end, box end)
+    for match in _BRACE.finditer(text):
+        token = match.group()
+        if token == "{":
+            stack.append(match.start())
+        elif token == "}" and stack:
+            start = stack.pop()
+            if start in opens:
+                complete.append((opens[start], start + 1, match.start(), match.end()))
+    if len(complete) < len(opens):
+        return None  # a box that never closes
+    top: list[tuple[int, int, int, int]] = []
+    for box in sorted(complete):
+        if not top or box[0] >= top[-1][3]:
+            top.append(box)  # not inside the previous top-level box
+    first = len(top) - 1
+    while first > 0 and _joined(text, top[first - 1][3], top[first][0]):
+        first -= 1
+    contents: list[str] = []
+    for box in top[first:]:
+        content = text[box[1] : box[2]].strip()
+        if content not in contents:
+            contents.append(content)
+    return contents
+
+
+def _joined(text: str, start: int, end: int) -> bool:
+    # Bounded: the gap regex backtracks quadratically on long runs of spaces after a letter.
+    return end - start <= _MAX_GAP and _BOX_GAP.fullmatch(text, start, end) is not None
 
 
 _SPACING = re.compile(r"\\left|\\right|\\displaystyle|\\[,;:! ]|\s+")
@@ -362,9 +425,12 @@ class MathTask:
         text = self.response_prefix + completion
         format_ok = _format_ok(completion, self.response_prefix)
         part = answer_part(text)
-        boxed = last_boxed(part)
-        candidate = boxed if boxed is not None else part
-        correct, timed_out, failed, extracted = self._judge(str(example.answer), candidate, boxed is not None)
+        boxes = final_boxes(part) if part is not None else None
+        if part is None or boxes is None:  # an answer block or box that does not parse: no answer
+            correct, timed_out, failed, extracted = False, False, False, None
+        else:
+            candidate = ", ".join(boxes) if boxes else part
+            correct, timed_out, failed, extracted = self._judge(str(example.answer), candidate, bool(boxes))
         if self.reward_scheme == "default":
             reward = 1.0 if correct and format_ok else 0.0
         else:
