@@ -13,23 +13,35 @@ Which text is graded (decided here; DeepScaleR's grader uses the text after </th
   1. the answer part: the last <answer> ... </answer> block; without one, the text after the last
      </think>; without that, the whole completion (so `correct` means something for models
      that ignore the tags; the default reward still requires the format);
-  2. inside it, the last complete \\boxed{...} (or \\fbox{...}); without one, the answer part
-     itself is a bare answer, accepted where math-verify extracts one (e.g. "x = 5", "0.5").
+  2. inside it, the last complete \\boxed{...} (or \\fbox{...}) with the boxes just before it that
+     only spacing, punctuation, "and"/"or" or "x =" separate from it (a set or tuple written as
+     several boxes; a hedge "\\boxed{1} or \\boxed{5}" is graded as both values); without a box,
+     the answer part itself is a bare answer, accepted where math-verify extracts one ("x = 5").
+  An answer block or box that exists but does not parse extracts nothing (wrong, reward 0),
+  never the surrounding text: a \\boxed{ that never closes, an <answer> after the last
+  </answer>, a </answer> without an <answer> before it.
 
-How it is graded, cheapest first:
-  1. exact match after a conservative normalisation (spaces, \\left/\\right, \\dfrac, $...$,
+How it is graded, cheapest first (both sides first pass through canonical(): an approximation
+after \\approx, currency signs, trailing unit words and Python's ** are dropped):
+  1. a multiple-choice gold (a letter A-J, "(C)", "\\textbf{(C)}"): correct iff the candidate
+     names the same letter (choice_letter: wrappers dropped, case-sensitive, one letter only);
+  2. exact match after a conservative normalisation (spaces, \\left/\\right, \\dfrac, $...$,
      TeX shorthand \\frac12 -> \\frac{1}{2}): correct;
-  2. both sides plain numbers (integer, decimal, a/b, \\frac{a}{b}): equal -> correct; unequal
-     without decimals, or decimals more than 1e-5 apart -> wrong (math-verify would say the same:
-     it compares rationals exactly and decimals rounded to 6 places);
-  3. guards judged in-process as wrong: an answer longer than max_answer_chars, brackets nested
+  3. both sides plain numbers (integer, decimal, a/b, \\frac{a}{b}, mixed 3\\frac{1}{2}), or tuples
+     of them with the same brackets: decided here at the precision the answer implies
+     (numbers_agree: a 2+-place decimal gold is met by an exact value that rounds to it; an exact
+     gold by a decimal of 3+ significant digits that it rounds to; otherwise equal values only);
+  4. guards judged in-process as wrong: an answer longer than max_answer_chars, brackets nested
      deeper than 32, numeric power towers or powers/factorials with over ~10^5 digits;
-  4. otherwise math-verify (`verify(gold, pred)`, gold first: it is not symmetric) in a worker
-     process (rlvr.tasks._timeout) with a deadline of timeout_seconds; a miss kills the worker
-     and scores wrong with parts["timeout"] = 1.
+  5. otherwise math-verify (`verify(gold, pred)`, gold first, relations compared with sets so
+     x > 3 meets (3, \\infty)) in a worker process (rlvr.tasks._timeout) with a deadline of
+     timeout_seconds; a miss kills the worker and scores wrong with parts["timeout"] = 1. Against
+     a 2+-place decimal gold an exact constant (\\pi, 2\\sqrt{5}) that rounds to it is correct too.
 Gold answers are parsed as \\boxed{gold}; predictions with LatexExtractionConfig
 (boxed_match_priority=0, no malformed-operator or "nits" rewriting: math-verify's advice for
-rewards) and ExprExtractionConfig.
+rewards) and ExprExtractionConfig; math-verify's unit rewrite is off on both sides (it reads
+"2h" as 2 and "6ab" as 6). tests/fixtures/math_grading_cases.jsonl holds verdicts after the
+public graders' test suites; bench/bench_math_agreement.py measures agreement on it.
 
 Rewards. "default": 1.0 iff correct and the <think>/<answer> format holds, else 0.0.
 "answer_only": 1.0 iff correct (format reported, not required). parts: answer, format, timeout
@@ -67,17 +79,22 @@ _TAGS = ("<think>", "</think>", "<answer>", "</answer>")
 
 # -- extraction ---------------------------------------------------------------------------------
 
-def answer_part(text: str) -> str:
+def answer_part(text: str) -> str | None:
     """The graded region: last <answer> block, else the text after the last </think>, else all.
 
     The block is the text between the last "</answer>" and the last "<answer>" before it
-    (found with rfind, linear even on adversarial text).
+    (found with rfind, linear even on adversarial text). An answer block that exists but does
+    not parse gives None (nothing extracted), never the surrounding text: an "<answer>" after the
+    last "</answer>" (an unclosed block) or a "</answer>" without an "<answer>" before it.
     """
     close = text.rfind("</answer>")
+    if text.rfind("<answer>") > close:
+        return None  # the last block never closes
     if close >= 0:
         open_ = text.rfind("<answer>", 0, close)
-        if open_ >= 0:
-            return text[open_ + len("<answer>") : close].strip()
+        if open_ < 0:
+            return None  # a closing tag without an opening one
+        return text[open_ + len("<answer>") : close].strip()
     think_end = text.rfind("</think>")
     if think_end >= 0:
         return text[think_end + len("</think>") :].strip()
@@ -104,6 +121,59 @@ def last_boxed(text: str) -> str | None:
             if start in box_opens:
                 best = (start + 1, match.start())
     return None if best is None else text[best[0] : best[1]].strip()
+
+
+# Text allowed between the boxes of one multi-box answer ("\\boxed{-1} or \\boxed{4}",
+# "$x = \\boxed{3}$, $y = \\boxed{5}$"): spacing, punctuation, math delimiters, and/or, "x =".
+_MAX_GAP = 80
+_BOX_GAP = re.compile(
+    r"(?:\s|[,;.&$]|\\[,;:! ()\[\]]|\\q?quad|\\text\{\s*(?:and|or|,)?\s*\}|\b(?:and|or)\b|[A-Za-z]\s*=)*"
+)
+
+
+def final_boxes(text: str) -> list[str] | None:
+    """Contents of the final answer's boxes: [] without a box, None when a box never closes.
+
+    The final answer is the last top-level complete \\boxed{...} (or \\fbox{...}) together with
+    the boxes before it that only spacing, punctuation, "and"/"or" or "x =" separate from it: a set
+    or tuple written as several boxes ("\\boxed{-2} and \\boxed{1}", also a hedge "\\boxed{1} or
+    \\boxed{5}", which is graded as the two values, not as the last one). A box that opens and never
+    closes means nothing was extracted: None, never a fallback to the surrounding text. Linear
+    apart from sorting the boxes.
+    """
+    opens = {m.end() - 1: m.start() for m in _BOX_OPEN.finditer(text)}  # brace -> backslash
+    if not opens:
+        return []
+    stack: list[int] = []
+    complete: list[tuple[int, int, int, int]] = []  # (box start, content start, content end, box end)
+    for match in _BRACE.finditer(text):
+        token = match.group()
+        if token == "{":
+            stack.append(match.start())
+        elif token == "}" and stack:
+            start = stack.pop()
+            if start in opens:
+                complete.append((opens[start], start + 1, match.start(), match.end()))
+    if len(complete) < len(opens):
+        return None  # a box that never closes
+    top: list[tuple[int, int, int, int]] = []
+    for box in sorted(complete):
+        if not top or box[0] >= top[-1][3]:
+            top.append(box)  # not inside the previous top-level box
+    first = len(top) - 1
+    while first > 0 and _joined(text, top[first - 1][3], top[first][0]):
+        first -= 1
+    contents: list[str] = []
+    for box in top[first:]:
+        content = text[box[1] : box[2]].strip()
+        if content not in contents:
+            contents.append(content)
+    return contents
+
+
+def _joined(text: str, start: int, end: int) -> bool:
+    # Bounded: the gap regex backtracks quadratically on long runs of spaces after a letter.
+    return end - start <= _MAX_GAP and _BOX_GAP.fullmatch(text, start, end) is not None
 
 
 _SPACING = re.compile(r"\\left|\\right|\\displaystyle|\\[,;:! ]|\s+")
@@ -142,39 +212,167 @@ _SLASH = re.compile(r"([+-]?[0-9]{1,40})/([0-9]{1,40})")
 _FRAC = re.compile(r"([+-]?)\\frac\{([+-]?[0-9]{1,40})\}\{([+-]?[0-9]{1,40})\}")
 
 
-def plain_number(text: str) -> tuple[Fraction, bool] | None:
-    """(value, has_decimal_point) of a normalised plain number, else None. ASCII digits only."""
+_MIXED = re.compile(r"([+-]?)([0-9]{1,40})\\frac\{([0-9]{1,40})\}\{([0-9]{1,40})\}")
+
+
+def plain_number(text: str) -> tuple[Fraction, int | None] | None:
+    """(value, decimal places or None) of a normalised plain number, else None. ASCII digits only.
+
+    Plain numbers: integers, decimals, a/b, \\frac{a}{b} and mixed numbers 3\\frac{1}{2} (= 7/2,
+    the MATH answers' reading, as NeMo-Skills grades them; only a proper fraction after the
+    whole part).
+    """
     if _INT.fullmatch(text):
-        return Fraction(int(text)), False
+        return Fraction(int(text)), None
     if _DECIMAL.fullmatch(text):
-        return Fraction(text), True
+        return Fraction(text), len(text) - text.index(".") - 1
     match = _SLASH.fullmatch(text)
     if match and int(match.group(2)) != 0:
-        return Fraction(int(match.group(1)), int(match.group(2))), False
+        return Fraction(int(match.group(1)), int(match.group(2))), None
     match = _FRAC.fullmatch(text)
     if match and int(match.group(3)) != 0:
         value = Fraction(int(match.group(2)), int(match.group(3)))
-        return (-value if match.group(1) == "-" else value), False
+        return (-value if match.group(1) == "-" else value), None
+    match = _MIXED.fullmatch(text)
+    if match and 0 < int(match.group(3)) < int(match.group(4)):
+        value = int(match.group(2)) + Fraction(int(match.group(3)), int(match.group(4)))
+        return (-value if match.group(1) == "-" else value), None
     return None
 
 
+def rounded(value: Fraction, places: int) -> Fraction:
+    """`value` rounded to `places` decimals, halves away from zero (as people round)."""
+    scale = 10**places
+    magnitude = math.floor(abs(value) * scale + Fraction(1, 2))
+    return Fraction(magnitude if value >= 0 else -magnitude, scale)
+
+
+def _significant_digits(decimal: str) -> int:
+    return len(decimal.lstrip("+-").replace(".", "").lstrip("0"))
+
+
+def numbers_agree(gold: str, candidate: str) -> bool | None:
+    """Two normalised plain numbers compared at the precision the answer implies; None if not both.
+
+    Equal values agree. A decimal gold answer with k >= 2 places may be a rounded value ("to the
+    nearest hundredth"): an exact candidate (integer or fraction) agrees iff it rounds to it at k
+    places (0.67 for 2/3). A decimal candidate against a decimal gold agrees only when equal: the
+    gold 0.5 or 12.25 may be exact, and 0.46 or 12.249 must stay wrong. An exact gold answer
+    against a decimal candidate with j places: agrees iff the gold rounds to the candidate at j
+    places and the candidate has at least 3 significant digits (0.333 or 0.3333 for 1/3, never
+    0.33 or a truncated 0.666 for 2/3). Two exact values agree only when equal.
+    """
+    a, b = plain_number(gold), plain_number(candidate)
+    if a is None or b is None:
+        return None
+    (gold_value, gold_places), (cand_value, cand_places) = a, b
+    if gold_value == cand_value:
+        return True
+    if gold_places is not None:
+        return cand_places is None and gold_places >= 2 and rounded(cand_value, gold_places) == gold_value
+    if cand_places is not None:
+        return _significant_digits(candidate) >= 3 and rounded(gold_value, cand_places) == cand_value
+    return False
+
+
+_TUPLE = re.compile(r"([(\[])(.*)([)\]])")
+
+
 def quick_verdict(gold: str, candidate: str) -> bool | None:
-    """True / False when decidable without math-verify (and agreeing with it), else None."""
+    """True / False when decidable without math-verify, else None.
+
+    Decided here: equal normalised text; two plain numbers (numbers_agree); two tuples or
+    intervals with the same brackets whose elements are all plain numbers, element by element.
+    """
     gold_n, cand_n = normalise(gold), normalise(candidate)
     if not cand_n:
         return False
     if gold_n == cand_n:
         return True
-    a, b = plain_number(gold_n), plain_number(cand_n)
-    if a is None or b is None:
-        return None
-    if a[0] == b[0]:
-        return True
-    if not a[1] and not b[1]:
-        return False  # rationals compare exactly in math-verify too
-    if abs(a[0] - b[0]) > Fraction(1, 100_000) and max(abs(a[0]), abs(b[0])) < 10**6:
-        return False  # two values more than 1e-6 apart never round to the same 6 decimals
+    verdict = numbers_agree(gold_n, cand_n)
+    if verdict is not None:
+        return verdict
+    g, c = _TUPLE.fullmatch(gold_n), _TUPLE.fullmatch(cand_n)
+    if g and c and (g.group(1), g.group(3)) == (c.group(1), c.group(3)) and "," in g.group(2):
+        gold_items, cand_items = g.group(2).split(","), c.group(2).split(",")
+        if len(gold_items) == len(cand_items):
+            verdicts = [numbers_agree(x, y) for x, y in zip(gold_items, cand_items)]
+            if all(v is not None for v in verdicts):
+                return all(verdicts)
     return None
+
+
+# -- canonical forms: applied to the gold answer and the candidate before any comparison ----------
+
+_APPROX = re.compile(r"\\approx|\\simeq|\\text\{\s*\(?\s*(?:approx|about|roughly)", re.IGNORECASE)
+_LONE_VARIABLE = re.compile(r"[A-Za-z](?:_\{?[A-Za-z0-9]+\}?)?\s*=?")
+_CURRENCY = re.compile(r"\\\$|\\textdollar(?![a-zA-Z])")
+_UNIT_WORDS = (
+    r"(?:(?:square|sq\.?|cubic)\s+)?(?:cm|mm|km|ft|feet|foot|inch(?:es)?|miles?|met(?:er|re)s?|"
+    r"kilomet(?:er|re)s?|centimet(?:er|re)s?|grams?|kg|kilograms?|lbs?|pounds?|ounces?|oz|"
+    r"hours?|hrs?|minutes?|mins?|seconds?|secs?|days?|weeks?|months?|years?|dollars?|cents?|"
+    r"degrees?|units?|mph|liters?|litres?|ml)"
+)
+_TRAILING_UNIT = re.compile(
+    r"(?<=[0-9}).\s])\s*(?:\\(?:text|textnormal|textrm|mbox)\s*\{\s*[A-Za-z][A-Za-z .]*\}"
+    r"|\\mathrm\s*\{\s*[A-Za-z][A-Za-z .]+\}|" + _UNIT_WORDS + r"(?![A-Za-z]))"
+    r"(?:\s*\^\s*\{?[23]\}?)?\s*\.?\s*$"
+)
+
+
+def canonical(answer: str, boxed: bool = True) -> str:
+    """The answer with what never changes its value removed: an approximation after \\approx,
+    currency signs, trailing unit words, and Python's ** for powers.
+
+    "\\frac{\\sqrt3}{3} \\approx 0.577" -> "\\frac{\\sqrt3}{3}" ("x \\approx 11" and "\\approx 11"
+    keep the value); "\\$1{,}200" -> "1{,}200"; "15\\text{ cm}^2", "45 cents" -> the number;
+    "x**2" -> "x^2". Units are stripped here, never by math-verify (its unit rewrite reads
+    "2h" or "2s + t" as 2). A bare (unboxed) answer part keeps its \\approx: it is prose.
+    """
+    text = answer.strip()
+    while boxed and len(text) >= 2 and text[0] == "$" and text[-1] == "$" and text[-2] != "\\":
+        text = text[1:-1].strip()
+    approx = _APPROX.search(text) if boxed else None
+    if approx:
+        head = text[: approx.start()].strip()
+        tail = text[approx.end() :].strip()
+        text = head if head and not _LONE_VARIABLE.fullmatch(head) else tail
+    text = _CURRENCY.sub("", text).replace("**", "^").strip()
+    for _ in range(2):  # "15 \\text{ cm}^2." and "3 \\text{ square } \\text{units}"
+        stripped = _TRAILING_UNIT.sub("", text).strip()
+        if not stripped:
+            break
+        text = stripped
+    return text
+
+
+_WRAPPER = re.compile(r"\\(?:text|textbf|textrm|textnormal|mathrm|mathbf|mbox)\s*\{([^{}]*)\}")
+_GOLD_CHOICE = re.compile(r"\(?([A-J])\)?\.?")
+_PRED_CHOICE = re.compile(r"\(([A-J])\)(.*)|([A-J])\)?[.:]?", re.DOTALL)
+_ANOTHER_LETTER = re.compile(r"(?<![A-Za-z\\])[A-J](?![A-Za-z])")
+
+
+def choice_letter(answer: str, gold: bool = False) -> str | None:
+    """The multiple-choice letter an answer names, else None.
+
+    \\text{}, \\textbf{}, \\mathrm{}, ... wrappers, $ and spacing are dropped first. A gold answer
+    is a letter A-J alone ("C", "(C)", "\\textbf{(C)}"); a candidate may follow a parenthesised
+    letter with its value ("(B) 12", "\\textbf{(E)}\\ 24") but names no second letter.
+    Letters are case-sensitive: "d" is not choice D.
+    """
+    text = answer.replace("$", "")
+    for _ in range(3):
+        text = _WRAPPER.sub(r"\1", text)
+    text = _SPACING.sub("", text) if gold else text.strip()
+    if gold:
+        match = _GOLD_CHOICE.fullmatch(text)
+        return match.group(1) if match else None
+    match = _PRED_CHOICE.fullmatch(text)
+    if not match:
+        return None
+    if match.group(1) and _ANOTHER_LETTER.search(match.group(2)):
+        return None
+    return match.group(1) or match.group(3)
 
 
 _POWER = r"(?:\^|\*\*)\s*[({]?\s*"
@@ -231,9 +429,13 @@ def _configs() -> tuple[list[Any], list[Any]]:
     from latex2sympy2_extended import NormalizationConfig
     from math_verify import ExprExtractionConfig, LatexExtractionConfig
 
-    gold = [LatexExtractionConfig(), ExprExtractionConfig()]
+    # Units off on both sides: canonical() strips unit words; math-verify's rewrite drops letters
+    # ("2h" -> 2, "6ab" -> 6), which would make "2" match "2h".
+    gold_normalisation = NormalizationConfig(basic_latex=True, units=False, malformed_operators=False, nits=True,
+                                             boxed="all", equations=True)
+    gold = [LatexExtractionConfig(normalization_config=gold_normalisation), ExprExtractionConfig()]
     pred_normalisation = NormalizationConfig(
-        basic_latex=True, units=True, malformed_operators=False, nits=False, boxed="all", equations=False
+        basic_latex=True, units=False, malformed_operators=False, nits=False, boxed="all", equations=False
     )
     pred = [LatexExtractionConfig(boxed_match_priority=0, normalization_config=pred_normalisation),
             ExprExtractionConfig()]
@@ -257,19 +459,43 @@ def _parse_gold(gold: str, alarm_seconds: int | None) -> list[Any]:
 
 
 def grade_request(request: dict[str, Any]) -> dict[str, Any]:
-    """Worker side: {"gold", "pred", "alarm_seconds"} -> {"correct", "extracted"}.
+    """Worker side: {"gold", "pred", "alarm_seconds", "gold_places", "gold_value"} -> {"correct", "extracted"}.
 
     alarm_seconds > 0 turns on math-verify's own signal timeouts (the worker's main thread), which
     stop slow Python-level sympy work without a restart; the caller's deadline is the hard bound.
+    Relations and sets compare (x > 3 is (3, oo)). gold_places, gold_value (a decimal gold answer
+    and its places): an exact constant prediction (\\pi, 2\\sqrt{5}) is also correct when it rounds
+    to gold_value there.
     """
     from math_verify import parse, verify
 
     alarm = int(request.get("alarm_seconds", 0)) or None
     gold = _parse_gold(request["gold"], alarm)
     pred = parse(request["pred"], _configs()[1], parsing_timeout=alarm)  # type: ignore[arg-type]
-    correct = bool(gold and pred and verify(gold, pred, timeout_seconds=alarm))
+    correct = bool(gold and pred and verify(gold, pred, timeout_seconds=alarm, allow_set_relation_comp=True))
+    places = request.get("gold_places")
+    if not correct and pred and places is not None:
+        correct = _rounds_to(pred[0], str(request["gold_value"]), int(places))
     extracted = next((p for p in pred if isinstance(p, str)), None)
     return {"correct": correct, "extracted": extracted}
+
+
+def _rounds_to(pred: Any, gold: str, places: int) -> bool:
+    """Whether a constant sympy expression rounds to the decimal `gold` at `places` decimals.
+
+    A supplementary check: any failure is "no", never a grader error.
+    """
+    import sympy
+
+    try:
+        if not isinstance(pred, sympy.Expr) or pred.free_symbols or not pred.is_number:
+            return False
+        value = sympy.N(pred, 40)
+        if not value.is_real or not value.is_finite or abs(value) > 10**30:
+            return False
+        return rounded(Fraction(str(value)), places) == Fraction(gold)
+    except Exception:
+        return False
 
 
 # -- the task -----------------------------------------------------------------------------------
@@ -362,9 +588,12 @@ class MathTask:
         text = self.response_prefix + completion
         format_ok = _format_ok(completion, self.response_prefix)
         part = answer_part(text)
-        boxed = last_boxed(part)
-        candidate = boxed if boxed is not None else part
-        correct, timed_out, failed, extracted = self._judge(str(example.answer), candidate, boxed is not None)
+        boxes = final_boxes(part) if part is not None else None
+        if part is None or boxes is None:  # an answer block or box that does not parse: no answer
+            correct, timed_out, failed, extracted = False, False, False, None
+        else:
+            candidate = ", ".join(boxes) if boxes else part
+            correct, timed_out, failed, extracted = self._judge(str(example.answer), candidate, bool(boxes))
         if self.reward_scheme == "default":
             reward = 1.0 if correct and format_ok else 0.0
         else:
@@ -377,26 +606,33 @@ class MathTask:
     def _judge(self, gold: str, candidate: str, boxed: bool) -> tuple[bool, bool, bool, str | None]:
         """(correct, timed_out, grader_failed, extracted answer text)."""
         gold_boxed = last_boxed(gold)
-        gold_answer = gold_boxed if gold_boxed is not None else gold
+        gold_answer = canonical(gold_boxed if gold_boxed is not None else gold)
+        if boxed and len(candidate) > self.max_answer_chars:
+            return False, False, False, candidate
+        # A bare answer part is graded by its tail; cut first so every regex here sees bounded text.
+        candidate = canonical(candidate if boxed else candidate[-self.max_answer_chars :], boxed)
         if not candidate:
             return False, False, False, None
+        gold_choice = choice_letter(gold_answer, gold=True)
+        if gold_choice is not None:  # a multiple-choice gold: only the same letter is right
+            return choice_letter(candidate) == gold_choice, False, False, candidate
         verdict = quick_verdict(gold_answer, candidate)
         if verdict is not None:
             return verdict, False, False, candidate
-        if boxed:
-            if guard(candidate, self.max_answer_chars):
-                return False, False, False, candidate
-            pred = "\\boxed{" + tex_shorthand(candidate) + "}"
-        else:
-            tail = candidate[-self.max_answer_chars :]
-            if guard(tail, self.max_answer_chars):
-                return False, False, False, tail
-            pred = tex_shorthand(tail)
-        gold_text = gold if ("\\boxed" in gold or "$" in gold) else "\\boxed{" + gold + "}"
-        alarm = max(1, int(self.timeout_seconds) // 2)
-        outcome: Outcome = shared_pool(_HANDLER, self.grader_workers, _WARMUP).call(
-            {"gold": gold_text, "pred": pred, "alarm_seconds": alarm}, self.timeout_seconds
-        )
+        if guard(candidate, self.max_answer_chars):
+            return False, False, False, candidate
+        pred = "\\boxed{" + tex_shorthand(candidate) + "}" if boxed else tex_shorthand(candidate)
+        gold_n = normalise(gold_answer)
+        # A decimal gold with >= 2 places: an exact constant (\\pi, 2\\sqrt{5}) that rounds to it is right.
+        places = len(gold_n) - gold_n.index(".") - 1 if _DECIMAL.fullmatch(gold_n) else None
+        request = {
+            "gold": "\\boxed{" + gold_answer + "}",
+            "pred": pred,
+            "alarm_seconds": max(1, int(self.timeout_seconds) // 2),
+            "gold_places": places if places is not None and places >= 2 else None,
+            "gold_value": gold_n,
+        }
+        outcome: Outcome = shared_pool(_HANDLER, self.grader_workers, _WARMUP).call(request, self.timeout_seconds)
         if outcome.status != "ok" or outcome.value is None:
             return False, outcome.status == "timeout", outcome.status == "error", candidate if boxed else None
         extracted = candidate if boxed else outcome.value.get("extracted")
