@@ -84,3 +84,23 @@ def test_bad_specs_name_the_spec(reward_file: str, tmp_path: Path) -> None:
         with pytest.raises(RewardFunctionError, match=message) as info:
             load_reward_function(spec)
         assert spec.rpartition(":")[2] in str(info.value)
+
+
+def test_generic_task_rows_and_weighted_functions(reward_file: str) -> None:
+    from rlvr.tasks.generic import GenericTask, WithRewardFunctions
+
+    task = GenericTask()
+    verl_row = {"prompt": [{"role": "user", "content": "6*7?"}], "data_source": "toy",
+                "reward_model": {"ground_truth": "42"}}
+    example = task.from_record(verl_row)
+    assert example.prompt == "6*7?" and example.answer == "42"
+    assert task.messages(example) == verl_row["prompt"]  # the row's chat prompt, as given
+    assert task.from_record(task.to_record(example)) == example
+    with pytest.raises(ValueError, match="field 'prompt'"):
+        task.from_record({"question": "no prompt"})
+    scored = WithRewardFunctions(task, [(load_reward_function(f"{reward_file}:verl_score"), 2.0),
+                                        (load_reward_function(f"{reward_file}:raises"), 1.0)])
+    score = scored.score("42", example)
+    assert score.reward == 2.0 and score.correct
+    assert score.parts["reward_errors"] == 1.0 and score.parts["fn1"] == 0.0 and score.parts["fn0/length"] == 2.0
+    assert scored.score("41", example).reward == 0.0 and not scored.score("41", example).correct
