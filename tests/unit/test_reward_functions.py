@@ -104,3 +104,20 @@ def test_generic_task_rows_and_weighted_functions(reward_file: str) -> None:
     assert score.reward == 2.0 and score.correct
     assert score.parts["reward_errors"] == 1.0 and score.parts["fn1"] == 0.0 and score.parts["fn0/length"] == 2.0
     assert scored.score("41", example).reward == 0.0 and not scored.score("41", example).correct
+
+
+def test_recipe_reward_section_builds_the_scored_task_and_names_bad_specs(reward_file: str) -> None:
+    from rlvr import tasks
+    from rlvr.config import ConfigError, load_config
+    from rlvr.trainers.pipeline import with_reward_functions
+
+    config = load_config(overrides=["data.task=generic", f"reward.functions=[{{function: '{reward_file}:verl_score', "
+                                    "weight: 3}]", "reward.timeout_seconds=2"])
+    task = with_reward_functions(tasks.get(config.data.task), config.reward)
+    example = task.from_record({"prompt": "q", "answer": "7"})
+    assert task.score("7", example).reward == 3.0
+    with pytest.raises(ConfigError, match="needs reward.function"):
+        with_reward_functions(tasks.get("generic"), load_config(overrides=["data.task=generic"]).reward)
+    bad = load_config(overrides=[f"reward.function={reward_file}:wrong_signature"]).reward
+    with pytest.raises(ConfigError, match="wrong_signature"):
+        with_reward_functions(tasks.get("countdown"), bad)
