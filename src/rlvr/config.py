@@ -278,6 +278,26 @@ class LoggingConfig:
 
 
 @dataclass
+class RewardFunctionConfig:
+    function: str = ""
+    """`path/to/file.py:name` or `module:name`: verl's compute_score or a TRL reward function."""
+    weight: float = 1.0
+    """Weight of this function's reward in the total."""
+
+
+@dataclass
+class RewardConfig:
+    function: str = ""
+    """One reward function added to the task's reward (see docs/byo.md); empty: none."""
+    functions: list[RewardFunctionConfig] = field(default_factory=list)
+    """Several weighted reward functions, [{function: ..., weight: ...}]."""
+    timeout_seconds: float = 10.0
+    """Deadline of one reward-function call (it runs in a killable worker process)."""
+    error_reward: float = 0.0
+    """Reward of a call that raises, hangs or returns a non-number."""
+
+
+@dataclass
 class RunConfig:
     name: str = "run"
     out_dir: str = "runs/run"
@@ -297,6 +317,8 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    """Reward functions from outside the package (docs/byo.md)."""
     ray: RayConfig = field(default_factory=RayConfig)
     """Workers and learners of `distributed: ray` (see docs/scale-out.md)."""
 

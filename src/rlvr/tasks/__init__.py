@@ -14,17 +14,21 @@ TASKS: dict[str, str] = {
     "math": "rlvr.tasks.math:MathTask",
     "countdown": "rlvr.tasks.countdown:Countdown",
 }
+# Tasks without a generator (rows from data files, rewards from reward functions): not in TASKS,
+# whose every entry keeps the generating-task contract of tests/tasks/test_contract.py.
+ROW_TASKS: dict[str, str] = {"generic": "rlvr.tasks.generic:GenericTask"}
 
 
 def get(name: str, **options: Any) -> Task:
     """Build the task `name` with its options; an unknown name lists the valid ones."""
-    if name not in TASKS:
-        close = difflib.get_close_matches(name, TASKS, n=1)
+    table = {**TASKS, **ROW_TASKS}
+    if name not in table:
+        close = difflib.get_close_matches(name, table, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ValueError(f"unknown task {name!r}{hint}; valid tasks: {', '.join(sorted(TASKS))}")
-    module_name, factory = TASKS[name].split(":")
+        raise ValueError(f"unknown task {name!r}{hint}; valid tasks: {', '.join(sorted(table))}")
+    module_name, factory = table[name].split(":")
     cls = getattr(importlib.import_module(module_name), factory)
     return cls(**options)
 
 
-__all__ = ["TASKS", "Example", "RecordError", "Score", "Task", "get"]
+__all__ = ["ROW_TASKS", "TASKS", "Example", "RecordError", "Score", "Task", "get"]

@@ -93,6 +93,24 @@ def build_model_dir(config: RunConfig, run_dir: Path) -> Path:
     return path
 
 
+def with_reward_functions(task: tasks.Task, reward: Any) -> tasks.Task:
+    """The task, plus the recipe's reward.function(s) when any (loaded now: bad specs fail here)."""
+    from rlvr.tasks.generic import WithRewardFunctions
+    from rlvr.tasks.reward_functions import RewardFunctionError, load_reward_function
+
+    specs = ([(reward.function, 1.0)] if reward.function else []) + [(f.function, f.weight) for f in reward.functions]
+    if not specs:
+        if task.name == "generic":
+            raise ConfigError("data.task generic needs reward.function or reward.functions")
+        return task
+    try:
+        loaded = [(load_reward_function(spec, reward.timeout_seconds, reward.error_reward), weight)
+                  for spec, weight in specs]
+    except RewardFunctionError as error:
+        raise ConfigError(f"config key reward: {error}") from None
+    return WithRewardFunctions(task, loaded)  # type: ignore[return-value]
+
+
 def held_out_examples(config: RunConfig, task: tasks.Task, run_dir: Path) -> list[tasks.Example]:
     data = config.data
     if data.eval_file:
@@ -245,7 +263,7 @@ def run(config: RunConfig) -> dict[str, Any]:
     device = setup_torch(config.seed, config.threads, config.device)
     for key, value in config.derived_sizes().items():
         log(f"{key}: {value}")
-    task = tasks.get(config.data.task, **config.data.task_options)
+    task = with_reward_functions(tasks.get(config.data.task, **config.data.task_options), config.reward)
     held_out = held_out_examples(config, task, run_dir)
     banned = {ex.prompt for ex in held_out}
     log(f"held-out set: {len(held_out)} problems ({config.data.eval_difficulty})")
