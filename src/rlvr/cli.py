@@ -172,6 +172,12 @@ def cmd_report(args: argparse.Namespace, extra: list[str]) -> int:
     return 0
 
 
+def _presets() -> list[str]:
+    from rlvr.models.factory import PRESETS  # no torch import
+
+    return list(PRESETS)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rlvr", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -220,7 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     model = sub.add_parser("model", help="model tools").add_subparsers(dest="model_command", required=True)
     p = model.add_parser("init", help="build a tiny model + tokenizer offline in HF format")
-    p.add_argument("--preset", default="tiny")
+    p.add_argument("--preset", default="tiny", choices=list(_presets()), help="model size (default: tiny)")
     p.add_argument("--task", action="append", default=None, help="task(s) whose text trains the tokenizer")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True)
@@ -289,6 +295,11 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args, [])
     except USER_ERRORS as err:
         print(f"rlvr: error: {err}", file=sys.stderr)
+        return 2
+    except (ValueError, TypeError, OSError) as err:  # a bad argument found deep inside: one line, not a traceback
+        if os.environ.get("RLVR_TRACEBACK"):
+            raise
+        print(f"rlvr: error: {err} (RLVR_TRACEBACK=1 shows where)", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("rlvr: interrupted; run the same command again to resume from the last checkpoint", file=sys.stderr)

@@ -593,7 +593,7 @@ def train_rl(
     run_dir = Path(run_dir)
     stage_dir = run_dir / "checkpoints" / "rl"
     ref = copy.deepcopy(policy).eval().requires_grad_(False) if cfg.kl_coef > 0 else None
-    optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, betas=(0.9, 0.99),
+    optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, betas=(cfg.adam_betas[0], cfg.adam_betas[1]),
                                   weight_decay=cfg.weight_decay)
     start_step, best, low_streak = 0, -1.0, 0
     latest = ckpt.latest_checkpoint(stage_dir)

@@ -83,7 +83,7 @@ def train_sft(
 ) -> dict[str, float]:
     """Train on (prompt_ids, completion_ids) pairs for cfg.steps optimizer steps; returns last metrics."""
     stage_dir = Path(run_dir) / "checkpoints" / "sft"
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.95),
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(cfg.adam_betas[0], cfg.adam_betas[1]),
                                   weight_decay=cfg.weight_decay)
     start_step = 0
     latest = ckpt.latest_checkpoint(stage_dir)
