@@ -58,9 +58,25 @@ def cmd_run(args: argparse.Namespace, extra: list[str]) -> int:
     elif args.command == "rl":
         overrides += ["sft.enabled=false"]
     config = load_config(args.recipe, overrides)
-    summary = run(config)
+    try:
+        summary = run(config)
+    except KeyboardInterrupt:
+        print(f"rlvr: interrupted; {resume_point(Path(config.out_dir))}", file=sys.stderr)
+        return 130
     print(json.dumps(summary, indent=2))
     return 0
+
+
+def resume_point(run_dir: Path) -> str:
+    """What running the same command again continues from (the newest checkpoint, if any)."""
+    from rlvr.trainers.checkpoint import latest_checkpoint
+
+    stages = [p for p in ((run_dir / "checkpoints" / s) for s in ("sft", "rl")) if p.is_dir()]
+    newest = [c for c in (latest_checkpoint(p) for p in stages) if c is not None]
+    if not newest:
+        return ("no checkpoint was written yet: the same command starts the stage over (finished evaluations "
+                "and generated data are kept)")
+    return f"run the same command again to resume from {newest[-1]}"
 
 
 def cmd_config(args: argparse.Namespace, extra: list[str]) -> int:
@@ -286,7 +302,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # key=value overrides after options (`rlvr noise R --groups 8 threads=1`) belong to them too
+        if hasattr(args, "overrides") and all("=" in x and not x.startswith("-") for x in extra):
+            args.overrides = list(args.overrides) + extra
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if getattr(args, "task", "") is None and args.command == "model":
         args.task = ["knights_knaves"]
     from rlvr.errors import USER_ERRORS

@@ -71,6 +71,9 @@ class DataConfig:
     """Number of held-out problems."""
     eval_difficulty: dict[str, Any] = field(default_factory=lambda: {"people": 3})
     """Difficulty of generated held-out problems."""
+    require_files: bool = False
+    """Refuse to start without train_file and eval_file instead of generating problems (recipes
+    that reproduce a paper's data: generated toy problems would be a different experiment)."""
 
 
 @dataclass
@@ -110,7 +113,7 @@ class SFTConfig:
 @dataclass
 class StageConfig:
     start_step: int = 0
-    """First RL step of this stage."""
+    """The stage applies once start_step RL steps are done (from step start_step + 1; steps count 1..N)."""
     value: Any = None
     """The stage's value: a difficulty dict for `curriculum`, an int for `max_new_tokens_stages`
     and `group_size_stages`."""

@@ -605,9 +605,10 @@ def train_rl(
         if ref is not None and "reference" in state:
             ref.load_state_dict(state["reference"])
         start_step, best, low_streak = state["step"], state["best_accuracy"], state["low_streak"]
-        logger.truncate_after("rl", start_step - 1)
+        print(f"[rlvr] resuming RL from {latest}", flush=True)
         if not engine_shares_weights:
             engine.load_weights(policy.state_dict())
+    logger.truncate_after("rl", start_step)  # rows logged after the checkpoint (or before the first) go
     bar = Progress("rl", cfg.steps, enabled=logging.progress, start=start_step)
     stopped_early = None
     for step in range(start_step, cfg.steps):
@@ -618,7 +619,7 @@ def train_rl(
         batch, ds_stats = collect(engine, tokenizer, task, pool, prompt_cache, knobs, cfg, eos_ids, seed, step)
         t_gen = time.perf_counter() - t0
         gen_tokens = sum(len(c) for c in batch.completion_ids)
-        metrics: dict[str, Any] = {"phase": "rl", "step": step, **batch_metrics(batch, knobs), **ds_stats,
+        metrics: dict[str, Any] = {"phase": "rl", "step": step + 1, **batch_metrics(batch, knobs), **ds_stats,
                                    **batch.engine_metrics}
         t0 = time.perf_counter()
         policy.train()
@@ -642,7 +643,7 @@ def train_rl(
         if eval_fn is not None and eval_every and done % eval_every == 0 and done < cfg.steps:
             metrics.update(eval_fn(done))
         if logging.samples_every and (step % logging.samples_every == 0 or done == cfg.steps):
-            dump_samples(run_dir, step, batch)
+            dump_samples(run_dir, done, batch)
         metrics["timing_s/step"] = time.perf_counter() - t_step
         logger.log(metrics)
         bar.update(step, reward=metrics["reward/mean"], acc=metrics["accuracy"],
