@@ -58,9 +58,25 @@ def cmd_run(args: argparse.Namespace, extra: list[str]) -> int:
     elif args.command == "rl":
         overrides += ["sft.enabled=false"]
     config = load_config(args.recipe, overrides)
-    summary = run(config)
+    try:
+        summary = run(config)
+    except KeyboardInterrupt:
+        print(f"rlvr: interrupted; {resume_point(Path(config.out_dir))}", file=sys.stderr)
+        return 130
     print(json.dumps(summary, indent=2))
     return 0
+
+
+def resume_point(run_dir: Path) -> str:
+    """What running the same command again continues from (the newest checkpoint, if any)."""
+    from rlvr.trainers.checkpoint import latest_checkpoint
+
+    stages = [p for p in ((run_dir / "checkpoints" / s) for s in ("sft", "rl")) if p.is_dir()]
+    newest = [c for c in (latest_checkpoint(p) for p in stages) if c is not None]
+    if not newest:
+        return ("no checkpoint was written yet: the same command starts the stage over (finished evaluations "
+                "and generated data are kept)")
+    return f"run the same command again to resume from {newest[-1]}"
 
 
 def cmd_config(args: argparse.Namespace, extra: list[str]) -> int:
@@ -179,6 +195,12 @@ def cmd_report(args: argparse.Namespace, extra: list[str]) -> int:
     return 0
 
 
+def _presets() -> list[str]:
+    from rlvr.models.factory import PRESETS  # no torch import
+
+    return list(PRESETS)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rlvr", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -229,7 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     model = sub.add_parser("model", help="model tools").add_subparsers(dest="model_command", required=True)
     p = model.add_parser("init", help="build a tiny model + tokenizer offline in HF format")
-    p.add_argument("--preset", default="tiny")
+    p.add_argument("--preset", default="tiny", choices=list(_presets()), help="model size (default: tiny)")
     p.add_argument("--task", action="append", default=None, help="task(s) whose text trains the tokenizer")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True)
@@ -289,7 +311,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # key=value overrides after options (`rlvr noise R --groups 8 threads=1`) belong to them too
+        if hasattr(args, "overrides") and all("=" in x and not x.startswith("-") for x in extra):
+            args.overrides = list(args.overrides) + extra
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if getattr(args, "task", "") is None and args.command == "model":
         args.task = ["knights_knaves"]
     from rlvr.errors import USER_ERRORS
@@ -298,6 +325,11 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args, [])
     except USER_ERRORS as err:
         print(f"rlvr: error: {err}", file=sys.stderr)
+        return 2
+    except (ValueError, TypeError, OSError) as err:  # a bad argument found deep inside: one line, not a traceback
+        if os.environ.get("RLVR_TRACEBACK"):
+            raise
+        print(f"rlvr: error: {err} (RLVR_TRACEBACK=1 shows where)", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("rlvr: interrupted; run the same command again to resume from the last checkpoint", file=sys.stderr)

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Union
@@ -24,7 +26,14 @@ from rlvr.distributed import RayConfig  # a plain dataclass: importing it does n
 
 
 class ConfigError(ValueError):
-    """A recipe or override that cannot be used; the message names the key and what was expected."""
+    """A recipe or override that cannot be used; the message names the key and what was expected.
+
+    `key` is the dotted key path the error is about (when there is one): load_config uses it to say
+    which override or which recipe line set the value."""
+
+    def __init__(self, message: str, key: str | None = None) -> None:
+        super().__init__(message)
+        self.key = key
 
 
 @dataclass
@@ -51,7 +60,7 @@ class ModelConfig:
 @dataclass
 class DataConfig:
     task: str = "knights_knaves"
-    """Task name (rlvr.tasks.TASKS)."""
+    """Task name (rlvr.tasks.TASKS, or ROW_TASKS for rows scored by reward functions alone)."""
     task_options: dict[str, Any] = field(default_factory=dict)
     """Keyword options of the task, e.g. {reward_scheme: logic_rl, response_prefix: "<think>"}."""
     train_file: str = ""
@@ -66,6 +75,9 @@ class DataConfig:
     """Number of held-out problems."""
     eval_difficulty: dict[str, Any] = field(default_factory=lambda: {"people": 3})
     """Difficulty of generated held-out problems."""
+    require_files: bool = False
+    """Refuse to start without train_file and eval_file instead of generating problems (recipes
+    that reproduce a paper's data: generated toy problems would be a different experiment)."""
 
 
 @dataclass
@@ -90,6 +102,8 @@ class SFTConfig:
     """Final learning rate as a fraction of lr."""
     weight_decay: float = 0.0
     """AdamW weight decay."""
+    adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    """AdamW (beta1, beta2)."""
     grad_clip: float = 1.0
     """Max global gradient norm (0 disables)."""
     data_size: int = 40000
@@ -103,7 +117,7 @@ class SFTConfig:
 @dataclass
 class StageConfig:
     start_step: int = 0
-    """First RL step of this stage."""
+    """The stage applies once start_step RL steps are done (from step start_step + 1; steps count 1..N)."""
     value: Any = None
     """The stage's value: a difficulty dict for `curriculum`, an int for `max_new_tokens_stages`
     and `group_size_stages`."""
@@ -165,6 +179,9 @@ class RLConfig:
     warmup_steps: int = 0
     min_lr_ratio: float = 0.1
     weight_decay: float = 0.0
+    """AdamW weight decay (verl and Logic-RL: 0.01)."""
+    adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.99])
+    """AdamW (beta1, beta2) (verl and Logic-RL: [0.9, 0.999])."""
     grad_clip: float = 1.0
     """Max global gradient norm (0 disables)."""
     kl_coef: float = 0.0
@@ -323,7 +340,8 @@ class RunConfig:
     """Workers and learners of `distributed: ray` (see docs/scale-out.md)."""
 
     def validate(self) -> RunConfig:
-        """Cross-field checks; raises ConfigError naming the key."""
+        """Every field's domain (DOMAINS), then cross-field checks; raises ConfigError naming the key."""
+        check_domains(self)
         rl, sft = self.rl, self.sft
         _check(rl.steps >= 0, "rl.steps", rl.steps, "an integer >= 0")
         _check(rl.prompts_per_step > 0, "rl.prompts_per_step", rl.prompts_per_step, "a positive integer")
@@ -404,7 +422,144 @@ class RunConfig:
 
 def _check(ok: bool, key: str, value: Any, expected: str) -> None:
     if not ok:
-        raise ConfigError(f"config key {key}: got {value!r}, expected {expected}")
+        raise ConfigError(f"config key {key}: got {value!r}, expected {expected}", key=key.split(" ")[0])
+
+
+# ---------------------------------------------------------------------------------------------
+# Domains: the values each field accepts beyond its type. A field not named in DOMAINS gets its
+# type's default domain (_DEFAULT_DOMAINS: an integer >= 0, a finite number); str, bool, Literal,
+# dict and Any fields accept every value of their type. Names that pick a function from a table
+# (rl.advantage, rl.loss, data.task, ...) are checked against that table, with a "did you mean".
+
+
+@dataclass(frozen=True)
+class Domain:
+    accepts: Callable[[Any], bool]
+    text: str
+    """What is expected, as the error message says it."""
+    names: Callable[[], Any] | None = None
+    """For a name field: the table's names (imported on use), offered as "did you mean"."""
+
+
+def at_least(low: float, text: str | None = None) -> Domain:
+    return Domain(lambda v: v >= low, text or (f"an integer >= {low}" if isinstance(low, int) else f"a number >= {low}"))
+
+
+def positive(kind: str = "integer") -> Domain:
+    return Domain(lambda v: v > 0, f"a positive {kind}")
+
+
+def in_range(low: float, high: float, low_open: bool = False, high_open: bool = False) -> Domain:
+    def accepts(v: float) -> bool:
+        return (v > low if low_open else v >= low) and (v < high if high_open else v <= high)
+
+    return Domain(accepts, f"a number in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}")
+
+
+def name_in(table: Callable[[], Any], what: str) -> Domain:
+    return Domain(lambda v: v in table(), what, names=table)
+
+
+def _finite(v: float) -> bool:
+    return v == v and abs(v) != float("inf")
+
+
+def _table(module: str, name: str) -> Callable[[], Any]:
+    def names() -> list[str]:
+        import importlib
+
+        return sorted(getattr(importlib.import_module(module), name))
+
+    return names
+
+
+_BETAS = Domain(lambda v: len(v) == 2 and all(0 <= b < 1 for b in v), "two numbers in [0, 1), [beta1, beta2]")
+_DEFAULT_DOMAINS: dict[Any, Domain] = {int: at_least(0), float: Domain(_finite, "a finite number")}
+DOMAINS: dict[str, Domain] = {
+    "seed": Domain(lambda v: True, "an integer"),
+    "out_dir": Domain(lambda v: bool(v.strip()), "a directory path"),
+    "threads": at_least(0, "an integer >= 0 (0: all cores)"),
+    "model.preset": name_in(_table("rlvr.models.factory", "PRESETS"), "a model preset"),
+    "data.task": name_in(lambda: sorted([*_table("rlvr.tasks", "TASKS")(), *_table("rlvr.tasks", "ROW_TASKS")()]),
+                         "a task"),
+    "data.train_size": positive(),
+    "data.eval_size": positive(),
+    "sft.batch_size": positive(),
+    "sft.micro_batch_tokens": positive(),
+    "sft.lr": positive("number"),
+    "sft.min_lr_ratio": in_range(0, 1),
+    "sft.weight_decay": at_least(0.0),
+    "sft.adam_betas": _BETAS,
+    "sft.grad_clip": at_least(0.0),
+    "sft.data_size": positive(),
+    "rl.prompts_per_step": positive(),
+    "rl.group_size": positive(),
+    "rl.mini_batches": positive(),
+    "rl.ppo_epochs": positive(),
+    "rl.micro_batch_tokens": positive(),
+    "rl.advantage": name_in(_table("rlvr.algorithms", "ADVANTAGES"), "an advantage estimator"),
+    "rl.loss": name_in(_table("rlvr.algorithms", "POLICY_LOSSES"), "a policy loss"),
+    "rl.loss_agg": name_in(_table("rlvr.algorithms", "AGGREGATIONS"), "a loss aggregation"),
+    "rl.clip_low": at_least(0.0),
+    "rl.clip_high": at_least(0.0),
+    "rl.dual_clip": Domain(lambda v: v > 1, "null or a number > 1"),
+    "rl.lr": positive("number"),
+    "rl.min_lr_ratio": in_range(0, 1),
+    "rl.weight_decay": at_least(0.0),
+    "rl.adam_betas": _BETAS,
+    "rl.grad_clip": at_least(0.0),
+    "rl.kl_coef": at_least(0.0),
+    "rl.entropy_coef": at_least(0.0),
+    "rl.temperature": positive("number"),
+    "rl.final_temperature": positive("number"),
+    "rl.top_p": in_range(0, 1, low_open=True),
+    "rl.max_new_tokens": positive(),
+    "rl.tis_cap": positive("number"),
+    "rl.length_reward.weight": Domain(_finite, "a finite number"),
+    "eval.temperature": at_least(0.0),
+    "eval.top_p": in_range(0, 1, low_open=True),
+    "eval.max_new_tokens": positive(),
+    "eval.k_values": Domain(lambda v: bool(v) and all(k > 0 for k in v), "a non-empty list of positive integers"),
+    "eval.prompts_per_batch": positive(),
+    "checkpoint.keep_last": at_least(1),
+    "ray.num_rollout_workers": at_least(1),
+}
+
+
+def check_domains(config: Any, prefix: str = "") -> None:
+    """Check every field of a config tree against its domain; raises ConfigError naming the key."""
+    hints = typing.get_type_hints(type(config))
+    for f in dataclasses.fields(config):
+        path = f"{prefix}{f.name}"
+        value = getattr(config, f.name)
+        if dataclasses.is_dataclass(value):
+            check_domains(value, path + ".")
+            continue
+        if isinstance(value, list) and value and dataclasses.is_dataclass(value[0]):
+            for i, item in enumerate(value):
+                check_domains(item, f"{path}[{i}].")
+            continue
+        if value is None:
+            continue
+        generic = _generic_path(path)
+        domain = DOMAINS.get(generic)
+        if domain is None:
+            tp = hints[f.name]
+            args = [a for a in typing.get_args(tp) if a is not type(None)]
+            domain = _DEFAULT_DOMAINS.get(args[0] if typing.get_origin(tp) in (Union, types.UnionType) else tp)
+        if domain is None or domain.accepts(value):
+            continue
+        message = f"config key {path}: got {value!r}, expected {domain.text}"
+        if domain.names is not None:
+            valid = domain.names()
+            close = difflib.get_close_matches(str(value), valid, n=1)
+            message += (f"; did you mean {close[0]!r}?" if close else "") + f" (valid: {', '.join(valid)})"
+        raise ConfigError(message, key=path)
+
+
+def _generic_path(path: str) -> str:
+    """rl.curriculum[2].start_step -> rl.curriculum.start_step (the DOMAINS key)."""
+    return re.sub(r"\[\d+\]", "", path)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -412,27 +567,58 @@ def _check(ok: bool, key: str, value: Any, expected: str) -> None:
 
 
 def load_config(recipe: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
-    """Read a YAML recipe (optional), apply `key=value` overrides, type-check and validate."""
+    """Read a YAML recipe (optional), apply `key=value` overrides, type-check and validate.
+
+    An error about a value names where it came from: the override that set it, or the recipe's
+    file and line."""
     raw: dict[str, Any] = {}
-    source = "overrides"
+    source, lines = "", {}
     if recipe is not None:
         path = Path(recipe)
         if not path.is_file():
             raise ConfigError(f"recipe {path} does not exist")
         try:
-            loaded = yaml.safe_load(path.read_text()) or {}
+            text = path.read_text()
+            loaded = yaml.safe_load(text) or {}
         except yaml.YAMLError as err:
             raise ConfigError(f"recipe {path} is not valid YAML: {err}") from None
         if not isinstance(loaded, dict):
             raise ConfigError(f"recipe {path} must be a mapping of keys, got {type(loaded).__name__}")
-        raw, source = loaded, str(path)
+        raw, source, lines = loaded, str(path), _key_lines(yaml.compose(text))
+    set_by: dict[str, str] = {}
     for item in overrides:
-        apply_override(raw, item)
+        try:
+            apply_override(raw, item)
+        except ConfigError as err:
+            raise (err if str(err).startswith("override") else ConfigError(f"override {item}: {err}")) from None
+        set_by[item.partition("=")[0].strip()] = item
     try:
-        config = from_dict(RunConfig, raw, "")
+        return from_dict(RunConfig, raw, "").validate()
     except ConfigError as err:
-        raise ConfigError(f"{source}: {err}") from None
-    return config.validate()
+        raise ConfigError(f"{_origin(err.key, set_by, lines, source)}: {err}", key=err.key) from None
+
+
+def _key_lines(node: Any, prefix: str = "") -> dict[str, int]:
+    """Dotted key path -> 1-based line of the key in a composed YAML mapping."""
+    out: dict[str, int] = {}
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            path = f"{prefix}{key_node.value}"
+            out[path] = key_node.start_mark.line + 1
+            out.update(_key_lines(value_node, path + "."))
+    return out
+
+
+def _origin(key: str | None, set_by: dict[str, str], lines: dict[str, int], source: str) -> str:
+    """Where the value of `key` came from: "override K=V", "RECIPE line N", else the recipe (a default)."""
+    parts = _generic_path(key).split(".") if key else []
+    for n in range(len(parts), 0, -1):
+        prefix = ".".join(parts[:n])
+        if prefix in set_by:
+            return f"override {set_by[prefix]}"
+        if prefix in lines:
+            return f"{source} line {lines[prefix]}"
+    return source or "config"
 
 
 def apply_override(raw: dict[str, Any], item: str) -> None:
@@ -479,14 +665,14 @@ def _unknown_key_message(path: str, key: str, valid: list[str]) -> str:
 def from_dict(cls: type, data: Any, path: str) -> Any:
     """Build dataclass `cls` from a raw mapping, checking every key and type."""
     if not isinstance(data, dict):
-        raise ConfigError(f"config key {path or '<root>'}: expected a mapping, got {data!r}")
+        raise ConfigError(f"config key {path or '<root>'}: expected a mapping, got {data!r}", key=path)
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     kwargs = {}
     for key, value in data.items():
         full = f"{path}.{key}" if path else str(key)
         if key not in names:
-            raise ConfigError(_unknown_key_message(full, str(key), names))
+            raise ConfigError(_unknown_key_message(full, str(key), names), key=full)
         kwargs[key] = _convert(hints[key], value, full)
     return cls(**kwargs)
 
@@ -505,30 +691,30 @@ def _convert(tp: Any, value: Any, path: str) -> Any:  # noqa: C901 - one branch 
                 return _convert(arg, value, path)
             except ConfigError as err:
                 errors.append(str(err))
-        raise ConfigError(errors[0] if len(errors) == 1 else f"config key {path}: got {value!r}, expected {tp}")
+        raise ConfigError(errors[0] if len(errors) == 1 else f"config key {path}: got {value!r}, expected {tp}", key=path)
     if origin is Literal:
         choices = typing.get_args(tp)
         if value not in choices:
-            raise ConfigError(f"config key {path}: got {value!r}, expected one of {', '.join(map(repr, choices))}")
+            raise ConfigError(f"config key {path}: got {value!r}, expected one of {', '.join(map(repr, choices))}", key=path)
         return value
     if origin is list:
         if not isinstance(value, list):
-            raise ConfigError(f"config key {path}: got {value!r}, expected a list")
+            raise ConfigError(f"config key {path}: got {value!r}, expected a list", key=path)
         (item_type,) = typing.get_args(tp)
         return [_convert(item_type, item, f"{path}[{i}]") for i, item in enumerate(value)]
     if origin is dict:
         if not isinstance(value, dict):
-            raise ConfigError(f"config key {path}: got {value!r}, expected a mapping")
+            raise ConfigError(f"config key {path}: got {value!r}, expected a mapping", key=path)
         return dict(value)
     if tp is Any:
         return value
     if tp is bool:
         if not isinstance(value, bool):
-            raise ConfigError(f"config key {path}: got {value!r}, expected true or false")
+            raise ConfigError(f"config key {path}: got {value!r}, expected true or false", key=path)
         return value
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"config key {path}: got {value!r}, expected an integer")
+            raise ConfigError(f"config key {path}: got {value!r}, expected an integer", key=path)
         return value
     if tp is float:
         if isinstance(value, str):  # YAML 1.1 reads 1e-6 (no dot) as a string
@@ -537,13 +723,13 @@ def _convert(tp: Any, value: Any, path: str) -> Any:  # noqa: C901 - one branch 
             except ValueError:
                 pass
         if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(f"config key {path}: got {value!r}, expected a number")
+            raise ConfigError(f"config key {path}: got {value!r}, expected a number", key=path)
         return float(value)
     if tp is str:
         if not isinstance(value, str):
-            raise ConfigError(f"config key {path}: got {value!r}, expected a string")
+            raise ConfigError(f"config key {path}: got {value!r}, expected a string", key=path)
         return value
-    raise ConfigError(f"config key {path}: unsupported type {tp}")
+    raise ConfigError(f"config key {path}: unsupported type {tp}", key=path)
 
 
 def to_dict(config: RunConfig) -> dict[str, Any]:

@@ -100,7 +100,7 @@ def test_both_runs_finish_with_the_summary_and_metrics_contract(runs):
         assert json.loads((run.dir / "summary.json").read_text()) == run.summary
         assert run.summary["rl_steps_done"] == RL_STEPS and run.summary["eval_size"] == 16
         rows = run.rl_rows()
-        assert [r["step"] for r in rows] == list(range(RL_STEPS))
+        assert [r["step"] for r in rows] == list(range(1, RL_STEPS + 1))
         for r in rows:
             assert VERL_NAMES <= set(r), VERL_NAMES - set(r)
             assert all(torch.isfinite(torch.tensor(float(r[k]))) for k in VERL_NAMES)

@@ -54,7 +54,7 @@ def test_pipeline_smoke_changes_weights_and_writes_the_run_dir(tiny_model_dir, t
     assert summary["eval_size"] == 8 and summary["eval_people"] == [3]
     assert 0.0 <= summary["accuracy_after_rl"] <= 1.0 and "temperature" in summary["accuracy_metric"]
     lines = rl_lines(out)
-    assert [rec["step"] for rec in lines] == [0, 1]
+    assert [rec["step"] for rec in lines] == [1, 2]  # step N: the row of the N-th update (1..N)
     curve = eval_lines(out)  # the learning curve (eval.every=1): before RL, after each step
     assert [rec["step"] for rec in curve] == [0, 1, 2]
     assert all(0.0 <= rec["eval/sampled_accuracy"] <= 1.0 and rec["eval/samples"] == 8 * 2 for rec in curve)
@@ -73,7 +73,7 @@ def test_pipeline_smoke_changes_weights_and_writes_the_run_dir(tiny_model_dir, t
     name = "model.layers.0.mlp.down_proj.weight"
     assert not torch.equal(before[name], sft[name]), "SFT did not change the weights"
     assert not torch.equal(sft[name], after[name]), "RL did not change the weights"
-    assert sorted(p.name for p in (out / "samples").iterdir()) == ["step_000000.jsonl", "step_000001.jsonl"]
+    assert sorted(p.name for p in (out / "samples").iterdir()) == ["step_000001.jsonl", "step_000002.jsonl"]
     generation = json.loads((out / "checkpoints/rl/step_000002/generation_config.json").read_text())
     from rlvr.models import eos_token_ids, load_tokenizer
 
@@ -189,3 +189,70 @@ def test_checkpoint_from_another_model_is_refused(tiny_model_dir, tmp_path):
     config = json.loads((tiny_model_dir / "config.json").read_text())
     with pytest.raises(CheckpointError, match="from another model: hidden_size"):
         check_compatible(other, config)
+
+
+def test_bad_input_files_are_refused_before_anything_is_written(tiny_model_dir, tmp_path):
+    from rlvr.config import ConfigError
+
+    out = tmp_path / "run"
+    base = small_overrides(tiny_model_dir, out)
+    good = tmp_path / "good.jsonl"
+    subprocess.run([sys.executable, "-m", "rlvr.cli", "data", "gen", "--task", "knights_knaves", "--people", "2",
+                    "--n", "5", "--out", str(good)], check=True, capture_output=True)
+    rows = good.read_text().splitlines()
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(rows[0] + "\n" + '{"quiz": "x",, "solution": 1}\n')
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n")
+    cases = [
+        ([f"data.train_file={bad}"], r"^config key data.train_file: .*bad.jsonl:2: invalid JSON: "
+                                     r".*\(column 14\)"),
+        ([f"data.train_file={empty}"], r"config key data.train_file: .*empty.jsonl holds no problems"),
+        ([f"data.eval_file={empty}"], r"config key data.eval_file: .*empty.jsonl holds no problems"),
+        ([f"data.train_file={good}"], r"config key data.train_file: .*good.jsonl has no problem of the RL difficulty "
+                                      r"\{'people': 3\} \(data.difficulty\)"),
+        ([f"model.path={tmp_path / 'missing'}"], r"config key model.path: .*missing is not a directory"),
+        (["data.task_options={phrasing: nope}"], r"config key data.task_options: "),
+        (["data.require_files=true"], r"config key data.train_file: this recipe trains on its data files"),
+    ]
+    for extra, message in cases:
+        with pytest.raises(ConfigError, match=message):
+            run(load_config("recipes/kk-tiny.yaml", base + extra))
+        assert not out.exists(), extra  # nothing written: the corrected command is not "a different run"
+    run(load_config("recipes/kk-tiny.yaml", base + [f"data.train_file={good}", "data.difficulty={people: 2}",
+                                                       "rl.steps=1"]))
+
+
+def test_resume_names_differing_keys_ignores_free_ones_and_keeps_rows_and_time(tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    base = small_overrides(tiny_model_dir, out)
+    first = run(load_config("recipes/kk-tiny.yaml", base))
+    reference = rl_lines(out)
+    assert first["invocations"] == 1 and first["wall_seconds"] == first["wall_seconds_last_invocation"] > 0
+    with pytest.raises(RunDirError, match=r"different run: rl.lr \(5e-05 there, 0.001 here\); seed \(0 there, 1 here\)"):
+        run(load_config("recipes/kk-tiny.yaml", base + ["seed=1", "rl.lr=1e-3"]))
+    # Killed after logging RL rows but before its first RL checkpoint: the rows are rewritten, not repeated.
+    import shutil
+
+    shutil.rmtree(out / "checkpoints" / "rl")
+    for name in ("after_rl_greedy", "after_rl_sampled"):
+        shutil.rmtree(out / "eval" / name)
+    capsys.readouterr()
+    again = run(load_config("recipes/kk-tiny.yaml", base + ["threads=2", "logging.samples_every=0"]))
+    assert rl_lines(out) == reference
+    assert again["invocations"] == 2 and again["wall_seconds"] > again["wall_seconds_last_invocation"]
+    assert again["wall_seconds"] >= first["wall_seconds"] + again["wall_seconds_last_invocation"] - 0.15
+    printed = capsys.readouterr().out
+    assert "resuming the run in" in printed and "resuming SFT from" in printed and "resuming RL" not in printed
+
+
+def test_sft_stage_summary_and_interrupt_message(tiny_model_dir, tmp_path):
+    from rlvr.cli import resume_point
+
+    out = tmp_path / "run"
+    assert "no checkpoint was written yet" in resume_point(out)
+    summary = run(load_config("recipes/kk-tiny.yaml", small_overrides(tiny_model_dir, out) + ["rl.enabled=false"]))
+    assert summary["stage"] == "after_sft" and "accuracy_before_rl" not in summary
+    assert 0 <= summary["accuracy"] <= 1 and summary["sft_steps"] == 4
+    assert sorted(p.name for p in (out / "eval").iterdir()) == ["after_sft_greedy", "after_sft_sampled"]
+    assert resume_point(out).endswith("checkpoints/sft/step_000004")

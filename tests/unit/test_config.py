@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from rlvr.config import ConfigError, RunConfig, dump_yaml, from_dict, load_config, to_dict
@@ -22,7 +24,7 @@ def test_unknown_key_suggests_closest(tmp_path):
         load_config(None, ["rl.lrr=1"])
     recipe = tmp_path / "r.yaml"
     recipe.write_text("rl:\n  group_sise: 4\n")
-    with pytest.raises(ConfigError, match=r"r.yaml: unknown config key 'rl.group_sise'.*'rl.group_size'"):
+    with pytest.raises(ConfigError, match=r"r.yaml line 2: unknown config key 'rl.group_sise'.*'rl.group_size'"):
         load_config(recipe)
 
 
@@ -78,3 +80,71 @@ def test_cli_key_value_options_parse_yaml_and_keep_empty_strings():
         _kv(["people"])
     with pytest.raises(SystemExit, match="expected key=value"):
         _kv(["=3"])
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("rl.advantage=grpoo", r"rl.advantage: got 'grpoo', expected an advantage estimator; did you mean 'grpo'"),
+        ("rl.loss=ppoo", r"rl.loss: got 'ppoo', expected a policy loss; did you mean 'ppo'.*cispo"),
+        ("rl.loss_agg=foo", r"rl.loss_agg: got 'foo', expected a loss aggregation.*token-mean"),
+        ("sft.steps=-5", r"sft.steps: got -5, expected an integer >= 0"),
+        ("data.eval_size=-1", r"data.eval_size: got -1, expected a positive integer"),
+        ("data.eval_size=0", r"data.eval_size: got 0, expected a positive integer"),
+        ("eval.prompts_per_batch=0", r"eval.prompts_per_batch: got 0, expected a positive integer"),
+        ("sft.micro_batch_tokens=-1", r"sft.micro_batch_tokens: got -1, expected a positive integer"),
+        ("rl.micro_batch_tokens=0", r"rl.micro_batch_tokens: got 0, expected a positive integer"),
+        ("threads=-1", r"threads: got -1, expected an integer >= 0 \(0: all cores\)"),
+        ("checkpoint.every=-1", r"checkpoint.every: got -1, expected an integer >= 0"),
+        ("data.task=knights_knave", r"data.task: got 'knights_knave', expected a task; did you mean 'knights_knaves'"),
+        ("model.preset=tinyy", r"model.preset: got 'tinyy', expected a model preset; did you mean 'tiny'"),
+        ("rl.adam_betas=[0.9]", r"rl.adam_betas: got \[0.9\], expected two numbers in \[0, 1\)"),
+        ("rl.curriculum=[{start_step: -1, value: {people: 3}}]", r"rl.curriculum\[0\].start_step: got -1"),
+        ("rl.top_p=0", r"rl.top_p: got 0.0, expected a number in \(0, 1\]"),
+        ("rl.weight_decay=.nan", r"rl.weight_decay: got nan"),
+    ],
+)
+def test_every_field_has_a_domain_and_the_override_is_named(override, message):
+    with pytest.raises(ConfigError, match=r"^override " + re.escape(override) + ": .*" + message):
+        load_config("recipes/kk-tiny.yaml", [override])
+
+
+def test_every_numeric_field_has_a_domain():
+    """A field of an int / float type that DOMAINS does not name falls back to its type's domain."""
+    import dataclasses
+    import typing
+
+    from rlvr.config import _DEFAULT_DOMAINS, DOMAINS
+
+    def walk(cls, prefix=""):
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            tp = hints[f.name]
+            if dataclasses.is_dataclass(tp):
+                yield from walk(tp, f"{prefix}{f.name}.")
+            else:
+                yield f"{prefix}{f.name}", tp
+
+    for path, tp in walk(RunConfig):
+        base = [a for a in typing.get_args(tp) if a is not type(None)] if typing.get_origin(tp) is not None else [tp]
+        if base and base[0] in (int, float):
+            assert path in DOMAINS or base[0] in _DEFAULT_DOMAINS, path
+    for path in DOMAINS:  # no stale entries
+        assert path.split(".")[-1] in {p.rsplit(".", 1)[-1] for p, _ in walk(RunConfig)}, path
+
+
+def test_recipe_errors_give_the_line(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("name: r\nrl:\n  steps: 3\n  advantage: grpoo\n")
+    with pytest.raises(ConfigError, match=r"r.yaml line 4: config key rl.advantage: got 'grpoo'"):
+        load_config(recipe)
+    with pytest.raises(ConfigError, match=r"^override rl.advantage=rloox: "):  # the override, not the file
+        load_config(recipe, ["rl.advantage=rloox"])
+    recipe.write_text("rl:\n  prompts_per_step: 8\n  mini_batches: 3\n")
+    with pytest.raises(ConfigError, match=r"r.yaml line 3: config key rl.mini_batches: got 3"):
+        load_config(recipe)
+
+
+def test_adam_betas_are_configurable():
+    cfg = load_config(None, ["rl.adam_betas=[0.9, 0.999]", "rl.weight_decay=0.01", "sft.adam_betas=[0.8, 0.9]"])
+    assert cfg.rl.adam_betas == [0.9, 0.999] and cfg.rl.weight_decay == 0.01 and cfg.sft.adam_betas == [0.8, 0.9]

@@ -33,7 +33,8 @@ from rlvr.distributed.ray_engine import ensure_ray
 
 def make_optimizer(model: torch.nn.Module, cfg: Any) -> torch.optim.Optimizer:
     """The RL loop's optimizer (rlvr.trainers.rl.train_rl builds the same one)."""
-    return torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.99), weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(cfg.adam_betas[0], cfg.adam_betas[1]),
+                             weight_decay=cfg.weight_decay)
 
 
 class LearnerRank:

@@ -573,10 +573,10 @@ def _cards(run: Run) -> str:
             if b is not None and a is not None:
                 cards.append((f"{b:.3f} → {a:.3f}", f"eval {name} accuracy before → after RL"))
     if rl:
-        cards.append((str(int(rl[-1]["step"]) + 1), "RL steps"))
+        cards.append((str(int(rl[-1]["step"])), "RL steps"))
     sft = run.rows.get("sft", [])
     if sft:
-        cards.append((str(int(sft[-1]["step"]) + 1), "SFT steps"))
+        cards.append((str(int(sft[-1]["step"])), "SFT steps"))
     return '<div class="cards">' + "".join(f"<div class=card><b>{_esc(v)}</b><span>{_esc(k)}</span></div>"
                                            for v, k in cards) + "</div>"
 

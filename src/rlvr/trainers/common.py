@@ -255,7 +255,7 @@ class MetricsLogger:
             self._wandb.log({f"{prefix}/{k}" if prefix else k: v for k, v in numeric.items()}, step=step)
 
     def truncate_after(self, phase: str, step: int) -> None:
-        """Drop lines of `phase` with step > `step` (a resumed run rewrites them)."""
+        """Drop lines of `phase` with step > `step` (a resumed run rewrites them; step 0: all of them)."""
         if not self.path.exists():
             return
         kept = []

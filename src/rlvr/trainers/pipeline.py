@@ -17,8 +17,8 @@ from typing import Any
 import torch
 
 from rlvr import tasks
-from rlvr.config import ConfigError, RunConfig, dump_yaml, to_dict
-from rlvr.data.io import load_examples, write_json_atomic, write_jsonl_atomic
+from rlvr.config import ConfigError, RunConfig, dump_yaml, from_dict, to_dict
+from rlvr.data.io import DataError, load_examples, write_json_atomic, write_jsonl_atomic
 from rlvr.trainers.common import MetricsLogger, setup_torch
 
 
@@ -30,16 +30,47 @@ def log(message: str) -> None:
     print(f"[rlvr] {message}", flush=True)
 
 
+# Keys that cannot change what a run computes: a run directory resumes across changes to them.
+RESUME_FREE_KEYS = ("name", "out_dir", "threads", "logging")
+
+
+def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        out.update(_flat(value, f"{prefix}{key}.") if isinstance(value, dict) and value else {f"{prefix}{key}": value})
+    return out
+
+
+def config_differences(saved_text: str, config: RunConfig) -> list[str]:
+    """The keys (other than RESUME_FREE_KEYS) whose values differ between a saved config.yaml and `config`."""
+    import yaml
+
+    raw = yaml.safe_load(saved_text) or {}
+    try:  # through the loader, so a key the saved file predates compares as its default
+        raw = to_dict(from_dict(RunConfig, raw, ""))
+    except ConfigError:
+        pass
+    old, new = _flat(raw), _flat(to_dict(config))
+    keys = sorted(set(old) | set(new))
+    return [f"{k} ({old.get(k, '<absent>')!r} there, {new.get(k, '<absent>')!r} here)" for k in keys
+            if old.get(k, "<absent>") != new.get(k, "<absent>") and k.split(".")[0] not in RESUME_FREE_KEYS]
+
+
 def prepare_run_dir(config: RunConfig) -> Path:
-    """Create the run directory, or check that an existing one holds this same run (then resume)."""
+    """Create the run directory, or check that an existing one holds this same run (then resume).
+
+    Call it only once the inputs are checked (check_inputs): a start that fails must leave nothing."""
     run_dir = Path(config.out_dir)
     saved = run_dir / "config.yaml"
     text = dump_yaml(config)
     if saved.exists():
-        if saved.read_text() != text:
+        differ = config_differences(saved.read_text(), config)
+        if differ:
             raise RunDirError(
-                f"run directory {run_dir} already holds a different run (its config.yaml differs from this "
-                f"recipe's); pass out_dir=... for a new run, or the same recipe and overrides to resume it"
+                f"run directory {run_dir} already holds a different run: {'; '.join(differ)}. Pass out_dir=... "
+                f"for a new run, or the same recipe and overrides to resume it"
             )
         log(f"resuming the run in {run_dir}")
     elif run_dir.exists() and any(run_dir.iterdir()):
@@ -111,8 +142,64 @@ def with_reward_functions(task: tasks.Task, reward: Any) -> tasks.Task:
     return WithRewardFunctions(task, loaded)  # type: ignore[return-value]
 
 
-def held_out_examples(config: RunConfig, task: tasks.Task, run_dir: Path) -> list[tasks.Example]:
+@dataclass
+class Inputs:
+    """What check_inputs read and checked before the run writes anything."""
+
+    task: tasks.Task
+    train_rows: list[tasks.Example] | None  # data.train_file's problems (None: generated)
+    eval_rows: list[tasks.Example] | None  # data.eval_file's first data.eval_size problems (None: generated)
+
+
+def _read_input(task: tasks.Task, key: str, path: str, limit: int | None = None) -> list[tasks.Example]:
+    try:
+        rows = load_examples(task, path, limit=limit)
+    except (DataError, OSError) as err:
+        raise ConfigError(f"config key {key}: {err}", key=key) from None
+    if not rows:
+        raise ConfigError(f"config key {key}: {path} holds no problems", key=key)
+    return rows
+
+
+def check_inputs(config: RunConfig) -> Inputs:
+    """Build the task and read every input the run names (model directory, data files), checking
+    each, before anything is written or computed; errors name the key, the file and the line."""
     data = config.data
+    try:
+        task = tasks.get(data.task, **data.task_options)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"config key data.task_options: {err}", key="data.task_options") from None
+    task = with_reward_functions(task, config.reward)
+    if config.model.engine == "vllm":
+        check_vllm(config)
+    if config.model.path and not Path(config.model.path).is_dir():
+        raise ConfigError(f"config key model.path: {config.model.path} is not a directory (rlvr loads local HF "
+                          f"directories)", key="model.path")
+    if data.require_files:
+        for key in ("train_file", "eval_file"):
+            if not getattr(data, key):
+                raise ConfigError(f"config key data.{key}: this recipe trains on its data files "
+                                  f"(data.require_files=true), so pass data.{key}=FILE", key=f"data.{key}")
+    eval_rows = _read_input(task, "data.eval_file", data.eval_file, data.eval_size) if data.eval_file else None
+    train_rows = None
+    rl = config.rl
+    if data.train_file and rl.enabled and rl.steps > 0:
+        train_rows = _read_input(task, "data.train_file", data.train_file)
+        wanted = [(f"rl.curriculum[{i}].value", s.value) for i, s in enumerate(rl.curriculum)]
+        if not rl.curriculum or rl.curriculum[0].start_step > 0:
+            wanted.insert(0, ("data.difficulty", data.difficulty))
+        for key, difficulty in wanted:
+            if not any(matches(ex, difficulty) for ex in train_rows):
+                raise ConfigError(f"config key data.train_file: {data.train_file} has no problem of the RL "
+                                  f"difficulty {difficulty} ({key})", key=key)
+    return Inputs(task, train_rows, eval_rows)
+
+
+def held_out_examples(config: RunConfig, task: tasks.Task, run_dir: Path,
+                      rows: list[tasks.Example] | None = None) -> list[tasks.Example]:
+    data = config.data
+    if rows is not None:
+        return rows
     if data.eval_file:
         return load_examples(task, data.eval_file, limit=data.eval_size)
     cached = run_dir / "data" / "eval.jsonl"
@@ -132,12 +219,14 @@ def matches(example: tasks.Example, difficulty: dict[str, Any]) -> bool:
     return True
 
 
-def training_source(config: RunConfig, task: tasks.Task, banned: set[str]):
+def training_source(config: RunConfig, task: tasks.Task, banned: set[str],
+                    loaded: list[tasks.Example] | None = None):
     """difficulty -> training problems, never one whose prompt is in the held-out set."""
     data = config.data
     rows: list[tasks.Example] | None = None
     if data.train_file:
-        rows = [ex for ex in load_examples(task, data.train_file) if ex.prompt not in banned]
+        loaded = loaded if loaded is not None else load_examples(task, data.train_file)
+        rows = [ex for ex in loaded if ex.prompt not in banned]
 
     def source(difficulty: dict[str, Any]) -> list[tasks.Example]:
         if rows is not None:
@@ -251,20 +340,50 @@ def accuracy(metrics: dict[str, float], n: int) -> float:
 
 
 def run(config: RunConfig) -> dict[str, Any]:
+    """Check the inputs, then run (or resume) the recipe's stages; writes summary.json and report.html.
+
+    summary.json's wall_seconds is the total over every invocation on this run directory
+    (wall_seconds_last_invocation: this one)."""
+    t_start = time.perf_counter()
+    inputs = check_inputs(config)
+    run_dir = prepare_run_dir(config)
+    try:
+        summary = _run(config, inputs, run_dir)
+    except BaseException:
+        add_wall_time(run_dir, time.perf_counter() - t_start)
+        raise
+    summary.update(add_wall_time(run_dir, time.perf_counter() - t_start))
+    summary["wall_seconds"] = summary.pop("wall_seconds_total")
+    write_json_atomic(run_dir / "summary.json", summary)
+    from rlvr.evaluation.report import write_report
+
+    log(f"report: {write_report(run_dir)}")
+    return summary
+
+
+def add_wall_time(run_dir: Path, seconds: float) -> dict[str, Any]:
+    """Add one invocation's wall time to RUN_DIR/wall_time.json (written when an invocation ends,
+    also by an exception or Ctrl-C; a kill -9 loses that invocation's time) and return the totals."""
+    path = run_dir / "wall_time.json"
+    totals = json.loads(path.read_text()) if path.exists() else {"wall_seconds_total": 0.0, "invocations": 0}
+    totals = {"wall_seconds_total": round(totals["wall_seconds_total"] + seconds, 1),
+              "invocations": totals["invocations"] + 1, "wall_seconds_last_invocation": round(seconds, 1)}
+    write_json_atomic(path, totals)
+    return totals
+
+
+def _run(config: RunConfig, inputs: Inputs, run_dir: Path) -> dict[str, Any]:
     from rlvr.models import eos_token_ids, prompt_ids
     from rlvr.rollout.torch_engine import TorchEngine
     from rlvr.trainers.rl import ProblemPool, train_rl
     from rlvr.trainers.sft import train_sft
 
     t_start = time.perf_counter()
-    if config.model.engine == "vllm":
-        check_vllm(config)
-    run_dir = prepare_run_dir(config)
     device = setup_torch(config.seed, config.threads, config.device)
     for key, value in config.derived_sizes().items():
         log(f"{key}: {value}")
-    task = with_reward_functions(tasks.get(config.data.task, **config.data.task_options), config.reward)
-    held_out = held_out_examples(config, task, run_dir)
+    task = inputs.task
+    held_out = held_out_examples(config, task, run_dir, inputs.eval_rows)
     banned = {ex.prompt for ex in held_out}
     log(f"held-out set: {len(held_out)} problems ({config.data.eval_difficulty})")
 
@@ -305,6 +424,13 @@ def run(config: RunConfig) -> dict[str, Any]:
                   progress=config.logging.progress,
                   eval_fn=in_loop_eval("sft_eval", engine, policy, task, held_out, config))
 
+    if not (config.rl.enabled and config.rl.steps > 0):  # `rlvr sft`, or an evaluation of the model only
+        stage = "after_sft" if config.sft.enabled else "model"
+        final = evaluate_both(stage, policy, engine, task, held_out, config, run_dir)
+        log(f"{stage.replace('_', ' ')}: {_describe(final, config)}")
+        logger.close()
+        return stage_summary(config, stage, final, held_out)
+
     before = evaluate_both("before_rl", policy, engine, task, held_out, config, run_dir)
     log(f"before RL: {_describe(before, config)}")
 
@@ -317,7 +443,7 @@ def run(config: RunConfig) -> dict[str, Any]:
 
     rl_summary: dict[str, Any] = {}
     if config.rl.enabled and config.rl.steps > 0:
-        pool = ProblemPool(training_source(config, task, banned), seed=config.seed)
+        pool = ProblemPool(training_source(config, task, banned, inputs.train_rows), seed=config.seed)
         train_engine, learner, closers = training_engine(config, policy, engine, eos_ids, decode_dtype)
         critic = None
         if config.critic.enabled:
@@ -340,12 +466,7 @@ def run(config: RunConfig) -> dict[str, Any]:
     log(f"after RL: {_describe(after, config)}")
     logger.close()
 
-    summary = make_summary(config, before, after, held_out, time.perf_counter() - t_start, rl_summary)
-    write_json_atomic(run_dir / "summary.json", summary)
-    from rlvr.evaluation.report import write_report
-
-    log(f"report: {write_report(run_dir)}")
-    return summary
+    return make_summary(config, before, after, held_out, time.perf_counter() - t_start, rl_summary)
 
 
 def engine_dtype(config: RunConfig, policy: Policy) -> torch.dtype | None:
@@ -424,6 +545,26 @@ def _describe(results: dict[str, dict[str, float]], config: RunConfig) -> str:
         n = config.eval.samples
         parts.append(f"sampled accuracy {accuracy(results['sampled'], n):.3f} (avg@{n}, T={config.eval.temperature})")
     return ", ".join(parts)
+
+
+def stage_summary(config: RunConfig, stage: str, results: dict, held_out: list) -> dict[str, Any]:
+    """summary.json of a run without an RL stage (`rlvr sft`): the one evaluation of its model."""
+    headline = "sampled" if "sampled" in results else "greedy"
+    n = config.eval.samples if headline == "sampled" else 1
+    summary: dict[str, Any] = {
+        "stage": stage,
+        "accuracy": accuracy(results[headline], n) if results else None,
+        "accuracy_metric": (f"pass@1 averaged over {n} samples at temperature {config.eval.temperature}, "
+                            f"top_p {config.eval.top_p}" if headline == "sampled" else "greedy pass@1"),
+        "eval_size": len(held_out),
+        "eval_max_new_tokens": config.eval.max_new_tokens,
+        "sft_steps": config.sft.steps if config.sft.enabled else 0,
+        "seed": config.seed,
+    }
+    for kind, nn in (("greedy", 1), ("sampled", config.eval.samples)):
+        if kind in results:
+            summary[f"{kind}_accuracy"] = accuracy(results[kind], nn)
+    return summary
 
 
 def make_summary(config: RunConfig, before: dict, after: dict, held_out: list, seconds: float,

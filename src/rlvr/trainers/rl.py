@@ -661,7 +661,7 @@ def train_rl(  # noqa: C901 - one loop; an optional learner, reference and criti
     run_dir = Path(run_dir)
     stage_dir = run_dir / "checkpoints" / "rl"
     ref = copy.deepcopy(policy).eval().requires_grad_(False) if cfg.kl_coef > 0 else None
-    optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, betas=(0.9, 0.99),
+    optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, betas=(cfg.adam_betas[0], cfg.adam_betas[1]),
                                   weight_decay=cfg.weight_decay)
     start_step, best, low_streak = 0, -1.0, 0
     latest = ckpt.latest_checkpoint(stage_dir)
@@ -678,9 +678,10 @@ def train_rl(  # noqa: C901 - one loop; an optional learner, reference and criti
                                            "critic.enabled); use a fresh out_dir")
             critic.load_state_dict(state["critic"])
         start_step, best, low_streak = state["step"], state["best_accuracy"], state["low_streak"]
-        logger.truncate_after("rl", start_step - 1)
+        print(f"[rlvr] resuming RL from {latest}", flush=True)
         if not engine_shares_weights:
             engine.load_weights(policy.state_dict())
+    logger.truncate_after("rl", start_step)  # rows logged after the checkpoint (or before the first) go
     # The point at the resumed step may have been logged before its checkpoint was written, or not:
     # it is dropped and computed again (same weights, same sampling seed: the same value).
     logger.truncate_after("rl_eval", start_step - 1)
@@ -695,7 +696,7 @@ def train_rl(  # noqa: C901 - one loop; an optional learner, reference and criti
         batch, ds_stats = collect(engine, tokenizer, task, pool, prompt_cache, knobs, cfg, eos_ids, seed, step)
         t_gen = time.perf_counter() - t0
         gen_tokens = sum(len(c) for c in batch.completion_ids)
-        metrics: dict[str, Any] = {"phase": "rl", "step": step, **batch_metrics(batch, knobs), **ds_stats,
+        metrics: dict[str, Any] = {"phase": "rl", "step": step + 1, **batch_metrics(batch, knobs), **ds_stats,
                                    **batch.engine_metrics}
         t0 = time.perf_counter()
         policy.train()
@@ -723,7 +724,7 @@ def train_rl(  # noqa: C901 - one loop; an optional learner, reference and criti
         if t_eval:
             metrics["timing_s/eval"] = t_eval
         if logging.samples_every and (step % logging.samples_every == 0 or done == cfg.steps):
-            dump_samples(run_dir, step, batch)
+            dump_samples(run_dir, done, batch)
         metrics["timing_s/step"] = time.perf_counter() - t_step
         logger.log(metrics)
         bar.update(step, reward=metrics["reward/mean"], acc=metrics["accuracy"],

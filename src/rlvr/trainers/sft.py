@@ -83,7 +83,7 @@ def train_sft(
 ) -> dict[str, float]:
     """Train on (prompt_ids, completion_ids) pairs for cfg.steps optimizer steps; returns last metrics."""
     stage_dir = Path(run_dir) / "checkpoints" / "sft"
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.95),
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(cfg.adam_betas[0], cfg.adam_betas[1]),
                                   weight_decay=cfg.weight_decay)
     start_step = 0
     latest = ckpt.latest_checkpoint(stage_dir)
@@ -91,7 +91,8 @@ def train_sft(
         state = ckpt.load_checkpoint(latest, model, model.config)
         optimizer.load_state_dict(state["optimizer"])
         start_step = state["step"]
-        logger.truncate_after("sft", start_step - 1)
+        print(f"[rlvr] resuming SFT from {latest}", flush=True)
+    logger.truncate_after("sft", start_step)  # rows logged after the checkpoint (or before the first) go
     if start_step >= cfg.steps:
         return {}
     model.train()
@@ -118,13 +119,13 @@ def train_sft(
         optimizer.zero_grad(set_to_none=True)
         seconds = time.perf_counter() - t0
         last = {
-            "phase": "sft", "step": step, "sft/loss": total_loss / n_tokens, "sft/lr": lr,
+            "phase": "sft", "step": step + 1, "sft/loss": total_loss / n_tokens, "sft/lr": lr,
             "sft/grad_norm": float(grad_norm), "sft/tokens_per_s": sum(map(len, sequences)) / seconds,
             "sft/completion_tokens": n_tokens, "timing_s/step": seconds,
         }
         if eval_fn is not None and cfg.eval_every and (step + 1) % cfg.eval_every == 0 and step + 1 < cfg.steps:
             model.eval()
-            last.update(eval_fn(step))
+            last.update(eval_fn(step + 1))
             model.train()
         logger.log(last)
         bar.update(step, loss=last["sft/loss"], lr=lr, tok_s=float(int(last["sft/tokens_per_s"])))
