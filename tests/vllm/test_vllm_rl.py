@@ -46,7 +46,7 @@ def run(out_dir: Path, model_dir: Path, engine: str) -> list[dict]:
 def test_an_rl_run_on_vllm_syncs_weights_every_step(tiny_model_dir: Path, tmp_path: Path):
     rows = run(tmp_path / "vllm", tiny_model_dir, "vllm")
     reference = run(tmp_path / "torch", tiny_model_dir, "torch")
-    assert [r["step"] for r in rows] == list(range(RL_STEPS))
+    assert [r["step"] for r in rows] == list(range(1, RL_STEPS + 1))  # steps count 1..N
     for row, ref in zip(rows, reference):
         print(f"step {row['step']}: vllm gap max {row['rollout/logprob_abs_diff_max']:.2e}, torch engine gap max "
               f"{ref['rollout/logprob_abs_diff_max']:.2e}; grad_norm {row['actor/grad_norm']:.3f} "

@@ -105,22 +105,29 @@ _BOX_OPEN = re.compile(r"\\(?:boxed|fbox)\s*\{")
 _BRACE = re.compile(r"\\[{}]|[{}]")  # escaped braces (\{ a set \}) are text, not groups
 
 
-def last_boxed(text: str) -> str | None:
-    """Content of the complete \\boxed{...} that closes last; None without one. Linear time."""
-    box_opens = {m.end() - 1 for m in _BOX_OPEN.finditer(text)}
-    if not box_opens:
-        return None
+def _complete_boxes(text: str) -> tuple[dict[int, int], list[tuple[int, int, int, int]]]:
+    """One linear scan of the braces: {opening brace: backslash} of every \\boxed{ / \\fbox{, and the
+    complete boxes in the order they close, as (box start, content start, content end, box end)."""
+    opens = {m.end() - 1: m.start() for m in _BOX_OPEN.finditer(text)}
+    complete: list[tuple[int, int, int, int]] = []
+    if not opens:
+        return opens, complete
     stack: list[int] = []
-    best: tuple[int, int] | None = None
     for match in _BRACE.finditer(text):
         token = match.group()
         if token == "{":
             stack.append(match.start())
         elif token == "}" and stack:
             start = stack.pop()
-            if start in box_opens:
-                best = (start + 1, match.start())
-    return None if best is None else text[best[0] : best[1]].strip()
+            if start in opens:
+                complete.append((opens[start], start + 1, match.start(), match.end()))
+    return opens, complete
+
+
+def last_boxed(text: str) -> str | None:
+    """Content of the complete \\boxed{...} that closes last; None without one. Linear time."""
+    _, complete = _complete_boxes(text)
+    return text[complete[-1][1] : complete[-1][2]].strip() if complete else None
 
 
 # Text allowed between the boxes of one multi-box answer ("\\boxed{-1} or \\boxed{4}",
@@ -141,19 +148,9 @@ def final_boxes(text: str) -> list[str] | None:
     closes means nothing was extracted: None, never a fallback to the surrounding text. Linear
     apart from sorting the boxes.
     """
-    opens = {m.end() - 1: m.start() for m in _BOX_OPEN.finditer(text)}  # brace -> backslash
+    opens, complete = _complete_boxes(text)
     if not opens:
         return []
-    stack: list[int] = []
-    complete: list[tuple[int, int, int, int]] = []  # (box start, content start, content end, box end)
-    for match in _BRACE.finditer(text):
-        token = match.group()
-        if token == "{":
-            stack.append(match.start())
-        elif token == "}" and stack:
-            start = stack.pop()
-            if start in opens:
-                complete.append((opens[start], start + 1, match.start(), match.end()))
     if len(complete) < len(opens):
         return None  # a box that never closes
     top: list[tuple[int, int, int, int]] = []
