@@ -256,3 +256,27 @@ def test_sft_stage_summary_and_interrupt_message(tiny_model_dir, tmp_path):
     assert 0 <= summary["accuracy"] <= 1 and summary["sft_steps"] == 4
     assert sorted(p.name for p in (out / "eval").iterdir()) == ["after_sft_greedy", "after_sft_sampled"]
     assert resume_point(out).endswith("checkpoints/sft/step_000004")
+
+
+def test_ppo_with_a_critic_resumes_to_the_uninterrupted_run(tiny_model_dir, tmp_path):
+    """kk-tiny-ppo (GAE from a value model, critic warm-up): a run cut after its step-2 checkpoint
+    resumes to the uninterrupted run's metrics, critic metrics included; the checkpoint holds the
+    critic (value head and its optimizer) next to the actor."""
+    # the overlong length penalty gives varied rewards, so actor and critic both take real updates
+    extra = ["critic.warmup_steps=1", "rl.length_reward.kind=overlong", "rl.length_reward.cache_tokens=20"]
+    reference, cut = tmp_path / "reference", tmp_path / "cut"
+    run(load_config("recipes/kk-tiny-ppo.yaml", small_overrides(tiny_model_dir, reference, 4) + extra))
+    lines = rl_lines(reference)
+    assert [rec["step"] for rec in lines] == [1, 2, 3, 4]
+    assert "actor/pg_loss" not in lines[0] and "actor/pg_loss" in lines[1]  # step 1: critic only
+    assert all(rec["critic/grad_norm"] > 0 for rec in lines)
+    # explained variance is undefined (not logged) on a batch whose returns are all equal
+    assert all(("critic/vf_explained_var" in rec) == (rec["reward/std"] > 0) for rec in lines)
+    run(load_config("recipes/kk-tiny-ppo.yaml", small_overrides(tiny_model_dir, cut, 4) + extra))
+    state = torch.load(cut / "checkpoints/rl/step_000002/trainer_state.pt", weights_only=False)
+    assert "critic" in state, sorted(state)
+    shutil.rmtree(cut / "checkpoints/rl/step_000004")
+    for name in ("summary.json", "eval/after_rl_greedy", "eval/after_rl_sampled"):
+        shutil.rmtree(cut / name) if (cut / name).is_dir() else (cut / name).unlink()
+    run(load_config("recipes/kk-tiny-ppo.yaml", small_overrides(tiny_model_dir, cut, 4) + extra))
+    assert rl_lines(cut) == lines
