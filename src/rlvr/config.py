@@ -22,7 +22,7 @@ from typing import Any, Literal, Union
 
 import yaml
 
-from rlvr.distributed import RayConfig  # a plain dataclass: importing it does not import ray
+from rlvr.distributed import BUILTIN_RESOURCES, RayConfig  # plain Python: importing it does not import ray
 
 
 class ConfigError(ValueError):
@@ -473,6 +473,14 @@ def _table(module: str, name: str) -> Callable[[], Any]:
     return names
 
 
+def _custom_resources(table: dict) -> bool:
+    return all(isinstance(name, str) and name.strip() and name not in BUILTIN_RESOURCES
+               and isinstance(amount, int | float) and not isinstance(amount, bool) and 0 < amount < float("inf")
+               for name, amount in table.items())
+
+
+_RESOURCES = Domain(_custom_resources, f"custom Ray resource names (not {', '.join(BUILTIN_RESOURCES)}: those have "
+                                       "their own keys) mapped to amounts > 0, e.g. {rollout: 1}")
 _BETAS = Domain(lambda v: len(v) == 2 and all(0 <= b < 1 for b in v), "two numbers in [0, 1), [beta1, beta2]")
 _DEFAULT_DOMAINS: dict[Any, Domain] = {int: at_least(0), float: Domain(_finite, "a finite number")}
 DOMAINS: dict[str, Domain] = {
@@ -523,6 +531,12 @@ DOMAINS: dict[str, Domain] = {
     "eval.prompts_per_batch": positive(),
     "checkpoint.keep_last": at_least(1),
     "ray.num_rollout_workers": at_least(1),
+    "ray.cpus_per_worker": at_least(0.0),
+    "ray.gpus_per_worker": at_least(0.0),
+    "ray.cpus_per_learner": at_least(0.0),
+    "ray.gpus_per_learner": at_least(0.0),
+    "ray.resources_per_worker": _RESOURCES,
+    "ray.resources_per_learner": _RESOURCES,
 }
 
 

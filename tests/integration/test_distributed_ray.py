@@ -22,7 +22,7 @@ if importlib.util.find_spec("ray") is None:  # an optional extra; a ray that is 
 import ray  # noqa: E402
 
 from rlvr.config import CheckpointConfig, LoggingConfig, RLConfig  # noqa: E402
-from rlvr.distributed import RayConfig, make_engine, make_learner  # noqa: E402
+from rlvr.distributed import RayConfig, describe_placement, make_engine, make_learner, reserved_resources  # noqa: E402
 from rlvr.distributed.ray_engine import RayRolloutEngine, split_evenly, worker_seed  # noqa: E402
 from rlvr.distributed.ray_learner import RayLearnerGroup  # noqa: E402
 from rlvr.models.native import NativeCausalLM  # noqa: E402
@@ -156,6 +156,24 @@ def test_ray_engine_returns_each_workers_slice_in_the_callers_order(cluster):
         assert [r.token_ids for r in engine.generate(prompts, greedy)] == [r.token_ids for r in reference]
     finally:
         engine.shutdown()
+
+
+def test_reserved_resources_sum_cpus_gpus_and_custom_resources_over_all_actors():
+    cfg = RayConfig(num_rollout_workers=2, cpus_per_worker=0.5, resources_per_worker={"rollout": 1},
+                    num_learners=3, gpus_per_learner=1, resources_per_learner={"learner": 0.5, "rollout": 2})
+    assert reserved_resources(cfg) == {"CPU": 4.0, "GPU": 3.0, "rollout": 8.0, "learner": 1.5}
+
+
+def test_a_local_cluster_without_the_custom_resource_is_refused_before_any_actor_starts(cluster):
+    with pytest.raises(RuntimeError, match=r"1 rollout reserved, the cluster has 0.*ray.resources_per_worker"):
+        make_engine(RayConfig(num_rollout_workers=1, resources_per_worker={"rollout": 1}), new_model(), (EOS,), 0)
+
+
+def test_describe_placement_groups_processes_by_node():
+    node = lambda node_id, pid: {"node_id": node_id, "node_ip": "10.0.0.1", "hostname": "h", "pid": pid}  # noqa: E731
+    line = describe_placement({"driver": node("aaaa", 1), "rollout_workers": [node("bbbb", 2), node("bbbb", 3)],
+                               "learners": [node("aaaa", 4)]})
+    assert line == "node aaaa (h, 10.0.0.1): driver, learner 0; node bbbb (h, 10.0.0.1): rollout worker 0, rollout worker 1"
 
 
 def test_make_engine_and_make_learner_refuse_or_skip_before_starting_actors():

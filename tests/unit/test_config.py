@@ -102,6 +102,12 @@ def test_cli_key_value_options_parse_yaml_and_keep_empty_strings():
         ("rl.curriculum=[{start_step: -1, value: {people: 3}}]", r"rl.curriculum\[0\].start_step: got -1"),
         ("rl.top_p=0", r"rl.top_p: got 0.0, expected a number in \(0, 1\]"),
         ("rl.weight_decay=.nan", r"rl.weight_decay: got nan"),
+        ("ray.cpus_per_worker=-1", r"ray.cpus_per_worker: got -1.0, expected a number >= 0.0"),
+        ("ray.resources_per_worker={GPU: 1}", r"ray.resources_per_worker: got \{'GPU': 1\}, expected custom Ray "
+                                               r"resource names \(not CPU, GPU"),
+        ("ray.resources_per_learner={learner: 0}", r"ray.resources_per_learner: got \{'learner': 0\}.*amounts > 0"),
+        ("ray.resources_per_learner={learner: yes}", r"ray.resources_per_learner: got \{'learner': True\}"),
+        ("ray.resources_per_worker=1", r"ray.resources_per_worker: got 1, expected a mapping"),
     ],
 )
 def test_every_field_has_a_domain_and_the_override_is_named(override, message):

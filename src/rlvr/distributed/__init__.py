@@ -41,6 +41,10 @@ class RayConfig:
     """Engine inside each worker: rlvr's TorchEngine (CPU or GPU) or vLLM (GPU)."""
     engine_options: dict[str, Any] = field(default_factory=dict)
     """Keyword options of that engine (e.g. vLLM: gpu_memory_utilization, dtype, max_model_len)."""
+    resources_per_worker: dict[str, float] = field(default_factory=dict)
+    """Custom Ray resources each rollout worker reserves, e.g. {rollout: 1}: the workers then run only
+    on nodes started with that resource (`ray start --resources='{"rollout": 8}'`). Names other than
+    CPU, GPU, memory and object_store_memory (those have their own keys); amounts > 0."""
     spread: bool = False
     """Place workers on different nodes when possible (Ray's SPREAD scheduling)."""
     num_learners: int = 0
@@ -48,17 +52,32 @@ class RayConfig:
     learner_strategy: Literal["fsdp", "replicate"] = "fsdp"
     """How learner ranks combine gradients: FSDP2 sharding, or full replicas with an all-reduce."""
     cpus_per_learner: float = 1.0
+    """Ray CPUs reserved by each learner rank."""
     gpus_per_learner: float = 0.0
+    """Ray GPUs reserved by each learner rank; > 0 puts it on CUDA."""
+    resources_per_learner: dict[str, float] = field(default_factory=dict)
+    """Custom Ray resources each learner rank reserves, e.g. {learner: 1} for nodes started with
+    `ray start --resources='{"learner": 8}'` (as resources_per_worker)."""
     gradient_checkpointing: bool = False
     """Recompute activations in backward (learner ranks)."""
 
 
+BUILTIN_RESOURCES = ("CPU", "GPU", "memory", "object_store_memory")
+"""Ray's own resource names: custom resources (resources_per_worker / _learner) must use others."""
+
+
 def reserved_resources(cfg: RayConfig) -> dict[str, float]:
-    """Ray resources the run's actors reserve: {"CPU": ..., "GPU": ...} over rollout workers and learners."""
-    return {
+    """Ray resources the run's actors reserve in all: CPU, GPU, then each custom resource named in
+    resources_per_worker / resources_per_learner, summed over rollout workers and learners."""
+    need = {
         "CPU": cfg.num_rollout_workers * cfg.cpus_per_worker + cfg.num_learners * cfg.cpus_per_learner,
         "GPU": cfg.num_rollout_workers * cfg.gpus_per_worker + cfg.num_learners * cfg.gpus_per_learner,
     }
+    for count, custom in ((cfg.num_rollout_workers, cfg.resources_per_worker),
+                          (cfg.num_learners, cfg.resources_per_learner)):
+        for name, amount in custom.items():
+            need[name] = need.get(name, 0.0) + count * amount
+    return need
 
 
 def connect(cfg: RayConfig) -> Any:
@@ -67,26 +86,42 @@ def connect(cfg: RayConfig) -> Any:
     Ray leaves an actor whose resources no node can ever provide pending forever, without an error:
     on a 2-core machine the default 2 rollout workers + 1 learner (1 CPU each) would hang the run.
     A local cluster is therefore started with max(cores, CPUs reserved) logical CPUs (the actors
-    then share the cores; each uses threads_per_worker threads), and a local cluster that still
-    cannot hold them (too few GPUs, or one started earlier with fewer CPUs) is refused here with the
-    keys to change. A remote cluster is joined as it is (an autoscaler may add nodes).
+    then share the cores; each uses threads_per_worker threads) and the custom resources the
+    actors reserve (so a recipe written for a cluster's resources_per_worker / _learner also runs on
+    one machine), and a local cluster that still cannot hold them (too few GPUs, or one started
+    earlier with fewer CPUs) is refused here with the keys to change. A remote cluster is joined as
+    it is (an autoscaler may add nodes), but a custom resource that none of its nodes has is refused:
+    that is a misspelt name or a node started without `--resources`, and the actors would never start.
     """
     from rlvr.distributed.ray_engine import ensure_ray
 
     need = reserved_resources(cfg)
-    # num_cpus only sizes a local cluster this call starts (ensure_ray ignores it otherwise)
-    ray = ensure_ray(cfg.address, num_cpus=max(os.cpu_count() or 1, math.ceil(need["CPU"])))
+    custom = {name: amount for name, amount in need.items() if name not in ("CPU", "GPU")}
+    # num_cpus and resources only size a local cluster this call starts (ensure_ray ignores them otherwise)
+    ray = ensure_ray(cfg.address, num_cpus=max(os.cpu_count() or 1, math.ceil(need["CPU"])), resources=custom)
+    have = ray.cluster_resources()
     if not cfg.address:
-        have = ray.cluster_resources()
         short = {k: (v, have.get(k, 0.0)) for k, v in need.items() if v > have.get(k, 0.0) + 1e-9}
         if short:
             detail = ", ".join(f"{v:g} {k} reserved, the cluster has {h:g}" for k, (v, h) in short.items())
             raise RuntimeError(
                 f"distributed=ray: the local Ray cluster cannot hold {cfg.num_rollout_workers} rollout workers "
                 f"and {cfg.num_learners} learners ({detail}); lower ray.num_rollout_workers, "
-                f"ray.num_learners, ray.cpus_per_worker / cpus_per_learner or ray.gpus_per_worker / "
-                f"gpus_per_learner"
+                f"ray.num_learners, ray.cpus_per_worker / cpus_per_learner, ray.gpus_per_worker / "
+                f"gpus_per_learner or ray.resources_per_worker / resources_per_learner"
             )
+        return ray
+    missing = [name for name in custom if have.get(name, 0.0) <= 0]
+    if missing:
+        keys = sorted({f"ray.resources_per_{kind}" for kind, table in (("worker", cfg.resources_per_worker),
+                                                                        ("learner", cfg.resources_per_learner))
+                       for name in missing if name in table})
+        has = ", ".join(f"{k} {v:g}" for k, v in sorted(have.items()) if not k.startswith("node:"))
+        raise RuntimeError(
+            f"distributed=ray: {' and '.join(keys)} reserve {', '.join(map(repr, missing))}, which no node of "
+            f"the Ray cluster at {cfg.address!r} has (it has: {has}); start those nodes with "
+            f"`ray start --address=... --resources='{{\"{missing[0]}\": N}}'` or fix the resource name"
+        )
     return ray
 
 
@@ -109,8 +144,8 @@ def make_engine(cfg: RayConfig, policy_model: Any, eos_token_ids: Sequence[int],
     return RayRolloutEngine(
         model, cfg.num_rollout_workers, eos_token_ids, pad_token_id, engine=cfg.rollout_engine,
         engine_options=dict(cfg.engine_options), cpus_per_worker=cfg.cpus_per_worker,
-        gpus_per_worker=cfg.gpus_per_worker, threads_per_worker=cfg.threads_per_worker, spread=cfg.spread,
-        address=cfg.address,
+        gpus_per_worker=cfg.gpus_per_worker, resources_per_worker=cfg.resources_per_worker,
+        threads_per_worker=cfg.threads_per_worker, spread=cfg.spread, address=cfg.address,
     )
 
 
@@ -124,8 +159,30 @@ def make_learner(cfg: RayConfig, policy_model: Any, rl_config: Any, packed: bool
     return RayLearnerGroup(
         policy_model, rl_config, num_learners=cfg.num_learners, strategy=cfg.learner_strategy, packed=packed,
         gradient_checkpointing=cfg.gradient_checkpointing, cpus_per_learner=cfg.cpus_per_learner,
-        gpus_per_learner=cfg.gpus_per_learner, address=cfg.address,
+        gpus_per_learner=cfg.gpus_per_learner, resources_per_learner=cfg.resources_per_learner,
+        address=cfg.address,
     )
+
+
+def placement(engine: Any, learner: Any = None) -> dict[str, Any]:
+    """Where a run's Ray processes run (summary.json's "placement"): the driver, each rollout worker
+    and each learner rank as {node_id, node_ip, hostname, pid}; learners is [] when the update runs
+    in the driver. Processes on one Ray node share its node_id, also when two nodes share a host."""
+    from rlvr.distributed.ray_engine import node_info
+
+    return {"driver": node_info(), "rollout_workers": engine.placement(),
+            "learners": learner.placement() if learner is not None else []}
+
+
+def describe_placement(where: dict[str, Any]) -> str:
+    """One line for the log: the processes of placement() grouped by node."""
+    nodes: dict[str, list[str]] = {}
+    for role, entries in (("driver", [where["driver"]]), ("rollout worker", where["rollout_workers"]),
+                          ("learner", where["learners"])):
+        for i, entry in enumerate(entries):
+            name = role if role == "driver" else f"{role} {i}"
+            nodes.setdefault(f"{entry['node_id'][:12]} ({entry['hostname']}, {entry['node_ip']})", []).append(name)
+    return "; ".join(f"node {node}: {', '.join(names)}" for node, names in nodes.items())
 
 
 def engine_from_config(config: Any, policy_model: Any, eos_token_ids: Sequence[int], pad_token_id: int = 0,
@@ -135,4 +192,5 @@ def engine_from_config(config: Any, policy_model: Any, eos_token_ids: Sequence[i
     return make_engine(cfg, policy_model, eos_token_ids, pad_token_id, model_dir)
 
 
-__all__ = ["RayConfig", "connect", "engine_from_config", "make_engine", "make_learner", "reserved_resources"]
+__all__ = ["BUILTIN_RESOURCES", "RayConfig", "connect", "describe_placement", "engine_from_config", "make_engine",
+           "make_learner", "placement", "reserved_resources"]

@@ -40,12 +40,14 @@ def require_ray() -> Any:
     return ray
 
 
-def ensure_ray(address: str = "", num_cpus: int | None = None, num_gpus: int | None = None) -> Any:
+def ensure_ray(address: str = "", num_cpus: int | None = None, num_gpus: int | None = None,
+               resources: dict[str, float] | None = None) -> Any:
     """Connect to a Ray cluster, or start a local one; returns the ray module.
 
-    address "" starts a local single-machine cluster (num_cpus / num_gpus: its resources);
-    "auto" joins the cluster this node belongs to (started with `ray start`); "ray://host:10001"
-    or "host:6379" joins a remote one. An already initialised Ray is used as it is.
+    address "" starts a local single-machine cluster (num_cpus / num_gpus / custom resources: its
+    resources); "auto" joins the cluster this node belongs to (started with `ray start`, or named by
+    the RAY_ADDRESS environment variable); "ray://host:10001" or "host:6379" joins a remote one. An
+    already initialised Ray is used as it is.
     """
     ray = require_ray()
     if ray.is_initialized():
@@ -53,8 +55,19 @@ def ensure_ray(address: str = "", num_cpus: int | None = None, num_gpus: int | N
     if address:
         ray.init(address=address, include_dashboard=False, log_to_driver=True)
     else:
-        ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, log_to_driver=True)
+        ray.init(num_cpus=num_cpus, num_gpus=num_gpus, resources=resources or None, include_dashboard=False,
+                 log_to_driver=True)
     return ray
+
+
+def node_info() -> dict[str, Any]:
+    """Where the calling process runs: Ray node id, node IP, hostname and process id (in an actor or the driver)."""
+    import os
+    import socket
+
+    ray = require_ray()
+    return {"node_id": ray.get_runtime_context().get_node_id(), "node_ip": ray.util.get_node_ip_address(),
+            "hostname": socket.gethostname(), "pid": os.getpid()}
 
 
 def worker_seed(seed: int | None, worker: int) -> int | None:
@@ -112,14 +125,19 @@ class RolloutWorker:
     def ping(self) -> bool:
         return True
 
+    def node(self) -> dict[str, Any]:
+        return node_info()
+
 
 class RayRolloutEngine:
     """RolloutEngine over `num_workers` RolloutWorker actors (see the module docstring).
 
     model: the policy module (copied to every worker through the object store) or, for
     engine="vllm", a local HF directory each worker loads. cpus_per_worker / gpus_per_worker: the
-    Ray resources each worker reserves (fractions allowed); threads_per_worker: torch CPU threads
-    in a worker (0: torch's default). spread=True asks Ray to place workers on different nodes.
+    Ray resources each worker reserves (fractions allowed); resources_per_worker: custom Ray resources
+    it reserves as well (e.g. {"rollout": 1}: only nodes started with that resource take workers);
+    threads_per_worker: torch CPU threads in a worker (0: torch's default). spread=True asks Ray to
+    place workers on different nodes.
     """
 
     def __init__(
@@ -133,6 +151,7 @@ class RayRolloutEngine:
         engine_options: dict[str, Any] | None = None,
         cpus_per_worker: float = 1.0,
         gpus_per_worker: float = 0.0,
+        resources_per_worker: dict[str, float] | None = None,
         threads_per_worker: int = 1,
         spread: bool = False,
         address: str = "",
@@ -150,7 +169,7 @@ class RayRolloutEngine:
             model_ref = str(model)
         device = "cuda" if gpus_per_worker > 0 else "cpu"
         actor = ray.remote(RolloutWorker).options(
-            num_cpus=cpus_per_worker, num_gpus=gpus_per_worker,
+            num_cpus=cpus_per_worker, num_gpus=gpus_per_worker, resources=dict(resources_per_worker or {}),
             scheduling_strategy="SPREAD" if spread else "DEFAULT",
         )
         self.workers = [
@@ -176,7 +195,7 @@ class RayRolloutEngine:
         ]
         results = self._ray.get(futures)
         rollouts: list[Rollout] = []
-        busy = []
+        busy: list[float] = []
         for (lo, _), (part, seconds) in zip(slices, results):
             for r in part:
                 r.prompt_index += lo
@@ -194,6 +213,10 @@ class RayRolloutEngine:
             "overhead_seconds": wall - max(busy, default=0.0),
         }
         return rollouts
+
+    def placement(self) -> list[dict[str, Any]]:
+        """Where each worker runs (node_info of its actor), in worker order."""
+        return self._ray.get([w.node.remote() for w in self.workers])
 
     def load_weights(self, state_dict: Mapping[str, torch.Tensor]) -> None:
         """Send the learner's weights to every worker: one object-store copy, read by all."""
@@ -214,4 +237,5 @@ def _cpu_copy(model: torch.nn.Module) -> torch.nn.Module:
     return copy.deepcopy(model).to("cpu")
 
 
-__all__ = ["RayRolloutEngine", "RolloutWorker", "ensure_ray", "require_ray", "split_evenly", "worker_seed"]
+__all__ = ["RayRolloutEngine", "RolloutWorker", "ensure_ray", "node_info", "require_ray", "split_evenly",
+           "worker_seed"]

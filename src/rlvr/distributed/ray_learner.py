@@ -28,7 +28,7 @@ from rlvr.distributed.learner import (
     make_step_fn,
     shard_model,
 )
-from rlvr.distributed.ray_engine import ensure_ray
+from rlvr.distributed.ray_engine import ensure_ray, node_info
 
 
 def make_optimizer(model: torch.nn.Module, cfg: Any) -> torch.optim.Optimizer:
@@ -76,7 +76,7 @@ class LearnerRank:
         from rlvr.trainers.rl import update_policy
 
         assert self.optimizer is not None, "LearnerRank.setup must run before update"
-        extra = {"step_fn": make_step_fn(self.dp)} if self.dp.world_size > 1 else {}
+        extra: dict[str, Any] = {"step_fn": make_step_fn(self.dp)} if self.dp.world_size > 1 else {}
         self.policy.train()
         try:
             return update_policy(self.policy, self.ref, self.optimizer, batch, cfg, knobs, self.device,
@@ -109,6 +109,9 @@ class LearnerRank:
         if optimizer_state is not None and self.optimizer is not None:
             self.optimizer.load_state_dict(optimizer_state)
 
+    def node(self) -> dict[str, Any]:
+        return node_info()
+
     def describe(self) -> dict[str, Any]:
         return {"rank": self.dp.rank, "world_size": self.dp.world_size, "strategy": self.dp.strategy,
                 "device": str(self.device), "gradient_checkpointing": self.checkpointing}
@@ -118,12 +121,15 @@ class RayLearnerGroup:
     """`num_learners` LearnerRank actors driven as one learner (see the module docstring).
 
     cfg: the run's RLConfig (optimizer settings, kl_coef). packed: the policy takes segment ids
-    (rlvr's native model). cpus_per_learner / gpus_per_learner: Ray resources per rank.
+    (rlvr's native model). cpus_per_learner / gpus_per_learner: Ray resources per rank;
+    resources_per_learner: custom Ray resources per rank (e.g. {"learner": 1}: only nodes started
+    with that resource take ranks).
     """
 
     def __init__(self, model: torch.nn.Module, cfg: Any, *, num_learners: int = 1, strategy: Strategy = "fsdp",
                  packed: bool = True, gradient_checkpointing: bool = False, cpus_per_learner: float = 1.0,
-                 gpus_per_learner: float = 0.0, threads_per_learner: int = 1, address: str = "") -> None:
+                 gpus_per_learner: float = 0.0, resources_per_learner: dict[str, float] | None = None,
+                 threads_per_learner: int = 1, address: str = "") -> None:
         if num_learners < 1:
             raise ValueError(f"RayLearnerGroup: num_learners must be >= 1, got {num_learners}")
         ray = ensure_ray(address)
@@ -131,7 +137,8 @@ class RayLearnerGroup:
         model_ref = ray.put(model.to("cpu") if next(model.parameters()).device.type == "cpu"
                             else copy.deepcopy(model).to("cpu"))
         device = "cuda" if gpus_per_learner > 0 else "cpu"
-        actor = ray.remote(LearnerRank).options(num_cpus=cpus_per_learner, num_gpus=gpus_per_learner)
+        actor = ray.remote(LearnerRank).options(num_cpus=cpus_per_learner, num_gpus=gpus_per_learner,
+                                                resources=dict(resources_per_learner or {}))
         self.ranks = [
             actor.remote(model_ref, cfg, rank, num_learners, strategy, device, packed, gradient_checkpointing,
                          threads_per_learner)
@@ -157,13 +164,17 @@ class RayLearnerGroup:
 
     def load_state(self, model_state: dict[str, torch.Tensor], optimizer_states: list[dict] | None = None) -> None:
         ref = self._ray.put(model_state)
-        states = optimizer_states or [None] * len(self.ranks)
+        states: list[dict | None] = list(optimizer_states) if optimizer_states else [None] * len(self.ranks)
         if len(states) != len(self.ranks):
             raise ValueError(f"RayLearnerGroup.load_state: {len(states)} optimizer states for {len(self.ranks)} ranks")
         self._ray.get([r.load_state.remote(ref, s) for r, s in zip(self.ranks, states)])
 
     def describe(self) -> list[dict[str, Any]]:
         return self._ray.get([r.describe.remote() for r in self.ranks])
+
+    def placement(self) -> list[dict[str, Any]]:
+        """Where each rank runs (node_info of its actor), rank order."""
+        return self._ray.get([r.node.remote() for r in self.ranks])
 
     def shutdown(self) -> None:
         for r in self.ranks:

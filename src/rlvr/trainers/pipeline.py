@@ -172,6 +172,8 @@ def check_inputs(config: RunConfig) -> Inputs:
     task = with_reward_functions(task, config.reward)
     if config.model.engine == "vllm":
         check_vllm(config)
+    if config.distributed == "ray" and config.ray.address and config.rl.enabled and config.rl.steps > 0:
+        check_ray_cluster(config)
     if config.model.path and not Path(config.model.path).is_dir():
         raise ConfigError(f"config key model.path: {config.model.path} is not a directory (rlvr loads local HF "
                           f"directories)", key="model.path")
@@ -444,7 +446,7 @@ def _run(config: RunConfig, inputs: Inputs, run_dir: Path) -> dict[str, Any]:
     rl_summary: dict[str, Any] = {}
     if config.rl.enabled and config.rl.steps > 0:
         pool = ProblemPool(training_source(config, task, banned, inputs.train_rows), seed=config.seed)
-        train_engine, learner, closers = training_engine(config, policy, engine, eos_ids, decode_dtype)
+        train_engine, learner, closers, placement = training_engine(config, policy, engine, eos_ids, decode_dtype)
         critic = None
         if config.critic.enabled:
             from rlvr.trainers.critic import build_critic
@@ -462,6 +464,8 @@ def _run(config: RunConfig, inputs: Inputs, run_dir: Path) -> dict[str, Any]:
         finally:
             for close in closers:
                 close()
+        if placement:
+            rl_summary["placement"] = placement
     after = evaluate_both("after_rl", policy, engine, task, held_out, config, run_dir)
     log(f"after RL: {_describe(after, config)}")
     logger.close()
@@ -485,13 +489,15 @@ def training_engine(config: RunConfig, policy: Policy, engine: Any, eos_ids: tup
     """The RL loop's engine and learner: in-process by default, Ray actors with distributed=ray,
     wrapped for partial rollouts when rl.partial_tokens_per_step > 0. Evaluation keeps `engine`.
     Ray's torch rollout workers decode in decode_dtype, as `engine` does, unless ray.engine_options
-    sets a dtype."""
-    train_engine, learner, closers = engine, None, []
+    sets a dtype. Returns (engine, learner, closers, placement): placement says on which Ray node
+    each process runs (rlvr.distributed.placement; {} without Ray), for summary.json."""
+    train_engine, learner, closers, placement = engine, None, [], {}
     if config.model.engine == "vllm" and config.distributed != "ray":
         train_engine = vllm_engine(config, policy, eos_ids)
         closers.append(train_engine.shutdown)
     if config.distributed == "ray":
-        from rlvr.distributed import make_engine, make_learner
+        from rlvr.distributed import describe_placement, make_engine, make_learner
+        from rlvr.distributed import placement as ray_placement
 
         ray_cfg = config.ray
         if ray_cfg.rollout_engine == "torch" and decode_dtype is not None and "dtype" not in ray_cfg.engine_options:
@@ -502,11 +508,25 @@ def training_engine(config: RunConfig, policy: Policy, engine: Any, eos_ids: tup
         learner = make_learner(config.ray, policy.model, config.rl, policy.packed)
         if learner is not None:
             closers.append(learner.shutdown)
+        placement = ray_placement(train_engine, learner)
+        log(f"ray placement: {describe_placement(placement)}")
     if config.rl.partial_tokens_per_step:
         from rlvr.rollout.partial import PartialRollouts
 
         train_engine = PartialRollouts(train_engine, config.rl.partial_tokens_per_step)
-    return train_engine, learner, closers
+    return train_engine, learner, closers, placement
+
+
+def check_ray_cluster(config: RunConfig) -> None:
+    """ray.address set: join that cluster now and check it has the custom resources the actors reserve
+    (rlvr.distributed.connect), so a misspelt resource or a node started without it stops the run
+    before SFT rather than leaving the RL stage's actors pending."""
+    from rlvr.distributed import connect
+
+    try:
+        connect(config.ray)
+    except RuntimeError as err:
+        raise ConfigError(str(err), key="ray") from None
 
 
 def check_vllm(config: RunConfig) -> None:
