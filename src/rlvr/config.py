@@ -322,7 +322,9 @@ class RunConfig:
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int = 0
-    """torch CPU threads (0: all cores)."""
+    """torch CPU threads of this process. 0: one per core it may run on (its CPU affinity), which
+    is not torch's own default (one per physical core, or OMP_NUM_THREADS). Set it to 1 or 2 on a
+    machine shared with other jobs."""
     distributed: Literal["none", "ray"] = "none"
     """Backend for multi-process runs; none runs everything in this process."""
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -408,16 +410,34 @@ class RunConfig:
                    f"rl.advantage_options.{key}", value, "a number in [0, 1]")
 
     def derived_sizes(self) -> dict[str, int]:
+        """Batch sizes computed from the rest, in prompts or sequences (the names say which). The
+        per-step sizes are the first step's; group_size_stages changes them at their start_step
+        (listed), and total_rl_rollouts walks every step through those stages."""
         rl = self.rl
         rollouts = rl.prompts_per_step * rl.group_size
-        return {
+        sizes = {
             "rollouts_per_step (prompts_per_step x group_size)": rollouts,
             "prompts_per_mini_batch": rl.prompts_per_step // rl.mini_batches,
             "sequences_per_mini_batch": rollouts // rl.mini_batches,
             "optimizer_steps_per_rl_step (mini_batches x ppo_epochs)": rl.mini_batches * rl.ppo_epochs,
-            "total_rl_rollouts": rollouts * rl.steps,
-            "sft_sequences_total (steps x batch_size)": self.sft.steps * self.sft.batch_size,
         }
+        for stage in rl.group_size_stages:
+            sizes[f"rollouts_per_step from step {stage.start_step + 1} (group_size {stage.value})"] = (
+                rl.prompts_per_step * int(stage.value))
+        sizes["total_rl_rollouts (through group_size_stages)"] = sum(
+            rl.prompts_per_step * int(stage_value(rl.group_size_stages, step, rl.group_size))
+            for step in range(rl.steps if rl.enabled else 0))
+        sizes["sft_sequences_total (steps x batch_size)"] = self.sft.steps * self.sft.batch_size if self.sft.enabled else 0
+        return sizes
+
+
+def stage_value(stages: list[StageConfig], step: int, default: Any) -> Any:
+    """The value of the last stage whose start_step <= step (steps done, 0-based), else default."""
+    value = default
+    for stage in stages:
+        if stage.start_step <= step:
+            value = stage.value
+    return value
 
 
 def _check(ok: bool, key: str, value: Any, expected: str) -> None:

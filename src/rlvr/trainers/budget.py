@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rlvr.config import RunConfig
+from rlvr.config import RunConfig, stage_value
 
 GiB = 1024**3
 MEMORY_SHARE = 0.8  # warn when the estimate passes this share of the memory there is
@@ -70,14 +70,6 @@ def model_shape(config: RunConfig) -> ModelShape | None:
                       count_params(preset, DEFAULT_VOCAB_SIZE))
 
 
-def _stage(stages: list[Any], step: int, default: int) -> int:
-    value = default
-    for stage in stages:
-        if stage.start_step <= step:
-            value = stage.value
-    return int(value)
-
-
 def rl_stage_sizes(config: RunConfig) -> dict[str, int]:
     """Samples and completion tokens of the RL stage, step by step through the group-size and
     context-length schedules. With dynamic sampling each step may generate up to
@@ -86,9 +78,9 @@ def rl_stage_sizes(config: RunConfig) -> dict[str, int]:
     steps = rl.steps if rl.enabled else 0
     samples = tokens = 0
     for step in range(steps):
-        n = rl.prompts_per_step * _stage(rl.group_size_stages, step, rl.group_size)
+        n = rl.prompts_per_step * int(stage_value(rl.group_size_stages, step, rl.group_size))
         samples += n
-        tokens += n * _stage(rl.max_new_tokens_stages, step, rl.max_new_tokens)
+        tokens += n * int(stage_value(rl.max_new_tokens_stages, step, rl.max_new_tokens))
     per_step = rl.prompts_per_step * rl.group_size
     out = {
         "rl_samples_per_step (prompts_per_step x group_size)": per_step,

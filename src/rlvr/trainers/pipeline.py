@@ -380,6 +380,7 @@ def _run(config: RunConfig, inputs: Inputs, run_dir: Path) -> dict[str, Any]:
 
     t_start = time.perf_counter()
     device = setup_torch(config.seed, config.threads, config.device)
+    log(f"device: {device}, {torch.get_num_threads()} torch CPU threads (threads={config.threads})")
     for key, value in config.derived_sizes().items():
         log(f"{key}: {value}")
     task = inputs.task
