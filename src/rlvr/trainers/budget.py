@@ -152,8 +152,12 @@ def memory_warning(config: RunConfig, parts: dict[str, int], memory: tuple[int, 
 
 def prompt_tokens_bound(config: RunConfig, tokenizer: Any = None) -> tuple[int, str]:
     """(tokens, how they were counted) of the longest of 16 training prompts: token ids when a
-    tokenizer is given, else characters (no token is shorter than one character: an upper bound)."""
+    tokenizer is given, else characters (no token is shorter than one character: an upper bound);
+    data.max_prompt_tokens when the recipe sets it (no longer prompt is used)."""
     from rlvr import tasks
+
+    if config.data.max_prompt_tokens:
+        return config.data.max_prompt_tokens, "tokens (data.max_prompt_tokens)"
 
     try:
         task = tasks.get(config.data.task, **config.data.task_options)
