@@ -97,7 +97,7 @@ def shrunk(words: list[str]) -> list[str]:
     return args + extra
 
 
-def test_kept_steps_matches_the_trainer_on_a_shrunk_run(tmp_path):
+def test_kept_steps_are_the_newest_of_every_n_and_the_last():
     assert kept_steps(70, 50, 2) == [50, 70] and kept_steps(500, 50, 2) == [450, 500]
     assert kept_steps(3, 1, 2) == [2, 3] and kept_steps(7, 0, 2) == [7]
 
