@@ -142,7 +142,8 @@ def cmd_data_gen(args: argparse.Namespace) -> int:
 def cmd_data_stats(args: argparse.Namespace) -> int:
     from rlvr.data.curation import stats
 
-    task, options = None, {}
+    task: str | None = None
+    options: dict[str, Any] = {}
     if args.task or args.recipe:
         task, options, _ = task_from_args(args)
     tokenizer = None
