@@ -17,6 +17,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 # OpenMP threads spin while they wait by default; on a shared or oversubscribed CPU (a laptop,
 # a CI box, Ray workers beside the learner) that made 2-thread steps 7-20x slower in our runs.
@@ -48,7 +49,27 @@ def _kv(items: list[str]) -> dict:
     return out
 
 
-def cmd_run(args: argparse.Namespace, extra: list[str]) -> int:
+def task_from_args(args: argparse.Namespace) -> tuple[str, dict[str, Any], Any]:
+    """(task name, task options, the recipe's config or None) of a command that renders prompts:
+    --recipe (a recipe or a run's config.yaml) gives its data.task and data.task_options, --task must
+    agree with it, --task-option key=value goes over them. The task options decide the prompts a
+    model sees (names, phrasing, system prompt): a model trained on one rendering fails on another."""
+    task, options, config = args.task, {}, None
+    if getattr(args, "recipe", None):
+        from rlvr.config import load_config
+
+        config = load_config(args.recipe, [])
+        if task and task != config.data.task:
+            raise SystemExit(f"rlvr: error: --task {task} but the recipe {args.recipe} trains {config.data.task}")
+        task, options = config.data.task, dict(config.data.task_options)
+    if not task:
+        command = " ".join(c for c in (args.command, getattr(args, "data_command", None)) if c)
+        raise SystemExit(f"rlvr: error: {command} needs --task or --recipe")
+    options.update(_kv(getattr(args, "task_option", [])))
+    return task, options, config
+
+
+def cmd_run(args: argparse.Namespace) -> int:
     from rlvr.config import load_config
     from rlvr.trainers.pipeline import run
 
@@ -79,15 +100,14 @@ def resume_point(run_dir: Path) -> str:
     return f"run the same command again to resume from {newest[-1]}"
 
 
-def cmd_config(args: argparse.Namespace, extra: list[str]) -> int:
+def cmd_config(args: argparse.Namespace) -> int:
     from rlvr.config import dump_yaml, load_config
+    from rlvr.trainers.budget import budget_lines
 
     config = load_config(args.recipe, args.overrides)
     print(dump_yaml(config))
     for key, value in config.derived_sizes().items():
         print(f"# {key}: {value}")
-    from rlvr.trainers.budget import budget_lines
-
     lines, warning = budget_lines(config)
     for line in lines:
         print(f"# {line}")
@@ -96,85 +116,93 @@ def cmd_config(args: argparse.Namespace, extra: list[str]) -> int:
     return 0
 
 
-def cmd_model_init(args: argparse.Namespace, extra: list[str]) -> int:
+def cmd_model_init(args: argparse.Namespace) -> int:
     from rlvr.models import init_model
 
-    path = init_model(Path(args.out), preset=args.preset, tasks=tuple(args.task), seed=args.seed,
-                      overwrite=args.overwrite)
+    path = init_model(Path(args.out), preset=args.preset, tasks=tuple(args.task or ["knights_knaves"]),
+                      seed=args.seed, overwrite=args.overwrite)
     print(f"wrote {path}")
     return 0
 
 
-def cmd_data_gen(args: argparse.Namespace, extra: list[str]) -> int:
+def cmd_data_gen(args: argparse.Namespace) -> int:
     from rlvr.data.tools import generate
 
+    task, options, _ = task_from_args(args)
     difficulty = _kv(args.difficulty)
     if args.people is not None:
         difficulty["people"] = args.people if len(args.people) > 1 else args.people[0]
     if args.numbers is not None:
         difficulty["numbers"] = args.numbers
-    path = generate(args.task, args.n, args.seed, Path(args.out), **difficulty)
-    print(f"wrote {args.n} {args.task} problems to {path}")
+    path = generate(task, args.n, args.seed, Path(args.out), task_options=options, **difficulty)
+    print(f"wrote {args.n} {task} problems to {path}")
     return 0
 
 
-def cmd_data_stats(args: argparse.Namespace, extra: list[str]) -> int:
+def cmd_data_stats(args: argparse.Namespace) -> int:
     from rlvr.data.curation import stats
 
-    print(json.dumps(stats(args.file, samples=args.samples, task=args.task, tokenizer=args.tokenizer), indent=2))
+    task: str | None = None
+    options: dict[str, Any] = {}
+    if args.task or args.recipe:
+        task, options, _ = task_from_args(args)
+    tokenizer = None
+    if args.tokenizer:
+        from rlvr.models import load_tokenizer
+
+        tokenizer = load_tokenizer(args.tokenizer)
+    print(json.dumps(stats(args.file, samples=args.samples, task=task, tokenizer=tokenizer,
+                           task_options=options), indent=2))
     return 0
 
 
-def cmd_data_filter(args: argparse.Namespace, extra: list[str]) -> int:
+def cmd_data_filter(args: argparse.Namespace) -> int:
     from rlvr.data.curation import filter_command
 
-    report = filter_command(args.data, args.out, args.task, args.model, n=args.n, low=args.low, high=args.high,
-                            temperature=args.temperature, max_new_tokens=args.max_new_tokens, seed=args.seed,
-                            task_options=_kv(args.task_option))
+    task, options, config = task_from_args(args)
+    max_new_tokens = args.max_new_tokens or (config.rl.max_new_tokens if config is not None else 1024)
+    report = filter_command(args.data, args.out, task, args.model, n=args.n, low=args.low, high=args.high,
+                            temperature=args.temperature, max_new_tokens=max_new_tokens, seed=args.seed,
+                            device=args.device, task_options=options)
     print(json.dumps(report, indent=2))
     return 0
 
 
-def cmd_data_dedup(args: argparse.Namespace, extra: list[str]) -> int:
+def cmd_data_dedup(args: argparse.Namespace) -> int:
     from rlvr.data.curation import dedup
+    from rlvr.tasks import get
 
+    task = None
+    if args.task or args.recipe:
+        name, options, _ = task_from_args(args)
+        task = get(name, **options)
     report = dedup(args.data, args.out, against=tuple(args.against), method=args.method, threshold=args.threshold,
-                   field=args.field, task=args.task)
+                   field=args.field, task=task)
     print(json.dumps(report, indent=2))
     return 0
 
 
-def cmd_data_mix(args: argparse.Namespace, extra: list[str]) -> int:
+def cmd_data_mix(args: argparse.Namespace) -> int:
     from rlvr.data.curation import mix
 
     print(json.dumps(mix(args.sources, args.out, total=args.total, seed=args.seed), indent=2))
     return 0
 
 
-def cmd_eval(args: argparse.Namespace, extra: list[str]) -> int:
+def cmd_eval(args: argparse.Namespace) -> int:
     from rlvr.evaluation import eval_command, format_summary
 
-    task, options, max_new_tokens = args.task, {}, args.max_new_tokens
-    if args.recipe:  # the task, its options and the eval length of the recipe (or a run's config.yaml)
-        from rlvr.config import load_config
-
-        config = load_config(args.recipe, [])
-        if task and task != config.data.task:
-            raise SystemExit(f"rlvr: error: --task {task} but the recipe {args.recipe} trains {config.data.task}")
-        task, options = config.data.task, dict(config.data.task_options)
-        max_new_tokens = max_new_tokens or config.eval.max_new_tokens
-    if not task:
-        raise SystemExit("rlvr: error: eval needs --task or --recipe")
-    options.update(_kv(args.task_option))
+    task, options, config = task_from_args(args)
+    max_new_tokens = args.max_new_tokens or (config.eval.max_new_tokens if config is not None else 1024)
     result = eval_command(args.model, task, args.data, args.out, n=args.n, k=args.k,
-                          temperature=args.temperature, top_p=args.top_p, max_new_tokens=max_new_tokens or 1024,
+                          temperature=args.temperature, top_p=args.top_p, max_new_tokens=max_new_tokens,
                           seed=args.seed, limit=args.limit, device=args.device, dtype=args.dtype,
                           task_options=options, engine=args.engine)
     print(format_summary(result))
     return 0
 
 
-def cmd_noise(args: argparse.Namespace, extra: list[str]) -> int:
+def cmd_noise(args: argparse.Namespace) -> int:
     from rlvr.config import load_config
     from rlvr.data.io import write_json_atomic
     from rlvr.trainers.noise import describe, measure
@@ -188,11 +216,189 @@ def cmd_noise(args: argparse.Namespace, extra: list[str]) -> int:
     return 0
 
 
-def cmd_report(args: argparse.Namespace, extra: list[str]) -> int:
+def cmd_report(args: argparse.Namespace) -> int:
     from rlvr.evaluation.report import write_report
 
     print(f"wrote {write_report(Path(args.run_dir))}")
     return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# The parser: one function per group of commands.
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Descriptions as written; every option's help ends with "(required)" or its default, unless
+    the help already says what the default is."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if not action.option_strings or "default" in text or "required" in text or action.default is argparse.SUPPRESS:
+            return text
+        if action.required:
+            return text + " (required)"
+        if action.default is None or (isinstance(action.default, list) and not action.default):
+            return text + " (default: none)"
+        if isinstance(action, argparse._StoreTrueAction):
+            return text + " (default: off)"
+        return text + " (default: %(default)s)"
+
+
+RUN_DESCRIPTION = """Run a recipe: data -> model -> cold-start SFT -> eval -> RL -> eval -> summary.json and report.html,
+all written to the run directory out_dir (the recipe's; out_dir=DIR picks another).
+
+Resume: running the same command again continues from the newest checkpoint of the unfinished
+stage (finished stages, evaluations and generated data are reused); a run directory holding a
+different config is refused, naming the keys that differ (threads, logging and name may change).
+
+key=value overrides go anywhere on the line (rl.lr=1e-6 rl.group_size=16). `rlvr config RECIPE
+[key=value ...]` prints the resolved config, the batch sizes and the memory estimate without running.
+"""
+
+STAGE_DESCRIPTIONS = {
+    "sft": "Only the SFT stage of a recipe (rl.enabled=false): trains, evaluates the SFT model once and writes\n"
+           "its own summary.json; checkpoints in OUT_DIR/checkpoints/sft/step_NNNNNN. Resume as `rlvr run`.",
+    "rl": "Only the RL stage of a recipe (sft.enabled=false), from model.path: e.g. an SFT checkpoint\n"
+          "(model.path=runs/sft/checkpoints/sft/step_000500) into a new out_dir. Resume as `rlvr run`.",
+    "config": "Print the resolved config of a recipe with its overrides, the derived batch sizes, the RL\n"
+              "stage's samples and tokens, and its peak-memory estimate. Runs nothing; bad keys fail here.",
+}
+
+
+def add_recipe_commands(sub: Any) -> None:
+    """run, sft, rl, config: a recipe and key=value overrides."""
+    for name, help_text in (("run", "the whole pipeline of a recipe (data, model, SFT, RL, eval, report)"),
+                            ("sft", "only the SFT stage of a recipe"), ("rl", "only the RL stage of a recipe"),
+                            ("config", "print the resolved config of a recipe and its derived sizes")):
+        p = sub.add_parser(name, help=help_text, description=STAGE_DESCRIPTIONS.get(name, RUN_DESCRIPTION),
+                           formatter_class=_HelpFormatter)
+        p.add_argument("recipe", help="YAML recipe (see recipes/) or a run's config.yaml")
+        p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. rl.lr=1e-6 out_dir=runs/mine")
+        p.set_defaults(func=cmd_config if name == "config" else cmd_run)
+
+
+def add_task_arguments(p: argparse.ArgumentParser, required_hint: str = "") -> None:
+    """--task / --recipe / --task-option of a command that renders a task's prompts (task_from_args)."""
+    p.add_argument("--task", default=None, help=f"the task, e.g. knights_knaves, math, countdown{required_hint}")
+    p.add_argument("--recipe", default=None,
+                   help="a recipe or a run's config.yaml: its data.task and data.task_options (the prompts "
+                        "its model was trained on)")
+    p.add_argument("--task-option", action="append", default=[],
+                   help="task option key=value, over the recipe's (repeatable)")
+
+
+def add_eval_command(sub: Any) -> None:
+    p = sub.add_parser("eval", help="evaluate a local model on a task's data file", formatter_class=_HelpFormatter,
+                       description="Sample a local model on problems of a task and report avg@n, pass@k, maj@k, "
+                                   "format errors\nand lengths; with --recipe, the task options and "
+                                   "eval.max_new_tokens of that recipe.")
+    p.add_argument("--model", required=True, help="local HF model directory (e.g. a run's checkpoint)")
+    add_task_arguments(p, " (or take it from --recipe)")
+    p.add_argument("--data", default=None, help="JSONL/parquet problems (default: generated by the task)")
+    p.add_argument("--n", type=int, default=1, help="samples per problem")
+    p.add_argument("--k", type=_int_list, default=[1], help="k values of pass@k / maj@k, e.g. 1,4,16")
+    p.add_argument("--temperature", type=float, default=None, help="default: 0 for n=1, else 0.6")
+    p.add_argument("--top-p", type=float, default=None, help="default: 1.0 for n=1, else 0.95")
+    p.add_argument("--device", default="auto", help="cpu, cuda, or auto (cuda when there is one)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16", "auto"],
+                   help="parameter dtype")
+    p.add_argument("--max-new-tokens", type=int, default=None,
+                   help="completion token limit; default: the recipe's eval.max_new_tokens, else 1024")
+    p.add_argument("--engine", default="torch", choices=["torch", "vllm"],
+                   help="rollout engine: rlvr's torch engine or vLLM (installed separately; many samples)")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed")
+    p.add_argument("--limit", type=int, default=None, help="evaluate only the first N problems")
+    p.add_argument("--out", default=None, help="output directory (metrics.json, samples.jsonl)")
+    p.set_defaults(func=cmd_eval)
+
+
+def add_tool_commands(sub: Any) -> None:
+    """noise, report, model init."""
+    p = sub.add_parser("noise", help="gradient noise scale of a recipe's RL update (and of SFT) at a checkpoint",
+                       formatter_class=_HelpFormatter)
+    p.add_argument("recipe", help="YAML recipe (its RL settings and task); pass model.path=CHECKPOINT")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. model.path=runs/x/checkpoints/sft/step_000500")
+    p.add_argument("--groups", type=int, default=256, help="RL groups to take gradients of")
+    p.add_argument("--sft-examples", type=int, default=256, help="solution traces to take SFT gradients of (0: none)")
+    p.add_argument("--out", default=None, help="JSON file for the figures")
+    p.set_defaults(func=cmd_noise)
+
+    p = sub.add_parser("report", help="write RUN_DIR/report.html with plots", formatter_class=_HelpFormatter)
+    p.add_argument("run_dir", help="a run directory (metrics.jsonl, eval/, summary.json)")
+    p.set_defaults(func=cmd_report)
+
+    model = sub.add_parser("model", help="model tools").add_subparsers(dest="model_command", required=True)
+    p = model.add_parser("init", help="build a tiny model + tokenizer offline in HF format",
+                         formatter_class=_HelpFormatter)
+    p.add_argument("--preset", default="tiny", choices=list(_presets()), help="model size")
+    p.add_argument("--task", action="append", default=None,
+                   help="task(s) whose text trains the tokenizer (repeatable; default: knights_knaves)")
+    p.add_argument("--seed", type=int, default=0, help="weight initialisation seed")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing model there")
+    p.set_defaults(func=cmd_model_init)
+
+
+def add_data_commands(sub: Any) -> None:
+    """data gen, stats, filter, dedup, mix."""
+    data = sub.add_parser("data", help="data tools").add_subparsers(dest="data_command", required=True)
+    p = data.add_parser("gen", help="generate problems of a task", formatter_class=_HelpFormatter)
+    add_task_arguments(p, " (required unless --recipe)")
+    p.add_argument("--n", type=int, required=True, help="problems to write")
+    p.add_argument("--seed", type=int, default=0, help="generator seed (problem i comes from seed + i)")
+    p.add_argument("--people", type=int, nargs="+", default=None,
+                   help="knights_knaves: number(s) of people (default: the task's, 3)")
+    p.add_argument("--numbers", type=int, default=None, help="countdown: how many numbers (default: the task's)")
+    p.add_argument("--difficulty", nargs="*", default=None, help="other difficulty keywords as key=value (default: none)")
+    p.add_argument("--out", required=True, help="output .jsonl or .parquet")
+    p.set_defaults(func=cmd_data_gen)
+
+    p = data.add_parser("stats", help="length and difficulty statistics of a data file", formatter_class=_HelpFormatter)
+    p.add_argument("file", help="JSONL/parquet data file")
+    add_task_arguments(p, " (default: guessed from the fields)")
+    p.add_argument("--samples", default=None, help="a samples.jsonl: adds Light-R1's context-length advice")
+    p.add_argument("--tokenizer", default=None,
+                   help="a model directory: adds token lengths (prompts as the model sees them, chat template included)")
+    p.set_defaults(func=cmd_data_stats)
+
+    p = data.add_parser("filter", help="keep problems whose pass rate under a model is in [low, high]",
+                        formatter_class=_HelpFormatter,
+                        description="Light-R1's difficulty filter: sample each problem --n times with a local model "
+                                    "and keep\nthose whose pass rate is in [--low, --high]. Writes OUT, "
+                                    "OUT's .pass_rates.jsonl and .filter.json.")
+    p.add_argument("--model", required=True, help="local HF model directory that samples the problems")
+    add_task_arguments(p, " (required unless --recipe)")
+    p.add_argument("--data", required=True, help="JSONL/parquet problems to filter")
+    p.add_argument("--out", required=True, help="output file of the kept problems")
+    p.add_argument("--n", type=int, default=8, help="samples per problem")
+    p.add_argument("--low", type=float, default=0.2, help="lowest pass rate kept")
+    p.add_argument("--high", type=float, default=0.625, help="highest pass rate kept")
+    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
+    p.add_argument("--max-new-tokens", type=int, default=None,
+                   help="completion token limit; default: the recipe's rl.max_new_tokens, else 1024")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed")
+    p.add_argument("--device", default="auto", help="cpu, cuda, or auto (cuda when there is one)")
+    p.set_defaults(func=cmd_data_filter)
+
+    p = data.add_parser("dedup", help="remove exact, normalised and near duplicates (and contamination)",
+                        formatter_class=_HelpFormatter)
+    p.add_argument("--data", required=True, help="JSONL/parquet problems")
+    p.add_argument("--out", required=True, help="output file of the kept problems")
+    p.add_argument("--against", nargs="*", default=[], help="benchmark files to check contamination against")
+    p.add_argument("--field", default=None, help="text field (default: the task's prompt)")
+    add_task_arguments(p, " whose prompt is the text compared (default: guessed)")
+    p.add_argument("--threshold", type=float, default=0.8, help="MinHash Jaccard threshold of near duplicates")
+    p.add_argument("--method", default="minhash", choices=["minhash", "embedding", "none"],
+                   help="near-duplicate method (none: exact and normalised only)")
+    p.set_defaults(func=cmd_data_dedup)
+
+    p = data.add_parser("mix", help="mix sources with weights into one file, keeping provenance",
+                        formatter_class=_HelpFormatter)
+    p.add_argument("sources", nargs="+", help="FILE[:WEIGHT]")
+    p.add_argument("--total", type=int, default=None, help="rows to write (default: the most without repeats)")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed")
+    p.add_argument("--out", required=True, help="output file")
+    p.set_defaults(func=cmd_data_mix)
 
 
 def _presets() -> list[str]:
@@ -205,107 +411,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rlvr", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-
-    for name, help_text in (("run", "the whole pipeline of a recipe (data, model, SFT, RL, eval, report)"),
-                            ("sft", "only the SFT stage of a recipe"), ("rl", "only the RL stage of a recipe"),
-                            ("config", "print the resolved config of a recipe and its derived sizes")):
-        p = sub.add_parser(name, help=help_text)
-        p.add_argument("recipe", help="YAML recipe (see recipes/)")
-        p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. rl.lr=1e-6 rl.group_size=16")
-        p.set_defaults(func=cmd_config if name == "config" else cmd_run)
-
-    p = sub.add_parser("eval", help="evaluate a local model on a task's data file")
-    p.add_argument("--model", required=True, help="local HF model directory")
-    p.add_argument("--task", default=None, help="the task (or take it from --recipe)")
-    p.add_argument("--recipe", default=None,
-                   help="a recipe or a run's config.yaml: its task, task options and eval.max_new_tokens")
-    p.add_argument("--data", default=None, help="JSONL/parquet problems (default: generated by the task)")
-    p.add_argument("--task-option", action="append", default=[],
-                   help="task option key=value (repeatable; over the recipe's)")
-    p.add_argument("--n", type=int, default=1, help="samples per problem")
-    p.add_argument("--k", type=_int_list, default=[1], help="k values of pass@k / maj@k, e.g. 1,4,16")
-    p.add_argument("--temperature", type=float, default=None, help="default: 0 for n=1, else 0.6")
-    p.add_argument("--top-p", type=float, default=None, help="default: 1.0 for n=1, else 0.95")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16", "auto"])
-    p.add_argument("--max-new-tokens", type=int, default=None,
-                   help="default: the recipe's eval.max_new_tokens, else 1024")
-    p.add_argument("--engine", default="torch", choices=["torch", "vllm"],
-                   help="rollout engine: rlvr's torch engine or vLLM (installed separately; many samples)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--limit", type=int, default=None, help="evaluate only the first N problems")
-    p.add_argument("--out", default=None, help="output directory (metrics.json, samples.jsonl)")
-    p.set_defaults(func=cmd_eval)
-
-    p = sub.add_parser("noise", help="gradient noise scale of a recipe's RL update (and of SFT) at a checkpoint")
-    p.add_argument("recipe", help="YAML recipe (its RL settings and task); pass model.path=CHECKPOINT")
-    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. model.path=runs/x/checkpoints/sft/step_000500")
-    p.add_argument("--groups", type=int, default=256, help="RL groups to take gradients of")
-    p.add_argument("--sft-examples", type=int, default=256, help="solution traces to take SFT gradients of (0: none)")
-    p.add_argument("--out", default=None, help="JSON file for the figures")
-    p.set_defaults(func=cmd_noise)
-
-    p = sub.add_parser("report", help="write RUN_DIR/report.html with plots")
-    p.add_argument("run_dir")
-    p.set_defaults(func=cmd_report)
-
-    model = sub.add_parser("model", help="model tools").add_subparsers(dest="model_command", required=True)
-    p = model.add_parser("init", help="build a tiny model + tokenizer offline in HF format")
-    p.add_argument("--preset", default="tiny", choices=list(_presets()), help="model size (default: tiny)")
-    p.add_argument("--task", action="append", default=None, help="task(s) whose text trains the tokenizer")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", required=True)
-    p.add_argument("--overwrite", action="store_true")
-    p.set_defaults(func=cmd_model_init)
-
-    data = sub.add_parser("data", help="data tools").add_subparsers(dest="data_command", required=True)
-    p = data.add_parser("gen", help="generate problems of a task")
-    p.add_argument("--task", required=True)
-    p.add_argument("--n", type=int, required=True)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--people", type=int, nargs="+", help="knights_knaves: number(s) of people")
-    p.add_argument("--numbers", type=int, help="countdown: how many numbers")
-    p.add_argument("--difficulty", nargs="*", help="other task keywords as key=value")
-    p.add_argument("--out", required=True)
-    p.set_defaults(func=cmd_data_gen)
-
-    p = data.add_parser("stats", help="length and difficulty statistics of a data file")
-    p.add_argument("file")
-    p.add_argument("--task", default=None)
-    p.add_argument("--samples", default=None, help="a samples.jsonl: adds Light-R1's context-length advice")
-    p.add_argument("--tokenizer", default=None, help="a model directory: adds token-length statistics")
-    p.set_defaults(func=cmd_data_stats)
-
-    p = data.add_parser("filter", help="keep problems whose pass rate under a model is in [low, high]")
-    p.add_argument("--model", required=True)
-    p.add_argument("--task", required=True)
-    p.add_argument("--data", required=True)
-    p.add_argument("--out", required=True)
-    p.add_argument("--n", type=int, default=8)
-    p.add_argument("--low", type=float, default=0.2)
-    p.add_argument("--high", type=float, default=0.625)
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--max-new-tokens", type=int, default=1024)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--task-option", action="append", default=[], help="task option key=value (repeatable)")
-    p.set_defaults(func=cmd_data_filter)
-
-    p = data.add_parser("dedup", help="remove exact, normalised and near duplicates (and contamination)")
-    p.add_argument("--data", required=True)
-    p.add_argument("--out", required=True)
-    p.add_argument("--against", nargs="*", default=[], help="benchmark files to check contamination against")
-    p.add_argument("--field", default=None, help="text field (default: the task's prompt)")
-    p.add_argument("--task", default=None)
-    p.add_argument("--threshold", type=float, default=0.8, help="MinHash Jaccard threshold of near duplicates")
-    p.add_argument("--method", default="minhash", choices=["minhash", "embedding", "none"])
-    p.set_defaults(func=cmd_data_dedup)
-
-    p = data.add_parser("mix", help="mix sources with weights into one file, keeping provenance")
-    p.add_argument("sources", nargs="+", help="FILE[:WEIGHT]")
-    p.add_argument("--total", type=int, default=None, help="rows to write (default: the most without repeats)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", required=True)
-    p.set_defaults(func=cmd_data_mix)
+    add_recipe_commands(sub)
+    add_eval_command(sub)
+    add_tool_commands(sub)
+    add_data_commands(sub)
     return parser
 
 
@@ -317,12 +426,10 @@ def main(argv: list[str] | None = None) -> int:
             args.overrides = list(args.overrides) + extra
         else:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    if getattr(args, "task", "") is None and args.command == "model":
-        args.task = ["knights_knaves"]
     from rlvr.errors import USER_ERRORS
 
     try:
-        return args.func(args, [])
+        return args.func(args)
     except USER_ERRORS as err:
         print(f"rlvr: error: {err}", file=sys.stderr)
         return 2

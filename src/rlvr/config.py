@@ -75,6 +75,11 @@ class DataConfig:
     """Number of held-out problems."""
     eval_difficulty: dict[str, Any] = field(default_factory=lambda: {"people": 3})
     """Difficulty of generated held-out problems."""
+    max_prompt_tokens: int = 0
+    """Longest prompt in tokens (chat template and response prefix included): training and held-out
+    problems with a longer prompt are left out, and the count logged, as DeepScaleR's verl dataset
+    does (data.max_prompt_length 1024). It also sizes vLLM's max_model_len (context_tokens()).
+    0: no limit (vLLM then assumes prompts of up to 1024 tokens)."""
     require_files: bool = False
     """Refuse to start without train_file and eval_file instead of generating problems (recipes
     that reproduce a paper's data: generated toy problems would be a different experiment)."""
@@ -322,7 +327,9 @@ class RunConfig:
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int = 0
-    """torch CPU threads (0: all cores)."""
+    """torch CPU threads of this process. 0: one per core it may run on (its CPU affinity), which
+    is not torch's own default (one per physical core, or OMP_NUM_THREADS). Set it to 1 or 2 on a
+    machine shared with other jobs."""
     distributed: Literal["none", "ray"] = "none"
     """Backend for multi-process runs; none runs everything in this process."""
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -372,6 +379,7 @@ class RunConfig:
         _check(rl.partial_tokens_per_step >= 0, "rl.partial_tokens_per_step", rl.partial_tokens_per_step, ">= 0")
         _check(rl.tis_cap is None or rl.tis_cap > 0, "rl.tis_cap", rl.tis_cap, "null or a positive number")
         self._validate_critic()
+        self._validate_engine_context()
         _check(self.ray.num_rollout_workers >= 1, "ray.num_rollout_workers", self.ray.num_rollout_workers, ">= 1")
         _check(self.ray.num_learners >= 0, "ray.num_learners", self.ray.num_learners, ">= 0")
         _check(self.eval.samples >= 0, "eval.samples", self.eval.samples, "an integer >= 0")
@@ -407,17 +415,54 @@ class RunConfig:
             _check(isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value <= 1,
                    f"rl.advantage_options.{key}", value, "a number in [0, 1]")
 
+    def context_tokens(self) -> int:
+        """The longest sequence an RL rollout may hold: data.max_prompt_tokens (1024 when 0) plus the
+        largest completion budget of rl.max_new_tokens and rl.max_new_tokens_stages. vLLM engines
+        are sized to it (max_model_len)."""
+        rl = self.rl
+        completion = max([rl.max_new_tokens] + [int(s.value) for s in rl.max_new_tokens_stages])
+        return (self.data.max_prompt_tokens or 1024) + completion
+
+    def _validate_engine_context(self) -> None:
+        """A vLLM max_model_len set in ray.engine_options must hold the longest rollout."""
+        length = self.ray.engine_options.get("max_model_len")
+        if self.distributed != "ray" or self.ray.rollout_engine != "vllm" or length is None:
+            return
+        need = self.context_tokens()
+        _check(isinstance(length, int) and length >= need, "ray.engine_options.max_model_len", length,
+               f"an integer >= {need}: data.max_prompt_tokens ({self.data.max_prompt_tokens or '0, so 1024'}) "
+               f"+ the largest completion budget of rl.max_new_tokens and rl.max_new_tokens_stages; or leave "
+               f"it out, and the workers are sized to exactly that")
+
     def derived_sizes(self) -> dict[str, int]:
+        """Batch sizes computed from the rest, in prompts or sequences (the names say which). The
+        per-step sizes are the first step's; group_size_stages changes them at their start_step
+        (listed), and total_rl_rollouts walks every step through those stages."""
         rl = self.rl
         rollouts = rl.prompts_per_step * rl.group_size
-        return {
+        sizes = {
             "rollouts_per_step (prompts_per_step x group_size)": rollouts,
             "prompts_per_mini_batch": rl.prompts_per_step // rl.mini_batches,
             "sequences_per_mini_batch": rollouts // rl.mini_batches,
             "optimizer_steps_per_rl_step (mini_batches x ppo_epochs)": rl.mini_batches * rl.ppo_epochs,
-            "total_rl_rollouts": rollouts * rl.steps,
-            "sft_sequences_total (steps x batch_size)": self.sft.steps * self.sft.batch_size,
         }
+        for stage in rl.group_size_stages:
+            sizes[f"rollouts_per_step from step {stage.start_step + 1} (group_size {stage.value})"] = (
+                rl.prompts_per_step * int(stage.value))
+        sizes["total_rl_rollouts (through group_size_stages)"] = sum(
+            rl.prompts_per_step * int(stage_value(rl.group_size_stages, step, rl.group_size))
+            for step in range(rl.steps if rl.enabled else 0))
+        sizes["sft_sequences_total (steps x batch_size)"] = self.sft.steps * self.sft.batch_size if self.sft.enabled else 0
+        return sizes
+
+
+def stage_value(stages: list[StageConfig], step: int, default: Any) -> Any:
+    """The value of the last stage whose start_step <= step (steps done, 0-based), else default."""
+    value = default
+    for stage in stages:
+        if stage.start_step <= step:
+            value = stage.value
+    return value
 
 
 def _check(ok: bool, key: str, value: Any, expected: str) -> None:

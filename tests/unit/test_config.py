@@ -60,6 +60,15 @@ def test_derived_sizes_use_one_unit():
     assert sizes["rollouts_per_step (prompts_per_step x group_size)"] == 32
     assert sizes["sequences_per_mini_batch"] == 16
     assert sizes["optimizer_steps_per_rl_step (mini_batches x ppo_epochs)"] == 6
+    assert sizes["total_rl_rollouts (through group_size_stages)"] == 32 * 150
+
+
+def test_total_rollouts_follow_the_group_size_stages():
+    cfg = load_config("recipes/deepscaler-1.5b.yaml")
+    sizes = cfg.derived_sizes()
+    # DeepScaleR: 128 prompts x 8 samples for steps 1-1040, then x 16 for steps 1041-1750
+    assert sizes["rollouts_per_step from step 1041 (group_size 16)"] == 2048
+    assert sizes["total_rl_rollouts (through group_size_stages)"] == 1040 * 1024 + 710 * 2048
 
 
 def test_missing_recipe_and_non_mapping(tmp_path):

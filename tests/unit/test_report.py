@@ -16,6 +16,7 @@ import pytest
 from rlvr.evaluation import EvalResult, compute_metrics, write_eval, write_report
 from rlvr.evaluation.report import (
     Panel,
+    eval_table,
     format_number,
     nice_ticks,
     pick_samples,
@@ -44,7 +45,7 @@ def _eval_samples(accuracy_by_people: dict[int, float], n_per_size: int = 4) -> 
 def make_run(run: Path) -> Path:
     """A run directory as the trainers write it, with one broken metrics line."""
     run.mkdir(parents=True, exist_ok=True)
-    (run / "config.yaml").write_text("task:\n  name: knights_knaves\nrl:\n  lr: 0.0001  # RESOLVED-CONFIG\n")
+    (run / "config.yaml").write_text("name: kk-demo\ntask:\n  name: knights_knaves\nrl:\n  lr: 0.0001  # RESOLVED-CONFIG\n")
     lines = []
     for step in range(5):
         lines.append(json.dumps({"step": step, "phase": "sft", "sft/loss": 2.0 / (step + 1), "sft/lr": 1e-3,
@@ -205,3 +206,49 @@ def test_report_marks_a_placebo_control_and_draws_the_learning_curve(tmp_path: P
     assert "held-out accuracy (in-loop eval) (0.5)" in curve and "training reward/mean" in curve
     (run / "summary.json").write_text(json.dumps({"placebo_control": False}))
     assert "Placebo control run" not in write_report(run, png=False).read_text(encoding="utf-8")
+
+
+def test_report_title_is_the_recipe_name(tmp_path: Path) -> None:
+    run = make_run(tmp_path / "some-dir")
+    page = write_report(run, png=False).read_text(encoding="utf-8")
+    assert "<title>kk-demo: rlvr run report</title>" in page and "<h1>kk-demo: rlvr run report</h1>" in page
+    (run / "config.yaml").write_text("rl:\n  lr: 0.1\n")  # no name: the directory's
+    assert "<h1>some-dir: rlvr run report</h1>" in write_report(run, png=False).read_text(encoding="utf-8")
+
+
+def _x_ticks(svg: str) -> list[str]:
+    return re.findall(r'class="tick xt">([^<]*)<', svg)
+
+
+def test_step_axes_have_whole_number_ticks_on_short_runs() -> None:
+    for xs in ([1, 2], [1, 2, 3], [0], [1, 2, 3, 4, 5, 6, 7]):
+        ticks = _x_ticks(svg_line_chart(Panel("t", [("a", xs, [float(x) for x in xs])])))
+        assert ticks and all(re.fullmatch(r"-?\d+", t) for t in ticks), (xs, ticks)
+    assert _x_ticks(svg_line_chart(Panel("t", [("a", [1, 2], [0.0, 1.0])]))) == ["1", "2"]
+    assert nice_ticks(1, 2, integer=True) == [1, 2] and nice_ticks(0, 1000, integer=True)[:2] == [0, 200]
+    assert nice_ticks(1, 2) != nice_ticks(1, 2, integer=True)  # a plain axis keeps its fractions
+
+
+def test_evaluations_table_has_one_column_per_metric() -> None:
+    evals = {
+        "before_rl_sampled": {"metrics": {"avg@n": 0.25, "pass@1": 0.25, "pass@4": 0.5, "maj@4": 0.3,
+                                          "n_prompts": 8, "truncation_rate": 0.1}, "settings": {"n": 4}},
+        "after_rl_greedy": {"metrics": {"avg@n": 0.75, "pass@1": 0.75, "n_prompts": 8}, "settings": {"n": 1}},
+    }
+    table = eval_table(evals)
+    header = re.findall(r"<th[^>]*>([^<]*)</th>", table)
+    assert header == ["eval", "prompts", "avg@n", "pass@1", "pass@4", "maj@4", "truncated", "format errors",
+                      "length", "reflection words", "settings"]
+    rows = [re.findall(r"<td[^>]*>([^<]*)</td>", row) for row in re.findall(r"<tr>(.*?)</tr>", table)[1:]]
+    assert rows[0][:7] == ["before_rl_sampled", "8", "0.25", "0.25", "0.5", "0.3", "0.1"]
+    assert rows[1][:6] == ["after_rl_greedy", "8", "0.75", "0.75", "–", "–"]  # metrics it lacks: a dash
+
+
+def test_charts_fill_the_page_width(tmp_path: Path) -> None:
+    page = write_report(make_run(tmp_path / "run"), png=False).read_text(encoding="utf-8")
+    svgs = _svgs(page)
+    assert svgs and all('width="100%"' in svg.split(">", 1)[0] for svg in svgs)
+    assert not any(re.search(r'<svg[^>]*\bheight="', svg) for svg in svgs)  # height follows the viewBox
+    assert "grid-template-columns:repeat(auto-fill" in page
+    bars = re.search(r"<div class=grid-charts>(<svg[^>]*aria-label=\"avg@n by people\")", page)
+    assert bars is not None  # the difficulty bar chart sits in the page's chart grid too

@@ -7,7 +7,16 @@ import math
 import torch
 
 from rlvr.config import StageConfig
-from rlvr.trainers.common import build_batch, lr_at, micro_batches, pack_rows, per_sequence, stage_value
+from rlvr.trainers.common import (
+    build_batch,
+    cpu_threads,
+    lr_at,
+    micro_batches,
+    pack_rows,
+    per_sequence,
+    setup_torch,
+    stage_value,
+)
 
 
 def test_micro_batches_respect_budget_and_cover_all():
@@ -95,3 +104,16 @@ def test_stage_value_picks_latest_started_stage():
     stages = [StageConfig(0, 3), StageConfig(10, 4), StageConfig(20, 5)]
     assert [stage_value(stages, s, 99) for s in (0, 9, 10, 25)] == [3, 3, 4, 5]
     assert stage_value([StageConfig(5, 1)], 2, 7) == 7
+
+
+def test_threads_zero_is_every_core_the_process_may_use(monkeypatch):
+    import os
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 2, 5}, raising=False)
+    assert cpu_threads(0) == 3 and cpu_threads(1) == 1
+    before = torch.get_num_threads()
+    try:
+        setup_torch(0, threads=0, device="cpu")
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(before)

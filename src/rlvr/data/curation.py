@@ -770,12 +770,16 @@ def stats(
     samples: PathLike | None = None,
     task: str | None = None,
     tokenizer: Any = None,
+    task_options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Length statistics of a data file and / or Light-R1's context advice from a samples file.
 
     data: rlvr.data.tools.stats (count, prompt characters and words, difficulty counts) plus
     answer lengths in characters (the first of ANSWER_FIELDS, or reward_model.ground_truth)
-    and, with a tokenizer, prompt and answer lengths in tokens. samples: context_advice.
+    and, with a tokenizer, prompt and answer lengths in tokens; a prompt is counted as the model
+    sees it when the task is known (the task's messages, built with task_options, through the
+    tokenizer's chat template, response prefix included), else as the record's text. samples:
+    context_advice.
     """
     from rlvr.data.tools import stats as data_stats
     from rlvr.data.tools import summarize
@@ -784,22 +788,26 @@ def stats(
         raise ValueError("stats needs a data file, a samples file, or both")
     result: dict[str, Any] = {}
     if data is not None:
-        result.update(data_stats(data, task))
+        result.update(data_stats(data, task, task_options=task_options))
         answer_chars: list[int] = []
         prompt_tokens: list[int] = []
         answer_tokens: list[int] = []
         task_obj = None
         if result.get("task") is not None and tokenizer is not None:
+            from rlvr.models import prompt_ids
             from rlvr.tasks import get
 
-            task_obj = get(result["task"])
+            task_obj = get(result["task"], **(task_options or {}))
         for _, record in read_numbered(data):
             answer = _answer_text(record)
             if answer is not None:
                 answer_chars.append(len(answer))
             if tokenizer is not None:
-                prompt = task_obj.from_record(record).prompt if task_obj is not None else record_text(record)
-                prompt_tokens.append(len(tokenizer(prompt, add_special_tokens=False)["input_ids"]))
+                if task_obj is not None:
+                    messages = task_obj.messages(task_obj.from_record(record))
+                    prompt_tokens.append(len(prompt_ids(tokenizer, messages, task_obj.response_prefix)))
+                else:
+                    prompt_tokens.append(len(tokenizer(record_text(record), add_special_tokens=False)["input_ids"]))
                 if answer is not None:
                     answer_tokens.append(len(tokenizer(answer, add_special_tokens=False)["input_ids"]))
         result["answer_chars"] = summarize(answer_chars)

@@ -57,7 +57,8 @@ def summarize(values: Sequence[float]) -> dict[str, float]:
     return result
 
 
-def stats(path: str | os.PathLike[str], task_name: str | None = None) -> dict[str, Any]:
+def stats(path: str | os.PathLike[str], task_name: str | None = None, *,
+          task_options: dict[str, Any] | None = None) -> dict[str, Any]:
     """Statistics of a data file, read through a task's from_record (so bad records are reported).
 
     task_name None: guessed from the first record's fields (quiz -> knights_knaves, nums + target
@@ -73,7 +74,7 @@ def stats(path: str | os.PathLike[str], task_name: str | None = None) -> dict[st
     if task_name is None:
         prompts = ((_raw_prompt(record), {}) for record in read_records(path))
     else:
-        task = get(task_name)
+        task = get(task_name, **(task_options or {}))
         prompts = ((e.prompt, _difficulty(task, e.metadata)) for e in iter_examples(task, path))
     chars: list[int] = []
     words: list[int] = []

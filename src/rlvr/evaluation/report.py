@@ -5,8 +5,10 @@ are inline SVG drawn here, so it opens anywhere and survives being mailed around
 headline figures, training curves (reward, accuracy, group outcomes, response length and
 truncation, entropy, KL, clip fractions, losses, learning rate and temperature schedules, time
 per phase, throughput; curriculum and context-length stage changes drawn as vertical lines),
-time per phase, evaluations (before / after RL per difficulty), sample completions (best,
-worst, longest, with rewards), summary.json and the resolved config. With matplotlib installed
+time per phase, evaluations (a table with one row per evaluation and one column per metric, then
+before / after RL per difficulty), sample completions (best, worst, longest, with rewards),
+summary.json and the resolved config. The title is the recipe's name (config.yaml); charts fill
+the page width in as many columns as fit, and a step axis has whole-number ticks. With matplotlib installed
 the same curves are also written as run_dir/plots/*.png for a terminal user.
 
 Inputs (written by the trainers; any of them may be missing, any metric key may be absent):
@@ -274,11 +276,14 @@ def format_number(value: float) -> str:
     return f"{value:.3g}"
 
 
-def nice_ticks(low: float, high: float, count: int = 5) -> list[float]:
-    """About `count` round tick values (1, 2 or 5 times a power of ten apart) covering [low, high]."""
+def nice_ticks(low: float, high: float, count: int = 5, integer: bool = False) -> list[float]:
+    """About `count` round tick values (1, 2 or 5 times a power of ten apart) covering [low, high];
+    integer=True keeps them whole numbers (an axis of steps: a 2-step run has no step 1.5)."""
     if not high > low:
         return [low]
     raw = (high - low) / max(count, 1)
+    if integer:
+        raw = max(raw, 1.0)
     power = 10 ** math.floor(math.log10(raw))
     step = next(m * power for m in (1, 2, 5, 10) if m * power >= raw)
     first = math.ceil(low / step - 1e-9) * step
@@ -328,17 +333,16 @@ def svg_line_chart(panel: Panel, width: int = 440, height: int = 250, max_points
     def py(y: float) -> float:
         return top + (1 - (y - y_low) / (y_high - y_low)) * plot_h
 
-    out = [f'<svg viewBox="0 0 {width} {height}" width="{width}" '
-           f'height="{height}" role="img" aria-label="{html.escape(panel.title)}">',
+    out = [_svg_open(width, height, panel.title),
            f'<text x="{width / 2}" y="16" text-anchor="middle" class="t">{html.escape(panel.title)}</text>',
            f'<rect x="{left}" y="{top}" width="{plot_w}" height="{plot_h}" class="frame"/>']
     for tick in nice_ticks(y_low, y_high, 6):
         y = py(tick)
         out.append(f'<line x1="{left}" x2="{left + plot_w}" y1="{y:.1f}" y2="{y:.1f}" class="grid"/>'
                    f'<text x="{left - 4}" y="{y + 3:.1f}" text-anchor="end" class="tick">{format_number(tick)}</text>')
-    for tick in nice_ticks(x_low, x_high):
+    for tick in nice_ticks(x_low, x_high, integer=True):  # x counts steps
         x = px(tick)
-        out.append(f'<text x="{x:.1f}" y="{top + plot_h + 13}" text-anchor="middle" class="tick">'
+        out.append(f'<text x="{x:.1f}" y="{top + plot_h + 13}" text-anchor="middle" class="tick xt">'
                    f'{format_number(tick)}</text>')
     out.append(f'<text x="{left + plot_w / 2}" y="{top + plot_h + 25}" text-anchor="middle" class="tick">'
                f'{html.escape(panel.x_label)}</text>')
@@ -386,13 +390,19 @@ def _legend(entries: Sequence[tuple[str, str]], x0: float, y0: float, x_max: flo
     return "".join(parts), rows
 
 
+def _svg_open(width: int, height: int, title: str) -> str:
+    """An <svg> drawn in a width x height box and shown at the width of its container (the page
+    lays charts out in columns that fill it); its height follows from the box's aspect ratio."""
+    return (f'<svg viewBox="0 0 {width} {height}" width="100%" role="img" '
+            f'aria-label="{html.escape(title)}">')
+
+
 def _grow(svg: str, width: int, height: int, rows: int) -> str:
     """Make room for legend rows beyond the first."""
     if rows <= 1:
         return svg
     taller = height + 13 * (rows - 1)
-    return svg.replace(f'viewBox="0 0 {width} {height}" width="{width}" height="{height}"',
-                       f'viewBox="0 0 {width} {taller}" width="{width}" height="{taller}"', 1)
+    return svg.replace(f'viewBox="0 0 {width} {height}"', f'viewBox="0 0 {width} {taller}"', 1)
 
 
 def _segments(xs: Sequence[float], ys: Sequence[float]) -> list[list[tuple[float, float]]]:
@@ -413,8 +423,7 @@ def svg_bar_chart(title: str, categories: Sequence[str], series: Sequence[tuple[
     values = [v for _, vs in series for v in vs if v is not None and math.isfinite(v)]
     y_high = max([1.0] + values) if values and max(values) > 1.0 else 1.0
     y_low = min([0.0] + values)
-    out = [f'<svg viewBox="0 0 {width} {height}" width="{width}" '
-           f'height="{height}" role="img" aria-label="{html.escape(title)}">',
+    out = [_svg_open(width, height, title),
            f'<text x="{width / 2}" y="16" text-anchor="middle" class="t">{html.escape(title)}</text>',
            f'<rect x="{left}" y="{top}" width="{plot_w}" height="{plot_h}" class="frame"/>']
 
@@ -496,8 +505,8 @@ h3{font-size:15px;margin:16px 0 6px}.sub{color:#666;font-size:13px}
 .cards{display:flex;flex-wrap:wrap;gap:10px;margin:12px 0}
 .card{border:1px solid #ddd;border-radius:6px;padding:8px 12px;min-width:120px}
 .card b{display:block;font-size:20px}.card span{color:#666;font-size:12px}
-.grid-charts{display:flex;flex-wrap:wrap;gap:8px}
-svg{background:#fff;border:1px solid #eee;border-radius:4px;font-family:inherit}
+.grid-charts{display:grid;grid-template-columns:repeat(auto-fill,minmax(min(100%,440px),1fr));gap:8px}
+svg{background:#fff;border:1px solid #eee;border-radius:4px;font-family:inherit;display:block;width:100%;height:auto}
 svg .t{font-size:13px;font-weight:600;fill:#222}svg .tick{font-size:10px;fill:#555}
 svg .legend{font-size:10px;fill:#333}svg .frame{fill:none;stroke:#bbb}svg .grid{stroke:#eee}
 svg .marker{stroke:#888;stroke-dasharray:4 3}svg .mlabel{font-size:9px;fill:#666}
@@ -581,20 +590,31 @@ def _cards(run: Run) -> str:
                                            for v, k in cards) + "</div>"
 
 
-def is_placebo_control(run: Run) -> bool:
-    """Whether the run is a placebo control (rl.shuffle_rewards): from summary.json, or while the run
-    has no summary yet, from its config.yaml."""
-    if run.summary is not None and "placebo_control" in run.summary:
-        return bool(run.summary["placebo_control"])
+def _config(run: Run) -> dict[str, Any]:
+    """The run's config.yaml as a mapping ({} when absent or unreadable)."""
     if run.config_text is None:
-        return False
+        return {}
     import yaml
 
     try:
         config = yaml.safe_load(run.config_text)
     except yaml.YAMLError:
-        return False
-    rl = config.get("rl") if isinstance(config, dict) else None
+        return {}
+    return config if isinstance(config, dict) else {}
+
+
+def run_name(run: Run) -> str:
+    """The recipe's name (config.yaml's `name`), else the run directory's name."""
+    name = _config(run).get("name")
+    return str(name) if isinstance(name, str) and name.strip() else run.directory.resolve().name
+
+
+def is_placebo_control(run: Run) -> bool:
+    """Whether the run is a placebo control (rl.shuffle_rewards): from summary.json, or while the run
+    has no summary yet, from its config.yaml."""
+    if run.summary is not None and "placebo_control" in run.summary:
+        return bool(run.summary["placebo_control"])
+    rl = _config(run).get("rl")
     return isinstance(rl, dict) and rl.get("shuffle_rewards") is True
 
 
@@ -620,18 +640,7 @@ def _timing_section(rows: Sequence[Mapping[str, Any]]) -> str:
 def _eval_section(run: Run) -> str:
     if not run.evals:
         return ""
-    parts = ["<h2>Evaluations</h2>"]
-    headline = []
-    for name, payload in run.evals.items():
-        m, s = payload["metrics"], payload.get("settings", {})
-        scores = "  ".join(f"{k} {format_number(v)}" for k, v in m.items()
-                           if re.fullmatch(r"(avg@n|pass@\d+|maj@\d+)", k) and v is not None)
-        setting = (f"n={s.get('n')} T={s.get('temperature')} top_p={s.get('top_p')} "
-                   f"max_new_tokens={s.get('max_new_tokens')} seed={s.get('seed')}")
-        headline.append((name, m.get("n_prompts"), scores, m.get("truncation_rate"), m.get("format_error_rate"),
-                         m.get("length/mean"), m.get("reflection_words_per_response"), setting))
-    parts.append(_table(["eval", "prompts", "accuracy", "truncated", "format errors", "length", "reflection words",
-                         "settings"], headline, left_columns=1))
+    parts = ["<h2>Evaluations</h2>", eval_table(run.evals)]
     breakdown = _breakdowns(run.evals)
     for key, (values, columns) in breakdown.items():
         header = [key] + [name for name, _ in columns]
@@ -651,8 +660,35 @@ def _eval_section(run: Run) -> str:
         parts.append(f"<h3>avg@n by {_esc(key)}</h3>" + _table(header, rows))
         chart_columns = [(name, col) for name, col in columns
                          if not pairs or any(name in pair for pair in pairs)]
-        parts.append(svg_bar_chart(f"avg@n by {key}", values, chart_columns, width=max(440, 60 * len(values))))
+        parts.append("<div class=grid-charts>" + svg_bar_chart(f"avg@n by {key}", values, chart_columns,
+                                                               width=max(440, 60 * len(values))) + "</div>")
     return "".join(parts)
+
+
+# The columns of the evaluations table after the accuracy metrics: (metrics.json key, header).
+EVAL_COLUMNS = (("truncation_rate", "truncated"), ("format_error_rate", "format errors"),
+                ("length/mean", "length"), ("reflection_words_per_response", "reflection words"))
+
+
+def accuracy_keys(evals: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """avg@n, then pass@k and maj@k by k, over every eval (an eval without one shows a dash)."""
+    found = {k for payload in evals.values() for k in payload["metrics"] if re.fullmatch(r"(pass|maj)@\d+", k)}
+    by_k = sorted(found, key=lambda k: (k.split("@")[0] != "pass", int(k.split("@")[1])))
+    return ["avg@n", *by_k]
+
+
+def eval_table(evals: Mapping[str, Mapping[str, Any]]) -> str:
+    """One row per evaluation, one column per metric, then the sampling settings."""
+    keys = accuracy_keys(evals)
+    rows = []
+    for name, payload in evals.items():
+        m, s = payload["metrics"], payload.get("settings", {})
+        setting = (f"n={s.get('n')} T={s.get('temperature')} top_p={s.get('top_p')} "
+                   f"max_new_tokens={s.get('max_new_tokens')} seed={s.get('seed')}")
+        rows.append([name, m.get("n_prompts"), *(m.get(k) for k in keys), *(m.get(k) for k, _ in EVAL_COLUMNS),
+                     (_esc(setting), "l")])
+    header = ["eval", "prompts", *keys, *(label for _, label in EVAL_COLUMNS), "settings"]
+    return _table(header, rows)
 
 
 def _before_after_pairs(names: Sequence[str]) -> list[tuple[str, str]]:
@@ -742,7 +778,7 @@ def _samples_section(run: Run) -> str:
 
 def render_html(run: Run, main: Sequence[Panel], extra: Sequence[Panel], pngs: Sequence[Path]) -> str:
     """The whole report page as one string."""
-    title = f"rlvr run {run.directory.resolve().name}"
+    title = f"{run_name(run)}: rlvr run report"
     now = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
     parts = [f"<!DOCTYPE html><html lang=en><head><meta charset=utf-8><title>{_esc(title)}</title>"
              f"<meta name=viewport content='width=device-width,initial-scale=1'><style>{_CSS}</style></head><body>",

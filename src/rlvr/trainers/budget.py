@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rlvr.config import RunConfig
+from rlvr.config import RunConfig, stage_value
 
 GiB = 1024**3
 MEMORY_SHARE = 0.8  # warn when the estimate passes this share of the memory there is
@@ -70,14 +70,6 @@ def model_shape(config: RunConfig) -> ModelShape | None:
                       count_params(preset, DEFAULT_VOCAB_SIZE))
 
 
-def _stage(stages: list[Any], step: int, default: int) -> int:
-    value = default
-    for stage in stages:
-        if stage.start_step <= step:
-            value = stage.value
-    return int(value)
-
-
 def rl_stage_sizes(config: RunConfig) -> dict[str, int]:
     """Samples and completion tokens of the RL stage, step by step through the group-size and
     context-length schedules. With dynamic sampling each step may generate up to
@@ -86,9 +78,9 @@ def rl_stage_sizes(config: RunConfig) -> dict[str, int]:
     steps = rl.steps if rl.enabled else 0
     samples = tokens = 0
     for step in range(steps):
-        n = rl.prompts_per_step * _stage(rl.group_size_stages, step, rl.group_size)
+        n = rl.prompts_per_step * int(stage_value(rl.group_size_stages, step, rl.group_size))
         samples += n
-        tokens += n * _stage(rl.max_new_tokens_stages, step, rl.max_new_tokens)
+        tokens += n * int(stage_value(rl.max_new_tokens_stages, step, rl.max_new_tokens))
     per_step = rl.prompts_per_step * rl.group_size
     out = {
         "rl_samples_per_step (prompts_per_step x group_size)": per_step,
@@ -160,8 +152,12 @@ def memory_warning(config: RunConfig, parts: dict[str, int], memory: tuple[int, 
 
 def prompt_tokens_bound(config: RunConfig, tokenizer: Any = None) -> tuple[int, str]:
     """(tokens, how they were counted) of the longest of 16 training prompts: token ids when a
-    tokenizer is given, else characters (no token is shorter than one character: an upper bound)."""
+    tokenizer is given, else characters (no token is shorter than one character: an upper bound);
+    data.max_prompt_tokens when the recipe sets it (no longer prompt is used)."""
     from rlvr import tasks
+
+    if config.data.max_prompt_tokens:
+        return config.data.max_prompt_tokens, "tokens (data.max_prompt_tokens)"
 
     try:
         task = tasks.get(config.data.task, **config.data.task_options)

@@ -20,12 +20,23 @@ import numpy as np
 import torch
 
 from rlvr.algorithms import entropy_from_logits, token_logprobs_from_logits
+from rlvr.config import stage_value as stage_value  # defined beside StageConfig; the loops take it from here
+
+
+def cpu_threads(threads: int) -> int:
+    """The torch CPU threads of config key `threads`: itself, or for 0 every core this process may
+    run on (its CPU affinity, which a container or `taskset` may narrow below the machine's count)."""
+    if threads > 0:
+        return threads
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # no sched_getaffinity (macOS)
+        return os.cpu_count() or 1
 
 
 def setup_torch(seed: int, threads: int = 0, device: str = "auto") -> torch.device:
-    """Seed every RNG, fix the CPU thread count, pick the device."""
-    if threads > 0:
-        torch.set_num_threads(threads)
+    """Seed every RNG, set the CPU thread count (cpu_threads: 0 is every core), pick the device."""
+    torch.set_num_threads(cpu_threads(threads))
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
@@ -50,13 +61,6 @@ def lr_at(step: int, total_steps: int, peak: float, warmup_steps: int, schedule:
     return peak * (min_ratio + (1.0 - min_ratio) * factor)
 
 
-def stage_value(stages: Sequence[Any], step: int, default: Any) -> Any:
-    """The value of the last stage whose start_step <= step (default before the first stage)."""
-    value = default
-    for stage in stages:
-        if stage.start_step <= step:
-            value = stage.value
-    return value
 
 
 # ---------------------------------------------------------------------------------------------

@@ -222,21 +222,41 @@ def matches(example: tasks.Example, difficulty: dict[str, Any]) -> bool:
 
 
 def training_source(config: RunConfig, task: tasks.Task, banned: set[str],
-                    loaded: list[tasks.Example] | None = None):
-    """difficulty -> training problems, never one whose prompt is in the held-out set."""
+                    loaded: list[tasks.Example] | None = None,
+                    fits: Callable[[tasks.Example], bool] | None = None):
+    """difficulty -> training problems, never one whose prompt is in the held-out set, and only
+    those whose prompt `fits` (data.max_prompt_tokens) when given."""
     data = config.data
     rows: list[tasks.Example] | None = None
     if data.train_file:
         loaded = loaded if loaded is not None else load_examples(task, data.train_file)
         rows = [ex for ex in loaded if ex.prompt not in banned]
+        if fits is not None:
+            kept = [ex for ex in rows if fits(ex)]
+            log(f"data.max_prompt_tokens {data.max_prompt_tokens}: left out {len(rows) - len(kept)} of {len(rows)} "
+                f"training problems of {data.train_file} with a longer prompt")
+            rows = kept
 
     def source(difficulty: dict[str, Any]) -> list[tasks.Example]:
         if rows is not None:
             return [ex for ex in rows if matches(ex, difficulty)]
         generated = task.examples(data.train_size, seed=config.seed, **difficulty)
-        return [ex for ex in generated if ex.prompt not in banned]
+        return [ex for ex in generated if ex.prompt not in banned and (fits is None or fits(ex))]
 
     return source
+
+
+def within_prompt_limit(examples: list[tasks.Example], fits: Callable[[tasks.Example], bool], limit: int,
+                        what: str) -> list[tasks.Example]:
+    """The examples whose prompt fits data.max_prompt_tokens (logged; none left is an error)."""
+    kept = [ex for ex in examples if fits(ex)]
+    if len(kept) < len(examples):
+        log(f"data.max_prompt_tokens {limit}: left out {len(examples) - len(kept)} of {len(examples)} {what} "
+            f"with a longer prompt")
+    if not kept:
+        raise ConfigError(f"config key data.max_prompt_tokens: every one of the {len(examples)} {what} has a "
+                          f"prompt longer than {limit} tokens", key="data.max_prompt_tokens")
+    return kept
 
 
 def solution_target(task: tasks.Task) -> Callable[[tasks.Example], str] | None:
@@ -261,7 +281,9 @@ def sft_pairs(config: RunConfig, task: tasks.Task, tokenizer: Any, eos_id: int, 
         raise ConfigError(f"sft.enabled: task {task.name!r} has no solution traces to imitate; set sft.enabled=false")
     examples = task.examples(config.sft.data_size, seed=config.seed + 20_011, **config.sft.difficulty)
     examples = [ex for ex in examples if ex.prompt not in banned]
-    return trace_pairs(task, tokenizer, examples, eos_id, target)
+    pairs = trace_pairs(task, tokenizer, examples, eos_id, target)
+    limit = config.data.max_prompt_tokens
+    return [(p, c) for p, c in pairs if len(p) <= limit] if limit else pairs
 
 
 def run_eval(name: str, policy: Policy, engine: Any, task: tasks.Task, examples: list[tasks.Example],
@@ -382,6 +404,7 @@ def _run(config: RunConfig, inputs: Inputs, run_dir: Path) -> dict[str, Any]:
 
     t_start = time.perf_counter()
     device = setup_torch(config.seed, config.threads, config.device)
+    log(f"device: {device}, {torch.get_num_threads()} torch CPU threads (threads={config.threads})")
     for key, value in config.derived_sizes().items():
         log(f"{key}: {value}")
     task = inputs.task
@@ -400,6 +423,17 @@ def _run(config: RunConfig, inputs: Inputs, run_dir: Path) -> dict[str, Any]:
     n_params = sum(p.numel() for p in policy.model.parameters())
     log(f"model: {policy.path} ({n_params / 1e6:.2f}M parameters, {'native' if policy.packed else 'transformers'})")
     eos_ids = eos_token_ids(policy.tokenizer)
+    cache: dict[str, list[int]] = {}
+
+    def prompt_cache(ex: tasks.Example) -> list[int]:
+        if ex.prompt not in cache:
+            cache[ex.prompt] = prompt_ids(policy.tokenizer, task.messages(ex), task.response_prefix)
+        return cache[ex.prompt]
+
+    limit = config.data.max_prompt_tokens
+    fits = (lambda ex: len(prompt_cache(ex)) <= limit) if limit else None
+    if fits is not None:
+        held_out = within_prompt_limit(held_out, fits, limit, "held-out problems")
     if config.critic.enabled and config.critic.path:  # refused before any work, not after SFT
         from rlvr.trainers.critic import check_critic_dir
 
@@ -436,16 +470,9 @@ def _run(config: RunConfig, inputs: Inputs, run_dir: Path) -> dict[str, Any]:
     before = evaluate_both("before_rl", policy, engine, task, held_out, config, run_dir)
     log(f"before RL: {_describe(before, config)}")
 
-    cache: dict[str, list[int]] = {}
-
-    def prompt_cache(ex: tasks.Example) -> list[int]:
-        if ex.prompt not in cache:
-            cache[ex.prompt] = prompt_ids(policy.tokenizer, task.messages(ex), task.response_prefix)
-        return cache[ex.prompt]
-
     rl_summary: dict[str, Any] = {}
     if config.rl.enabled and config.rl.steps > 0:
-        pool = ProblemPool(training_source(config, task, banned, inputs.train_rows), seed=config.seed)
+        pool = ProblemPool(training_source(config, task, banned, inputs.train_rows, fits), seed=config.seed)
         train_engine, learner, closers, placement = training_engine(config, policy, engine, eos_ids, decode_dtype)
         critic = None
         if config.critic.enabled:
@@ -489,8 +516,9 @@ def training_engine(config: RunConfig, policy: Policy, engine: Any, eos_ids: tup
     """The RL loop's engine and learner: in-process by default, Ray actors with distributed=ray,
     wrapped for partial rollouts when rl.partial_tokens_per_step > 0. Evaluation keeps `engine`.
     Ray's torch rollout workers decode in decode_dtype, as `engine` does, unless ray.engine_options
-    sets a dtype. Returns (engine, learner, closers, placement): placement says on which Ray node
-    each process runs (rlvr.distributed.placement; {} without Ray), for summary.json."""
+    sets a dtype; its vLLM workers hold config.context_tokens() unless it sets max_model_len.
+    Returns (engine, learner, closers, placement): placement says on which Ray node each process
+    runs (rlvr.distributed.placement; {} without Ray), for summary.json."""
     train_engine, learner, closers, placement = engine, None, [], {}
     if config.model.engine == "vllm" and config.distributed != "ray":
         train_engine = vllm_engine(config, policy, eos_ids)
@@ -502,6 +530,9 @@ def training_engine(config: RunConfig, policy: Policy, engine: Any, eos_ids: tup
         ray_cfg = config.ray
         if ray_cfg.rollout_engine == "torch" and decode_dtype is not None and "dtype" not in ray_cfg.engine_options:
             ray_cfg = dataclasses.replace(ray_cfg, engine_options={**ray_cfg.engine_options, "dtype": decode_dtype})
+        if ray_cfg.rollout_engine == "vllm" and "max_model_len" not in ray_cfg.engine_options:
+            ray_cfg = dataclasses.replace(ray_cfg, engine_options={**ray_cfg.engine_options,
+                                                                   "max_model_len": config.context_tokens()})
         train_engine = make_engine(ray_cfg, policy.model, eos_ids, policy.tokenizer.pad_token_id or 0,
                                    model_dir=str(policy.path))
         closers.append(train_engine.shutdown)
@@ -542,15 +573,14 @@ def check_vllm(config: RunConfig) -> None:
 
 def vllm_engine(config: RunConfig, policy: Policy, eos_ids: tuple[int, ...]):
     """The RL stage's VLLMEngine (colocated, in this process) holding the policy's current weights.
-    One step's prompts x group size fit in one batch; a sequence may hold 1024 prompt tokens plus
-    the largest completion budget of the recipe."""
+    One step's prompts x group size fit in one batch; a sequence may hold config.context_tokens()
+    (the prompt limit plus the largest completion budget of the recipe)."""
     from rlvr.rollout.vllm_engine import VLLMEngine
 
     rl = config.rl
     group = max([rl.group_size] + [int(s.value) for s in rl.group_size_stages])
-    new_tokens = max([rl.max_new_tokens] + [int(s.value) for s in rl.max_new_tokens_stages])
     engine = VLLMEngine(str(policy.path), eos_token_ids=eos_ids, dtype=config.model.engine_dtype,
-                        max_num_seqs=rl.prompts_per_step * group, max_model_len=1024 + new_tokens,
+                        max_num_seqs=rl.prompts_per_step * group, max_model_len=config.context_tokens(),
                         threads=config.threads or None, seed=config.seed)
     engine.load_weights(policy.model.state_dict())  # after SFT the policy differs from its directory
     log(f"rollout engine: vLLM ({config.model.engine_dtype}, weights pushed after every update)")
