@@ -1,4 +1,4 @@
-"""`data.task: generic` and reward functions added to any task (issue 15; not yet wired into the config).
+"""`data.task: generic` and reward functions added to any task (docs/byo.md).
 
 GenericTask reads rows as given (no generator): `prompt` is a string or a chat list (used as given),
 the gold answer is `ground_truth`, `answer`, `solution` or verl's `reward_model.ground_truth`; every
@@ -6,6 +6,8 @@ other column stays in the metadata (it reaches TRL functions as columns, verl's 
 `WithRewardFunctions(base, [(function, weight), ...])` scores base.score (zero for GenericTask) plus
 the weighted function rewards; parts hold each function's reward and the per-completion counts
 `reward_errors` / `reward_timeouts`. With no base task, `correct` means a positive total reward.
+`reward_failures(task)` sums the failed calls of every function inside a task (the trainer logs the
+step's increase as reward/errors and reward/timeouts).
 """
 
 from __future__ import annotations
@@ -65,6 +67,12 @@ class WithRewardFunctions:
     def __getattr__(self, attribute: str) -> Any:  # examples, messages, from_record, oracle_completion...
         return getattr(self.base, attribute)
 
+    def reward_failures(self) -> dict[str, int]:
+        """Failed calls so far, over this wrapper's functions and those inside its base task."""
+        inner = reward_failures(self.base)
+        return {"errors": inner.get("errors", 0) + sum(f.errors for f, _ in self.functions),
+                "timeouts": inner.get("timeouts", 0) + sum(f.timeouts for f, _ in self.functions)}
+
     def score(self, completion: str, example: Example) -> Score:
         base = self.base.score(completion, example)
         generic = isinstance(self.base, GenericTask)
@@ -82,3 +90,16 @@ class WithRewardFunctions:
         parts["reward_errors"], parts["reward_timeouts"] = float(errors), float(timeouts)
         correct = total > 0 if generic else base.correct
         return Score(total, correct, base.format_ok, parts, base.extracted)
+
+
+def reward_failures(task: Any) -> dict[str, int]:
+    """{"errors": n, "timeouts": n}: the failed reward-function calls inside `task` so far ({} when
+    it holds no reward function)."""
+    counts = getattr(type(task), "reward_failures", None)
+    return counts(task) if callable(counts) else {}
+
+
+def failure_metrics(task: Any, before: dict[str, int]) -> dict[str, float]:
+    """reward/errors and reward/timeouts: the calls that failed since `before` = reward_failures(task)."""
+    now = reward_failures(task)
+    return {f"reward/{kind}": float(count - before.get(kind, 0)) for kind, count in now.items()}

@@ -135,7 +135,7 @@ def with_reward_functions(task: tasks.Task, reward: Any) -> tasks.Task:
             raise ConfigError("data.task generic needs reward.function or reward.functions")
         return task
     try:
-        loaded = [(load_reward_function(spec, reward.timeout_seconds, reward.error_reward), weight)
+        loaded = [(load_reward_function(spec, reward.timeout_seconds, reward.error_reward, report=log), weight)
                   for spec, weight in specs]
     except RewardFunctionError as error:
         raise ConfigError(f"config key reward: {error}") from None

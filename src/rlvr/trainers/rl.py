@@ -33,6 +33,7 @@ from rlvr.config import CheckpointConfig, LoggingConfig, RLConfig
 from rlvr.rewards import cosine_length_reward, overlong_penalty
 from rlvr.rollout import RolloutEngine, SamplingParams
 from rlvr.tasks import Example, Task
+from rlvr.tasks.generic import failure_metrics, reward_failures
 from rlvr.trainers import checkpoint as ckpt
 from rlvr.trainers.common import (
     MetricsLogger,
@@ -693,11 +694,12 @@ def train_rl(  # noqa: C901 - one loop; an optional learner, reference and criti
         knobs = knobs_at(cfg, step, default_difficulty)
         policy.eval()
         t0 = time.perf_counter()
+        failures = reward_failures(task)  # reward functions that raise or hang: counted per step
         batch, ds_stats = collect(engine, tokenizer, task, pool, prompt_cache, knobs, cfg, eos_ids, seed, step)
         t_gen = time.perf_counter() - t0
         gen_tokens = sum(len(c) for c in batch.completion_ids)
         metrics: dict[str, Any] = {"phase": "rl", "step": step + 1, **batch_metrics(batch, knobs), **ds_stats,
-                                   **batch.engine_metrics}
+                                   **batch.engine_metrics, **failure_metrics(task, failures)}
         t0 = time.perf_counter()
         policy.train()
         if len(batch) > 0:

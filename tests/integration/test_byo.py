@@ -1,0 +1,67 @@
+"""Bring-your-own runs on the tiny model: failing reward functions, external tasks, mixed sources."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+from rlvr.config import load_config
+from rlvr.trainers.pipeline import run
+
+
+def quick(model_dir: Path, out_dir: Path, rl_steps: int = 2) -> list[str]:
+    """A run of rl_steps RL steps of 4 prompts x 4 samples, no SFT, a greedy eval of 4 problems."""
+    return [
+        f"model.path={model_dir}", f"out_dir={out_dir}", "threads=1", "logging.progress=false",
+        "data.train_size=64", "data.eval_size=4", "sft.enabled=false", f"rl.steps={rl_steps}",
+        "rl.prompts_per_step=4", "rl.mini_batches=1", "rl.group_size=4", "rl.max_new_tokens=16", "eval.max_new_tokens=16",
+        "eval.samples=0", "eval.every=0", "checkpoint.every=0", "logging.samples_every=1",
+    ]
+
+
+def rl_rows(run_dir: Path) -> list[dict]:
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in rows if r["phase"] == "rl"]
+
+
+FAILING = textwrap.dedent('''
+    import pathlib, time
+
+    def raises(data_source, solution_str, ground_truth, extra_info=None):
+        raise RuntimeError("my reward is broken")
+
+    def hangs_on_sixth_call(data_source, solution_str, ground_truth, extra_info=None):
+        counter = pathlib.Path(__file__).with_name("calls.txt")
+        calls = int(counter.read_text()) + 1 if counter.exists() else 1
+        counter.write_text(str(calls))
+        if calls == 6:
+            time.sleep(60)
+        return 0.5
+''')
+
+
+def test_failing_reward_functions_are_counted_per_step_logged_once_and_the_run_goes_on(
+        tiny_model_dir, tmp_path, capsys):
+    (tmp_path / "failing.py").write_text(FAILING)
+    out = tmp_path / "run"
+    overrides = quick(tiny_model_dir, out) + [
+        f"reward.functions=[{{function: '{tmp_path}/failing.py:raises'}}, "
+        f"{{function: '{tmp_path}/failing.py:hangs_on_sixth_call', weight: 2}}]",
+        "reward.timeout_seconds=1", "reward.error_reward=-0.25"]
+    summary = run(load_config("recipes/kk-tiny.yaml", overrides))
+    assert summary["rl_steps_done"] == 2
+    rows = rl_rows(out)
+    # Every call of `raises` fails: 16 per step. The 6th call of the other one (4 were the greedy
+    # eval before RL) misses its deadline, in step 1.
+    assert [r["reward/errors"] for r in rows] == [16.0, 16.0]
+    assert [r["reward/timeouts"] for r in rows] == [1.0, 0.0]
+    samples = [json.loads(x) for x in (out / "samples" / "step_000001.jsonl").read_text().splitlines()]
+    timed_out = [s for s in samples if s["parts"]["reward_timeouts"] == 1.0]
+    assert len(timed_out) == 1 and timed_out[0]["parts"]["fn1"] == -0.25 and timed_out[0]["parts"]["fn0"] == -0.25
+    others = [s for s in samples if s["parts"]["reward_timeouts"] == 0.0]
+    assert all(s["parts"]["fn1"] == 0.5 and s["parts"]["reward_errors"] == 1.0 for s in others)
+    printed = capsys.readouterr().out
+    assert printed.count("failing.py:raises failed (RuntimeError: my reward is broken)") == 1
+    assert printed.count("hangs_on_sixth_call missed its 1s deadline") == 1
+    assert "First input: data_source=" in printed and "completion=" in printed
