@@ -60,21 +60,24 @@ class ModelConfig:
 @dataclass
 class DataConfig:
     task: str = "knights_knaves"
-    """Task name (rlvr.tasks.TASKS, or ROW_TASKS for rows scored by reward functions alone)."""
+    """Task: a name (rlvr.tasks.TASKS; generic: rows scored by reward functions alone; an entry point
+    of group rlvr.tasks) or a task from outside the package, `my_pkg.tasks:MyTask` or
+    `path/to/file.py:MyTask` (docs/byo.md)."""
     task_options: dict[str, Any] = field(default_factory=dict)
     """Keyword options of the task, e.g. {reward_scheme: logic_rl, response_prefix: "<think>"}."""
     train_file: str = ""
     """JSONL/parquet of training problems. Empty: generate `train_size` problems."""
     train_size: int = 20000
     """Number of generated training problems (when train_file is empty)."""
-    difficulty: dict[str, Any] = field(default_factory=lambda: {"people": 3})
-    """Difficulty of generated RL problems (task keywords, e.g. people: 3 or people: [3, 4])."""
+    difficulty: dict[str, Any] | None = None
+    """Difficulty of RL problems (task keywords, e.g. people: 3 or people: [3, 4]); rows of
+    train_file are filtered by their metadata. null: the task's default_difficulty ({} without one)."""
     eval_file: str = ""
     """JSONL/parquet of held-out problems. Empty: generate `eval_size` with a disjoint seed."""
     eval_size: int = 256
     """Number of held-out problems."""
-    eval_difficulty: dict[str, Any] = field(default_factory=lambda: {"people": 3})
-    """Difficulty of generated held-out problems."""
+    eval_difficulty: dict[str, Any] | None = None
+    """Difficulty of generated held-out problems; null: the task's default_difficulty."""
     require_files: bool = False
     """Refuse to start without train_file and eval_file instead of generating problems (recipes
     that reproduce a paper's data: generated toy problems would be a different experiment)."""
@@ -108,8 +111,8 @@ class SFTConfig:
     """Max global gradient norm (0 disables)."""
     data_size: int = 40000
     """Number of solver traces generated for SFT (or rows read from data.train_file)."""
-    difficulty: dict[str, Any] = field(default_factory=lambda: {"people": [2, 3, 3, 3]})
-    """Difficulty mix of SFT traces."""
+    difficulty: dict[str, Any] | None = None
+    """Difficulty mix of SFT traces; null: the task's sft_difficulty, else its default_difficulty."""
     eval_every: int = 0
     """Greedy eval on a slice of the held-out set every N steps (0: only at the end)."""
 
@@ -342,6 +345,7 @@ class RunConfig:
     def validate(self) -> RunConfig:
         """Every field's domain (DOMAINS), then cross-field checks; raises ConfigError naming the key."""
         check_domains(self)
+        self._resolve_task_defaults()
         rl, sft = self.rl, self.sft
         _check(rl.steps >= 0, "rl.steps", rl.steps, "an integer >= 0")
         _check(rl.prompts_per_step > 0, "rl.prompts_per_step", rl.prompts_per_step, "a positive integer")
@@ -380,6 +384,24 @@ class RunConfig:
         _check(self.eval.curve_samples >= 1, "eval.curve_samples", self.eval.curve_samples, "a positive integer")
         _check(self.checkpoint.keep_last >= 1, "checkpoint.keep_last", self.checkpoint.keep_last, ">= 1")
         return self
+
+    def _resolve_task_defaults(self) -> None:
+        """Difficulties left null take the task's class defaults (default_difficulty, sft_difficulty),
+        so the resolved config.yaml says what a run generates; importing the task here also makes
+        a task spec that does not import fail at load time, naming data.task."""
+        data, sft = self.data, self.sft
+        if data.difficulty is not None and data.eval_difficulty is not None and sft.difficulty is not None:
+            return
+        from rlvr.tasks import TaskError, class_default
+
+        try:
+            default = dict(class_default(data.task, "default_difficulty", {}))
+            sft_default = dict(class_default(data.task, "sft_difficulty", default))
+        except TaskError as error:
+            raise ConfigError(f"config key data.task: {error}", key="data.task") from None
+        data.difficulty = default if data.difficulty is None else data.difficulty
+        data.eval_difficulty = dict(default) if data.eval_difficulty is None else data.eval_difficulty
+        sft.difficulty = sft_default if sft.difficulty is None else sft.difficulty
 
     def _validate_critic(self) -> None:
         """GAE needs a critic and a critic needs GAE; the data-parallel learner has no critic."""
@@ -473,6 +495,12 @@ def _table(module: str, name: str) -> Callable[[], Any]:
     return names
 
 
+def _task_names() -> list[str]:
+    from rlvr.tasks import registered
+
+    return sorted(registered())
+
+
 _BETAS = Domain(lambda v: len(v) == 2 and all(0 <= b < 1 for b in v), "two numbers in [0, 1), [beta1, beta2]")
 _DEFAULT_DOMAINS: dict[Any, Domain] = {int: at_least(0), float: Domain(_finite, "a finite number")}
 DOMAINS: dict[str, Domain] = {
@@ -480,8 +508,8 @@ DOMAINS: dict[str, Domain] = {
     "out_dir": Domain(lambda v: bool(v.strip()), "a directory path"),
     "threads": at_least(0, "an integer >= 0 (0: all cores)"),
     "model.preset": name_in(_table("rlvr.models.factory", "PRESETS"), "a model preset"),
-    "data.task": name_in(lambda: sorted([*_table("rlvr.tasks", "TASKS")(), *_table("rlvr.tasks", "ROW_TASKS")()]),
-                         "a task"),
+    "data.task": Domain(lambda v: v in _task_names() or ":" in v, "a task name or a spec 'module:Class' / "
+                        "'path/to/file.py:Class'", names=lambda: _task_names()),
     "data.train_size": positive(),
     "data.eval_size": positive(),
     "sft.batch_size": positive(),

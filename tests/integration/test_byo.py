@@ -6,7 +6,9 @@ import json
 import textwrap
 from pathlib import Path
 
-from rlvr.config import load_config
+import pytest
+
+from rlvr.config import ConfigError, load_config
 from rlvr.trainers.pipeline import run
 
 
@@ -65,3 +67,25 @@ def test_failing_reward_functions_are_counted_per_step_logged_once_and_the_run_g
     assert printed.count("failing.py:raises failed (RuntimeError: my reward is broken)") == 1
     assert printed.count("hangs_on_sixth_call missed its 1s deadline") == 1
     assert "First input: data_source=" in printed and "completion=" in printed
+
+
+ECHO = Path(__file__).resolve().parents[1] / "fixtures" / "echo_task.py"
+
+
+def test_a_task_from_outside_the_package_trains_and_evaluates(tiny_model_dir, tmp_path):
+    out = tmp_path / "run"
+    overrides = quick(tiny_model_dir, out, rl_steps=1) + [
+        f"data.task={ECHO}:EchoTask", "data.task_options={response_prefix: 'Answer: '}", "sft.enabled=true",
+        "sft.steps=2", "sft.batch_size=4", "sft.data_size=16", "sft.warmup_steps=1"]
+    with pytest.raises(ConfigError, match=r"config key data.eval_difficulty: task 'echo' "
+                                          r"cannot generate problems of difficulty \{'people': 3\}: .*'people'"):
+        run(load_config("recipes/kk-tiny.yaml", overrides))  # the recipe's KK difficulty, refused at start-up
+    assert not out.exists()
+    summary = run(load_config(None, overrides))
+    assert summary["rl_steps_done"] == 1 and 0.0 <= summary["accuracy_after_rl"] <= 1.0
+    saved = (out / "config.yaml").read_text()
+    assert "difficulty:\n    length: 1" in saved or "difficulty: {length: 1}" in saved  # the task's default
+    held_out = [json.loads(x) for x in (out / "data" / "eval.jsonl").read_text().splitlines()]
+    assert len(held_out) == 4 and all(r["prompt"].startswith("Repeat: ") for r in held_out)
+    samples = [json.loads(x) for x in (out / "samples" / "step_000001.jsonl").read_text().splitlines()]
+    assert len(samples) == 16 and all(s["prompt"].startswith("Repeat: ") for s in samples)

@@ -15,16 +15,14 @@ excerpt of the prompt and the completion; the run goes on.
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import inspect
 import math
 import os
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from rlvr.tasks._imports import SpecError, import_object
 from rlvr.tasks._timeout import shared_pool
 
 _HANDLER = "rlvr.tasks.reward_functions:_serve_request"
@@ -36,30 +34,12 @@ class RewardFunctionError(ValueError):
 
 
 def _import(spec: str) -> Callable[..., Any]:
-    location, sep, name = spec.rpartition(":")
-    if not sep or not location or not name:
-        raise RewardFunctionError(f"reward function {spec!r}: expected 'path/to/file.py:name' or 'module:name'")
     try:
-        if location.endswith(".py"):
-            if not os.path.isfile(location):
-                raise RewardFunctionError(f"reward function {spec!r}: file {location} does not exist")
-            module_name = "rlvr_reward_" + str(abs(hash(os.path.abspath(location))))
-            module = sys.modules.get(module_name)
-            if module is None:
-                file_spec = importlib.util.spec_from_file_location(module_name, location)
-                assert file_spec is not None and file_spec.loader is not None
-                module = importlib.util.module_from_spec(file_spec)
-                file_spec.loader.exec_module(module)
-                sys.modules[module_name] = module
-        else:
-            module = importlib.import_module(location)
-    except RewardFunctionError:
-        raise
-    except Exception as error:  # any import failure of user code: one message naming it
-        raise RewardFunctionError(f"reward function {spec!r}: {location} does not import: "
-                                  f"{type(error).__name__}: {error}") from None
-    function = getattr(module, name, None)
+        function = import_object(spec, "reward function", "function")
+    except SpecError as error:
+        raise RewardFunctionError(str(error)) from None
     if not callable(function):
+        location, _, name = spec.rpartition(":")
         raise RewardFunctionError(f"reward function {spec!r}: {location} has no function {name!r}")
     return function  # type: ignore[no-any-return]
 

@@ -167,6 +167,8 @@ def check_inputs(config: RunConfig) -> Inputs:
     data = config.data
     try:
         task = tasks.get(data.task, **data.task_options)
+    except tasks.TaskError as err:  # a spec that does not import, or builds no Task
+        raise ConfigError(f"config key data.task: {err}", key="data.task") from None
     except (TypeError, ValueError) as err:
         raise ConfigError(f"config key data.task_options: {err}", key="data.task_options") from None
     task = with_reward_functions(task, config.reward)
@@ -180,9 +182,10 @@ def check_inputs(config: RunConfig) -> Inputs:
             if not getattr(data, key):
                 raise ConfigError(f"config key data.{key}: this recipe trains on its data files "
                                   f"(data.require_files=true), so pass data.{key}=FILE", key=f"data.{key}")
+    rl = config.rl
+    check_generated_difficulties(config, task)
     eval_rows = _read_input(task, "data.eval_file", data.eval_file, data.eval_size) if data.eval_file else None
     train_rows = None
-    rl = config.rl
     if data.train_file and rl.enabled and rl.steps > 0:
         train_rows = _read_input(task, "data.train_file", data.train_file)
         wanted = [(f"rl.curriculum[{i}].value", s.value) for i, s in enumerate(rl.curriculum)]
@@ -193,6 +196,25 @@ def check_inputs(config: RunConfig) -> Inputs:
                 raise ConfigError(f"config key data.train_file: {data.train_file} has no problem of the RL "
                                   f"difficulty {difficulty} ({key})", key=key)
     return Inputs(task, train_rows, eval_rows)
+
+
+def check_generated_difficulties(config: RunConfig, task: tasks.Task) -> None:
+    """Generate one problem of every difficulty the run will generate (held-out set, RL problems
+    and curriculum stages without data files, SFT traces): a difficulty the task refuses stops the
+    run at start-up, naming the key."""
+    data, rl = config.data, config.rl
+    generated = [("data.eval_difficulty", data.eval_difficulty)] if not data.eval_file else []
+    if rl.enabled and rl.steps > 0 and not data.train_file:
+        generated += [("data.difficulty", data.difficulty)]
+        generated += [(f"rl.curriculum[{i}].value", s.value) for i, s in enumerate(rl.curriculum)]
+    if config.sft.enabled:
+        generated += [("sft.difficulty", config.sft.difficulty)]
+    for key, difficulty in generated:
+        try:
+            task.examples(1, seed=config.seed, **(difficulty or {}))
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"config key {key}: task {task.name!r} cannot generate problems of difficulty "
+                              f"{difficulty}: {err}", key=key) from None
 
 
 def held_out_examples(config: RunConfig, task: tasks.Task, run_dir: Path,
