@@ -58,6 +58,30 @@ class ModelConfig:
 
 
 @dataclass
+class RewardFunctionConfig:
+    function: str = ""
+    """`path/to/file.py:name` or `module:name`: verl's compute_score or a TRL reward function."""
+    weight: float = 1.0
+    """Weight of this function's reward in the total."""
+
+
+@dataclass
+class SourceConfig:
+    """One data source of a mixed run (data.task: mixed): the rows whose data_source is its name."""
+
+    task: str = "generic"
+    """The task that reads, prompts and scores the source's rows (a name or a spec, as data.task)."""
+    task_options: dict[str, Any] = field(default_factory=dict)
+    """Keyword options of the source's task."""
+    function: str = ""
+    """A reward function added to the source's task reward (generic: the whole reward)."""
+    functions: list[RewardFunctionConfig] = field(default_factory=list)
+    """Several weighted reward functions of the source, [{function: ..., weight: ...}]."""
+    weight: float = 1.0
+    """Sampling weight: the source's share of the RL prompts is weight / the sum of the weights."""
+
+
+@dataclass
 class DataConfig:
     task: str = "knights_knaves"
     """Task: a name (rlvr.tasks.TASKS; generic: rows scored by reward functions alone; an entry point
@@ -65,6 +89,10 @@ class DataConfig:
     `path/to/file.py:MyTask` (docs/byo.md)."""
     task_options: dict[str, Any] = field(default_factory=dict)
     """Keyword options of the task, e.g. {reward_scheme: logic_rl, response_prefix: "<think>"}."""
+    sources: dict[str, SourceConfig] = field(default_factory=dict)
+    """With task `mixed`: data_source name -> {task, task_options, function(s), weight}. Each row of
+    train_file / eval_file is read, prompted and scored by the task (and reward functions) of its
+    data_source (else its `source`); a row of another source stops the run at start-up."""
     train_file: str = ""
     """JSONL/parquet of training problems. Empty: generate `train_size` problems."""
     train_size: int = 20000
@@ -298,14 +326,6 @@ class LoggingConfig:
 
 
 @dataclass
-class RewardFunctionConfig:
-    function: str = ""
-    """`path/to/file.py:name` or `module:name`: verl's compute_score or a TRL reward function."""
-    weight: float = 1.0
-    """Weight of this function's reward in the total."""
-
-
-@dataclass
 class RewardConfig:
     function: str = ""
     """One reward function added to the task's reward (see docs/byo.md); empty: none."""
@@ -345,6 +365,7 @@ class RunConfig:
     def validate(self) -> RunConfig:
         """Every field's domain (DOMAINS), then cross-field checks; raises ConfigError naming the key."""
         check_domains(self)
+        self._validate_sources()
         self._resolve_task_defaults()
         rl, sft = self.rl, self.sft
         _check(rl.steps >= 0, "rl.steps", rl.steps, "an integer >= 0")
@@ -384,6 +405,24 @@ class RunConfig:
         _check(self.eval.curve_samples >= 1, "eval.curve_samples", self.eval.curve_samples, "a positive integer")
         _check(self.checkpoint.keep_last >= 1, "checkpoint.keep_last", self.checkpoint.keep_last, ">= 1")
         return self
+
+    def _validate_sources(self) -> None:
+        """task mixed <=> data.sources; each source's task imports and its weight is positive."""
+        data = self.data
+        _check(data.task != "mixed" or bool(data.sources), "data.task", data.task,
+               "a task other than mixed, or data.sources (mixed routes rows to the tasks of their sources)")
+        _check(data.task == "mixed" or not data.sources, "data.sources", sorted(data.sources),
+               "no sources unless data.task is mixed")
+        from rlvr.tasks import TaskError, factory
+
+        for name, source in data.sources.items():
+            _check(source.weight > 0, f"data.sources.{name}.weight", source.weight, "a positive number")
+            _check(source.task != "mixed", f"data.sources.{name}.task", source.task, "a task other than mixed")
+            try:
+                factory(source.task)
+            except TaskError as error:
+                raise ConfigError(f"config key data.sources.{name}.task: {error}", key=f"data.sources.{name}.task") \
+                    from None
 
     def _resolve_task_defaults(self) -> None:
         """Difficulties left null take the task's class defaults (default_difficulty, sft_difficulty),
@@ -567,6 +606,10 @@ def check_domains(config: Any, prefix: str = "") -> None:
             for i, item in enumerate(value):
                 check_domains(item, f"{path}[{i}].")
             continue
+        if isinstance(value, dict) and value and all(dataclasses.is_dataclass(v) for v in value.values()):
+            for name, item in value.items():
+                check_domains(item, f"{path}.{name}.")
+            continue
         if value is None:
             continue
         generic = _generic_path(path)
@@ -733,6 +776,9 @@ def _convert(tp: Any, value: Any, path: str) -> Any:  # noqa: C901 - one branch 
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"config key {path}: got {value!r}, expected a mapping", key=path)
+        item_type = typing.get_args(tp)[1] if typing.get_args(tp) else Any
+        if dataclasses.is_dataclass(item_type):  # name -> section (data.sources)
+            return {str(k): from_dict(item_type, v, f"{path}.{k}") for k, v in value.items()}  # type: ignore[arg-type]
         return dict(value)
     if tp is Any:
         return value

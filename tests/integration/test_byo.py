@@ -89,3 +89,35 @@ def test_a_task_from_outside_the_package_trains_and_evaluates(tiny_model_dir, tm
     assert len(held_out) == 4 and all(r["prompt"].startswith("Repeat: ") for r in held_out)
     samples = [json.loads(x) for x in (out / "samples" / "step_000001.jsonl").read_text().splitlines()]
     assert len(samples) == 16 and all(s["prompt"].startswith("Repeat: ") for s in samples)
+
+
+def test_a_mixed_run_routes_rows_by_data_source_and_reports_each_source(tiny_model_dir, tmp_path, capsys):
+    from rlvr import tasks
+    from rlvr.data.io import write_jsonl_atomic
+
+    kk, echo = tasks.get("knights_knaves"), tasks.get(f"{ECHO}:EchoTask")
+    rows = [{**kk.to_record(e), "data_source": "kk"} for e in kk.examples(12, seed=0)]
+    rows += [{**echo.to_record(e), "data_source": "echo"} for e in echo.examples(12, seed=0)]
+    write_jsonl_atomic(tmp_path / "train.jsonl", rows[2:12] + rows[14:])
+    write_jsonl_atomic(tmp_path / "eval.jsonl", rows[:2] + rows[12:14])
+    out = tmp_path / "run"
+    overrides = quick(tiny_model_dir, out) + [
+        "data.task=mixed", f"data.sources={{kk: {{task: knights_knaves}}, echo: {{task: '{ECHO}:EchoTask', weight: 3}}}}",
+        f"data.train_file={tmp_path}/train.jsonl", f"data.eval_file={tmp_path}/eval.jsonl", "eval.every=1",
+        "eval.curve_samples=1", "eval.temperature=0"]
+    summary = run(load_config(None, overrides))
+    assert set(summary["accuracy_by_source_after_rl"]) == {"kk", "echo"} == set(summary["accuracy_by_source_before_rl"])
+    seen = set()
+    for row in rl_rows(out):  # a step of 4 prompts may draw from one source only
+        present = [s for s in ("kk", "echo") if f"batch_share/{s}" in row]
+        assert present and sum(row[f"batch_share/{s}"] for s in present) == 1.0
+        assert all(0.0 <= row[f"accuracy/{s}"] <= 1.0 and f"reward/{s}/mean" in row for s in present)
+        seen.update(present)
+    assert "echo" in seen  # weight 3 of 4
+    curve = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if '"rl_eval"' in x]
+    assert len(curve) == 3 and all({"eval/kk/sampled_accuracy", "eval/echo/sampled_accuracy"} <= set(c) for c in curve)
+    samples = [json.loads(x) for x in (out / "samples" / "step_000001.jsonl").read_text().splitlines()]
+    kk_rows = [s for s in samples if not s["prompt"].startswith("Repeat: ")]
+    assert all("format" in s["parts"] for s in kk_rows)  # scored by knights_knaves, not by echo
+    assert all("format" not in s["parts"] for s in samples if s["prompt"].startswith("Repeat: "))
+    assert "greedy accuracy" in capsys.readouterr().out

@@ -25,7 +25,7 @@ TASKS: dict[str, str] = {
 }
 # Tasks without a generator (rows from data files, rewards from reward functions): not in TASKS,
 # whose every entry keeps the generating-task contract of rlvr.tasks.contract.
-ROW_TASKS: dict[str, str] = {"generic": "rlvr.tasks.generic:GenericTask"}
+ROW_TASKS: dict[str, str] = {"generic": "rlvr.tasks.generic:GenericTask", "mixed": "rlvr.tasks.mixed:MixedTask"}
 ENTRY_POINT_GROUP = "rlvr.tasks"
 # The Task protocol's members (base.Task): attributes, then methods.
 ATTRIBUTES = ("name", "response_prefix")

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 
 from rlvr import algorithms
 from rlvr.config import CheckpointConfig, LoggingConfig, RLConfig
+from rlvr.evaluation.metrics import source_metrics
 from rlvr.rewards import cosine_length_reward, overlong_penalty
 from rlvr.rollout import RolloutEngine, SamplingParams
 from rlvr.tasks import Example, Task
@@ -57,22 +58,26 @@ class ProblemPool:
     """Training problems by difficulty; step s draws a pure function of (seed, s, round).
 
     `source(difficulty) -> list[Example]` supplies the problems of one difficulty (generated or
-    filtered from a file); pools are built on first use and cached.
+    filtered from a file); pools are built on first use and cached. `weights(pool) -> per-row
+    weights` makes draws proportional to them (mixed runs: each source's share); None: uniform.
     """
 
-    def __init__(self, source: Callable[[dict[str, Any]], list[Example]], seed: int) -> None:
-        self.source, self.seed = source, seed
-        self._pools: dict[str, list[Example]] = {}
+    def __init__(self, source: Callable[[dict[str, Any]], list[Example]], seed: int,
+                 weights: Callable[[list[Example]], list[float]] | None = None) -> None:
+        self.source, self.seed, self.weights = source, seed, weights
+        self._pools: dict[str, tuple[list[Example], np.ndarray | None]] = {}
 
     def draw(self, difficulty: dict[str, Any], n: int, step: int, round_: int = 0) -> list[Example]:
         key = json.dumps(difficulty, sort_keys=True)
         if key not in self._pools:
-            self._pools[key] = self.source(difficulty)
-            if not self._pools[key]:
+            rows = self.source(difficulty)
+            if not rows:
                 raise ValueError(f"no training problems for difficulty {difficulty}")
-        pool = self._pools[key]
+            p = None if self.weights is None else np.asarray(self.weights(rows), dtype=np.float64)
+            self._pools[key] = (rows, None if p is None else p / p.sum())
+        pool, p = self._pools[key]
         rng = np.random.default_rng([self.seed, step, round_])
-        return [pool[i] for i in rng.choice(len(pool), size=n, replace=len(pool) < n)]
+        return [pool[i] for i in rng.choice(len(pool), size=n, replace=len(pool) < n, p=p)]
 
 
 @dataclass
@@ -596,6 +601,7 @@ def batch_metrics(batch: RolloutBatch, knobs: Knobs) -> dict[str, float]:
         "curriculum/stage": float(knobs.stage),
     }
     out.update({k: float(v) for k, v in groups.items()})
+    out.update(source_metrics([ex.metadata.get("data_source") for ex in batch.examples], batch.rewards, batch.correct))
     for name in sorted({k for p in batch.parts for k in p}):
         values = [p[name] for p in batch.parts if name in p]
         out[f"rewards/{name}/mean"] = float(np.mean(values))
