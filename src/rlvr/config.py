@@ -89,6 +89,14 @@ class DataConfig:
     `path/to/file.py:MyTask` (docs/byo.md)."""
     task_options: dict[str, Any] = field(default_factory=dict)
     """Keyword options of the task, e.g. {reward_scheme: logic_rl, response_prefix: "<think>"}."""
+    row_prompt: Literal["keep", "task"] = "keep"
+    """A data row whose `prompt` is a chat list (verl's rows): keep = prompt with it as given; task = the
+    task renders the row's question in its own prompt (as for generated problems)."""
+    prompt_template: str = ""
+    """For a base model without a chat template (R1-Zero, TinyZero): the whole prompt as a format
+    string with {question} (the last user message), e.g. "User: {question}\nAssistant: <think>".
+    It ends with the task's response_prefix (the pre-fill the scorer assumes, "" by default) and
+    replaces the tokenizer's chat template, also in checkpoints. Empty: the chat template."""
     sources: dict[str, SourceConfig] = field(default_factory=dict)
     """With task `mixed`: data_source name -> {task, task_options, function(s), weight}. Each row of
     train_file / eval_file is read, prompted and scored by the task (and reward functions) of its
@@ -366,6 +374,13 @@ class RunConfig:
         """Every field's domain (DOMAINS), then cross-field checks; raises ConfigError naming the key."""
         check_domains(self)
         self._validate_sources()
+        if self.data.prompt_template:
+            from rlvr.models.chat import PromptTemplateError, check_prompt_template
+
+            try:
+                check_prompt_template(self.data.prompt_template)
+            except PromptTemplateError as error:
+                raise ConfigError(f"config key data.prompt_template: {error}", key="data.prompt_template") from None
         self._resolve_task_defaults()
         rl, sft = self.rl, self.sft
         _check(rl.steps >= 0, "rl.steps", rl.steps, "an integer >= 0")

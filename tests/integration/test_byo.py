@@ -121,3 +121,25 @@ def test_a_mixed_run_routes_rows_by_data_source_and_reports_each_source(tiny_mod
     assert all("format" in s["parts"] for s in kk_rows)  # scored by knights_knaves, not by echo
     assert all("format" not in s["parts"] for s in samples if s["prompt"].startswith("Repeat: "))
     assert "greedy accuracy" in capsys.readouterr().out
+
+
+def test_a_run_with_a_prompt_template_on_a_model_without_a_chat_template(tiny_model_dir, tmp_path):
+    import shutil
+
+    from rlvr.models import load_tokenizer, prompt_text
+
+    base_model = tmp_path / "base"
+    shutil.copytree(tiny_model_dir, base_model)
+    (base_model / "chat_template.jinja").unlink()
+    assert load_tokenizer(base_model).chat_template is None
+    out = tmp_path / "run"
+    config = load_config("recipes/kk-tiny.yaml", [
+        f"model.path={base_model}", f"out_dir={out}", "threads=1", "logging.progress=false", "data.eval_size=2",
+        "sft.enabled=false", "rl.steps=1", "rl.prompts_per_step=2", "rl.mini_batches=1", "rl.group_size=2",
+        "rl.max_new_tokens=8", "eval.max_new_tokens=8", "eval.samples=0", "eval.every=0", "checkpoint.every=0",
+        'data.prompt_template="User: {question}\\nAssistant: <think>"',
+        "data.task_options={response_prefix: '<think>', system_prompt: ''}"])
+    run(config)
+    saved = load_tokenizer(out / "checkpoints" / "rl" / "step_000001")  # the template travels with the model
+    question = [{"role": "user", "content": "Who is a knight?"}]
+    assert prompt_text(saved, question, "<think>") == "User: Who is a knight?\nAssistant: <think>"

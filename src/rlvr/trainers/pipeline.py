@@ -154,13 +154,19 @@ def with_reward_functions(task: tasks.Task, reward: Any, specs: list[tuple[str, 
     return WithRewardFunctions(task, loaded)  # type: ignore[return-value]
 
 
-def _get_task(name: str, options: dict[str, Any], prefix: str) -> tasks.Task:
+def _get_task(name: str, options: dict[str, Any], prefix: str, row_prompt: str = "keep") -> tasks.Task:
+    """The task `name`; with row_prompt keep, rows' chat prompts are used as given (RowPrompts)."""
+    from rlvr.tasks.generic import RowPrompts
+
     try:
-        return tasks.get(name, **options)
+        task = tasks.get(name, **options)
     except tasks.TaskError as err:  # a spec that does not import, or builds no Task
         raise ConfigError(f"config key {prefix}.task: {err}", key=f"{prefix}.task") from None
     except (TypeError, ValueError) as err:
         raise ConfigError(f"config key {prefix}.task_options: {err}", key=f"{prefix}.task_options") from None
+    if row_prompt == "keep" and task.name != "generic":  # generic rows are prompted as given anyway
+        return RowPrompts(task)  # type: ignore[return-value]
+    return task
 
 
 def build_task(config: RunConfig) -> tasks.Task:
@@ -170,12 +176,13 @@ def build_task(config: RunConfig) -> tasks.Task:
 
     data = config.data
     if data.task != "mixed":
-        return with_reward_functions(_get_task(data.task, data.task_options, "data"), config.reward)
+        return with_reward_functions(_get_task(data.task, data.task_options, "data", data.row_prompt), config.reward)
     run_wide = bool(reward_specs(config.reward))
     routes = {}
     for name, source in data.sources.items():
         key = f"data.sources.{name}"
-        routes[name] = with_reward_functions(_get_task(source.task, source.task_options, key), config.reward,
+        routes[name] = with_reward_functions(_get_task(source.task, source.task_options, key, data.row_prompt),
+                                             config.reward,
                                              reward_specs(source), key, generic_ok=run_wide)
     try:
         task = MixedTask(routes)
@@ -224,6 +231,13 @@ def check_inputs(config: RunConfig) -> Inputs:
     each, before anything is written or computed; errors name the key, the file and the line."""
     data = config.data
     task = build_task(config)
+    if data.prompt_template:
+        from rlvr.models.chat import PromptTemplateError, template_as_jinja
+
+        try:
+            template_as_jinja(data.prompt_template, task.response_prefix)
+        except PromptTemplateError as err:
+            raise ConfigError(f"config key data.prompt_template: {err}", key="data.prompt_template") from None
     if config.model.engine == "vllm":
         check_vllm(config)
     if config.model.path and not Path(config.model.path).is_dir():
@@ -469,6 +483,10 @@ def _run(config: RunConfig, inputs: Inputs, run_dir: Path) -> dict[str, Any]:
     log(f"held-out set: {len(held_out)} problems ({config.data.eval_difficulty})")
 
     policy = load_policy(build_model_dir(config, run_dir), config.model.impl, config.model.dtype, device)
+    if config.data.prompt_template:  # a base model's prompt format; checkpoints save it with the tokenizer
+        from rlvr.models.chat import set_prompt_template
+
+        set_prompt_template(policy.tokenizer, config.data.prompt_template, task.response_prefix)
     if config.model.engine == "vllm":
         from rlvr.rollout.vllm_engine import check_supported
 
