@@ -143,3 +143,44 @@ def test_a_run_with_a_prompt_template_on_a_model_without_a_chat_template(tiny_mo
     saved = load_tokenizer(out / "checkpoints" / "rl" / "step_000001")  # the template travels with the model
     question = [{"role": "user", "content": "Who is a knight?"}]
     assert prompt_text(saved, question, "<think>") == "User: Who is a knight?\nAssistant: <think>"
+
+
+def test_wandb_gets_a_completions_table_every_samples_every_steps_and_a_restart_resumes_its_run(
+        tiny_model_dir, tmp_path, monkeypatch):
+    import sys
+    import types
+
+    class Wandb(types.ModuleType):
+        def __init__(self) -> None:
+            super().__init__("wandb")
+            self.inits: list[dict] = []
+            self.tables: list[tuple[int, object]] = []
+
+        def init(self, **kwargs):  # noqa: ANN003, ANN201
+            self.inits.append(kwargs)
+            return self
+
+        def log(self, values: dict, step: int) -> None:
+            if "samples/completions" in values:
+                self.tables.append((step, values["samples/completions"]))
+
+        def finish(self) -> None:
+            pass
+
+        class Table:
+            def __init__(self, columns: list, data: list) -> None:
+                self.columns, self.data = columns, data
+
+    fake = Wandb()
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    out = tmp_path / "run"
+    overrides = quick(tiny_model_dir, out, rl_steps=3) + ["logging.wandb=true", "logging.samples_every=2"]
+    run(load_config("recipes/kk-tiny.yaml", overrides))
+    assert [step for step, _ in fake.tables] == [1, 3]  # steps 1 and 3 (every 2nd from the first, and the last)
+    table = fake.tables[0][1]
+    assert table.columns == ["step", "prompt", "completion", "reward", "correct"] and len(table.data) == 16
+    dumped = [json.loads(x) for x in (out / "samples" / "step_000001.jsonl").read_text().splitlines()]
+    assert [row[1:] for row in table.data] == [[d["prompt"], d["completion"], d["reward"], d["correct"]] for d in dumped]
+    run(load_config("recipes/kk-tiny.yaml", overrides))  # the same command again: the run resumes
+    assert len(fake.inits) == 2 and fake.inits[0]["id"] == fake.inits[1]["id"]
+    assert fake.inits[1]["resume"] == "allow"

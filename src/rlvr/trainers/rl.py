@@ -608,7 +608,8 @@ def batch_metrics(batch: RolloutBatch, knobs: Knobs) -> dict[str, float]:
     return out
 
 
-def dump_samples(run_dir: Path, step: int, batch: RolloutBatch) -> None:
+def dump_samples(run_dir: Path, step: int, batch: RolloutBatch) -> list[dict[str, Any]]:
+    """Write the step's completions to samples/step_XXXXXX.jsonl; returns the rows."""
     from rlvr.data.io import write_jsonl_atomic
 
     rows = [
@@ -619,6 +620,7 @@ def dump_samples(run_dir: Path, step: int, batch: RolloutBatch) -> None:
                                                      batch.completion_ids, batch.group_ids)
     ]
     write_jsonl_atomic(run_dir / "samples" / f"step_{step:06d}.jsonl", rows)
+    return rows
 
 
 def curve_point(logger: MetricsLogger, eval_fn: Callable[[int], dict[str, float]] | None, every: int,
@@ -732,7 +734,7 @@ def train_rl(  # noqa: C901 - one loop; an optional learner, reference and criti
         if t_eval:
             metrics["timing_s/eval"] = t_eval
         if logging.samples_every and (step % logging.samples_every == 0 or done == cfg.steps):
-            dump_samples(run_dir, done, batch)
+            logger.log_samples(done, dump_samples(run_dir, done, batch))  # and to W&B / TensorBoard
         metrics["timing_s/step"] = time.perf_counter() - t_step
         logger.log(metrics)
         bar.update(step, reward=metrics["reward/mean"], acc=metrics["accuracy"],
