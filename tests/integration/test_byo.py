@@ -184,3 +184,17 @@ def test_wandb_gets_a_completions_table_every_samples_every_steps_and_a_restart_
     run(load_config("recipes/kk-tiny.yaml", overrides))  # the same command again: the run resumes
     assert len(fake.inits) == 2 and fake.inits[0]["id"] == fake.inits[1]["id"]
     assert fake.inits[1]["resume"] == "allow"
+
+
+def test_the_reasoning_gym_recipe_runs_on_the_offline_tiny_model(tmp_path):
+    pytest.importorskip("reasoning_gym")
+    out = tmp_path / "run"
+    config = load_config("recipes/rg-chain-sum-tiny.yaml", [
+        f"out_dir={out}", "threads=1", "logging.progress=false", "data.train_size=64", "data.eval_size=4",
+        "sft.steps=2", "sft.batch_size=4", "sft.data_size=16", "sft.warmup_steps=1", "rl.steps=1",
+        "rl.prompts_per_step=2", "rl.group_size=2", "eval.samples=0", "checkpoint.every=0"])
+    summary = run(config)
+    assert summary["rl_steps_done"] == 1 and (out / "model_init" / "tokenizer.json").exists()
+    samples = [json.loads(x) for x in (out / "samples" / "step_000001.jsonl").read_text().splitlines()]
+    assert len(samples) == 4 and all(s["prompt"].startswith("State the final answer") for s in samples)
+    assert all(set(s["parts"]) >= {"answer", "format", "grader_error"} for s in samples)

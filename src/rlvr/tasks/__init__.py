@@ -26,6 +26,9 @@ TASKS: dict[str, str] = {
 # Tasks without a generator (rows from data files, rewards from reward functions): not in TASKS,
 # whose every entry keeps the generating-task contract of rlvr.tasks.contract.
 ROW_TASKS: dict[str, str] = {"generic": "rlvr.tasks.generic:GenericTask", "mixed": "rlvr.tasks.mixed:MixedTask"}
+# Tasks on optional packages (not in TASKS: the contract test over TASKS runs without them;
+# tests/tasks/test_reasoning_gym.py checks each when its package is installed).
+OPTIONAL_TASKS: dict[str, str] = {"reasoning_gym": "rlvr.tasks.reasoning_gym:ReasoningGymTask"}
 ENTRY_POINT_GROUP = "rlvr.tasks"
 # The Task protocol's members (base.Task): attributes, then methods.
 ATTRIBUTES = ("name", "response_prefix")
@@ -40,7 +43,7 @@ class TaskError(ValueError):
 
 def registered() -> dict[str, str]:
     """Every task name -> where it lives: rlvr's own, then the `rlvr.tasks` entry points."""
-    table = {**TASKS, **ROW_TASKS}
+    table = {**TASKS, **ROW_TASKS, **OPTIONAL_TASKS}
     for point in entry_points(group=ENTRY_POINT_GROUP):
         table.setdefault(point.name, point.value)
     return table
@@ -53,8 +56,9 @@ def factory(name: str) -> Any:
             return import_object(name, "task", "class or function")
         except SpecError as error:
             raise TaskError(str(error)) from None
-    if name in TASKS or name in ROW_TASKS:
-        module_name, attribute = {**TASKS, **ROW_TASKS}[name].split(":")
+    builtin = {**TASKS, **ROW_TASKS, **OPTIONAL_TASKS}
+    if name in builtin:
+        module_name, attribute = builtin[name].split(":")
         return getattr(importlib.import_module(module_name), attribute)
     points = {p.name: p for p in entry_points(group=ENTRY_POINT_GROUP)}
     if name in points:
@@ -89,7 +93,10 @@ def get(name: str, **options: Any) -> Task:
     build = factory(name)
     if not callable(build):
         raise TaskError(f"task {name!r} is a {type(build).__name__}, expected a class or a function returning a Task")
-    task = build(**options)
+    try:
+        task = build(**options)
+    except ImportError as error:  # a task on an optional package that is not installed
+        raise TaskError(f"task {name!r}: {error}") from None
     check_task(task, name)
     return task  # type: ignore[no-any-return]
 
@@ -99,5 +106,5 @@ def class_default(name: str, attribute: str, default: Any) -> Any:
     return getattr(factory(name), attribute, default)
 
 
-__all__ = ["ROW_TASKS", "TASKS", "Example", "RecordError", "Score", "Task", "TaskError", "check_task", "get",
+__all__ = ["OPTIONAL_TASKS", "ROW_TASKS", "TASKS", "Example", "RecordError", "Score", "Task", "TaskError", "check_task", "get",
            "registered"]
