@@ -8,6 +8,7 @@
     rlvr report RUN_DIR                       HTML report with plots
     rlvr noise RECIPE.yaml model.path=CKPT    gradient noise scale of the recipe's RL update and of SFT
     rlvr config RECIPE.yaml [key=value ...]   print the resolved config and derived sizes
+    rlvr check-task my_pkg.tasks:MyTask       run the task contract checks on a task
 """
 
 from __future__ import annotations
@@ -216,6 +217,14 @@ def cmd_noise(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_check_task(args: argparse.Namespace) -> int:
+    from rlvr.tasks.contract import describe_results, load_and_check
+
+    results = load_and_check(args.task, _kv(args.task_option), args.data, args.n, args.timeout_seconds)
+    print(describe_results(args.task, results))
+    return 1 if any(r.status == "fail" for r in results) else 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from rlvr.evaluation.report import write_report
 
@@ -313,7 +322,7 @@ def add_eval_command(sub: Any) -> None:
 
 
 def add_tool_commands(sub: Any) -> None:
-    """noise, report, model init."""
+    """noise, check-task, report, model init."""
     p = sub.add_parser("noise", help="gradient noise scale of a recipe's RL update (and of SFT) at a checkpoint",
                        formatter_class=_HelpFormatter)
     p.add_argument("recipe", help="YAML recipe (its RL settings and task); pass model.path=CHECKPOINT")
@@ -322,6 +331,15 @@ def add_tool_commands(sub: Any) -> None:
     p.add_argument("--sft-examples", type=int, default=256, help="solution traces to take SFT gradients of (0: none)")
     p.add_argument("--out", default=None, help="JSON file for the figures")
     p.set_defaults(func=cmd_noise)
+
+    p = sub.add_parser("check-task", help="run the task contract checks (oracle scores the max, garbage the min, "
+                                          "scorer total and bounded in time) on a task", formatter_class=_HelpFormatter)
+    p.add_argument("task", help="a task name or spec: my_pkg.tasks:MyTask, path/to/file.py:MyTask")
+    p.add_argument("--task-option", action="append", default=[], help="task option key=value (repeatable)")
+    p.add_argument("--data", default=None, help="check on this file's rows (a task without a generator)")
+    p.add_argument("--n", type=int, default=8, help="problems to check on")
+    p.add_argument("--timeout-seconds", type=float, default=10.0, help="deadline of one score call")
+    p.set_defaults(func=cmd_check_task)
 
     p = sub.add_parser("report", help="write RUN_DIR/report.html with plots", formatter_class=_HelpFormatter)
     p.add_argument("run_dir", help="a run directory (metrics.jsonl, eval/, summary.json)")

@@ -58,23 +58,62 @@ class ModelConfig:
 
 
 @dataclass
+class RewardFunctionConfig:
+    function: str = ""
+    """`path/to/file.py:name` or `module:name`: verl's compute_score or a TRL reward function."""
+    weight: float = 1.0
+    """Weight of this function's reward in the total."""
+
+
+@dataclass
+class SourceConfig:
+    """One data source of a mixed run (data.task: mixed): the rows whose data_source is its name."""
+
+    task: str = "generic"
+    """The task that reads, prompts and scores the source's rows (a name or a spec, as data.task)."""
+    task_options: dict[str, Any] = field(default_factory=dict)
+    """Keyword options of the source's task."""
+    function: str = ""
+    """A reward function added to the source's task reward (generic: the whole reward)."""
+    functions: list[RewardFunctionConfig] = field(default_factory=list)
+    """Several weighted reward functions of the source, [{function: ..., weight: ...}]."""
+    weight: float = 1.0
+    """Sampling weight: the source's share of the RL prompts is weight / the sum of the weights."""
+
+
+@dataclass
 class DataConfig:
     task: str = "knights_knaves"
-    """Task name (rlvr.tasks.TASKS, or ROW_TASKS for rows scored by reward functions alone)."""
+    """Task: a name (rlvr.tasks.TASKS; generic: rows scored by reward functions alone; an entry point
+    of group rlvr.tasks) or a task from outside the package, `my_pkg.tasks:MyTask` or
+    `path/to/file.py:MyTask` (docs/byo.md)."""
     task_options: dict[str, Any] = field(default_factory=dict)
     """Keyword options of the task, e.g. {reward_scheme: logic_rl, response_prefix: "<think>"}."""
+    row_prompt: Literal["keep", "task"] = "keep"
+    """A data row whose `prompt` is a chat list (verl's rows): keep = prompt with it as given; task = the
+    task renders the row's question in its own prompt (as for generated problems)."""
+    prompt_template: str = ""
+    """For a base model without a chat template (R1-Zero, TinyZero): the whole prompt as a format
+    string with {question} (the last user message), e.g. "User: {question}\nAssistant: <think>".
+    It ends with the task's response_prefix (the pre-fill the scorer assumes, "" by default) and
+    replaces the tokenizer's chat template, also in checkpoints. Empty: the chat template."""
+    sources: dict[str, SourceConfig] = field(default_factory=dict)
+    """With task `mixed`: data_source name -> {task, task_options, function(s), weight}. Each row of
+    train_file / eval_file is read, prompted and scored by the task (and reward functions) of its
+    data_source (else its `source`); a row of another source stops the run at start-up."""
     train_file: str = ""
     """JSONL/parquet of training problems. Empty: generate `train_size` problems."""
     train_size: int = 20000
     """Number of generated training problems (when train_file is empty)."""
-    difficulty: dict[str, Any] = field(default_factory=lambda: {"people": 3})
-    """Difficulty of generated RL problems (task keywords, e.g. people: 3 or people: [3, 4])."""
+    difficulty: dict[str, Any] | None = None
+    """Difficulty of RL problems (task keywords, e.g. people: 3 or people: [3, 4]); rows of
+    train_file are filtered by their metadata. null: the task's default_difficulty ({} without one)."""
     eval_file: str = ""
     """JSONL/parquet of held-out problems. Empty: generate `eval_size` with a disjoint seed."""
     eval_size: int = 256
     """Number of held-out problems."""
-    eval_difficulty: dict[str, Any] = field(default_factory=lambda: {"people": 3})
-    """Difficulty of generated held-out problems."""
+    eval_difficulty: dict[str, Any] | None = None
+    """Difficulty of generated held-out problems; null: the task's default_difficulty."""
     max_prompt_tokens: int = 0
     """Longest prompt in tokens (chat template and response prefix included): training and held-out
     problems with a longer prompt are left out, and the count logged, as DeepScaleR's verl dataset
@@ -113,8 +152,8 @@ class SFTConfig:
     """Max global gradient norm (0 disables)."""
     data_size: int = 40000
     """Number of solver traces generated for SFT (or rows read from data.train_file)."""
-    difficulty: dict[str, Any] = field(default_factory=lambda: {"people": [2, 3, 3, 3]})
-    """Difficulty mix of SFT traces."""
+    difficulty: dict[str, Any] | None = None
+    """Difficulty mix of SFT traces; null: the task's sft_difficulty, else its default_difficulty."""
     eval_every: int = 0
     """Greedy eval on a slice of the held-out set every N steps (0: only at the end)."""
 
@@ -300,14 +339,6 @@ class LoggingConfig:
 
 
 @dataclass
-class RewardFunctionConfig:
-    function: str = ""
-    """`path/to/file.py:name` or `module:name`: verl's compute_score or a TRL reward function."""
-    weight: float = 1.0
-    """Weight of this function's reward in the total."""
-
-
-@dataclass
 class RewardConfig:
     function: str = ""
     """One reward function added to the task's reward (see docs/byo.md); empty: none."""
@@ -349,6 +380,15 @@ class RunConfig:
     def validate(self) -> RunConfig:
         """Every field's domain (DOMAINS), then cross-field checks; raises ConfigError naming the key."""
         check_domains(self)
+        self._validate_sources()
+        if self.data.prompt_template:
+            from rlvr.models.chat import PromptTemplateError, check_prompt_template
+
+            try:
+                check_prompt_template(self.data.prompt_template)
+            except PromptTemplateError as error:
+                raise ConfigError(f"config key data.prompt_template: {error}", key="data.prompt_template") from None
+        self._resolve_task_defaults()
         rl, sft = self.rl, self.sft
         _check(rl.steps >= 0, "rl.steps", rl.steps, "an integer >= 0")
         _check(rl.prompts_per_step > 0, "rl.prompts_per_step", rl.prompts_per_step, "a positive integer")
@@ -388,6 +428,42 @@ class RunConfig:
         _check(self.eval.curve_samples >= 1, "eval.curve_samples", self.eval.curve_samples, "a positive integer")
         _check(self.checkpoint.keep_last >= 1, "checkpoint.keep_last", self.checkpoint.keep_last, ">= 1")
         return self
+
+    def _validate_sources(self) -> None:
+        """task mixed <=> data.sources; each source's task imports and its weight is positive."""
+        data = self.data
+        _check(data.task != "mixed" or bool(data.sources), "data.task", data.task,
+               "a task other than mixed, or data.sources (mixed routes rows to the tasks of their sources)")
+        _check(data.task == "mixed" or not data.sources, "data.sources", sorted(data.sources),
+               "no sources unless data.task is mixed")
+        from rlvr.tasks import TaskError, factory
+
+        for name, source in data.sources.items():
+            _check(source.weight > 0, f"data.sources.{name}.weight", source.weight, "a positive number")
+            _check(source.task != "mixed", f"data.sources.{name}.task", source.task, "a task other than mixed")
+            try:
+                factory(source.task)
+            except TaskError as error:
+                raise ConfigError(f"config key data.sources.{name}.task: {error}", key=f"data.sources.{name}.task") \
+                    from None
+
+    def _resolve_task_defaults(self) -> None:
+        """Difficulties left null take the task's class defaults (default_difficulty, sft_difficulty),
+        so the resolved config.yaml says what a run generates; importing the task here also makes
+        a task spec that does not import fail at load time, naming data.task."""
+        data, sft = self.data, self.sft
+        if data.difficulty is not None and data.eval_difficulty is not None and sft.difficulty is not None:
+            return
+        from rlvr.tasks import TaskError, class_default
+
+        try:
+            default = dict(class_default(data.task, "default_difficulty", {}))
+            sft_default = dict(class_default(data.task, "sft_difficulty", default))
+        except TaskError as error:
+            raise ConfigError(f"config key data.task: {error}", key="data.task") from None
+        data.difficulty = default if data.difficulty is None else data.difficulty
+        data.eval_difficulty = dict(default) if data.eval_difficulty is None else data.eval_difficulty
+        sft.difficulty = sft_default if sft.difficulty is None else sft.difficulty
 
     def _validate_critic(self) -> None:
         """GAE needs a critic and a critic needs GAE; the data-parallel learner has no critic."""
@@ -526,6 +602,14 @@ def _custom_resources(table: dict) -> bool:
 
 _RESOURCES = Domain(_custom_resources, f"custom Ray resource names (not {', '.join(BUILTIN_RESOURCES)}: those have "
                                        "their own keys) mapped to amounts > 0, e.g. {rollout: 1}")
+
+
+def _task_names() -> list[str]:
+    from rlvr.tasks import registered
+
+    return sorted(registered())
+
+
 _BETAS = Domain(lambda v: len(v) == 2 and all(0 <= b < 1 for b in v), "two numbers in [0, 1), [beta1, beta2]")
 _DEFAULT_DOMAINS: dict[Any, Domain] = {int: at_least(0), float: Domain(_finite, "a finite number")}
 DOMAINS: dict[str, Domain] = {
@@ -533,8 +617,8 @@ DOMAINS: dict[str, Domain] = {
     "out_dir": Domain(lambda v: bool(v.strip()), "a directory path"),
     "threads": at_least(0, "an integer >= 0 (0: all cores)"),
     "model.preset": name_in(_table("rlvr.models.factory", "PRESETS"), "a model preset"),
-    "data.task": name_in(lambda: sorted([*_table("rlvr.tasks", "TASKS")(), *_table("rlvr.tasks", "ROW_TASKS")()]),
-                         "a task"),
+    "data.task": Domain(lambda v: v in _task_names() or ":" in v, "a task name or a spec 'module:Class' / "
+                        "'path/to/file.py:Class'", names=lambda: _task_names()),
     "data.train_size": positive(),
     "data.eval_size": positive(),
     "sft.batch_size": positive(),
@@ -597,6 +681,10 @@ def check_domains(config: Any, prefix: str = "") -> None:
         if isinstance(value, list) and value and dataclasses.is_dataclass(value[0]):
             for i, item in enumerate(value):
                 check_domains(item, f"{path}[{i}].")
+            continue
+        if isinstance(value, dict) and value and all(dataclasses.is_dataclass(v) for v in value.values()):
+            for name, item in value.items():
+                check_domains(item, f"{path}.{name}.")
             continue
         if value is None:
             continue
@@ -764,6 +852,9 @@ def _convert(tp: Any, value: Any, path: str) -> Any:  # noqa: C901 - one branch 
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"config key {path}: got {value!r}, expected a mapping", key=path)
+        item_type = typing.get_args(tp)[1] if typing.get_args(tp) else Any
+        if dataclasses.is_dataclass(item_type):  # name -> section (data.sources)
+            return {str(k): from_dict(item_type, v, f"{path}.{k}") for k, v in value.items()}  # type: ignore[arg-type]
         return dict(value)
     if tp is Any:
         return value

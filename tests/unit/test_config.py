@@ -105,7 +105,7 @@ def test_cli_key_value_options_parse_yaml_and_keep_empty_strings():
         ("rl.micro_batch_tokens=0", r"rl.micro_batch_tokens: got 0, expected a positive integer"),
         ("threads=-1", r"threads: got -1, expected an integer >= 0 \(0: all cores\)"),
         ("checkpoint.every=-1", r"checkpoint.every: got -1, expected an integer >= 0"),
-        ("data.task=knights_knave", r"data.task: got 'knights_knave', expected a task; did you mean 'knights_knaves'"),
+        ("data.task=knights_knave", r"data.task: got 'knights_knave', expected a task name or a spec .*; did you mean 'knights_knaves'"),
         ("model.preset=tinyy", r"model.preset: got 'tinyy', expected a model preset; did you mean 'tiny'"),
         ("rl.adam_betas=[0.9]", r"rl.adam_betas: got \[0.9\], expected two numbers in \[0, 1\)"),
         ("rl.curriculum=[{start_step: -1, value: {people: 3}}]", r"rl.curriculum\[0\].start_step: got -1"),

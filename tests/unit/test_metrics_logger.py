@@ -35,6 +35,10 @@ class FakeWandb(types.ModuleType):
     def finish(self) -> None:
         self.finished = True
 
+    class Table:
+        def __init__(self, columns: list, data: list) -> None:
+            self.columns, self.data = columns, data
+
 
 class StopAfterInit(Exception):
     pass
@@ -47,8 +51,39 @@ def test_wandb_gets_the_config_and_the_metrics(tmp_path, monkeypatch):
     logger = MetricsLogger(tmp_path, wandb=True, wandb_project="p", config=config)
     logger.log({"phase": "rl", "step": 2, "reward/mean": 0.5, "done": True})
     logger.close()
-    assert fake.init_kwargs == [{"project": "p", "dir": str(tmp_path), "config": config}]
+    [kwargs] = fake.init_kwargs
+    run_id = (tmp_path / "wandb_run_id.txt").read_text().strip()
+    assert kwargs == {"project": "p", "dir": str(tmp_path), "config": config, "id": run_id, "resume": "allow"}
     assert fake.logged == [({"rl/step": 2, "rl/reward/mean": 0.5}, 2)] and fake.finished
+
+
+def test_wandb_resumes_the_same_run_id_in_the_same_run_dir(tmp_path, monkeypatch):
+    fake = FakeWandb()
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    MetricsLogger(tmp_path / "a", wandb=True).close()
+    MetricsLogger(tmp_path / "a", wandb=True).close()  # the restart
+    MetricsLogger(tmp_path / "b", wandb=True).close()  # another run
+    ids = [kwargs["id"] for kwargs in fake.init_kwargs]
+    assert ids[0] == ids[1] != ids[2] and len(ids[0]) == 12
+    assert all(kwargs["resume"] == "allow" for kwargs in fake.init_kwargs)
+
+
+ROWS = [{"prompt": "Who is a knight?\nA | B", "completion": "<think>A</think>", "reward": 1.0, "correct": True,
+         "format_ok": True},
+        {"prompt": "Q2", "completion": "x" * 3000, "reward": -0.5, "correct": False, "format_ok": False}]
+
+
+def test_samples_go_to_wandb_as_a_table(tmp_path, monkeypatch):
+    fake = FakeWandb()
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    logger = MetricsLogger(tmp_path, wandb=True)
+    logger.log_samples(7, ROWS)
+    [(values, step)] = fake.logged
+    table = values["samples/completions"]
+    assert step == 7 and table.columns == ["step", "prompt", "completion", "reward", "correct"]
+    assert table.data == [[7, ROWS[0]["prompt"], "<think>A</think>", 1.0, True], [7, "Q2", "x" * 3000, -0.5, False]]
+    logger.log_samples(8, [])  # nothing to send
+    assert len(fake.logged) == 1
 
 
 def test_tensorboard_gets_the_config_as_text(tmp_path, monkeypatch):
@@ -69,6 +104,28 @@ def test_tensorboard_gets_the_config_as_text(tmp_path, monkeypatch):
     tag, text, step = written[1]
     assert (tag, step) == ("config", 0)
     assert json.loads("\n".join(line[4:] for line in text.splitlines())) == {"seed": 3}
+
+
+def test_samples_go_to_tensorboard_as_text(tmp_path, monkeypatch):
+    written: list[tuple] = []
+
+    class Writer:
+        def __init__(self, log_dir: str) -> None:
+            pass
+
+        def add_text(self, tag: str, text: str, step: int) -> None:
+            written.append((tag, text, step))
+
+    module = types.ModuleType("torch.utils.tensorboard")
+    module.SummaryWriter = Writer  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", module)
+    MetricsLogger(tmp_path, tensorboard=True).log_samples(3, ROWS)
+    [(tag, text, step)] = written
+    assert (tag, step) == ("samples/completions", 3)
+    lines = text.splitlines()
+    assert lines[0] == "| reward | correct | prompt | completion |"
+    assert lines[2] == "| 1 | True | Who is a knight?<br>A \\| B | &lt;think&gt;A&lt;/think&gt; |"
+    assert lines[3].startswith("| -0.5 | False | Q2 | xxx") and "[... 1000 more characters]" in lines[3]
 
 
 def test_a_run_passes_its_resolved_config_to_wandb(tiny_model_dir, tmp_path, monkeypatch):

@@ -56,17 +56,40 @@ def test_verl_dict_float_and_trl(reward_file: str) -> None:
 
 
 def test_raise_hang_and_non_number_give_error_reward_and_are_counted(reward_file: str) -> None:
-    failing = load_reward_function(f"{reward_file}:raises", error_reward=-1.0)
-    call = failing("q", "c", 1)
+    reports: list[str] = []
+    failing = load_reward_function(f"{reward_file}:raises", error_reward=-1.0, report=reports.append)
+    call = failing("what is 6*7?", "c" * 1000, 1, "toy")
     assert call.status == "error" and call.reward == -1.0 and "boom" in call.detail
-    assert failing.errors == 1 and failing.first_failure is not None
-    assert failing.first_failure["input"]["completion"] == "c"
-    hanging = load_reward_function(f"{reward_file}:hangs", timeout_seconds=1.0)
+    assert failing.errors == 1 and failing.first_failures["error"]["input"]["completion"] == "c" * 1000
+    assert len(reports) == 1 and "raises failed (RuntimeError: boom)" in reports[0]
+    assert "what is 6*7?" in reports[0] and "data_source='toy'" in reports[0] and "reward -1" in reports[0]
+    assert "[... 700 characters ...]" in reports[0]  # the completion as an excerpt, not whole
+    assert failing("q", "d", 1).status == "error" and failing.errors == 2
+    assert len(reports) == 1  # only the first occurrence is reported
+    hanging = load_reward_function(f"{reward_file}:hangs", timeout_seconds=1.0, report=reports.append)
     call = hanging("q", "c", 1)
     assert call.status == "timeout" and call.reward == 0.0 and hanging.timeouts == 1
     assert hanging("q", "c", 1).status == "timeout" and hanging.timeouts == 2  # the pool recovered
+    assert len(reports) == 2 and "missed its 1s deadline" in reports[1] and "reward/timeouts" in reports[1]
     wrong = load_reward_function(f"{reward_file}:not_a_number")
     assert wrong("q", "c", 1).status == "error" and wrong.errors == 1
+    assert "expected a finite number" in wrong.first_failures["error"]["detail"]
+
+
+def test_failure_counts_of_a_wrapped_task_and_their_per_step_increase(reward_file: str) -> None:
+    from rlvr.tasks.generic import GenericTask, WithRewardFunctions, failure_metrics, reward_failures
+
+    task = GenericTask()
+    assert reward_failures(task) == {} and failure_metrics(task, {}) == {}  # no function: no metric
+    scored = WithRewardFunctions(task, [(load_reward_function(f"{reward_file}:raises"), 1.0),
+                                        (load_reward_function(f"{reward_file}:hangs", timeout_seconds=0.5), 1.0)])
+    example = task.from_record({"prompt": "q", "answer": "1"})
+    scored.score("a", example)
+    before = reward_failures(scored)
+    assert before == {"errors": 1, "timeouts": 1}
+    for text in ("b", "c"):
+        scored.score(text, example)
+    assert failure_metrics(scored, before) == {"reward/errors": 2.0, "reward/timeouts": 2.0}
 
 
 def test_bad_specs_name_the_spec(reward_file: str, tmp_path: Path) -> None:

@@ -1,9 +1,12 @@
-"""Reading and writing data files: JSON lines and parquet in, atomic JSON lines / JSON / parquet out.
+"""Reading and writing data files: JSON lines, parquet, arrow files and Hugging Face `datasets`
+directories in; atomic JSON lines / JSON / parquet out.
 
 Reading streams: a JSONL file is read a line at a time and a parquet file a batch of rows at a
 time, so a file larger than memory can be scanned. A bad line is a `DataError` whose message
-starts with "FILE:LINE:" (for parquet, LINE is the 1-based row number). Files ending in .gz are
-decompressed on the fly (e.g. train.jsonl.gz).
+starts with "FILE:LINE:" (for parquet and arrow, LINE is the 1-based row number). Files ending in
+.gz are decompressed on the fly (e.g. train.jsonl.gz). An .arrow file (Arrow IPC, stream or file
+format) and a directory written by `datasets`' save_to_disk (its data-*.arrow shards, in the order
+of its state.json) are read with pyarrow alone: the `datasets` package is not needed.
 
 Writing is atomic: the data goes to a temporary file in the destination's directory, is flushed
 and fsync'ed, then os.replace'd over the destination, so a reader (or a crash) never sees half a file.
@@ -26,6 +29,7 @@ if TYPE_CHECKING:
 
 JSON_SUFFIXES = (".jsonl", ".json", ".ndjson")
 PARQUET_SUFFIXES = (".parquet",)
+ARROW_SUFFIXES = (".arrow",)
 _PARQUET_BATCH_ROWS = 1024
 
 
@@ -41,8 +45,11 @@ def _kind(path: Path) -> tuple[str, bool]:
         return "json", gzipped
     if suffix in PARQUET_SUFFIXES and not gzipped:
         return "parquet", False
-    valid = ", ".join(JSON_SUFFIXES + PARQUET_SUFFIXES)
-    raise DataError(f"{path}: unknown data file type {''.join(path.suffixes)!r}; expected one of {valid} (JSON may be .gz)")
+    if suffix in ARROW_SUFFIXES and not gzipped:
+        return "arrow", False
+    valid = ", ".join(JSON_SUFFIXES + PARQUET_SUFFIXES + ARROW_SUFFIXES)
+    raise DataError(f"{path}: unknown data file type {''.join(path.suffixes)!r}; expected one of {valid} (JSON may "
+                    "be .gz) or a datasets save_to_disk directory")
 
 
 def read_numbered(path: str | os.PathLike[str]) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -52,9 +59,15 @@ def read_numbered(path: str | os.PathLike[str]) -> Iterator[tuple[int, dict[str,
     is read whole as an array of objects (numbered by item). Parquet: one record per row.
     """
     path = Path(path)
+    if path.is_dir():
+        yield from _read_arrow_shards(path, _dataset_shards(path))
+        return
     kind, gzipped = _kind(path)
     if kind == "parquet":
         yield from _read_parquet(path)
+        return
+    if kind == "arrow":
+        yield from _read_arrow_shards(path, [path])
         return
     handle: IO[bytes]
     with (gzip.open(path, "rb") if gzipped else open(path, "rb")) as handle:  # type: ignore[assignment]
@@ -122,6 +135,54 @@ def _read_parquet(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
         for record in batch.to_pylist():
             number += 1
             yield number, record
+
+
+def _dataset_shards(directory: Path) -> list[Path]:
+    """The arrow shards of a `datasets` save_to_disk directory, in its state.json order."""
+    if (directory / "dataset_dict.json").is_file():
+        splits = sorted(p.name for p in directory.iterdir() if (p / "state.json").is_file())
+        raise DataError(f"{directory}: a DatasetDict with splits {splits}; name one split's directory, e.g. "
+                        f"{directory / (splits[0] if splits else 'train')}")
+    state = directory / "state.json"
+    if state.is_file():
+        try:
+            files = [entry["filename"] for entry in json.loads(state.read_text())["_data_files"]]
+        except (ValueError, KeyError, TypeError) as error:
+            raise DataError(f"{state}: not a datasets state.json ({type(error).__name__}: {error})") from None
+        shards = [directory / name for name in files]
+    else:
+        shards = sorted(directory.glob("*.arrow"))
+    missing = [p.name for p in shards if not p.is_file()]
+    if not shards or missing:
+        raise DataError(f"{directory}: " + (f"shards {missing} named in state.json are missing" if missing else
+                                            "a directory without .arrow files; expected a datasets save_to_disk "
+                                            "directory (data-00000-of-00001.arrow, state.json) or a data file"))
+    return shards
+
+
+def _read_arrow_shards(path: Path, shards: list[Path]) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Rows of Arrow IPC files (stream format, as datasets writes them, or file format), numbered
+    across shards from 1; errors name `path`."""
+    try:
+        import pyarrow as pa
+    except ImportError:
+        raise ImportError(f"reading {path} needs pyarrow; install it with: pip install 'rlvr[pyarrow]'") from None
+    number = 0
+    for shard in shards:
+        try:
+            try:
+                reader: Any = pa.ipc.open_stream(pa.memory_map(str(shard)))
+            except pa.ArrowInvalid:
+                reader = pa.ipc.open_file(pa.memory_map(str(shard)))
+                batches: Iterator[Any] = (reader.get_batch(i) for i in range(reader.num_record_batches))
+            else:
+                batches = iter(reader)
+        except (pa.ArrowInvalid, OSError) as error:
+            raise DataError(f"{shard}: not a readable arrow file ({error})") from None
+        for batch in batches:
+            for record in batch.to_pylist():
+                number += 1
+                yield number, record
 
 
 def _pyarrow_parquet(what: str) -> Any:

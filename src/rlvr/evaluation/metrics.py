@@ -250,6 +250,22 @@ def _key_value(value: Any) -> str:
     return str(value).replace("/", "_").strip() or "none"
 
 
+def source_metrics(sources: Sequence[Any], rewards: Sequence[float], correct: Sequence[bool]) -> dict[str, float]:
+    """Per data source of a batch (one entry per sequence; None: no source): reward/<source>/mean,
+    accuracy/<source> and batch_share/<source> (its fraction of the sequences). {} when no
+    sequence has a source. Source names become key segments as in the eval breakdowns ('/' -> '_')."""
+    groups: dict[str, list[int]] = defaultdict(list)
+    for i, source in enumerate(sources):
+        if source is not None:
+            groups[_key_value(source)].append(i)
+    out: dict[str, float] = {}
+    for name, rows in sorted(groups.items()):
+        out[f"reward/{name}/mean"] = sum(float(rewards[i]) for i in rows) / len(rows)
+        out[f"accuracy/{name}"] = sum(bool(correct[i]) for i in rows) / len(rows)
+        out[f"batch_share/{name}"] = len(rows) / len(sources)
+    return out
+
+
 def breakdown_keys(metadata: Mapping[str, Any]) -> list[tuple[str, str]]:
     """(key, value) pairs a prompt is broken down by: its first difficulty key and its source."""
     pairs = []

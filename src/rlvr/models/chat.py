@@ -9,11 +9,56 @@ scored with the same prefix in mind (see rlvr.rewards.check_format).
 from __future__ import annotations
 
 import json
+import string
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 Messages = Sequence[dict[str, str]]
+
+
+class PromptTemplateError(ValueError):
+    """A data.prompt_template that cannot be used; the message says why."""
+
+
+def check_prompt_template(template: str) -> None:
+    """A format string whose only field is {question} (at least once); literal braces are {{ }}."""
+    try:
+        fields = [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
+    except ValueError as error:
+        raise PromptTemplateError(f"{template!r} is not a format string: {error} (write literal braces as {{{{ }}}})") \
+            from None
+    others = sorted(set(fields) - {"question"})
+    if others or "question" not in fields:
+        raise PromptTemplateError(f"{template!r} has fields {fields}; expected {{question}} (and no other field: "
+                                  "write literal braces as {{ }})")
+
+
+def template_as_jinja(template: str, response_prefix: str = "") -> str:
+    """A chat template (Jinja) that writes the format string `template` with question = the last
+    user message, less its trailing `response_prefix` (prompt_text appends the prefix after the
+    chat template, so the prompt is exactly template.format(question=...)). System messages are not
+    written: the template holds the whole prompt."""
+    check_prompt_template(template)
+    if not template.endswith(response_prefix):
+        raise PromptTemplateError(f"{template!r} does not end with the task's response_prefix {response_prefix!r}: "
+                                  "the template holds the pre-fill the scorer assumes (set data.task_options."
+                                  "response_prefix to the template's pre-filled tail)")
+    body = template[: len(template) - len(response_prefix)] if response_prefix else template
+    parts = ["{%- set ns = namespace(question='') -%}{%- for message in messages -%}"
+             "{%- if message['role'] == 'user' -%}{%- set ns.question = message['content'] -%}{%- endif -%}"
+             "{%- endfor -%}"]
+    for literal, name, _, _ in string.Formatter().parse(body):
+        if literal:  # a Jinja string expression: exact, whatever trim_blocks / lstrip_blocks do to text
+            parts.append("{{ " + json.dumps(literal, ensure_ascii=False) + " }}")
+        if name is not None:
+            parts.append("{{ ns.question }}")
+    return "".join(parts)
+
+
+def set_prompt_template(tokenizer: Any, template: str, response_prefix: str = "") -> None:
+    """Make `template` (data.prompt_template) the tokenizer's chat template (see template_as_jinja)."""
+    tokenizer.chat_template = template_as_jinja(template, response_prefix)
 
 
 def prompt_text(tokenizer: Any, messages: Messages, response_prefix: str = "") -> str:
@@ -22,7 +67,8 @@ def prompt_text(tokenizer: Any, messages: Messages, response_prefix: str = "") -
         raise ValueError(
             f"tokenizer {getattr(tokenizer, 'name_or_path', '')!r} has no chat template; rlvr builds "
             "prompts with the tokenizer's chat template (a base model's directory may lack one: add "
-            "'chat_template' to its tokenizer_config.json or a chat_template.jinja file)"
+            "'chat_template' to its tokenizer_config.json or a chat_template.jinja file, or set "
+            "data.prompt_template, e.g. 'User: {question}\\nAssistant: <think>')"
         )
     text = tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
     return text + response_prefix

@@ -34,12 +34,6 @@ from rlvr.models.tokenizer import (
     train_tokenizer,
 )
 
-# Difficulty levels the tokenizer corpus covers, per task (other tasks: their default level).
-CORPUS_LEVELS: dict[str, list[dict[str, Any]]] = {
-    "knights_knaves": [{"people": p} for p in range(2, 9)],
-    "math": [{"level": level} for level in (1, 2, 3)],
-    "countdown": [{"numbers": k} for k in range(3, 7)],
-}
 DEFAULT_CORPUS_SIZE = 700  # examples per task, split evenly over its levels (100 per KK size)
 # The tokenizer corpus has its own fixed seed: models of different seeds share one tokenizer (their
 # token ids, SFT caches and samples stay comparable); the seed moves the weights only.
@@ -177,14 +171,15 @@ def task_corpus(task_names: Sequence[str], seed: int = 0, n_per_task: int = DEFA
 
     Text = ChatML(task.messages(example)) + "<|im_start|>assistant\\n" + response_prefix + target
     + "<|im_end|>", where target is task.solution_trace(example) or task.oracle_completion(example)
-    when the task has one. Examples are split evenly over CORPUS_LEVELS[task] (KK: 2..8 people).
+    when the task has one. Examples are split evenly over the task's corpus_levels (KK: 2..8 people;
+    a task without them: its default_difficulty).
     """
     from rlvr import tasks as task_registry
 
     texts: list[str] = []
     for name in task_names:
         task = task_registry.get(name, **dict((task_options or {}).get(name, {})))
-        levels = CORPUS_LEVELS.get(name, [{}])
+        levels = list(getattr(task, "corpus_levels", ())) or [dict(getattr(task, "default_difficulty", {}))]
         per_level = max(1, math.ceil(n_per_task / len(levels)))
         for level in levels:
             for example in task.examples(per_level, seed, **level):

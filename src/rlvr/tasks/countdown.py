@@ -286,6 +286,8 @@ class Countdown:
 
     name = "countdown"
     difficulty_keys = ("numbers",)
+    default_difficulty: dict[str, Any] = {}  # examples() defaults to 4 numbers; data files: every row
+    corpus_levels: tuple[dict[str, Any], ...] = tuple({"numbers": k} for k in range(3, 7))
 
     def __init__(
         self,

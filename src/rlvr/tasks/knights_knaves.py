@@ -380,6 +380,11 @@ class KnightsKnaves:
 
     name = "knights_knaves"
     difficulty_keys = ("people",)
+    # Defaults of a recipe's data.difficulty / eval_difficulty and sft.difficulty (rlvr.config), and the
+    # levels the offline tokenizer's corpus covers (rlvr.models.factory).
+    default_difficulty: dict[str, Any] = {"people": 3}
+    sft_difficulty: dict[str, Any] = {"people": [2, 3, 3, 3]}
+    corpus_levels: tuple[dict[str, Any], ...] = tuple({"people": p} for p in range(2, 9))
 
     def __init__(
         self,

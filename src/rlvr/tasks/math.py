@@ -512,6 +512,8 @@ class MathTask:
 
     name = "math"
     difficulty_keys = ("level",)
+    default_difficulty: dict[str, Any] = {}  # examples() defaults to level 1; data files: every row
+    corpus_levels: tuple[dict[str, Any], ...] = tuple({"level": level} for level in (1, 2, 3))
 
     def __init__(
         self,

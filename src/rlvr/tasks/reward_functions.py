@@ -1,4 +1,4 @@
-"""Reward functions from outside the package (issue 15, first part; not yet wired into the config).
+"""Reward functions from outside the package (`reward.function(s)`, docs/byo.md).
 
 A spec is `path/to/file.py:name` or `package.module:name`. Two signatures are accepted:
   verl: compute_score(data_source, solution_str, ground_truth, extra_info=None) -> float | dict
@@ -8,21 +8,21 @@ A spec is `path/to/file.py:name` or `package.module:name`. Two signatures are ac
 that does not import, or a function with neither signature, fails before any work with one message
 naming the spec. `RewardFunction.__call__` runs it in the killable worker pool of
 rlvr.tasks._timeout with a per-call deadline; a raise, a hang or a non-number gives `error_reward`
-and is counted in `errors` / `timeouts` (the first occurrence keeps its input in `first_failure`).
+and is counted in `errors` / `timeouts`. The first error and the first timeout each keep their
+input in `first_failures` and are reported once through `report` (the run's console log), with an
+excerpt of the prompt and the completion; the run goes on.
 """
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import inspect
 import math
 import os
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from rlvr.tasks._imports import SpecError, import_object
 from rlvr.tasks._timeout import shared_pool
 
 _HANDLER = "rlvr.tasks.reward_functions:_serve_request"
@@ -34,30 +34,12 @@ class RewardFunctionError(ValueError):
 
 
 def _import(spec: str) -> Callable[..., Any]:
-    location, sep, name = spec.rpartition(":")
-    if not sep or not location or not name:
-        raise RewardFunctionError(f"reward function {spec!r}: expected 'path/to/file.py:name' or 'module:name'")
     try:
-        if location.endswith(".py"):
-            if not os.path.isfile(location):
-                raise RewardFunctionError(f"reward function {spec!r}: file {location} does not exist")
-            module_name = "rlvr_reward_" + str(abs(hash(os.path.abspath(location))))
-            module = sys.modules.get(module_name)
-            if module is None:
-                file_spec = importlib.util.spec_from_file_location(module_name, location)
-                assert file_spec is not None and file_spec.loader is not None
-                module = importlib.util.module_from_spec(file_spec)
-                file_spec.loader.exec_module(module)
-                sys.modules[module_name] = module
-        else:
-            module = importlib.import_module(location)
-    except RewardFunctionError:
-        raise
-    except Exception as error:  # any import failure of user code: one message naming it
-        raise RewardFunctionError(f"reward function {spec!r}: {location} does not import: "
-                                  f"{type(error).__name__}: {error}") from None
-    function = getattr(module, name, None)
+        function = import_object(spec, "reward function", "function")
+    except SpecError as error:
+        raise RewardFunctionError(str(error)) from None
     if not callable(function):
+        location, _, name = spec.rpartition(":")
         raise RewardFunctionError(f"reward function {spec!r}: {location} has no function {name!r}")
     return function  # type: ignore[no-any-return]
 
@@ -87,8 +69,27 @@ class Call:
     detail: str = ""
 
 
+EXCERPT_CHARS = 300
+
+
+def excerpt(text: Any, limit: int = EXCERPT_CHARS) -> str:
+    """`text` (as a string) cut to its first and last limit/2 characters, for one log line."""
+    text = str(text)
+    if len(text) <= limit:
+        return text
+    half = limit // 2
+    return f"{text[:half]} [... {len(text) - 2 * half} characters ...] {text[-half:]}"
+
+
 @dataclass
 class RewardFunction:
+    """A loaded reward function; calling it scores one completion within `timeout_seconds`.
+
+    errors / timeouts count the failed calls since loading; first_failures holds, per status
+    ("error", "timeout"), the first failing call's input and reason; report(message) is called once
+    per status, at its first occurrence (None: not reported).
+    """
+
     spec: str
     timeout_seconds: float = 10.0
     error_reward: float = 0.0
@@ -96,7 +97,8 @@ class RewardFunction:
     kind: str = ""
     errors: int = 0
     timeouts: int = 0
-    first_failure: dict[str, Any] | None = None
+    first_failures: dict[str, dict[str, Any]] = field(default_factory=dict)
+    report: Callable[[str], None] | None = None
 
     def __call__(self, prompt: str, completion: str, ground_truth: Any, data_source: str = "",
                  extra_info: dict[str, Any] | None = None) -> Call:
@@ -112,18 +114,32 @@ class RewardFunction:
             self.timeouts += 1
         else:
             self.errors += 1
-        if self.first_failure is None:
-            self.first_failure = {"status": status, "detail": detail, "input": request}
+        if status not in self.first_failures:
+            self.first_failures[status] = {"status": status, "detail": detail, "input": request}
+            if self.report is not None:
+                self.report(self.describe_failure(status))
         return Call(self.error_reward, {}, status, detail)
 
+    def describe_failure(self, status: str) -> str:
+        """One log line about the first call that ended in `status`, with excerpts of its input."""
+        failure = self.first_failures[status]
+        request = failure["input"]
+        what = (f"missed its {self.timeout_seconds:g}s deadline" if status == "timeout"
+                else f"failed ({failure['detail']})")
+        return (f"reward function {self.spec} {what}; such calls get reward {self.error_reward:g} "
+                f"(reward.error_reward), are counted in reward/{status}s and the run goes on. First input: "
+                f"data_source={request['data_source']!r} prompt={excerpt(request['prompt'])!r} "
+                f"completion={excerpt(request['completion'])!r}")
 
-def load_reward_function(spec: str, timeout_seconds: float = 10.0, error_reward: float = 0.0) -> RewardFunction:
+
+def load_reward_function(spec: str, timeout_seconds: float = 10.0, error_reward: float = 0.0,
+                         report: Callable[[str], None] | None = None) -> RewardFunction:
     """Import `spec` here (errors now, naming it) and return a bounded-time caller."""
     location, _, name = spec.rpartition(":")
     if location.endswith(".py"):
         spec = f"{os.path.abspath(location)}:{name}"  # the worker's cwd need not be ours
     kind = signature_kind(_import(spec), spec)
-    return RewardFunction(spec, timeout_seconds, error_reward, kind=kind)
+    return RewardFunction(spec, timeout_seconds, error_reward, kind=kind, report=report)
 
 
 def _number(value: Any) -> float:

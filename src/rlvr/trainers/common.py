@@ -11,6 +11,7 @@ import os
 import random
 import sys
 import time
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -217,11 +218,35 @@ def per_sequence(values: torch.Tensor, where: Sequence[tuple[int, int, int]], st
 # Logging
 
 
+WANDB_ID_FILE = "wandb_run_id.txt"
+SAMPLE_TEXT_CHARS = 2000  # of a prompt or completion in TensorBoard's text tab
+TENSORBOARD_SAMPLE_ROWS = 32
+
+
+def _markdown_cell(value: Any, limit: int = SAMPLE_TEXT_CHARS) -> str:
+    text = str(value)
+    text = text if len(text) <= limit else text[:limit] + f" [... {len(text) - limit} more characters]"
+    text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")  # <think> stays visible
+    return text.replace("\\", "\\\\").replace("|", "\\|").replace("\n", "<br>")
+
+
+def samples_markdown(rows: Sequence[dict[str, Any]], limit: int = TENSORBOARD_SAMPLE_ROWS) -> str:
+    """A Markdown table (reward, correct, prompt, completion) of the first `limit` rows."""
+    lines = ["| reward | correct | prompt | completion |", "|---|---|---|---|"]
+    lines += [f"| {float(r['reward']):.4g} | {bool(r['correct'])} | {_markdown_cell(r['prompt'])} | "
+              f"{_markdown_cell(r['completion'])} |" for r in rows[:limit]]
+    if len(rows) > limit:
+        lines.append(f"\n{len(rows) - limit} more rows in samples/")
+    return "\n".join(lines)
+
+
 class MetricsLogger:
     """Appends one JSON object per step to metrics.jsonl; mirrors to TensorBoard / W&B when enabled.
 
     config: the run's resolved config (rlvr.config.to_dict); W&B records it as the run's config,
-    TensorBoard as a "config" text entry.
+    TensorBoard as a "config" text entry. The W&B run id is kept in RUN_DIR/wandb_run_id.txt, so a
+    resumed run continues the same W&B run. log_samples sends completions: a W&B table and a
+    TensorBoard text entry (samples/completions).
     """
 
     def __init__(self, run_dir: Path, tensorboard: bool = False, wandb: bool = False,
@@ -243,7 +268,13 @@ class MetricsLogger:
                 import wandb as wandb_module
             except ImportError as err:
                 raise RuntimeError("logging.wandb=true needs `pip install rlvr[wandb]`") from err
-            self._wandb = wandb_module.init(project=wandb_project, dir=str(run_dir), config=config)
+            Path(run_dir).mkdir(parents=True, exist_ok=True)
+            id_file = Path(run_dir) / WANDB_ID_FILE
+            run_id = id_file.read_text().strip() if id_file.exists() else uuid.uuid4().hex[:12]
+            id_file.write_text(run_id + "\n")
+            self._wandb_module = wandb_module
+            self._wandb = wandb_module.init(project=wandb_project, dir=str(run_dir), config=config, id=run_id,
+                                            resume="allow")
 
     def log(self, record: dict[str, Any]) -> None:
         with open(self.path, "a") as f:
@@ -257,6 +288,16 @@ class MetricsLogger:
                 self._tb.add_scalar(f"{prefix}/{key}" if prefix else key, value, step)
         if self._wandb is not None:
             self._wandb.log({f"{prefix}/{k}" if prefix else k: v for k, v in numeric.items()}, step=step)
+
+    def log_samples(self, step: int, rows: Sequence[dict[str, Any]]) -> None:
+        """Completions of a step (dicts with prompt, completion, reward, correct) to W&B as a table and
+        to TensorBoard as text (metrics.jsonl does not hold them: samples/ does)."""
+        if self._tb is not None and rows:
+            self._tb.add_text("samples/completions", samples_markdown(rows), step)
+        if self._wandb is not None and rows:
+            columns = ["step", "prompt", "completion", "reward", "correct"]
+            data = [[step, str(r["prompt"]), str(r["completion"]), float(r["reward"]), bool(r["correct"])] for r in rows]
+            self._wandb.log({"samples/completions": self._wandb_module.Table(columns=columns, data=data)}, step=step)
 
     def truncate_after(self, phase: str, step: int) -> None:
         """Drop lines of `phase` with step > `step` (a resumed run rewrites them; step 0: all of them)."""

@@ -124,22 +124,87 @@ def build_model_dir(config: RunConfig, run_dir: Path) -> Path:
     return path
 
 
-def with_reward_functions(task: tasks.Task, reward: Any) -> tasks.Task:
-    """The task, plus the recipe's reward.function(s) when any (loaded now: bad specs fail here)."""
+def reward_specs(section: Any) -> list[tuple[str, float]]:
+    """(spec, weight) of a section's `function` (weight 1) and `functions` (reward, a data source)."""
+    return ([(section.function, 1.0)] if section.function else []) + [(f.function, f.weight) for f in section.functions]
+
+
+def with_reward_functions(task: tasks.Task, reward: Any, specs: list[tuple[str, float]] | None = None,
+                          key: str = "reward", generic_ok: bool = False) -> tasks.Task:
+    """The task, plus reward functions when any (loaded now: bad specs fail here, naming `key`).
+
+    specs: (spec, weight) pairs, by default the `reward` section's; reward gives the deadline and
+    error_reward. A generic task needs a function unless generic_ok (a source of a mixed run whose
+    rows are scored by the run-wide reward functions)."""
     from rlvr.tasks.generic import WithRewardFunctions
     from rlvr.tasks.reward_functions import RewardFunctionError, load_reward_function
 
-    specs = ([(reward.function, 1.0)] if reward.function else []) + [(f.function, f.weight) for f in reward.functions]
+    specs = reward_specs(reward) if specs is None else specs
     if not specs:
-        if task.name == "generic":
-            raise ConfigError("data.task generic needs reward.function or reward.functions")
+        if task.name == "generic" and not generic_ok:
+            where = "data.task generic" if key == "reward" else f"config key {key}: task generic"
+            raise ConfigError(f"{where} needs reward.function or reward.functions"
+                              + ("" if key == "reward" else f" (or {key}.function / functions)"), key=key)
         return task
     try:
-        loaded = [(load_reward_function(spec, reward.timeout_seconds, reward.error_reward), weight)
+        loaded = [(load_reward_function(spec, reward.timeout_seconds, reward.error_reward, report=log), weight)
                   for spec, weight in specs]
     except RewardFunctionError as error:
-        raise ConfigError(f"config key reward: {error}") from None
+        raise ConfigError(f"config key {key}: {error}", key=key) from None
     return WithRewardFunctions(task, loaded)  # type: ignore[return-value]
+
+
+def _get_task(name: str, options: dict[str, Any], prefix: str, row_prompt: str = "keep") -> tasks.Task:
+    """The task `name`; with row_prompt keep, rows' chat prompts are used as given (RowPrompts)."""
+    from rlvr.tasks.generic import RowPrompts
+
+    try:
+        task = tasks.get(name, **options)
+    except tasks.TaskError as err:  # a spec that does not import, or builds no Task
+        raise ConfigError(f"config key {prefix}.task: {err}", key=f"{prefix}.task") from None
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"config key {prefix}.task_options: {err}", key=f"{prefix}.task_options") from None
+    if row_prompt == "keep" and task.name != "generic":  # generic rows are prompted as given anyway
+        return RowPrompts(task)  # type: ignore[return-value]
+    return task
+
+
+def build_task(config: RunConfig) -> tasks.Task:
+    """The run's task with its reward functions; `mixed`: one task per data source (data.sources),
+    each with the source's own functions, and the run-wide reward.function(s) over all of them."""
+    from rlvr.tasks.mixed import MixedTask
+
+    data = config.data
+    if data.task != "mixed":
+        return with_reward_functions(_get_task(data.task, data.task_options, "data", data.row_prompt), config.reward)
+    run_wide = bool(reward_specs(config.reward))
+    routes = {}
+    for name, source in data.sources.items():
+        key = f"data.sources.{name}"
+        routes[name] = with_reward_functions(_get_task(source.task, source.task_options, key, data.row_prompt),
+                                             config.reward,
+                                             reward_specs(source), key, generic_ok=run_wide)
+    try:
+        task = MixedTask(routes)
+    except ValueError as err:
+        raise ConfigError(f"config key data.sources: {err}", key="data.sources") from None
+    return with_reward_functions(task, config.reward)  # type: ignore[arg-type]
+
+
+def source_weights(config: RunConfig) -> Callable[[list[tasks.Example]], list[float]] | None:
+    """Per-row sampling weights of a mixed run: row of source s gets weight_s / (rows of s in the pool),
+    so each source's share of the draws is its weight over the sum (None: uniform over rows)."""
+    if config.data.task != "mixed":
+        return None
+    weights = {name: source.weight for name, source in config.data.sources.items()}
+
+    def per_row(pool: list[tasks.Example]) -> list[float]:
+        counts: dict[str, int] = {}
+        for ex in pool:
+            counts[ex.metadata["data_source"]] = counts.get(ex.metadata["data_source"], 0) + 1
+        return [weights[ex.metadata["data_source"]] / counts[ex.metadata["data_source"]] for ex in pool]
+
+    return per_row
 
 
 @dataclass
@@ -165,11 +230,14 @@ def check_inputs(config: RunConfig) -> Inputs:
     """Build the task and read every input the run names (model directory, data files), checking
     each, before anything is written or computed; errors name the key, the file and the line."""
     data = config.data
-    try:
-        task = tasks.get(data.task, **data.task_options)
-    except (TypeError, ValueError) as err:
-        raise ConfigError(f"config key data.task_options: {err}", key="data.task_options") from None
-    task = with_reward_functions(task, config.reward)
+    task = build_task(config)
+    if data.prompt_template:
+        from rlvr.models.chat import PromptTemplateError, template_as_jinja
+
+        try:
+            template_as_jinja(data.prompt_template, task.response_prefix)
+        except PromptTemplateError as err:
+            raise ConfigError(f"config key data.prompt_template: {err}", key="data.prompt_template") from None
     if config.model.engine == "vllm":
         check_vllm(config)
     if config.distributed == "ray" and config.ray.address and config.rl.enabled and config.rl.steps > 0:
@@ -182,9 +250,10 @@ def check_inputs(config: RunConfig) -> Inputs:
             if not getattr(data, key):
                 raise ConfigError(f"config key data.{key}: this recipe trains on its data files "
                                   f"(data.require_files=true), so pass data.{key}=FILE", key=f"data.{key}")
+    rl = config.rl
+    check_generated_difficulties(config, task)
     eval_rows = _read_input(task, "data.eval_file", data.eval_file, data.eval_size) if data.eval_file else None
     train_rows = None
-    rl = config.rl
     if data.train_file and rl.enabled and rl.steps > 0:
         train_rows = _read_input(task, "data.train_file", data.train_file)
         wanted = [(f"rl.curriculum[{i}].value", s.value) for i, s in enumerate(rl.curriculum)]
@@ -194,7 +263,32 @@ def check_inputs(config: RunConfig) -> Inputs:
             if not any(matches(ex, difficulty) for ex in train_rows):
                 raise ConfigError(f"config key data.train_file: {data.train_file} has no problem of the RL "
                                   f"difficulty {difficulty} ({key})", key=key)
+        present = {ex.metadata.get("data_source") for ex in train_rows}
+        for name in data.sources:
+            if name not in present:
+                raise ConfigError(f"config key data.sources.{name}: {data.train_file} has no row of data_source "
+                                  f"{name!r} (its sources: {', '.join(sorted(map(str, present)))})",
+                                  key=f"data.sources.{name}")
     return Inputs(task, train_rows, eval_rows)
+
+
+def check_generated_difficulties(config: RunConfig, task: tasks.Task) -> None:
+    """Generate one problem of every difficulty the run will generate (held-out set, RL problems
+    and curriculum stages without data files, SFT traces): a difficulty the task refuses stops the
+    run at start-up, naming the key."""
+    data, rl = config.data, config.rl
+    generated = [("data.eval_difficulty", data.eval_difficulty)] if not data.eval_file else []
+    if rl.enabled and rl.steps > 0 and not data.train_file:
+        generated += [("data.difficulty", data.difficulty)]
+        generated += [(f"rl.curriculum[{i}].value", s.value) for i, s in enumerate(rl.curriculum)]
+    if config.sft.enabled:
+        generated += [("sft.difficulty", config.sft.difficulty)]
+    for key, difficulty in generated:
+        try:
+            task.examples(1, seed=config.seed, **(difficulty or {}))
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"config key {key}: task {task.name!r} cannot generate problems of difficulty "
+                              f"{difficulty}: {err}", key=key) from None
 
 
 def held_out_examples(config: RunConfig, task: tasks.Task, run_dir: Path,
@@ -350,10 +444,11 @@ def curve_eval(engine: Any, policy: Policy, task: tasks.Task, examples: list[tas
         result = evaluate(engine, policy.tokenizer, task, subset, n=n, temperature=temperature,
                           top_p=ev.top_p if temperature > 0 else 1.0, max_new_tokens=ev.max_new_tokens,
                           seed=config.seed + 30_011, k_values=(1,), prompts_per_batch=ev.prompts_per_batch)
+        by_source = {f"eval/{name}/sampled_accuracy": value for name, value in per_source(result.metrics, config).items()}
         return {"eval/sampled_accuracy": float(result.metrics["avg@n"]),
                 "eval/format_error_rate": float(result.metrics["format_error_rate"]),
                 "eval/response_length": float(result.metrics.get("length/mean", float("nan"))),
-                "eval/samples": float(len(subset) * n), "timing_s/eval": time.perf_counter() - t0}
+                "eval/samples": float(len(subset) * n), "timing_s/eval": time.perf_counter() - t0, **by_source}
 
     return fn
 
@@ -396,6 +491,24 @@ def add_wall_time(run_dir: Path, seconds: float) -> dict[str, Any]:
     return totals
 
 
+def run_policy(config: RunConfig, run_dir: Path, device: torch.device, task: tasks.Task) -> Policy:
+    """The run's policy: the model directory (built, or model.path) loaded, with data.prompt_template
+    set on its tokenizer (checkpoints save it with the tokenizer), checked for vLLM when it samples."""
+    policy = load_policy(build_model_dir(config, run_dir), config.model.impl, config.model.dtype, device)
+    if config.data.prompt_template:  # a base model's prompt format
+        from rlvr.models.chat import set_prompt_template
+
+        set_prompt_template(policy.tokenizer, config.data.prompt_template, task.response_prefix)
+    if config.model.engine == "vllm":
+        from rlvr.rollout.vllm_engine import check_supported
+
+        try:
+            check_supported(policy.path)
+        except ValueError as error:
+            raise ConfigError(f"model.engine=vllm: {error}") from None
+    return policy
+
+
 def _run(config: RunConfig, inputs: Inputs, run_dir: Path) -> dict[str, Any]:
     from rlvr.models import eos_token_ids, prompt_ids
     from rlvr.rollout.torch_engine import TorchEngine
@@ -412,14 +525,7 @@ def _run(config: RunConfig, inputs: Inputs, run_dir: Path) -> dict[str, Any]:
     banned = {ex.prompt for ex in held_out}
     log(f"held-out set: {len(held_out)} problems ({config.data.eval_difficulty})")
 
-    policy = load_policy(build_model_dir(config, run_dir), config.model.impl, config.model.dtype, device)
-    if config.model.engine == "vllm":
-        from rlvr.rollout.vllm_engine import check_supported
-
-        try:
-            check_supported(policy.path)
-        except ValueError as error:
-            raise ConfigError(f"model.engine=vllm: {error}") from None
+    policy = run_policy(config, run_dir, device, task)
     n_params = sum(p.numel() for p in policy.model.parameters())
     log(f"model: {policy.path} ({n_params / 1e6:.2f}M parameters, {'native' if policy.packed else 'transformers'})")
     eos_ids = eos_token_ids(policy.tokenizer)
@@ -471,28 +577,28 @@ def _run(config: RunConfig, inputs: Inputs, run_dir: Path) -> dict[str, Any]:
     log(f"before RL: {_describe(before, config)}")
 
     rl_summary: dict[str, Any] = {}
-    if config.rl.enabled and config.rl.steps > 0:
-        pool = ProblemPool(training_source(config, task, banned, inputs.train_rows, fits), seed=config.seed)
-        train_engine, learner, closers, placement = training_engine(config, policy, engine, eos_ids, decode_dtype)
-        critic = None
-        if config.critic.enabled:
-            from rlvr.trainers.critic import build_critic
+    pool = ProblemPool(training_source(config, task, banned, inputs.train_rows, fits), seed=config.seed,
+                       weights=source_weights(config))
+    train_engine, learner, closers, placement = training_engine(config, policy, engine, eos_ids, decode_dtype)
+    critic = None
+    if config.critic.enabled:
+        from rlvr.trainers.critic import build_critic
 
-            critic = build_critic(config.critic, policy.model, policy.packed, device, config.model.impl,
-                                  config.model.dtype, config.seed)
-        try:
-            rl_summary = train_rl(policy.model, policy.tokenizer, train_engine, task, pool, prompt_cache, config.rl,
-                                  run_dir=run_dir, logger=logger, device=device, packed=policy.packed,
-                                  seed=config.seed, eos_ids=eos_ids, default_difficulty=config.data.difficulty,
-                                  checkpoint=config.checkpoint, logging=config.logging,
-                                  engine_shares_weights=train_engine is engine, learner=learner,
-                                  eval_fn=curve_eval(engine, policy, task, held_out, config),
-                                  eval_every=config.eval.every, critic=critic)
-        finally:
-            for close in closers:
-                close()
-        if placement:
-            rl_summary["placement"] = placement
+        critic = build_critic(config.critic, policy.model, policy.packed, device, config.model.impl,
+                              config.model.dtype, config.seed)
+    try:
+        rl_summary = train_rl(policy.model, policy.tokenizer, train_engine, task, pool, prompt_cache, config.rl,
+                              run_dir=run_dir, logger=logger, device=device, packed=policy.packed,
+                              seed=config.seed, eos_ids=eos_ids, default_difficulty=config.data.difficulty,
+                              checkpoint=config.checkpoint, logging=config.logging,
+                              engine_shares_weights=train_engine is engine, learner=learner,
+                              eval_fn=curve_eval(engine, policy, task, held_out, config),
+                              eval_every=config.eval.every, critic=critic)
+    finally:
+        for close in closers:
+            close()
+    if placement:
+        rl_summary["placement"] = placement
     after = evaluate_both("after_rl", policy, engine, task, held_out, config, run_dir)
     log(f"after RL: {_describe(after, config)}")
     logger.close()
@@ -587,13 +693,25 @@ def vllm_engine(config: RunConfig, policy: Policy, eos_ids: tuple[int, ...]):
     return engine
 
 
+def per_source(metrics: dict[str, float], config: RunConfig) -> dict[str, float]:
+    """A mixed run's eval accuracy (avg@n) per data source, from the by_source breakdown; {} otherwise."""
+    from rlvr.evaluation.metrics import breakdown_table
+
+    return breakdown_table(metrics, "source") if config.data.task == "mixed" else {}
+
+
 def _describe(results: dict[str, dict[str, float]], config: RunConfig) -> str:
+    def sources(metrics: dict[str, float]) -> str:
+        table = per_source(metrics, config)
+        return f" ({', '.join(f'{name} {value:.3f}' for name, value in table.items())})" if table else ""
+
     parts = []
     if "greedy" in results:
-        parts.append(f"greedy accuracy {accuracy(results['greedy'], 1):.3f}")
+        parts.append(f"greedy accuracy {accuracy(results['greedy'], 1):.3f}{sources(results['greedy'])}")
     if "sampled" in results:
         n = config.eval.samples
-        parts.append(f"sampled accuracy {accuracy(results['sampled'], n):.3f} (avg@{n}, T={config.eval.temperature})")
+        parts.append(f"sampled accuracy {accuracy(results['sampled'], n):.3f} (avg@{n}, T={config.eval.temperature})"
+                     f"{sources(results['sampled'])}")
     return ", ".join(parts)
 
 
@@ -614,6 +732,8 @@ def stage_summary(config: RunConfig, stage: str, results: dict, held_out: list) 
     for kind, nn in (("greedy", 1), ("sampled", config.eval.samples)):
         if kind in results:
             summary[f"{kind}_accuracy"] = accuracy(results[kind], nn)
+    if results and per_source(results[headline], config):
+        summary["accuracy_by_source"] = per_source(results[headline], config)
     return summary
 
 
@@ -643,4 +763,7 @@ def make_summary(config: RunConfig, before: dict, after: dict, held_out: list, s
             nn = 1 if kind == "greedy" else config.eval.samples
             summary[f"{kind}_accuracy_before_rl"] = accuracy(before[kind], nn)
             summary[f"{kind}_accuracy_after_rl"] = accuracy(after[kind], nn)
+    if per_source(before[headline], config):  # a mixed run: the headline accuracy of each data source
+        summary["accuracy_by_source_before_rl"] = per_source(before[headline], config)
+        summary["accuracy_by_source_after_rl"] = per_source(after[headline], config)
     return summary

@@ -30,9 +30,11 @@ import torch.nn.functional as F
 
 from rlvr import algorithms
 from rlvr.config import CheckpointConfig, LoggingConfig, RLConfig
+from rlvr.evaluation.metrics import source_metrics
 from rlvr.rewards import cosine_length_reward, overlong_penalty
 from rlvr.rollout import RolloutEngine, SamplingParams
 from rlvr.tasks import Example, Task
+from rlvr.tasks.generic import failure_metrics, reward_failures
 from rlvr.trainers import checkpoint as ckpt
 from rlvr.trainers.common import (
     MetricsLogger,
@@ -56,22 +58,26 @@ class ProblemPool:
     """Training problems by difficulty; step s draws a pure function of (seed, s, round).
 
     `source(difficulty) -> list[Example]` supplies the problems of one difficulty (generated or
-    filtered from a file); pools are built on first use and cached.
+    filtered from a file); pools are built on first use and cached. `weights(pool) -> per-row
+    weights` makes draws proportional to them (mixed runs: each source's share); None: uniform.
     """
 
-    def __init__(self, source: Callable[[dict[str, Any]], list[Example]], seed: int) -> None:
-        self.source, self.seed = source, seed
-        self._pools: dict[str, list[Example]] = {}
+    def __init__(self, source: Callable[[dict[str, Any]], list[Example]], seed: int,
+                 weights: Callable[[list[Example]], list[float]] | None = None) -> None:
+        self.source, self.seed, self.weights = source, seed, weights
+        self._pools: dict[str, tuple[list[Example], np.ndarray | None]] = {}
 
     def draw(self, difficulty: dict[str, Any], n: int, step: int, round_: int = 0) -> list[Example]:
         key = json.dumps(difficulty, sort_keys=True)
         if key not in self._pools:
-            self._pools[key] = self.source(difficulty)
-            if not self._pools[key]:
+            rows = self.source(difficulty)
+            if not rows:
                 raise ValueError(f"no training problems for difficulty {difficulty}")
-        pool = self._pools[key]
+            p = None if self.weights is None else np.asarray(self.weights(rows), dtype=np.float64)
+            self._pools[key] = (rows, None if p is None else p / p.sum())
+        pool, p = self._pools[key]
         rng = np.random.default_rng([self.seed, step, round_])
-        return [pool[i] for i in rng.choice(len(pool), size=n, replace=len(pool) < n)]
+        return [pool[i] for i in rng.choice(len(pool), size=n, replace=len(pool) < n, p=p)]
 
 
 @dataclass
@@ -595,13 +601,15 @@ def batch_metrics(batch: RolloutBatch, knobs: Knobs) -> dict[str, float]:
         "curriculum/stage": float(knobs.stage),
     }
     out.update({k: float(v) for k, v in groups.items()})
+    out.update(source_metrics([ex.metadata.get("data_source") for ex in batch.examples], batch.rewards, batch.correct))
     for name in sorted({k for p in batch.parts for k in p}):
         values = [p[name] for p in batch.parts if name in p]
         out[f"rewards/{name}/mean"] = float(np.mean(values))
     return out
 
 
-def dump_samples(run_dir: Path, step: int, batch: RolloutBatch) -> None:
+def dump_samples(run_dir: Path, step: int, batch: RolloutBatch) -> list[dict[str, Any]]:
+    """Write the step's completions to samples/step_XXXXXX.jsonl; returns the rows."""
     from rlvr.data.io import write_jsonl_atomic
 
     rows = [
@@ -612,6 +620,7 @@ def dump_samples(run_dir: Path, step: int, batch: RolloutBatch) -> None:
                                                      batch.completion_ids, batch.group_ids)
     ]
     write_jsonl_atomic(run_dir / "samples" / f"step_{step:06d}.jsonl", rows)
+    return rows
 
 
 def curve_point(logger: MetricsLogger, eval_fn: Callable[[int], dict[str, float]] | None, every: int,
@@ -693,11 +702,12 @@ def train_rl(  # noqa: C901 - one loop; an optional learner, reference and criti
         knobs = knobs_at(cfg, step, default_difficulty)
         policy.eval()
         t0 = time.perf_counter()
+        failures = reward_failures(task)  # reward functions that raise or hang: counted per step
         batch, ds_stats = collect(engine, tokenizer, task, pool, prompt_cache, knobs, cfg, eos_ids, seed, step)
         t_gen = time.perf_counter() - t0
         gen_tokens = sum(len(c) for c in batch.completion_ids)
         metrics: dict[str, Any] = {"phase": "rl", "step": step + 1, **batch_metrics(batch, knobs), **ds_stats,
-                                   **batch.engine_metrics}
+                                   **batch.engine_metrics, **failure_metrics(task, failures)}
         t0 = time.perf_counter()
         policy.train()
         if len(batch) > 0:
@@ -724,7 +734,7 @@ def train_rl(  # noqa: C901 - one loop; an optional learner, reference and criti
         if t_eval:
             metrics["timing_s/eval"] = t_eval
         if logging.samples_every and (step % logging.samples_every == 0 or done == cfg.steps):
-            dump_samples(run_dir, done, batch)
+            logger.log_samples(done, dump_samples(run_dir, done, batch))  # and to W&B / TensorBoard
         metrics["timing_s/step"] = time.perf_counter() - t_step
         logger.log(metrics)
         bar.update(step, reward=metrics["reward/mean"], acc=metrics["accuracy"],
