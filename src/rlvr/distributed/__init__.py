@@ -18,39 +18,9 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
-
-@dataclass
-class RayConfig:
-    """Settings of `distributed: ray` (proposed as the `ray:` section of the run config)."""
-
-    address: str = ""
-    """Ray cluster to join: "" starts a local one on this machine, "auto" joins the cluster this
-    node belongs to (`ray start --head` / `ray start --address=...`), "host:6379" a given head."""
-    num_rollout_workers: int = 2
-    """Rollout worker actors; the step's prompts are split evenly between them."""
-    cpus_per_worker: float = 1.0
-    """Ray CPUs reserved by each rollout worker."""
-    gpus_per_worker: float = 0.0
-    """Ray GPUs reserved by each rollout worker (a fraction shares a GPU); > 0 puts its engine on CUDA."""
-    threads_per_worker: int = 1
-    """torch CPU threads in each rollout worker (0: torch's default)."""
-    rollout_engine: Literal["torch", "vllm"] = "torch"
-    """Engine inside each worker: rlvr's TorchEngine (CPU or GPU) or vLLM (GPU)."""
-    engine_options: dict[str, Any] = field(default_factory=dict)
-    """Keyword options of that engine (e.g. vLLM: gpu_memory_utilization, dtype, max_model_len)."""
-    spread: bool = False
-    """Place workers on different nodes when possible (Ray's SPREAD scheduling)."""
-    num_learners: int = 0
-    """Learner rank actors; 0 keeps the learner in the driver process (the CPU default)."""
-    learner_strategy: Literal["fsdp", "replicate"] = "fsdp"
-    """How learner ranks combine gradients: FSDP2 sharding, or full replicas with an all-reduce."""
-    cpus_per_learner: float = 1.0
-    gpus_per_learner: float = 0.0
-    gradient_checkpointing: bool = False
-    """Recompute activations in backward (learner ranks)."""
+from rlvr.config import RayConfig  # the `ray:` section of the run config
 
 
 def reserved_resources(cfg: RayConfig) -> dict[str, float]:
@@ -71,7 +41,7 @@ def connect(cfg: RayConfig) -> Any:
     cannot hold them (too few GPUs, or one started earlier with fewer CPUs) is refused here with the
     keys to change. A remote cluster is joined as it is (an autoscaler may add nodes).
     """
-    from rlvr.distributed.ray_engine import ensure_ray
+    from rlvr.distributed.ray_engine import ensure_ray  # imports torch: see the module docstring
 
     need = reserved_resources(cfg)
     # num_cpus only sizes a local cluster this call starts (ensure_ray ignores it otherwise)
@@ -97,7 +67,7 @@ def make_engine(cfg: RayConfig, policy_model: Any, eos_token_ids: Sequence[int],
     policy_model: the learner's module (copied to the workers); model_dir: the HF directory the
     vLLM workers load (rollout_engine="vllm" only).
     """
-    from rlvr.distributed.ray_engine import RayRolloutEngine
+    from rlvr.distributed.ray_engine import RayRolloutEngine  # imports torch: see the module docstring
 
     if cfg.rollout_engine == "vllm":
         if not model_dir:
@@ -118,7 +88,7 @@ def make_learner(cfg: RayConfig, policy_model: Any, rl_config: Any, packed: bool
     """A RayLearnerGroup of cfg.num_learners ranks (None when num_learners == 0: learn in the driver)."""
     if cfg.num_learners == 0:
         return None
-    from rlvr.distributed.ray_learner import RayLearnerGroup
+    from rlvr.distributed.ray_learner import RayLearnerGroup  # imports torch: see the module docstring
 
     connect(cfg)
     return RayLearnerGroup(
@@ -128,11 +98,4 @@ def make_learner(cfg: RayConfig, policy_model: Any, rl_config: Any, packed: bool
     )
 
 
-def engine_from_config(config: Any, policy_model: Any, eos_token_ids: Sequence[int], pad_token_id: int = 0,
-                       model_dir: str | None = None) -> Any:
-    """make_engine with the run config's `ray` section (RayConfig defaults when it has none)."""
-    cfg = getattr(config, "ray", None) or RayConfig()
-    return make_engine(cfg, policy_model, eos_token_ids, pad_token_id, model_dir)
-
-
-__all__ = ["RayConfig", "connect", "engine_from_config", "make_engine", "make_learner", "reserved_resources"]
+__all__ = ["connect", "make_engine", "make_learner", "reserved_resources"]

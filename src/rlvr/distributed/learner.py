@@ -101,7 +101,7 @@ def apply_gradient_checkpointing(model: nn.Module) -> str:
     if hasattr(model, "gradient_checkpointing_enable"):
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         return "every decoder layer (transformers)"
-    from torch.distributed._composable import checkpoint
+    from torch.distributed._composable import checkpoint  # lazy, as fully_shard in shard_model
 
     count = 0
     for layer in decoder_layers(model):
@@ -129,7 +129,7 @@ def shard_model(model: nn.Module, dp: DataParallel, reshard_after_forward: bool 
     """
     if dp.strategy != "fsdp" or (dp.world_size == 1 and not dist.is_initialized()):
         return model
-    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.fsdp import fully_shard  # seconds to import; only sharded runs need it
 
     for layer in decoder_layers(model):
         units = called_modules(layer)

@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from rlvr import tasks as task_registry
 from rlvr.models.tokenizer import (
     DEFAULT_VOCAB_SIZE,
     EOS_TOKEN,
@@ -33,6 +34,9 @@ from rlvr.models.tokenizer import (
     save_tokenizer,
     train_tokenizer,
 )
+
+# torch and transformers are imported inside the functions that use them: config validation
+# (model.preset) and `rlvr --help` import this module (start-up time).
 
 # Difficulty levels the tokenizer corpus covers, per task (other tasks: their default level).
 CORPUS_LEVELS: dict[str, list[dict[str, Any]]] = {
@@ -179,8 +183,6 @@ def task_corpus(task_names: Sequence[str], seed: int = 0, n_per_task: int = DEFA
     + "<|im_end|>", where target is task.solution_trace(example) or task.oracle_completion(example)
     when the task has one. Examples are split evenly over CORPUS_LEVELS[task] (KK: 2..8 people).
     """
-    from rlvr import tasks as task_registry
-
     texts: list[str] = []
     for name in task_names:
         task = task_registry.get(name, **dict((task_options or {}).get(name, {})))

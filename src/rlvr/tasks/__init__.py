@@ -6,7 +6,8 @@ import difflib
 import importlib
 from typing import Any
 
-from rlvr.tasks.base import Example, RecordError, Score, Task
+from rlvr.errors import RecordError
+from rlvr.tasks.base import Example, Score, Task
 
 # name -> "module:factory"; modules are imported on first use.
 TASKS: dict[str, str] = {

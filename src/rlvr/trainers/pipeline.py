@@ -15,15 +15,35 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
+from transformers import AutoConfig
 
 from rlvr import tasks
-from rlvr.config import ConfigError, RunConfig, dump_yaml, from_dict, to_dict
-from rlvr.data.io import DataError, load_examples, write_json_atomic, write_jsonl_atomic
+from rlvr.config import RunConfig, dump_yaml, from_dict, to_dict
+from rlvr.data.io import load_examples, write_json_atomic, write_jsonl_atomic
+from rlvr.distributed import make_engine, make_learner
+from rlvr.errors import ConfigError, DataError, RunDirError
+from rlvr.evaluation import evaluate, write_eval
+from rlvr.evaluation.report import write_report
+from rlvr.models import (
+    batch_prompt_ids,
+    eos_token_ids,
+    init_model,
+    load_model,
+    load_tokenizer,
+    native,
+    prompt_ids,
+)
+from rlvr.rollout.partial import PartialRollouts
+from rlvr.rollout.torch_engine import TorchEngine
+from rlvr.rollout.vllm_engine import INSTALL, VLLMEngine, check_supported, vllm_available
+from rlvr.tasks.generic import WithRewardFunctions
+from rlvr.tasks.reward_functions import RewardFunctionError, load_reward_function
+from rlvr.trainers.budget import budget_lines
 from rlvr.trainers.common import MetricsLogger, setup_torch
-
-
-class RunDirError(RuntimeError):
-    pass
+from rlvr.trainers.critic import build_critic, check_critic_dir
+from rlvr.trainers.rl import ProblemPool, train_rl
+from rlvr.trainers.sft import train_sft
 
 
 def log(message: str) -> None:
@@ -45,8 +65,6 @@ def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
 
 def config_differences(saved_text: str, config: RunConfig) -> list[str]:
     """The keys (other than RESUME_FREE_KEYS) whose values differ between a saved config.yaml and `config`."""
-    import yaml
-
     raw = yaml.safe_load(saved_text) or {}
     try:  # through the loader, so a key the saved file predates compares as its default
         raw = to_dict(from_dict(RunConfig, raw, ""))
@@ -92,10 +110,6 @@ class Policy:
 
 def load_policy(path: Path, impl: str, dtype: str, device: torch.device) -> Policy:
     """The learner: rlvr's native model when it reproduces the architecture exactly, else transformers'."""
-    from transformers import AutoConfig
-
-    from rlvr.models import load_model, load_tokenizer, native
-
     tokenizer = load_tokenizer(path)
     if impl in ("auto", "native"):
         ok, reason = native.is_supported(AutoConfig.from_pretrained(str(path), local_files_only=True))
@@ -114,7 +128,6 @@ def build_model_dir(config: RunConfig, run_dir: Path) -> Path:
         if not path.is_dir():
             raise ConfigError(f"config key model.path: {path} is not a directory (rlvr loads local HF directories)")
         return path
-    from rlvr.models import init_model
 
     path = run_dir / "model_init"
     if not (path / "config.json").exists():
@@ -126,9 +139,6 @@ def build_model_dir(config: RunConfig, run_dir: Path) -> Path:
 
 def with_reward_functions(task: tasks.Task, reward: Any) -> tasks.Task:
     """The task, plus the recipe's reward.function(s) when any (loaded now: bad specs fail here)."""
-    from rlvr.tasks.generic import WithRewardFunctions
-    from rlvr.tasks.reward_functions import RewardFunctionError, load_reward_function
-
     specs = ([(reward.function, 1.0)] if reward.function else []) + [(f.function, f.weight) for f in reward.functions]
     if not specs:
         if task.name == "generic":
@@ -245,8 +255,6 @@ def solution_target(task: tasks.Task) -> Callable[[tasks.Example], str] | None:
 def trace_pairs(task: tasks.Task, tokenizer: Any, examples: Sequence[tasks.Example], eos_id: int,
                 target: Callable[[tasks.Example], str]) -> list[tuple[list[int], list[int]]]:
     """(prompt ids, target completion ids + EOS) of `examples`, tokenized in batches."""
-    from rlvr.models import batch_prompt_ids
-
     prompts = batch_prompt_ids(tokenizer, [task.messages(ex) for ex in examples], task.response_prefix)
     completions = tokenizer([target(ex) for ex in examples], add_special_tokens=False)["input_ids"]
     return [(p, list(c) + [eos_id]) for p, c in zip(prompts, completions)]
@@ -265,8 +273,6 @@ def sft_pairs(config: RunConfig, task: tasks.Task, tokenizer: Any, eos_id: int, 
 def run_eval(name: str, policy: Policy, engine: Any, task: tasks.Task, examples: list[tasks.Example],
              config: RunConfig, run_dir: Path, n: int, temperature: float) -> dict[str, float]:
     """Evaluate (or reuse a finished evaluation of) the current policy; returns its metrics."""
-    from rlvr.evaluation import evaluate, write_eval
-
     out = run_dir / "eval" / name
     if (out / "metrics.json").exists():
         return json.loads((out / "metrics.json").read_text())["metrics"]
@@ -295,8 +301,6 @@ def in_loop_eval(prefix: str, engine: Any, policy: Policy, task: tasks.Task, exa
                  config: RunConfig):
     """A step -> metrics function: greedy accuracy on the first 64 held-out problems (logged only,
     never used to pick a checkpoint)."""
-    from rlvr.evaluation import evaluate
-
     subset = examples[:64]
 
     def fn(step: int) -> dict[str, float]:
@@ -314,8 +318,6 @@ def curve_eval(engine: Any, policy: Policy, task: tasks.Task, examples: list[tas
     on the first eval.curve_size held-out problems, eval.curve_samples samples each at
     eval.temperature. Every point samples with the same seed, so two points differ by the policy
     and not by the draw of random numbers (logged only, never used to pick a checkpoint)."""
-    from rlvr.evaluation import evaluate
-
     ev = config.eval
     subset = examples[: ev.curve_size]
     temperature = ev.temperature if ev.temperature > 0 else 0.0
@@ -355,7 +357,6 @@ def run(config: RunConfig) -> dict[str, Any]:
     summary.update(add_wall_time(run_dir, time.perf_counter() - t_start))
     summary["wall_seconds"] = summary.pop("wall_seconds_total")
     write_json_atomic(run_dir / "summary.json", summary)
-    from rlvr.evaluation.report import write_report
 
     log(f"report: {write_report(run_dir)}")
     return summary
@@ -373,11 +374,6 @@ def add_wall_time(run_dir: Path, seconds: float) -> dict[str, Any]:
 
 
 def _run(config: RunConfig, inputs: Inputs, run_dir: Path) -> dict[str, Any]:
-    from rlvr.models import eos_token_ids, prompt_ids
-    from rlvr.rollout.torch_engine import TorchEngine
-    from rlvr.trainers.rl import ProblemPool, train_rl
-    from rlvr.trainers.sft import train_sft
-
     t_start = time.perf_counter()
     device = setup_torch(config.seed, config.threads, config.device)
     for key, value in config.derived_sizes().items():
@@ -389,8 +385,6 @@ def _run(config: RunConfig, inputs: Inputs, run_dir: Path) -> dict[str, Any]:
 
     policy = load_policy(build_model_dir(config, run_dir), config.model.impl, config.model.dtype, device)
     if config.model.engine == "vllm":
-        from rlvr.rollout.vllm_engine import check_supported
-
         try:
             check_supported(policy.path)
         except ValueError as error:
@@ -399,10 +393,8 @@ def _run(config: RunConfig, inputs: Inputs, run_dir: Path) -> dict[str, Any]:
     log(f"model: {policy.path} ({n_params / 1e6:.2f}M parameters, {'native' if policy.packed else 'transformers'})")
     eos_ids = eos_token_ids(policy.tokenizer)
     if config.critic.enabled and config.critic.path:  # refused before any work, not after SFT
-        from rlvr.trainers.critic import check_critic_dir
 
         check_critic_dir(config.critic.path, policy.model.config)
-    from rlvr.trainers.budget import budget_lines
 
     lines, warning = budget_lines(config, policy.tokenizer)
     for line in lines:
@@ -447,8 +439,6 @@ def _run(config: RunConfig, inputs: Inputs, run_dir: Path) -> dict[str, Any]:
         train_engine, learner, closers = training_engine(config, policy, engine, eos_ids, decode_dtype)
         critic = None
         if config.critic.enabled:
-            from rlvr.trainers.critic import build_critic
-
             critic = build_critic(config.critic, policy.model, policy.packed, device, config.model.impl,
                                   config.model.dtype, config.seed)
         try:
@@ -491,8 +481,6 @@ def training_engine(config: RunConfig, policy: Policy, engine: Any, eos_ids: tup
         train_engine = vllm_engine(config, policy, eos_ids)
         closers.append(train_engine.shutdown)
     if config.distributed == "ray":
-        from rlvr.distributed import make_engine, make_learner
-
         ray_cfg = config.ray
         if ray_cfg.rollout_engine == "torch" and decode_dtype is not None and "dtype" not in ray_cfg.engine_options:
             ray_cfg = dataclasses.replace(ray_cfg, engine_options={**ray_cfg.engine_options, "dtype": decode_dtype})
@@ -503,16 +491,12 @@ def training_engine(config: RunConfig, policy: Policy, engine: Any, eos_ids: tup
         if learner is not None:
             closers.append(learner.shutdown)
     if config.rl.partial_tokens_per_step:
-        from rlvr.rollout.partial import PartialRollouts
-
         train_engine = PartialRollouts(train_engine, config.rl.partial_tokens_per_step)
     return train_engine, learner, closers
 
 
 def check_vllm(config: RunConfig) -> None:
     """model.engine=vllm: vLLM must be importable (one message naming the install command)."""
-    from rlvr.rollout.vllm_engine import INSTALL, vllm_available
-
     if config.distributed == "ray":
         raise ConfigError("model.engine=vllm runs vLLM in this process; with distributed=ray set "
                           "ray.rollout_engine=vllm instead")
@@ -524,8 +508,6 @@ def vllm_engine(config: RunConfig, policy: Policy, eos_ids: tuple[int, ...]):
     """The RL stage's VLLMEngine (colocated, in this process) holding the policy's current weights.
     One step's prompts x group size fit in one batch; a sequence may hold 1024 prompt tokens plus
     the largest completion budget of the recipe."""
-    from rlvr.rollout.vllm_engine import VLLMEngine
-
     rl = config.rl
     group = max([rl.group_size] + [int(s.value) for s in rl.group_size_stages])
     new_tokens = max([rl.max_new_tokens] + [int(s.value) for s in rl.max_new_tokens_stages])

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 
 from rlvr import algorithms
 from rlvr.config import CheckpointConfig, LoggingConfig, RLConfig
+from rlvr.errors import CheckpointError
 from rlvr.rewards import cosine_length_reward, overlong_penalty
 from rlvr.rollout import RolloutEngine, SamplingParams
 from rlvr.tasks import Example, Task
@@ -674,7 +675,7 @@ def train_rl(  # noqa: C901 - one loop; an optional learner, reference and criti
             ref.load_state_dict(state["reference"])
         if critic is not None:
             if "critic" not in state:
-                raise ckpt.CheckpointError(f"checkpoint {latest} has no critic state (written by a run without "
+                raise CheckpointError(f"checkpoint {latest} has no critic state (written by a run without "
                                            "critic.enabled); use a fresh out_dir")
             critic.load_state_dict(state["critic"])
         start_step, best, low_streak = state["step"], state["best_accuracy"], state["low_streak"]
