@@ -37,14 +37,13 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from rlvr.algorithms import entropy_from_logits, token_logprobs_from_logits
 from rlvr.trainers.common import (
     autocast_context,
     build_batch,
     forward_logits,
     pack_rows,
     per_sequence,
-    token_entropy,
-    token_logprobs,
 )
 
 Strategy = Literal["fsdp", "replicate"]
@@ -215,11 +214,11 @@ def micro_batch_values(model: nn.Module, sequences: Sequence[Sequence[int]], sta
     rows = pack_rows(lengths, max(lengths)) if packed else [[k] for k in range(len(sequences))]
     sub = build_batch(sequences, starts, rows)
     logits = forward_logits(model, sub, device, packed)  # (R, L, V)
-    lp = per_sequence(token_logprobs(logits, sub.target_ids.to(device), temperature), sub.where, starts, width)
+    lp = per_sequence(token_logprobs_from_logits(logits, sub.target_ids.to(device), temperature), sub.where, starts, width)
     ent = None
     if with_entropy:
         with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
-            ent = per_sequence(token_entropy(logits, temperature), sub.where, starts, width)
+            ent = per_sequence(entropy_from_logits(logits, temperature), sub.where, starts, width)
     return lp, ent
 
 

@@ -336,8 +336,8 @@ def curve_eval(engine: Any, policy: Policy, task: tasks.Task, examples: list[tas
     return fn
 
 
-def accuracy(metrics: dict[str, float], n: int) -> float:
-    """pass@1 averaged over the n samples of each problem (avg@n)."""
+def accuracy(metrics: dict[str, float]) -> float:
+    """pass@1 averaged over the samples of each problem (avg@n; greedy: n = 1)."""
     return float(metrics["avg@n"])
 
 
@@ -522,10 +522,10 @@ def vllm_engine(config: RunConfig, policy: Policy, eos_ids: tuple[int, ...]):
 def _describe(results: dict[str, dict[str, float]], config: RunConfig) -> str:
     parts = []
     if "greedy" in results:
-        parts.append(f"greedy accuracy {accuracy(results['greedy'], 1):.3f}")
+        parts.append(f"greedy accuracy {accuracy(results['greedy']):.3f}")
     if "sampled" in results:
         n = config.eval.samples
-        parts.append(f"sampled accuracy {accuracy(results['sampled'], n):.3f} (avg@{n}, T={config.eval.temperature})")
+        parts.append(f"sampled accuracy {accuracy(results['sampled']):.3f} (avg@{n}, T={config.eval.temperature})")
     return ", ".join(parts)
 
 
@@ -535,7 +535,7 @@ def stage_summary(config: RunConfig, stage: str, results: dict, held_out: list) 
     n = config.eval.samples if headline == "sampled" else 1
     summary: dict[str, Any] = {
         "stage": stage,
-        "accuracy": accuracy(results[headline], n) if results else None,
+        "accuracy": accuracy(results[headline]) if results else None,
         "accuracy_metric": (f"pass@1 averaged over {n} samples at temperature {config.eval.temperature}, "
                             f"top_p {config.eval.top_p}" if headline == "sampled" else "greedy pass@1"),
         "eval_size": len(held_out),
@@ -543,9 +543,9 @@ def stage_summary(config: RunConfig, stage: str, results: dict, held_out: list) 
         "sft_steps": config.sft.steps if config.sft.enabled else 0,
         "seed": config.seed,
     }
-    for kind, nn in (("greedy", 1), ("sampled", config.eval.samples)):
+    for kind in ("greedy", "sampled"):
         if kind in results:
-            summary[f"{kind}_accuracy"] = accuracy(results[kind], nn)
+            summary[f"{kind}_accuracy"] = accuracy(results[kind])
     return summary
 
 
@@ -556,8 +556,8 @@ def make_summary(config: RunConfig, before: dict, after: dict, held_out: list, s
     n = config.eval.samples if headline == "sampled" else 1
     people = sorted({ex.metadata.get("people") for ex in held_out if "people" in ex.metadata})
     summary: dict[str, Any] = {
-        "accuracy_before_rl": accuracy(before[headline], n),
-        "accuracy_after_rl": accuracy(after[headline], n),
+        "accuracy_before_rl": accuracy(before[headline]),
+        "accuracy_after_rl": accuracy(after[headline]),
         "accuracy_metric": (f"pass@1 averaged over {n} samples at temperature {config.eval.temperature}, "
                             f"top_p {config.eval.top_p}" if headline == "sampled" else "greedy pass@1"),
         "eval_size": len(held_out),
@@ -572,7 +572,6 @@ def make_summary(config: RunConfig, before: dict, after: dict, held_out: list, s
     }
     for kind in ("greedy", "sampled"):
         if kind in before:
-            nn = 1 if kind == "greedy" else config.eval.samples
-            summary[f"{kind}_accuracy_before_rl"] = accuracy(before[kind], nn)
-            summary[f"{kind}_accuracy_after_rl"] = accuracy(after[kind], nn)
+            summary[f"{kind}_accuracy_before_rl"] = accuracy(before[kind])
+            summary[f"{kind}_accuracy_after_rl"] = accuracy(after[kind])
     return summary

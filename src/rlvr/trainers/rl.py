@@ -45,8 +45,6 @@ from rlvr.trainers.common import (
     micro_batches,
     per_sequence,
     stage_value,
-    token_entropy,
-    token_logprobs,
 )
 
 if TYPE_CHECKING:
@@ -236,10 +234,10 @@ def sequence_values(model: torch.nn.Module, batch: RolloutBatch, index: Sequence
     for mb in micro_batches(forward_lengths(model, batch, index, packed), token_budget):
         with autocast_context(device, autocast):
             logits, targets, place = forward(model, batch, [index[k] for k in mb], width, device, packed)
-        out_lp[mb] = place(token_logprobs(logits, targets, temperature))
+        out_lp[mb] = place(algorithms.token_logprobs_from_logits(logits, targets, temperature))
         if out_ent is not None:
             with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
-                out_ent[mb] = place(token_entropy(logits, temperature))
+                out_ent[mb] = place(algorithms.entropy_from_logits(logits, temperature))
     return out_lp, out_ent
 
 
