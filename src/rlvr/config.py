@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib
 import re
 import types
 import typing
@@ -22,18 +23,7 @@ from typing import Any, Literal, Union
 
 import yaml
 
-from rlvr.distributed import BUILTIN_RESOURCES, RayConfig  # plain Python: importing it does not import ray
-
-
-class ConfigError(ValueError):
-    """A recipe or override that cannot be used; the message names the key and what was expected.
-
-    `key` is the dotted key path the error is about (when there is one): load_config uses it to say
-    which override or which recipe line set the value."""
-
-    def __init__(self, message: str, key: str | None = None) -> None:
-        super().__init__(message)
-        self.key = key
+from rlvr.errors import ConfigError
 
 
 @dataclass
@@ -350,6 +340,50 @@ class RewardConfig:
     """Reward of a call that raises, hangs or returns a non-number."""
 
 
+# Resources Ray names itself; ray.resources_per_* take only custom ones.
+BUILTIN_RESOURCES = ("CPU", "GPU", "memory", "object_store_memory")
+
+
+@dataclass
+class RayConfig:
+    """Settings of `distributed: ray`: the run config's `ray:` section (used by rlvr.distributed)."""
+
+    address: str = ""
+    """Ray cluster to join: "" starts a local one on this machine, "auto" joins the cluster this
+    node belongs to (`ray start --head` / `ray start --address=...`), "host:6379" a given head."""
+    num_rollout_workers: int = 2
+    """Rollout worker actors; the step's prompts are split evenly between them."""
+    cpus_per_worker: float = 1.0
+    """Ray CPUs reserved by each rollout worker."""
+    gpus_per_worker: float = 0.0
+    """Ray GPUs reserved by each rollout worker (a fraction shares a GPU); > 0 puts its engine on CUDA."""
+    threads_per_worker: int = 1
+    """torch CPU threads in each rollout worker (0: torch's default)."""
+    rollout_engine: Literal["torch", "vllm"] = "torch"
+    """Engine inside each worker: rlvr's TorchEngine (CPU or GPU) or vLLM (GPU)."""
+    engine_options: dict[str, Any] = field(default_factory=dict)
+    """Keyword options of that engine (e.g. vLLM: gpu_memory_utilization, dtype, max_model_len)."""
+    resources_per_worker: dict[str, float] = field(default_factory=dict)
+    """Custom Ray resources each rollout worker reserves, e.g. {rollout: 1}: the workers then run only
+    on nodes started with that resource (`ray start --resources='{"rollout": 8}'`). Names other than
+    CPU, GPU, memory and object_store_memory (those have their own keys); amounts > 0."""
+    spread: bool = False
+    """Place workers on different nodes when possible (Ray's SPREAD scheduling)."""
+    num_learners: int = 0
+    """Learner rank actors; 0 keeps the learner in the driver process (the CPU default)."""
+    learner_strategy: Literal["fsdp", "replicate"] = "fsdp"
+    """How learner ranks combine gradients: FSDP2 sharding, or full replicas with an all-reduce."""
+    cpus_per_learner: float = 1.0
+    """Ray CPUs reserved by each learner rank."""
+    gpus_per_learner: float = 0.0
+    """Ray GPUs reserved by each learner rank; > 0 puts it on CUDA."""
+    resources_per_learner: dict[str, float] = field(default_factory=dict)
+    """Custom Ray resources each learner rank reserves, e.g. {learner: 1} for nodes started with
+    `ray start --resources='{"learner": 8}'` (as resources_per_worker)."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in backward (learner ranks)."""
+
+
 @dataclass
 class RunConfig:
     name: str = "run"
@@ -587,8 +621,6 @@ def _finite(v: float) -> bool:
 
 def _table(module: str, name: str) -> Callable[[], Any]:
     def names() -> list[str]:
-        import importlib
-
         return sorted(getattr(importlib.import_module(module), name))
 
     return names

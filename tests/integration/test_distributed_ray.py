@@ -21,8 +21,8 @@ if importlib.util.find_spec("ray") is None:  # an optional extra; a ray that is 
     pytest.skip("ray is not installed (optional extra: pip install 'rlvr[ray]')", allow_module_level=True)
 import ray  # noqa: E402
 
-from rlvr.config import CheckpointConfig, LoggingConfig, RLConfig  # noqa: E402
-from rlvr.distributed import RayConfig, describe_placement, make_engine, make_learner, reserved_resources  # noqa: E402
+from rlvr.config import CheckpointConfig, LoggingConfig, RayConfig, RLConfig  # noqa: E402
+from rlvr.distributed import describe_placement, make_engine, make_learner, reserved_resources  # noqa: E402
 from rlvr.distributed.ray_engine import RayRolloutEngine, split_evenly, worker_seed  # noqa: E402
 from rlvr.distributed.ray_learner import RayLearnerGroup  # noqa: E402
 from rlvr.models.native import NativeCausalLM  # noqa: E402

@@ -1,4 +1,5 @@
-"""Data curation: dedup (exact / normalised / near / contamination), pass-rate filter, stats, mix."""
+"""Data curation: dedup (exact / normalised / near / contamination), pass-rate filter
+(rlvr.evaluation.pass_rate), stats, mix."""
 
 from __future__ import annotations
 
@@ -14,8 +15,6 @@ from rlvr import tasks
 from rlvr.data.curation import (
     context_advice,
     dedup,
-    filter_by_pass_rate,
-    gold_verifiable,
     lsh_bands,
     minhash_signatures,
     mix,
@@ -25,6 +24,7 @@ from rlvr.data.curation import (
     stats,
 )
 from rlvr.data.io import DataError
+from rlvr.evaluation.pass_rate import filter_by_pass_rate, gold_verifiable
 from rlvr.rollout.base import Rollout, SamplingParams
 
 LONG = (

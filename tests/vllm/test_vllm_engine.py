@@ -22,10 +22,11 @@ import torch
 pytest.importorskip("vllm")
 pytestmark = pytest.mark.vllm
 
+from rlvr.algorithms import token_logprobs_from_logits  # noqa: E402
 from rlvr.distributed.shapes import random_model_dir  # noqa: E402
 from rlvr.rollout import SamplingParams  # noqa: E402
 from rlvr.rollout.torch_engine import TorchEngine  # noqa: E402
-from rlvr.trainers.common import build_batch, forward_logits, per_sequence, token_logprobs  # noqa: E402
+from rlvr.trainers.common import build_batch, forward_logits, per_sequence  # noqa: E402
 
 SHAPE = os.environ.get("RLVR_VLLM_TEST_SHAPE", "")
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -108,7 +109,7 @@ def learner_logprobs(model, rollouts, temperature: float) -> list[torch.Tensor]:
     batch = build_batch(seqs, starts, [[i] for i in range(len(seqs))])
     with torch.no_grad():
         logits = forward_logits(model, batch, torch.device(DEVICE), packed=True)
-        lp = per_sequence(token_logprobs(logits.float(), batch.target_ids.to(DEVICE), temperature), batch.where,
+        lp = per_sequence(token_logprobs_from_logits(logits.float(), batch.target_ids.to(DEVICE), temperature), batch.where,
                           starts, width)
     return [lp[i, : len(r.token_ids)].float().cpu() for i, r in enumerate(rollouts)]
 

@@ -1,11 +1,6 @@
-"""Data curation behind `rlvr data filter | dedup | stats | mix`.
+"""Data curation behind `rlvr data dedup | stats | mix` (`rlvr data filter`, which samples a model,
+is rlvr.evaluation.pass_rate).
 
-filter_by_pass_rate  Light-R1's offline difficulty filter (Wen et al. 2025): sample n answers per
-                     problem with a model, keep problems whose pass rate lies in [low, high]
-                     (default 0.2 .. 0.625), write every pass rate next to the output. Problems
-                     whose gold answer the task's own verifier cannot confirm (its oracle
-                     completion does not score correct) are reported and dropped: Light-R1 found
-                     most 0%-pass problems were unverifiable answers, not hard problems.
 dedup                exact, normalised-text and near duplicates (word n-gram MinHash with LSH, or
                      cosine similarity of a local embedding model), and contamination against
                      benchmark files, naming each overlapping pair by file:line.
@@ -36,7 +31,12 @@ from typing import IO, Any
 
 import numpy as np
 
-from rlvr.data.io import DataError, read_numbered, write_jsonl_atomic
+from rlvr.data.io import read_numbered, write_jsonl_atomic
+from rlvr.data.tools import stats as data_stats
+from rlvr.data.tools import summarize
+from rlvr.errors import DataError
+from rlvr.models import prompt_ids
+from rlvr.tasks import get
 
 PathLike = str | os.PathLike[str]
 
@@ -63,10 +63,6 @@ def atomic_writer(path: PathLike) -> Iterator[IO[str]]:
         os.replace(temp, target)
     finally:
         temp.unlink(missing_ok=True)
-
-
-def _dump(record: Any) -> str:
-    return json.dumps(record, ensure_ascii=False)
 
 
 def sidecar(path: PathLike, suffix: str) -> Path:
@@ -291,7 +287,7 @@ def near_duplicates(
 
 def embed_texts(texts: Sequence[str], model_dir: PathLike, batch_size: int = 64) -> np.ndarray:
     """(len(texts), d) L2-normalised mean-pooled last hidden states of a local encoder or LM."""
-    import torch
+    import torch  # the embedding method only: `rlvr data dedup` starts without torch (start-up time)
     from transformers import AutoModel, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
@@ -449,8 +445,6 @@ def dedup(
     if method == "minhash":
         lsh_bands(threshold, num_perm)  # validates the threshold before any reading
     if isinstance(task, str):
-        from rlvr.tasks import get
-
         task = get(task)
     index = _Index(method, num_perm, ngram, seed, embedding_model)
     for bench in dict.fromkeys(str(p) for p in against):
@@ -536,178 +530,6 @@ def _write_kept(
     ]
 
 
-# ------------------------------------------------------------------------------------ filter
-
-
-def gold_verifiable(task: Any, example: Any) -> bool | None:
-    """Does the task's verifier accept its own gold answer? True / False, or None when the task
-    offers no oracle_completion to check with. Never raises."""
-    oracle = getattr(task, "oracle_completion", None)
-    if oracle is None:
-        return None
-    try:
-        return bool(task.score(oracle(example), example).correct)
-    except Exception:  # an answer the task cannot even render is unverifiable, not a crash
-        return False
-
-
-def filter_by_pass_rate(
-    data: PathLike,
-    out: PathLike,
-    *,
-    task: Any,
-    engine: Any,
-    tokenizer: Any,
-    n: int = 8,
-    low: float = 0.2,
-    high: float = 0.625,
-    temperature: float = 1.0,
-    top_p: float = 1.0,
-    top_k: int = 0,
-    max_new_tokens: int = 1024,
-    seed: int = 0,
-    prompts_per_batch: int = 64,
-    pass_rates: PathLike | None = None,
-    model_path: str | None = None,
-) -> dict[str, Any]:
-    """Light-R1's offline difficulty filter: keep problems whose pass rate c / n is in [low, high].
-
-    Streams `data` in batches of prompts_per_batch problems; each problem gets n completions
-    from `engine` (rlvr.evaluation.evaluate, batch b sampled with seed + b) scored by `task`.
-    Kept records are written unchanged to `out`. Every problem gets a line in `pass_rates`
-    (default: next to `out`, "<name>.pass_rates.jsonl"): location (FILE:LINE), pass_rate,
-    correct, n, kept, reason ("kept" | "too easy" | "too hard" | "unverifiable gold answer" |
-    "unreadable record: ..."), mean_tokens and shortest_correct_tokens (for context advice).
-    Problems whose gold answer the task's verifier rejects (gold_verifiable is False) and
-    records the task cannot read are reported and dropped without sampling.
-    Returns a summary: counts, a histogram of correct counts, settings, unverifiable locations.
-    """
-    from rlvr.evaluation.evaluate import check_sampling
-
-    if isinstance(task, str):
-        from rlvr.tasks import get
-
-        task = get(task)
-    if not 0.0 <= low <= high <= 1.0:
-        raise ValueError(f"need 0 <= low <= high <= 1, got low={low}, high={high}")
-    check_sampling(n, temperature, (1,))
-    rates_path = Path(pass_rates) if pass_rates is not None else sidecar(out, ".pass_rates.jsonl")
-    summary: dict[str, Any] = {
-        "data": str(data), "out": str(out), "pass_rates": str(rates_path),
-        "records_in": 0, "records_out": 0, "too_easy": 0, "too_hard": 0, "unverifiable": [], "unreadable": [],
-        "correct_histogram": [0] * (n + 1), "gold_check": hasattr(task, "oracle_completion"),
-    }
-    with atomic_writer(out) as kept_handle, atomic_writer(rates_path) as rates_handle:
-        batch: list[tuple[str, dict[str, Any], Any]] = []
-        for line, record in read_numbered(data):
-            summary["records_in"] += 1
-            location = f"{data}:{line}"
-            verdict = _admit(task, record, location, summary)
-            if verdict is not None:
-                rates_handle.write(_dump(verdict) + "\n")
-                continue
-            batch.append((location, record, task.from_record(record)))
-            if len(batch) == prompts_per_batch:
-                _filter_batch(batch, kept_handle, rates_handle, summary, task, engine, tokenizer, n, low, high,
-                              temperature, top_p, top_k, max_new_tokens, seed + summary["records_in"])
-                batch = []
-        if batch:
-            _filter_batch(batch, kept_handle, rates_handle, summary, task, engine, tokenizer, n, low, high,
-                          temperature, top_p, top_k, max_new_tokens, seed + summary["records_in"])
-    summary["settings"] = {"task": task.name, "model": model_path, "n": n, "low": low, "high": high,
-                           "temperature": temperature, "top_p": top_p, "top_k": top_k,
-                           "max_new_tokens": max_new_tokens, "seed": seed, "prompts_per_batch": prompts_per_batch}
-    return summary
-
-
-def filter_command(
-    data: PathLike,
-    out: PathLike,
-    task: str,
-    model: PathLike,
-    *,
-    n: int = 8,
-    low: float = 0.2,
-    high: float = 0.625,
-    temperature: float = 1.0,
-    top_p: float = 1.0,
-    top_k: int = 0,
-    max_new_tokens: int = 1024,
-    seed: int = 0,
-    prompts_per_batch: int = 64,
-    pass_rates: PathLike | None = None,
-    device: str = "auto",
-    dtype: str = "float32",
-    task_options: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """`rlvr data filter`: filter_by_pass_rate with a local model directory sampled by TorchEngine.
-
-    Also writes the returned summary next to `out` as "<name>.filter.json".
-    """
-    from rlvr.data.io import write_json_atomic
-    from rlvr.evaluation.evaluate import load_engine
-    from rlvr.tasks import get
-
-    task_obj = get(task, **(task_options or {}))
-    engine, tokenizer = load_engine(str(model), device=device, dtype=dtype)
-    summary = filter_by_pass_rate(
-        data, out, task=task_obj, engine=engine, tokenizer=tokenizer, n=n, low=low, high=high,
-        temperature=temperature, top_p=top_p, top_k=top_k, max_new_tokens=max_new_tokens, seed=seed,
-        prompts_per_batch=prompts_per_batch, pass_rates=pass_rates, model_path=str(model),
-    )
-    write_json_atomic(sidecar(out, ".filter.json"), summary)
-    return summary
-
-
-def _admit(task: Any, record: dict[str, Any], location: str, summary: dict[str, Any]) -> dict[str, Any] | None:
-    """None if the problem should be sampled, else its pass-rates line (dropped unsampled)."""
-    try:
-        example = task.from_record(record)
-    except (ValueError, KeyError, TypeError) as error:
-        summary["unreadable"].append(f"{location}: {error}")
-        return {"location": location, "pass_rate": None, "kept": False, "reason": f"unreadable record: {error}"}
-    if gold_verifiable(task, example) is False:
-        summary["unverifiable"].append(location)
-        return {"location": location, "pass_rate": None, "kept": False, "reason": "unverifiable gold answer"}
-    return None
-
-
-def _filter_batch(
-    batch: list[tuple[str, dict[str, Any], Any]], kept_handle: IO[str], rates_handle: IO[str],
-    summary: dict[str, Any], task: Any, engine: Any, tokenizer: Any, n: int, low: float, high: float,
-    temperature: float, top_p: float, top_k: int, max_new_tokens: int, seed: int,
-) -> None:
-    from rlvr.evaluation.evaluate import evaluate
-
-    result = evaluate(engine, tokenizer, task, [example for _, _, example in batch], n=n, temperature=temperature,
-                      top_p=top_p, top_k=top_k, max_new_tokens=max_new_tokens, seed=seed,
-                      prompts_per_batch=len(batch))
-    per_prompt: list[list[dict[str, Any]]] = [[] for _ in batch]
-    for sample in result.samples:
-        per_prompt[sample["prompt_index"]].append(sample)
-    for (location, record, _), samples in zip(batch, per_prompt):
-        correct = sum(1 for s in samples if s["correct"])
-        rate = correct / n
-        # A small tolerance: 5/8 = 0.625 must count as inside [0.2, 0.625].
-        if rate < low - 1e-9:
-            reason = "too hard"
-            summary["too_hard"] += 1
-        elif rate > high + 1e-9:
-            reason = "too easy"
-            summary["too_easy"] += 1
-        else:
-            reason = "kept"
-            summary["records_out"] += 1
-            kept_handle.write(_dump(record) + "\n")
-        summary["correct_histogram"][correct] += 1
-        correct_lengths = [s["n_tokens"] for s in samples if s["correct"]]
-        rates_handle.write(_dump({
-            "location": location, "pass_rate": rate, "correct": correct, "n": n, "kept": reason == "kept",
-            "reason": reason, "mean_tokens": sum(s["n_tokens"] for s in samples) / n,
-            "shortest_correct_tokens": min(correct_lengths) if correct_lengths else None,
-        }) + "\n")
-
-
 # ------------------------------------------------------------------------------------- stats
 
 
@@ -720,8 +542,6 @@ def context_advice(samples: PathLike) -> dict[str, Any]:
     distribution of these minima, the unsolved count, and the truncation rate (if responses were
     cut at max_new_tokens, unsolved problems might need more than any budget seen here).
     """
-    from rlvr.data.tools import summarize
-
     shortest: dict[int, int | None] = {}
     total = truncated = 0
     longest = 0
@@ -781,9 +601,6 @@ def stats(
     tokenizer's chat template, response prefix included), else as the record's text. samples:
     context_advice.
     """
-    from rlvr.data.tools import stats as data_stats
-    from rlvr.data.tools import summarize
-
     if data is None and samples is None:
         raise ValueError("stats needs a data file, a samples file, or both")
     result: dict[str, Any] = {}
@@ -794,9 +611,6 @@ def stats(
         answer_tokens: list[int] = []
         task_obj = None
         if result.get("task") is not None and tokenizer is not None:
-            from rlvr.models import prompt_ids
-            from rlvr.tasks import get
-
             task_obj = get(result["task"], **(task_options or {}))
         for _, record in read_numbered(data):
             answer = _answer_text(record)
@@ -922,3 +736,11 @@ def mix(
         ],
         "seed": seed,
     }
+
+
+def filter_command(*args: Any, **kwargs: Any) -> dict[str, Any]:
+    """`rlvr data filter`: rlvr.evaluation.pass_rate.filter_command. Only cli.py still imports it
+    from here; once it imports rlvr.evaluation.pass_rate, delete this (data must not import evaluation)."""
+    from rlvr.evaluation.pass_rate import filter_command as command
+
+    return command(*args, **kwargs)

@@ -24,6 +24,9 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
+from rlvr.errors import DataError
+from rlvr.tasks import get
+
 if TYPE_CHECKING:
     from rlvr.tasks.base import Example, Task
 
@@ -31,10 +34,6 @@ JSON_SUFFIXES = (".jsonl", ".json", ".ndjson")
 PARQUET_SUFFIXES = (".parquet",)
 ARROW_SUFFIXES = (".arrow",)
 _PARQUET_BATCH_ROWS = 1024
-
-
-class DataError(ValueError):
-    """A data file that cannot be read as records; the message names the file and line."""
 
 
 def _kind(path: Path) -> tuple[str, bool]:
@@ -199,8 +198,6 @@ def iter_examples(task: Task | str, path: str | os.PathLike[str]) -> Iterator[Ex
     A record the task rejects becomes a DataError "FILE:LINE: <the task's message>".
     """
     if isinstance(task, str):
-        from rlvr.tasks import get
-
         task = get(task)
     for number, record in read_numbered(path):
         try:

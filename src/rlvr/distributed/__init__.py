@@ -18,52 +18,9 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
-
-@dataclass
-class RayConfig:
-    """Settings of `distributed: ray` (proposed as the `ray:` section of the run config)."""
-
-    address: str = ""
-    """Ray cluster to join: "" starts a local one on this machine, "auto" joins the cluster this
-    node belongs to (`ray start --head` / `ray start --address=...`), "host:6379" a given head."""
-    num_rollout_workers: int = 2
-    """Rollout worker actors; the step's prompts are split evenly between them."""
-    cpus_per_worker: float = 1.0
-    """Ray CPUs reserved by each rollout worker."""
-    gpus_per_worker: float = 0.0
-    """Ray GPUs reserved by each rollout worker (a fraction shares a GPU); > 0 puts its engine on CUDA."""
-    threads_per_worker: int = 1
-    """torch CPU threads in each rollout worker (0: torch's default)."""
-    rollout_engine: Literal["torch", "vllm"] = "torch"
-    """Engine inside each worker: rlvr's TorchEngine (CPU or GPU) or vLLM (GPU)."""
-    engine_options: dict[str, Any] = field(default_factory=dict)
-    """Keyword options of that engine (e.g. vLLM: gpu_memory_utilization, dtype, max_model_len)."""
-    resources_per_worker: dict[str, float] = field(default_factory=dict)
-    """Custom Ray resources each rollout worker reserves, e.g. {rollout: 1}: the workers then run only
-    on nodes started with that resource (`ray start --resources='{"rollout": 8}'`). Names other than
-    CPU, GPU, memory and object_store_memory (those have their own keys); amounts > 0."""
-    spread: bool = False
-    """Place workers on different nodes when possible (Ray's SPREAD scheduling)."""
-    num_learners: int = 0
-    """Learner rank actors; 0 keeps the learner in the driver process (the CPU default)."""
-    learner_strategy: Literal["fsdp", "replicate"] = "fsdp"
-    """How learner ranks combine gradients: FSDP2 sharding, or full replicas with an all-reduce."""
-    cpus_per_learner: float = 1.0
-    """Ray CPUs reserved by each learner rank."""
-    gpus_per_learner: float = 0.0
-    """Ray GPUs reserved by each learner rank; > 0 puts it on CUDA."""
-    resources_per_learner: dict[str, float] = field(default_factory=dict)
-    """Custom Ray resources each learner rank reserves, e.g. {learner: 1} for nodes started with
-    `ray start --resources='{"learner": 8}'` (as resources_per_worker)."""
-    gradient_checkpointing: bool = False
-    """Recompute activations in backward (learner ranks)."""
-
-
-BUILTIN_RESOURCES = ("CPU", "GPU", "memory", "object_store_memory")
-"""Ray's own resource names: custom resources (resources_per_worker / _learner) must use others."""
+from rlvr.config import RayConfig  # the `ray:` section of the run config
 
 
 def reserved_resources(cfg: RayConfig) -> dict[str, float]:
@@ -93,7 +50,7 @@ def connect(cfg: RayConfig) -> Any:
     it is (an autoscaler may add nodes), but a custom resource that none of its nodes has is refused:
     that is a misspelt name or a node started without `--resources`, and the actors would never start.
     """
-    from rlvr.distributed.ray_engine import ensure_ray
+    from rlvr.distributed.ray_engine import ensure_ray  # imports torch: see the module docstring
 
     need = reserved_resources(cfg)
     custom = {name: amount for name, amount in need.items() if name not in ("CPU", "GPU")}
@@ -132,7 +89,7 @@ def make_engine(cfg: RayConfig, policy_model: Any, eos_token_ids: Sequence[int],
     policy_model: the learner's module (copied to the workers); model_dir: the HF directory the
     vLLM workers load (rollout_engine="vllm" only).
     """
-    from rlvr.distributed.ray_engine import RayRolloutEngine
+    from rlvr.distributed.ray_engine import RayRolloutEngine  # imports torch: see the module docstring
 
     if cfg.rollout_engine == "vllm":
         if not model_dir:
@@ -153,7 +110,7 @@ def make_learner(cfg: RayConfig, policy_model: Any, rl_config: Any, packed: bool
     """A RayLearnerGroup of cfg.num_learners ranks (None when num_learners == 0: learn in the driver)."""
     if cfg.num_learners == 0:
         return None
-    from rlvr.distributed.ray_learner import RayLearnerGroup
+    from rlvr.distributed.ray_learner import RayLearnerGroup  # imports torch: see the module docstring
 
     connect(cfg)
     return RayLearnerGroup(
@@ -185,12 +142,4 @@ def describe_placement(where: dict[str, Any]) -> str:
     return "; ".join(f"node {node}: {', '.join(names)}" for node, names in nodes.items())
 
 
-def engine_from_config(config: Any, policy_model: Any, eos_token_ids: Sequence[int], pad_token_id: int = 0,
-                       model_dir: str | None = None) -> Any:
-    """make_engine with the run config's `ray` section (RayConfig defaults when it has none)."""
-    cfg = getattr(config, "ray", None) or RayConfig()
-    return make_engine(cfg, policy_model, eos_token_ids, pad_token_id, model_dir)
-
-
-__all__ = ["BUILTIN_RESOURCES", "RayConfig", "connect", "describe_placement", "engine_from_config", "make_engine",
-           "make_learner", "placement", "reserved_resources"]
+__all__ = ["connect", "describe_placement", "make_engine", "make_learner", "placement", "reserved_resources"]

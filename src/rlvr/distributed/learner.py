@@ -37,14 +37,13 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from rlvr.algorithms import entropy_from_logits, token_logprobs_from_logits
 from rlvr.trainers.common import (
     autocast_context,
     build_batch,
     forward_logits,
     pack_rows,
     per_sequence,
-    token_entropy,
-    token_logprobs,
 )
 
 Strategy = Literal["fsdp", "replicate"]
@@ -101,7 +100,7 @@ def apply_gradient_checkpointing(model: nn.Module) -> str:
     if hasattr(model, "gradient_checkpointing_enable"):
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         return "every decoder layer (transformers)"
-    from torch.distributed._composable import checkpoint
+    from torch.distributed._composable import checkpoint  # lazy, as fully_shard in shard_model
 
     count = 0
     for layer in decoder_layers(model):
@@ -129,7 +128,7 @@ def shard_model(model: nn.Module, dp: DataParallel, reshard_after_forward: bool 
     """
     if dp.strategy != "fsdp" or (dp.world_size == 1 and not dist.is_initialized()):
         return model
-    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.fsdp import fully_shard  # seconds to import; only sharded runs need it
 
     for layer in decoder_layers(model):
         units = called_modules(layer)
@@ -215,11 +214,11 @@ def micro_batch_values(model: nn.Module, sequences: Sequence[Sequence[int]], sta
     rows = pack_rows(lengths, max(lengths)) if packed else [[k] for k in range(len(sequences))]
     sub = build_batch(sequences, starts, rows)
     logits = forward_logits(model, sub, device, packed)  # (R, L, V)
-    lp = per_sequence(token_logprobs(logits, sub.target_ids.to(device), temperature), sub.where, starts, width)
+    lp = per_sequence(token_logprobs_from_logits(logits, sub.target_ids.to(device), temperature), sub.where, starts, width)
     ent = None
     if with_entropy:
         with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
-            ent = per_sequence(token_entropy(logits, temperature), sub.where, starts, width)
+            ent = per_sequence(entropy_from_logits(logits, temperature), sub.where, starts, width)
     return lp, ent
 
 

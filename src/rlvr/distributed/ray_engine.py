@@ -20,6 +20,7 @@ Ray is imported here only (and in the other modules of rlvr.distributed).
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import time
 from collections.abc import Mapping, Sequence
@@ -28,6 +29,8 @@ from typing import Any, Literal
 import torch
 
 from rlvr.rollout.base import Rollout, SamplingParams
+from rlvr.rollout.torch_engine import TorchEngine
+from rlvr.rollout.vllm_engine import VLLMEngine
 
 EngineKind = Literal["torch", "vllm"]
 
@@ -103,13 +106,9 @@ class RolloutWorker:
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         if engine == "torch":
-            from rlvr.rollout.torch_engine import TorchEngine
-
             self.engine: Any = TorchEngine(model, eos_token_ids=eos_token_ids, pad_token_id=pad_token_id,
                                            device=device, **options)
         elif engine == "vllm":
-            from rlvr.rollout.vllm_engine import VLLMEngine
-
             self.engine = VLLMEngine(str(model), eos_token_ids=eos_token_ids, **options)
         else:
             raise ValueError(f"unknown rollout engine {engine!r}; valid: torch, vllm")
@@ -232,8 +231,6 @@ class RayRolloutEngine:
 
 
 def _cpu_copy(model: torch.nn.Module) -> torch.nn.Module:
-    import copy
-
     return copy.deepcopy(model).to("cpu")
 
 

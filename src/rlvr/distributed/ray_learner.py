@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from rlvr.distributed.launch import default_backend, free_port, init_process_group
 from rlvr.distributed.learner import (
     DataParallel,
     Strategy,
@@ -58,15 +59,11 @@ class LearnerRank:
         """(this node's IP, a free port on it): the rendezvous point when this is rank 0."""
         import ray
 
-        from rlvr.distributed.launch import free_port
-
         ip = ray.util.get_node_ip_address()
         return ip, free_port(ip)
 
     def setup(self, master_addr: str, master_port: int) -> None:
         if self.dp.world_size > 1:
-            from rlvr.distributed.launch import default_backend, init_process_group
-
             init_process_group(self.dp.rank, self.dp.world_size, master_addr, master_port,
                                default_backend(self.device))
         self.policy = shard_model(self.policy, self.dp)
@@ -95,7 +92,7 @@ class LearnerRank:
 
     def load_state(self, model_state: dict[str, torch.Tensor], optimizer_state: dict[str, Any] | None) -> None:
         """Resume: whole weights into (the shards of) the policy, and this rank's optimizer state."""
-        from torch.distributed.tensor import DTensor, distribute_tensor
+        from torch.distributed.tensor import DTensor, distribute_tensor  # seconds to import; resume only
 
         own = self.policy.state_dict()
         with torch.no_grad():

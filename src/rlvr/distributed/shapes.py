@@ -12,6 +12,8 @@ from typing import Any
 
 import torch
 
+from rlvr.models.native import NativeCausalLM
+
 _COMMON = dict(model_type="qwen2", rope_theta=1_000_000.0, rms_norm_eps=1e-6, max_position_embeddings=32768,
                hidden_act="silu", attention_dropout=0.0, bos_token_id=151643, eos_token_id=151645)
 
@@ -45,8 +47,6 @@ def random_model(shape: str, dtype: torch.dtype = torch.bfloat16, device: str = 
     sharpens the next-token distributions of a random model; with the default init they are
     almost uniform over the vocabulary, which would make log-prob comparisons trivially close.
     """
-    from rlvr.models.native import NativeCausalLM
-
     torch.manual_seed(seed)
     with torch.device(device):
         model = NativeCausalLM(shape_config(shape))

@@ -30,6 +30,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+
+from rlvr.evaluation.metrics import breakdown_table
+
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf")
 MAX_POINTS = 1500  # per series; longer series are thinned (every k-th point, the last kept)
 
@@ -594,7 +598,6 @@ def _config(run: Run) -> dict[str, Any]:
     """The run's config.yaml as a mapping ({} when absent or unreadable)."""
     if run.config_text is None:
         return {}
-    import yaml
 
     try:
         config = yaml.safe_load(run.config_text)
@@ -698,8 +701,6 @@ def _before_after_pairs(names: Sequence[str]) -> list[tuple[str, str]]:
 
 def _breakdowns(evals: Mapping[str, Mapping[str, Any]]) -> dict[str, tuple[list[str], list[tuple[str, list]]]]:
     """{breakdown key: (values, [(eval name, avg@n per value)])} over every eval."""
-    from rlvr.evaluation.metrics import breakdown_table
-
     keys = sorted({name.split("/")[0][3:] for payload in evals.values() for name in payload["metrics"]
                    if name.startswith("by_")})
     result = {}

@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from rlvr import tasks as task_registry
 from rlvr.models.tokenizer import (
     DEFAULT_VOCAB_SIZE,
     EOS_TOKEN,
@@ -34,6 +35,8 @@ from rlvr.models.tokenizer import (
     train_tokenizer,
 )
 
+# torch and transformers are imported inside the functions that use them: config validation
+# (model.preset) and `rlvr --help` import this module (start-up time).
 DEFAULT_CORPUS_SIZE = 700  # examples per task, split evenly over its levels (100 per KK size)
 # The tokenizer corpus has its own fixed seed: models of different seeds share one tokenizer (their
 # token ids, SFT caches and samples stay comparable); the seed moves the weights only.
@@ -174,8 +177,6 @@ def task_corpus(task_names: Sequence[str], seed: int = 0, n_per_task: int = DEFA
     when the task has one. Examples are split evenly over the task's corpus_levels (KK: 2..8 people;
     a task without them: its default_difficulty).
     """
-    from rlvr import tasks as task_registry
-
     texts: list[str] = []
     for name in task_names:
         task = task_registry.get(name, **dict((task_options or {}).get(name, {})))

@@ -12,6 +12,11 @@ import re
 from pathlib import Path
 from typing import Any
 
+from rlvr.errors import ModelLoadError
+
+# torch and transformers are imported inside the functions that use them: `import rlvr.models`
+# (prompt ids, presets) must not pay their start-up time.
+
 WEIGHT_FILES = (
     "model.safetensors",
     "model.safetensors.index.json",
@@ -23,10 +28,6 @@ DTYPES = ("float32", "bfloat16", "float16", "auto")
 
 # "Org/Name" or "Org/Name-7B": one slash, no leading "." or "/", no "~": looks like a hub id.
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-
-
-class ModelLoadError(ValueError):
-    """A model or tokenizer path that cannot be loaded; the message says what to do."""
 
 
 def check_model_dir(path: str | Path, need_weights: bool = True, need_tokenizer: bool = False) -> Path:

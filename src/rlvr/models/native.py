@@ -42,7 +42,11 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
 from torch import nn
+
+# transformers is imported inside the few functions that convert to or from it: the native model
+# runs without it (start-up time of rollout workers and learner ranks).
 
 SUPPORTED_MODEL_TYPES = ("qwen2", "llama")
 _ARCHITECTURES = {"qwen2": "Qwen2ForCausalLM", "llama": "LlamaForCausalLM"}
@@ -770,8 +774,6 @@ class NativeCausalLM(nn.Module):
         Atomic: everything is written to a temporary sibling directory, which then replaces path.
         A tied lm_head is not stored (HF re-ties it from the embedding).
         """
-        from safetensors.torch import save_file
-
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
@@ -801,8 +803,6 @@ class NativeCausalLM(nn.Module):
 def read_weights(path: Path) -> dict[str, torch.Tensor]:
     """The state dict of an HF-format directory: model.safetensors, the shards its index names, or
     pytorch_model.bin. FileNotFoundError names what is missing (a shard, or every form)."""
-    from safetensors.torch import load_file
-
     single, index = path / "model.safetensors", path / "model.safetensors.index.json"
     if single.is_file():
         return load_file(str(single))

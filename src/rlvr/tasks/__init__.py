@@ -14,8 +14,9 @@ import importlib
 from importlib.metadata import entry_points
 from typing import Any
 
+from rlvr.errors import RecordError
 from rlvr.tasks._imports import SpecError, import_object, is_spec
-from rlvr.tasks.base import Example, RecordError, Score, Task
+from rlvr.tasks.base import Example, Score, Task
 
 # name -> "module:factory"; modules are imported on first use.
 TASKS: dict[str, str] = {

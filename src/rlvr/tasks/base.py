@@ -57,7 +57,3 @@ class Task(Protocol):
     def from_record(self, record: dict[str, Any]) -> Example: ...
 
     def to_record(self, example: Example) -> dict[str, Any]: ...
-
-
-class RecordError(ValueError):
-    """A data record that cannot be turned into an Example; the message names the field."""

@@ -35,8 +35,9 @@ from collections.abc import Sequence
 from fractions import Fraction
 from typing import Any
 
+from rlvr.errors import RecordError
 from rlvr.rewards import check_format, last_answer_block
-from rlvr.tasks.base import Example, RecordError, Score
+from rlvr.tasks.base import Example, Score
 
 REWARD_SCHEMES = ("default", "tinyzero")
 NUMBERS_USE = ("exactly_once", "at_most_once")

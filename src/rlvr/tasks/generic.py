@@ -14,7 +14,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from rlvr.tasks.base import Example, RecordError, Score
+from rlvr.errors import RecordError
+from rlvr.tasks.base import Example, Score
 from rlvr.tasks.reward_functions import RewardFunction
 
 _ANSWER_KEYS = ("ground_truth", "answer", "solution")

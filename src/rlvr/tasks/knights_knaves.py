@@ -39,8 +39,9 @@ from collections.abc import Sequence
 from functools import lru_cache
 from typing import Any
 
+from rlvr.errors import RecordError
 from rlvr.rewards import check_format, last_answer_block
-from rlvr.tasks.base import Example, RecordError, Score
+from rlvr.tasks.base import Example, Score
 
 Statement = tuple[Any, ...]
 

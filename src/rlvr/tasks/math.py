@@ -50,6 +50,7 @@ Rewards. "default": 1.0 iff correct and the <think>/<answer> format holds, else 
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 import re
@@ -57,9 +58,10 @@ from fractions import Fraction
 from functools import lru_cache
 from typing import Any
 
+from rlvr.errors import RecordError
 from rlvr.rewards import check_format
 from rlvr.tasks._timeout import Outcome, shared_pool
-from rlvr.tasks.base import Example, RecordError, Score
+from rlvr.tasks.base import Example, Score
 
 PROMPT_SUFFIX = "Let's think step by step and output the final answer within \\boxed{}."
 REWARD_SCHEMES = ("default", "answer_only")
@@ -420,6 +422,8 @@ def _log10(digits: str) -> float:
 
 
 # -- math-verify, run inside a worker process (rlvr.tasks._timeout) ------------------------------
+# math-verify and sympy are imported inside these functions: only the worker needs them, and they
+# take seconds to import (start-up time of every process that imports rlvr.tasks.math).
 
 @lru_cache(maxsize=1)
 def _configs() -> tuple[list[Any], list[Any]]:
@@ -441,8 +445,6 @@ def _configs() -> tuple[list[Any], list[Any]]:
 
 def warm_up() -> None:
     """Import math-verify and sympy and silence their loggers (a worker has no one to tell)."""
-    import logging
-
     logging.disable(logging.CRITICAL)
     _configs()
     grade_request({"gold": "\\boxed{1}", "pred": "\\boxed{1}", "alarm_seconds": 0})

@@ -14,7 +14,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from rlvr.tasks.base import Example, RecordError, Score
+from rlvr.errors import RecordError
+from rlvr.tasks.base import Example, Score
 
 SOURCE_FIELDS = ("data_source", "source")
 

@@ -26,9 +26,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from rlvr.errors import RecordError
 from rlvr.rewards import check_format, last_answer_block
 from rlvr.tasks._timeout import shared_pool
-from rlvr.tasks.base import Example, RecordError, Score
+from rlvr.tasks.base import Example, Score
 
 INSTALL = "pip install reasoning-gym (or pip install 'rlvr[reasoning-gym]')"
 REWARD_SCHEMES = ("default", "answer_only")

@@ -20,7 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from rlvr import tasks
 from rlvr.config import RunConfig, stage_value
+from rlvr.models import prompt_ids
+from rlvr.models.factory import PRESETS, count_params
+from rlvr.models.tokenizer import DEFAULT_VOCAB_SIZE
 
 GiB = 1024**3
 MEMORY_SHARE = 0.8  # warn when the estimate passes this share of the memory there is
@@ -59,8 +65,6 @@ def model_shape(config: RunConfig) -> ModelShape | None:
         per_layer = hidden * head_dim * (2 * heads + 2 * kv) + 3 * hidden * inter
         params = layers * per_layer + vocab * hidden * (1 if tied else 2)
         return ModelShape(layers, hidden, heads, kv, inter, vocab, params)
-    from rlvr.models.factory import PRESETS, count_params
-    from rlvr.models.tokenizer import DEFAULT_VOCAB_SIZE
 
     preset = PRESETS.get(config.model.preset)
     if preset is None:
@@ -120,8 +124,6 @@ def rl_memory(config: RunConfig, shape: ModelShape, prompt_tokens: int) -> dict[
 
 def device_memory(device: str) -> tuple[int, str] | None:
     """(bytes, what they are) of the memory the run can use, or None when unknown."""
-    import torch
-
     if device == "cuda" or (device == "auto" and torch.cuda.is_available()):
         if not torch.cuda.is_available():
             return None
@@ -154,8 +156,6 @@ def prompt_tokens_bound(config: RunConfig, tokenizer: Any = None) -> tuple[int, 
     """(tokens, how they were counted) of the longest of 16 training prompts: token ids when a
     tokenizer is given, else characters (no token is shorter than one character: an upper bound);
     data.max_prompt_tokens when the recipe sets it (no longer prompt is used)."""
-    from rlvr import tasks
-
     if config.data.max_prompt_tokens:
         return config.data.max_prompt_tokens, "tokens (data.max_prompt_tokens)"
 
@@ -167,8 +167,6 @@ def prompt_tokens_bound(config: RunConfig, tokenizer: Any = None) -> tuple[int, 
     if not examples:
         return 512, "a guess of 512 (the task generated no prompts)"
     if tokenizer is not None:
-        from rlvr.models import prompt_ids
-
         return max(len(prompt_ids(tokenizer, task.messages(ex), task.response_prefix)) for ex in examples), "tokens"
     chars = max(sum(len(str(m.get("content", ""))) for m in task.messages(ex)) + 32 for ex in examples)
     return chars, "characters (an upper bound on tokens)"

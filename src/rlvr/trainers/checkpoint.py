@@ -18,16 +18,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from rlvr.errors import CheckpointError
+from rlvr.models import eos_token_ids
 from rlvr.models.native import read_weights
 
 STATE_FILE = "trainer_state.pt"
 # Config fields that must agree between a checkpoint and the run's model.
 _SHAPE_KEYS = ("model_type", "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
                "num_key_value_heads", "intermediate_size")
-
-
-class CheckpointError(RuntimeError):
-    pass
 
 
 def rng_state() -> dict[str, Any]:
@@ -50,9 +48,9 @@ def save_model_dir(model: torch.nn.Module, tokenizer: Any, out: Path) -> None:
     if tokenizer is not None:
         tokenizer.save_pretrained(str(out))
         if getattr(tokenizer, "eos_token_id", None) is not None and not (out / "generation_config.json").exists():
-            from transformers import GenerationConfig
-
-            from rlvr.models import eos_token_ids
+            from transformers import (
+                GenerationConfig,  # lazy: importing the trainers loads no transformers (start-up time)
+            )
 
             eos = list(eos_token_ids(tokenizer))
             GenerationConfig(eos_token_id=eos, pad_token_id=tokenizer.pad_token_id).save_pretrained(str(out))

@@ -20,7 +20,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from rlvr.algorithms import entropy_from_logits, token_logprobs_from_logits
 from rlvr.config import stage_value as stage_value  # defined beside StageConfig; the loops take it from here
 
 
@@ -172,16 +171,6 @@ def build_batch(
             where[i] = (r, offset, n)
             offset += n
     return Batch(input_ids, position_ids, segment_ids, target_ids, loss_mask, where)
-
-
-def token_logprobs(logits: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """log softmax(logits / temperature)[target] per position: (R, L, V), (R, L) -> (R, L) float32."""
-    return token_logprobs_from_logits(logits, targets, temperature=temperature)
-
-
-def token_entropy(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """Entropy of softmax(logits / temperature) per position: (R, L, V) -> (R, L)."""
-    return entropy_from_logits(logits, temperature=temperature)
 
 
 def autocast_context(device: torch.device, mode: str) -> torch.autocast:

@@ -36,7 +36,8 @@ import torch
 from torch import nn
 
 from rlvr import algorithms
-from rlvr.config import ConfigError, CriticConfig, RLConfig
+from rlvr.config import CriticConfig, RLConfig
+from rlvr.errors import ConfigError
 from rlvr.trainers.common import autocast_context, micro_batches
 from rlvr.trainers.rl import RolloutBatch, _grouped, _grouped_forward, _whole_forward, forward_lengths
 

@@ -28,7 +28,8 @@ from typing import Any
 
 import torch
 
-from rlvr.config import ConfigError, RunConfig
+from rlvr.config import RunConfig
+from rlvr.errors import ConfigError
 
 
 @dataclass

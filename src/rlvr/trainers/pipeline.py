@@ -15,15 +15,36 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
+from transformers import AutoConfig
 
 from rlvr import tasks
-from rlvr.config import ConfigError, RunConfig, dump_yaml, from_dict, to_dict
-from rlvr.data.io import DataError, load_examples, write_json_atomic, write_jsonl_atomic
+from rlvr.config import RunConfig, dump_yaml, from_dict, to_dict
+from rlvr.data.io import load_examples, write_json_atomic, write_jsonl_atomic
+from rlvr.distributed import describe_placement, make_engine, make_learner
+from rlvr.distributed import placement as ray_placement
+from rlvr.errors import ConfigError, DataError, RunDirError
+from rlvr.evaluation import evaluate, write_eval
+from rlvr.evaluation.report import write_report
+from rlvr.models import (
+    batch_prompt_ids,
+    eos_token_ids,
+    init_model,
+    load_model,
+    load_tokenizer,
+    native,
+    prompt_ids,
+)
+from rlvr.rollout.partial import PartialRollouts
+from rlvr.rollout.torch_engine import TorchEngine
+from rlvr.rollout.vllm_engine import INSTALL, VLLMEngine, vllm_available
+from rlvr.tasks.generic import WithRewardFunctions
+from rlvr.tasks.reward_functions import RewardFunctionError, load_reward_function
+from rlvr.trainers.budget import budget_lines
 from rlvr.trainers.common import MetricsLogger, setup_torch
-
-
-class RunDirError(RuntimeError):
-    pass
+from rlvr.trainers.critic import build_critic, check_critic_dir
+from rlvr.trainers.rl import ProblemPool, train_rl
+from rlvr.trainers.sft import train_sft
 
 
 def log(message: str) -> None:
@@ -45,8 +66,6 @@ def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
 
 def config_differences(saved_text: str, config: RunConfig) -> list[str]:
     """The keys (other than RESUME_FREE_KEYS) whose values differ between a saved config.yaml and `config`."""
-    import yaml
-
     raw = yaml.safe_load(saved_text) or {}
     try:  # through the loader, so a key the saved file predates compares as its default
         raw = to_dict(from_dict(RunConfig, raw, ""))
@@ -92,10 +111,6 @@ class Policy:
 
 def load_policy(path: Path, impl: str, dtype: str, device: torch.device) -> Policy:
     """The learner: rlvr's native model when it reproduces the architecture exactly, else transformers'."""
-    from transformers import AutoConfig
-
-    from rlvr.models import load_model, load_tokenizer, native
-
     tokenizer = load_tokenizer(path)
     if impl in ("auto", "native"):
         ok, reason = native.is_supported(AutoConfig.from_pretrained(str(path), local_files_only=True))
@@ -114,7 +129,6 @@ def build_model_dir(config: RunConfig, run_dir: Path) -> Path:
         if not path.is_dir():
             raise ConfigError(f"config key model.path: {path} is not a directory (rlvr loads local HF directories)")
         return path
-    from rlvr.models import init_model
 
     path = run_dir / "model_init"
     if not (path / "config.json").exists():
@@ -136,9 +150,6 @@ def with_reward_functions(task: tasks.Task, reward: Any, specs: list[tuple[str, 
     specs: (spec, weight) pairs, by default the `reward` section's; reward gives the deadline and
     error_reward. A generic task needs a function unless generic_ok (a source of a mixed run whose
     rows are scored by the run-wide reward functions)."""
-    from rlvr.tasks.generic import WithRewardFunctions
-    from rlvr.tasks.reward_functions import RewardFunctionError, load_reward_function
-
     specs = reward_specs(reward) if specs is None else specs
     if not specs:
         if task.name == "generic" and not generic_ok:
@@ -361,8 +372,6 @@ def solution_target(task: tasks.Task) -> Callable[[tasks.Example], str] | None:
 def trace_pairs(task: tasks.Task, tokenizer: Any, examples: Sequence[tasks.Example], eos_id: int,
                 target: Callable[[tasks.Example], str]) -> list[tuple[list[int], list[int]]]:
     """(prompt ids, target completion ids + EOS) of `examples`, tokenized in batches."""
-    from rlvr.models import batch_prompt_ids
-
     prompts = batch_prompt_ids(tokenizer, [task.messages(ex) for ex in examples], task.response_prefix)
     completions = tokenizer([target(ex) for ex in examples], add_special_tokens=False)["input_ids"]
     return [(p, list(c) + [eos_id]) for p, c in zip(prompts, completions)]
@@ -383,8 +392,6 @@ def sft_pairs(config: RunConfig, task: tasks.Task, tokenizer: Any, eos_id: int, 
 def run_eval(name: str, policy: Policy, engine: Any, task: tasks.Task, examples: list[tasks.Example],
              config: RunConfig, run_dir: Path, n: int, temperature: float) -> dict[str, float]:
     """Evaluate (or reuse a finished evaluation of) the current policy; returns its metrics."""
-    from rlvr.evaluation import evaluate, write_eval
-
     out = run_dir / "eval" / name
     if (out / "metrics.json").exists():
         return json.loads((out / "metrics.json").read_text())["metrics"]
@@ -413,8 +420,6 @@ def in_loop_eval(prefix: str, engine: Any, policy: Policy, task: tasks.Task, exa
                  config: RunConfig):
     """A step -> metrics function: greedy accuracy on the first 64 held-out problems (logged only,
     never used to pick a checkpoint)."""
-    from rlvr.evaluation import evaluate
-
     subset = examples[:64]
 
     def fn(step: int) -> dict[str, float]:
@@ -432,8 +437,6 @@ def curve_eval(engine: Any, policy: Policy, task: tasks.Task, examples: list[tas
     on the first eval.curve_size held-out problems, eval.curve_samples samples each at
     eval.temperature. Every point samples with the same seed, so two points differ by the policy
     and not by the draw of random numbers (logged only, never used to pick a checkpoint)."""
-    from rlvr.evaluation import evaluate
-
     ev = config.eval
     subset = examples[: ev.curve_size]
     temperature = ev.temperature if ev.temperature > 0 else 0.0
@@ -453,8 +456,8 @@ def curve_eval(engine: Any, policy: Policy, task: tasks.Task, examples: list[tas
     return fn
 
 
-def accuracy(metrics: dict[str, float], n: int) -> float:
-    """pass@1 averaged over the n samples of each problem (avg@n)."""
+def accuracy(metrics: dict[str, float]) -> float:
+    """pass@1 averaged over the samples of each problem (avg@n; greedy: n = 1)."""
     return float(metrics["avg@n"])
 
 
@@ -474,7 +477,6 @@ def run(config: RunConfig) -> dict[str, Any]:
     summary.update(add_wall_time(run_dir, time.perf_counter() - t_start))
     summary["wall_seconds"] = summary.pop("wall_seconds_total")
     write_json_atomic(run_dir / "summary.json", summary)
-    from rlvr.evaluation.report import write_report
 
     log(f"report: {write_report(run_dir)}")
     return summary
@@ -510,11 +512,6 @@ def run_policy(config: RunConfig, run_dir: Path, device: torch.device, task: tas
 
 
 def _run(config: RunConfig, inputs: Inputs, run_dir: Path) -> dict[str, Any]:
-    from rlvr.models import eos_token_ids, prompt_ids
-    from rlvr.rollout.torch_engine import TorchEngine
-    from rlvr.trainers.rl import ProblemPool, train_rl
-    from rlvr.trainers.sft import train_sft
-
     t_start = time.perf_counter()
     device = setup_torch(config.seed, config.threads, config.device)
     log(f"device: {device}, {torch.get_num_threads()} torch CPU threads (threads={config.threads})")
@@ -541,10 +538,8 @@ def _run(config: RunConfig, inputs: Inputs, run_dir: Path) -> dict[str, Any]:
     if fits is not None:
         held_out = within_prompt_limit(held_out, fits, limit, "held-out problems")
     if config.critic.enabled and config.critic.path:  # refused before any work, not after SFT
-        from rlvr.trainers.critic import check_critic_dir
 
         check_critic_dir(config.critic.path, policy.model.config)
-    from rlvr.trainers.budget import budget_lines
 
     lines, warning = budget_lines(config, policy.tokenizer)
     for line in lines:
@@ -582,8 +577,6 @@ def _run(config: RunConfig, inputs: Inputs, run_dir: Path) -> dict[str, Any]:
     train_engine, learner, closers, placement = training_engine(config, policy, engine, eos_ids, decode_dtype)
     critic = None
     if config.critic.enabled:
-        from rlvr.trainers.critic import build_critic
-
         critic = build_critic(config.critic, policy.model, policy.packed, device, config.model.impl,
                               config.model.dtype, config.seed)
     try:
@@ -630,9 +623,6 @@ def training_engine(config: RunConfig, policy: Policy, engine: Any, eos_ids: tup
         train_engine = vllm_engine(config, policy, eos_ids)
         closers.append(train_engine.shutdown)
     if config.distributed == "ray":
-        from rlvr.distributed import describe_placement, make_engine, make_learner
-        from rlvr.distributed import placement as ray_placement
-
         ray_cfg = config.ray
         if ray_cfg.rollout_engine == "torch" and decode_dtype is not None and "dtype" not in ray_cfg.engine_options:
             ray_cfg = dataclasses.replace(ray_cfg, engine_options={**ray_cfg.engine_options, "dtype": decode_dtype})
@@ -648,8 +638,6 @@ def training_engine(config: RunConfig, policy: Policy, engine: Any, eos_ids: tup
         placement = ray_placement(train_engine, learner)
         log(f"ray placement: {describe_placement(placement)}")
     if config.rl.partial_tokens_per_step:
-        from rlvr.rollout.partial import PartialRollouts
-
         train_engine = PartialRollouts(train_engine, config.rl.partial_tokens_per_step)
     return train_engine, learner, closers, placement
 
@@ -668,8 +656,6 @@ def check_ray_cluster(config: RunConfig) -> None:
 
 def check_vllm(config: RunConfig) -> None:
     """model.engine=vllm: vLLM must be importable (one message naming the install command)."""
-    from rlvr.rollout.vllm_engine import INSTALL, vllm_available
-
     if config.distributed == "ray":
         raise ConfigError("model.engine=vllm runs vLLM in this process; with distributed=ray set "
                           "ray.rollout_engine=vllm instead")
@@ -681,8 +667,6 @@ def vllm_engine(config: RunConfig, policy: Policy, eos_ids: tuple[int, ...]):
     """The RL stage's VLLMEngine (colocated, in this process) holding the policy's current weights.
     One step's prompts x group size fit in one batch; a sequence may hold config.context_tokens()
     (the prompt limit plus the largest completion budget of the recipe)."""
-    from rlvr.rollout.vllm_engine import VLLMEngine
-
     rl = config.rl
     group = max([rl.group_size] + [int(s.value) for s in rl.group_size_stages])
     engine = VLLMEngine(str(policy.path), eos_token_ids=eos_ids, dtype=config.model.engine_dtype,
@@ -707,10 +691,10 @@ def _describe(results: dict[str, dict[str, float]], config: RunConfig) -> str:
 
     parts = []
     if "greedy" in results:
-        parts.append(f"greedy accuracy {accuracy(results['greedy'], 1):.3f}{sources(results['greedy'])}")
+        parts.append(f"greedy accuracy {accuracy(results['greedy']):.3f}{sources(results['greedy'])}")
     if "sampled" in results:
         n = config.eval.samples
-        parts.append(f"sampled accuracy {accuracy(results['sampled'], n):.3f} (avg@{n}, T={config.eval.temperature})"
+        parts.append(f"sampled accuracy {accuracy(results['sampled']):.3f} (avg@{n}, T={config.eval.temperature})"
                      f"{sources(results['sampled'])}")
     return ", ".join(parts)
 
@@ -721,7 +705,7 @@ def stage_summary(config: RunConfig, stage: str, results: dict, held_out: list) 
     n = config.eval.samples if headline == "sampled" else 1
     summary: dict[str, Any] = {
         "stage": stage,
-        "accuracy": accuracy(results[headline], n) if results else None,
+        "accuracy": accuracy(results[headline]) if results else None,
         "accuracy_metric": (f"pass@1 averaged over {n} samples at temperature {config.eval.temperature}, "
                             f"top_p {config.eval.top_p}" if headline == "sampled" else "greedy pass@1"),
         "eval_size": len(held_out),
@@ -729,9 +713,9 @@ def stage_summary(config: RunConfig, stage: str, results: dict, held_out: list) 
         "sft_steps": config.sft.steps if config.sft.enabled else 0,
         "seed": config.seed,
     }
-    for kind, nn in (("greedy", 1), ("sampled", config.eval.samples)):
+    for kind in ("greedy", "sampled"):
         if kind in results:
-            summary[f"{kind}_accuracy"] = accuracy(results[kind], nn)
+            summary[f"{kind}_accuracy"] = accuracy(results[kind])
     if results and per_source(results[headline], config):
         summary["accuracy_by_source"] = per_source(results[headline], config)
     return summary
@@ -744,8 +728,8 @@ def make_summary(config: RunConfig, before: dict, after: dict, held_out: list, s
     n = config.eval.samples if headline == "sampled" else 1
     people = sorted({ex.metadata.get("people") for ex in held_out if "people" in ex.metadata})
     summary: dict[str, Any] = {
-        "accuracy_before_rl": accuracy(before[headline], n),
-        "accuracy_after_rl": accuracy(after[headline], n),
+        "accuracy_before_rl": accuracy(before[headline]),
+        "accuracy_after_rl": accuracy(after[headline]),
         "accuracy_metric": (f"pass@1 averaged over {n} samples at temperature {config.eval.temperature}, "
                             f"top_p {config.eval.top_p}" if headline == "sampled" else "greedy pass@1"),
         "eval_size": len(held_out),
@@ -760,9 +744,8 @@ def make_summary(config: RunConfig, before: dict, after: dict, held_out: list, s
     }
     for kind in ("greedy", "sampled"):
         if kind in before:
-            nn = 1 if kind == "greedy" else config.eval.samples
-            summary[f"{kind}_accuracy_before_rl"] = accuracy(before[kind], nn)
-            summary[f"{kind}_accuracy_after_rl"] = accuracy(after[kind], nn)
+            summary[f"{kind}_accuracy_before_rl"] = accuracy(before[kind])
+            summary[f"{kind}_accuracy_after_rl"] = accuracy(after[kind])
     if per_source(before[headline], config):  # a mixed run: the headline accuracy of each data source
         summary["accuracy_by_source_before_rl"] = per_source(before[headline], config)
         summary["accuracy_by_source_after_rl"] = per_source(after[headline], config)

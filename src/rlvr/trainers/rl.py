@@ -30,6 +30,7 @@ import torch.nn.functional as F
 
 from rlvr import algorithms
 from rlvr.config import CheckpointConfig, LoggingConfig, RLConfig
+from rlvr.errors import CheckpointError
 from rlvr.evaluation.metrics import source_metrics
 from rlvr.rewards import cosine_length_reward, overlong_penalty
 from rlvr.rollout import RolloutEngine, SamplingParams
@@ -46,8 +47,6 @@ from rlvr.trainers.common import (
     micro_batches,
     per_sequence,
     stage_value,
-    token_entropy,
-    token_logprobs,
 )
 
 if TYPE_CHECKING:
@@ -241,10 +240,10 @@ def sequence_values(model: torch.nn.Module, batch: RolloutBatch, index: Sequence
     for mb in micro_batches(forward_lengths(model, batch, index, packed), token_budget):
         with autocast_context(device, autocast):
             logits, targets, place = forward(model, batch, [index[k] for k in mb], width, device, packed)
-        out_lp[mb] = place(token_logprobs(logits, targets, temperature))
+        out_lp[mb] = place(algorithms.token_logprobs_from_logits(logits, targets, temperature))
         if out_ent is not None:
             with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
-                out_ent[mb] = place(token_entropy(logits, temperature))
+                out_ent[mb] = place(algorithms.entropy_from_logits(logits, temperature))
     return out_lp, out_ent
 
 
@@ -683,7 +682,7 @@ def train_rl(  # noqa: C901 - one loop; an optional learner, reference and criti
             ref.load_state_dict(state["reference"])
         if critic is not None:
             if "critic" not in state:
-                raise ckpt.CheckpointError(f"checkpoint {latest} has no critic state (written by a run without "
+                raise CheckpointError(f"checkpoint {latest} has no critic state (written by a run without "
                                            "critic.enabled); use a fresh out_dir")
             critic.load_state_dict(state["critic"])
         start_step, best, low_streak = state["step"], state["best_accuracy"], state["low_streak"]

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from rlvr.algorithms import token_logprobs_from_logits
 from rlvr.config import CheckpointConfig, SFTConfig
 from rlvr.trainers import checkpoint as ckpt
 from rlvr.trainers.common import (
@@ -29,7 +30,6 @@ from rlvr.trainers.common import (
     lr_at,
     micro_batches,
     pack_rows,
-    token_logprobs,
 )
 
 
@@ -61,7 +61,7 @@ def sft_loss(model: torch.nn.Module, sequences: Sequence[Sequence[int]], starts:
     batch = build_batch(sequences, starts, rows)
     with autocast_context(device, autocast):
         logits = forward_logits(model, batch, device, packed)  # (R, L, V)
-    logp = token_logprobs(logits, batch.target_ids.to(device))  # (R, L)
+    logp = token_logprobs_from_logits(logits, batch.target_ids.to(device))  # (R, L)
     mask = batch.loss_mask.to(device)
     return -(logp * mask).sum(), int(mask.sum().item())
 
