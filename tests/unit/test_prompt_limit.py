@@ -34,3 +34,17 @@ def test_vllm_context_holds_the_prompt_limit_and_the_longest_completion_stage():
     with pytest.raises(ConfigError, match=r"ray.engine_options.max_model_len: got 9216, expected an integer >= 25600"):
         load_config("recipes/deepscaler-1.5b.yaml", [*ray, "ray.engine_options={max_model_len: 9216}"])
     assert load_config(None, ["rl.max_new_tokens=100"]).context_tokens() == 1024 + 100  # no limit: 1024 assumed
+
+
+def test_prompt_tokens_count_the_chat_prompt_the_model_sees(tiny_model_dir):
+    from rlvr.models import load_tokenizer, prompt_ids
+    from rlvr.trainers.pipeline import prompt_tokens
+
+    tokenizer, task = load_tokenizer(tiny_model_dir), tasks.get("knights_knaves", response_prefix="<think>")
+    examples = task.examples(6, seed=1, people=[2, 3])
+    lengths = [len(prompt_ids(tokenizer, task.messages(ex), "<think>")) for ex in examples]
+    limit = sorted(lengths)[2]
+    ids, fits = prompt_tokens(tokenizer, task, limit)
+    assert [len(ids(ex)) for ex in examples] == lengths
+    assert [fits(ex) for ex in examples] == [n <= limit for n in lengths]
+    assert prompt_tokens(tokenizer, task, 0)[1] is None  # no limit, no filter

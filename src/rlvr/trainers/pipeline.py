@@ -351,6 +351,20 @@ def training_source(config: RunConfig, task: tasks.Task, banned: set[str],
     return source
 
 
+def prompt_tokens(tokenizer: Any, task: tasks.Task, limit: int) -> tuple[
+        Callable[[tasks.Example], list[int]], Callable[[tasks.Example], bool] | None]:
+    """(example -> its prompt's token ids, cached; example -> whether they fit data.max_prompt_tokens,
+    or None without a limit)."""
+    cache: dict[str, list[int]] = {}
+
+    def ids(ex: tasks.Example) -> list[int]:
+        if ex.prompt not in cache:
+            cache[ex.prompt] = prompt_ids(tokenizer, task.messages(ex), task.response_prefix)
+        return cache[ex.prompt]
+
+    return ids, ((lambda ex: len(ids(ex)) <= limit) if limit else None)
+
+
 def within_prompt_limit(examples: list[tasks.Example], fits: Callable[[tasks.Example], bool], limit: int,
                         what: str) -> list[tasks.Example]:
     """The examples whose prompt fits data.max_prompt_tokens (logged; none left is an error)."""
@@ -526,19 +540,10 @@ def _run(config: RunConfig, inputs: Inputs, run_dir: Path) -> dict[str, Any]:
     n_params = sum(p.numel() for p in policy.model.parameters())
     log(f"model: {policy.path} ({n_params / 1e6:.2f}M parameters, {'native' if policy.packed else 'transformers'})")
     eos_ids = eos_token_ids(policy.tokenizer)
-    cache: dict[str, list[int]] = {}
-
-    def prompt_cache(ex: tasks.Example) -> list[int]:
-        if ex.prompt not in cache:
-            cache[ex.prompt] = prompt_ids(policy.tokenizer, task.messages(ex), task.response_prefix)
-        return cache[ex.prompt]
-
-    limit = config.data.max_prompt_tokens
-    fits = (lambda ex: len(prompt_cache(ex)) <= limit) if limit else None
+    prompt_cache, fits = prompt_tokens(policy.tokenizer, task, config.data.max_prompt_tokens)
     if fits is not None:
-        held_out = within_prompt_limit(held_out, fits, limit, "held-out problems")
+        held_out = within_prompt_limit(held_out, fits, config.data.max_prompt_tokens, "held-out problems")
     if config.critic.enabled and config.critic.path:  # refused before any work, not after SFT
-
         check_critic_dir(config.critic.path, policy.model.config)
 
     lines, warning = budget_lines(config, policy.tokenizer)
