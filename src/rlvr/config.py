@@ -36,6 +36,25 @@ class ConfigError(ValueError):
         self.key = key
 
 
+LORA_DEFAULT_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+@dataclass
+class LoRAConfig:
+    """Low-rank adapters (Hu et al. 2021) through peft: W x + (alpha / r) B A x on each target Linear,
+    with W frozen and only A (r x in) and B (out x r, zero at the start) trained."""
+
+    r: int = 16
+    """Rank of the adapters."""
+    alpha: float = 32.0
+    """Scale numerator: the update is (alpha / r) B A."""
+    dropout: float = 0.0
+    """Dropout on the adapters' input while training (0: the learner's and the engine's log-probs agree)."""
+    target_modules: list[str] = field(default_factory=lambda: list(LORA_DEFAULT_TARGETS))
+    """Names of the Linear layers that get adapters, matched as the last parts of a module name
+    (peft's rule): the attention and MLP projections of every layer by default."""
+
+
 @dataclass
 class ModelConfig:
     path: str = ""
@@ -55,6 +74,10 @@ class ModelConfig:
     impl: Literal["auto", "native", "hf"] = "auto"
     """Model code: `native` (rlvr's fast Qwen2/Llama implementation), `hf` (transformers), `auto`
     (native when the architecture is supported exactly, else hf)."""
+    lora: LoRAConfig | None = None
+    """LoRA adapters (needs `pip install rlvr[lora]`): SFT and RL train the adapters only, the base
+    weights stay as loaded; checkpoints hold the adapter (checkpoint.merge_lora adds a merged model).
+    null: full fine-tuning."""
 
 
 @dataclass
@@ -107,7 +130,14 @@ class SFTConfig:
     grad_clip: float = 1.0
     """Max global gradient norm (0 disables)."""
     data_size: int = 40000
-    """Number of solver traces generated for SFT (or rows read from data.train_file)."""
+    """Number of solver traces generated for SFT (sft.train_file: every row of the file is used)."""
+    train_file: str = ""
+    """JSONL/parquet of conversations to imitate instead of the task's solver traces: rows with
+    `messages` (a chat list), `prompt` + `completion`, or ShareGPT `conversations` (from/value);
+    the loss is on assistant turns only (docs/byo.md)."""
+    max_seq_len: int = 0
+    """Longer sequences are cut to this many tokens (their tail is not trained), counted as
+    sft/truncated_fraction; 0: the model's max_position_embeddings."""
     difficulty: dict[str, Any] = field(default_factory=lambda: {"people": [2, 3, 3, 3]})
     """Difficulty mix of SFT traces."""
     eval_every: int = 0
@@ -281,6 +311,9 @@ class CheckpointConfig:
     """Save every N steps of each stage (0: only at the end of the stage)."""
     keep_last: int = 2
     """Checkpoints kept per stage."""
+    merge_lora: bool = False
+    """With model.lora: each checkpoint also holds merged/, the adapter folded into the base
+    weights as a plain HF model directory (loadable by transformers and vLLM)."""
 
 
 @dataclass
@@ -372,6 +405,7 @@ class RunConfig:
         _check(rl.partial_tokens_per_step >= 0, "rl.partial_tokens_per_step", rl.partial_tokens_per_step, ">= 0")
         _check(rl.tis_cap is None or rl.tis_cap > 0, "rl.tis_cap", rl.tis_cap, "null or a positive number")
         self._validate_critic()
+        self._validate_lora()
         _check(self.ray.num_rollout_workers >= 1, "ray.num_rollout_workers", self.ray.num_rollout_workers, ">= 1")
         _check(self.ray.num_learners >= 0, "ray.num_learners", self.ray.num_learners, ">= 0")
         _check(self.eval.samples >= 0, "eval.samples", self.eval.samples, "an integer >= 0")
@@ -406,6 +440,16 @@ class RunConfig:
             value = rl.advantage_options.get(key, 1.0)
             _check(isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value <= 1,
                    f"rl.advantage_options.{key}", value, "a number in [0, 1]")
+
+    def _validate_lora(self) -> None:
+        """LoRA runs in one process (the Ray learner and workers exchange full weights)."""
+        lora = self.model.lora
+        _check(not self.checkpoint.merge_lora or lora is not None, "checkpoint.merge_lora", True,
+               "false without model.lora (a full-weight checkpoint already is an HF model)")
+        if lora is None:
+            return
+        _check(self.distributed == "none", "model.lora", dataclasses.asdict(lora),
+               "null with distributed=ray (its learner ranks and rollout workers exchange full weights)")
 
     def derived_sizes(self) -> dict[str, int]:
         rl = self.rl
@@ -492,6 +536,11 @@ DOMAINS: dict[str, Domain] = {
     "sft.adam_betas": _BETAS,
     "sft.grad_clip": at_least(0.0),
     "sft.data_size": positive(),
+    "model.lora.r": positive(),
+    "model.lora.alpha": positive("number"),
+    "model.lora.dropout": in_range(0, 1, high_open=True),
+    "model.lora.target_modules": Domain(lambda v: bool(v) and all(isinstance(t, str) and t for t in v),
+                                        "a non-empty list of module names, e.g. [q_proj, v_proj]"),
     "rl.prompts_per_step": positive(),
     "rl.group_size": positive(),
     "rl.mini_batches": positive(),
@@ -634,7 +683,9 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
         value = text
     node = raw
     for part in parts[:-1]:
-        node = node.setdefault(part, {})
+        if node.get(part) is None:  # absent, or an optional section set to null (model.lora: null)
+            node[part] = {}
+        node = node[part]
         if not isinstance(node, dict):
             raise ConfigError(f"override {item!r}: {part} is not a mapping in the recipe")
     node[parts[-1]] = value
@@ -646,13 +697,22 @@ def _resolve_field(cls: type, parts: list[str]) -> None:
         names = [f.name for f in dataclasses.fields(cls)]
         if part not in names:
             raise ConfigError(_unknown_key_message(".".join(parts[: i + 1]), part, names))
-        target = hints[part]
+        target = _section(hints[part])
         if dataclasses.is_dataclass(target):
             cls, hints = target, typing.get_type_hints(target)  # type: ignore[assignment]
         elif i < len(parts) - 1:
             if typing.get_origin(target) is dict:
                 return  # free-form mapping (task options, difficulty): any sub-key
             raise ConfigError(f"config key {'.'.join(parts[: i + 1])} is a value, not a section")
+
+
+def _section(tp: Any) -> Any:
+    """The dataclass of an optional section (`LoRAConfig | None` -> LoRAConfig); other types as given."""
+    if typing.get_origin(tp) in (Union, types.UnionType):
+        classes = [a for a in typing.get_args(tp) if dataclasses.is_dataclass(a)]
+        if len(classes) == 1:
+            return classes[0]
+    return tp
 
 
 def _unknown_key_message(path: str, key: str, valid: list[str]) -> str:
