@@ -121,7 +121,8 @@ def cmd_data_gen(args: argparse.Namespace, extra: list[str]) -> int:
 def cmd_data_stats(args: argparse.Namespace, extra: list[str]) -> int:
     from rlvr.data.curation import stats
 
-    print(json.dumps(stats(args.file, samples=args.samples, task=args.task, tokenizer=args.tokenizer), indent=2))
+    print(json.dumps(stats(args.file, samples=args.samples, task=args.task, tokenizer=args.tokenizer,
+                           recipe=args.recipe), indent=2))
     return 0
 
 
@@ -274,6 +275,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task", default=None)
     p.add_argument("--samples", default=None, help="a samples.jsonl: adds Light-R1's context-length advice")
     p.add_argument("--tokenizer", default=None, help="a model directory: adds token-length statistics")
+    p.add_argument("--recipe", default=None,
+                   help="a recipe (or a run's config.yaml): token lengths with its run's tokenizer and prompts, "
+                        "against its sft.max_seq_len and rl.max_new_tokens")
     p.set_defaults(func=cmd_data_stats)
 
     p = data.add_parser("filter", help="keep problems whose pass rate under a model is in [low, high]")

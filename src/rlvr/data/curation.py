@@ -9,8 +9,9 @@ filter_by_pass_rate  Light-R1's offline difficulty filter (Wen et al. 2025): sam
 dedup                exact, normalised-text and near duplicates (word n-gram MinHash with LSH, or
                      cosine similarity of a local embedding model), and contamination against
                      benchmark files, naming each overlapping pair by file:line.
-stats                prompt and answer length distributions; with an eval samples file, Light-R1's
-                     context advice: max over problems of the shortest correct response.
+stats                prompt and answer length distributions (an SFT file: prompt, assistant-turn and
+                     sequence tokens); with an eval samples file, Light-R1's context advice: max
+                     over problems of the shortest correct response.
 mix                  several sources with weights into one training file, provenance kept.
 
 Every command streams its input (records are read a line at a time; only fixed-size summaries
@@ -770,20 +771,38 @@ def stats(
     samples: PathLike | None = None,
     task: str | None = None,
     tokenizer: Any = None,
+    recipe: PathLike | None = None,
 ) -> dict[str, Any]:
     """Length statistics of a data file and / or Light-R1's context advice from a samples file.
 
     data: rlvr.data.tools.stats (count, prompt characters and words, difficulty counts) plus
     answer lengths in characters (the first of ANSWER_FIELDS, or reward_model.ground_truth)
-    and, with a tokenizer, prompt and answer lengths in tokens. samples: context_advice.
+    and, with a tokenizer, prompt and answer lengths in tokens. An SFT file (rows of messages,
+    prompt + completion or ShareGPT conversations): conversation_stats. samples: context_advice.
+    tokenizer: a tokenizer or a model directory. recipe: a recipe or a run's config.yaml; its run's
+    tokenizer (and task) measure the file, prompts as the run renders them (chat template and
+    response prefix), and lengths are compared with its sft.max_seq_len and rl.max_new_tokens.
     """
     from rlvr.data.tools import stats as data_stats
     from rlvr.data.tools import summarize
 
     if data is None and samples is None:
         raise ValueError("stats needs a data file, a samples file, or both")
+    config = None
+    if recipe is not None:
+        from rlvr.config import load_config
+        from rlvr.trainers.pipeline import recipe_tokenizer  # the run's tokenizer, as `rlvr run` builds it
+
+        config = load_config(recipe, [])
+        tokenizer, task = recipe_tokenizer(config), task or config.data.task
+    elif isinstance(tokenizer, str | os.PathLike):
+        from rlvr.models import load_tokenizer
+
+        tokenizer = load_tokenizer(tokenizer)
     result: dict[str, Any] = {}
-    if data is not None:
+    if data is not None and _is_sft_file(data):
+        result.update(conversation_stats(data, tokenizer, config))
+    elif data is not None:
         result.update(data_stats(data, task))
         answer_chars: list[int] = []
         prompt_tokens: list[int] = []
@@ -792,14 +811,14 @@ def stats(
         if result.get("task") is not None and tokenizer is not None:
             from rlvr.tasks import get
 
-            task_obj = get(result["task"])
+            options = config.data.task_options if config is not None and result["task"] == config.data.task else {}
+            task_obj = get(result["task"], **options)
         for _, record in read_numbered(data):
             answer = _answer_text(record)
             if answer is not None:
                 answer_chars.append(len(answer))
             if tokenizer is not None:
-                prompt = task_obj.from_record(record).prompt if task_obj is not None else record_text(record)
-                prompt_tokens.append(len(tokenizer(prompt, add_special_tokens=False)["input_ids"]))
+                prompt_tokens.append(_prompt_tokens(tokenizer, task_obj, record, chat=config is not None))
                 if answer is not None:
                     answer_tokens.append(len(tokenizer(answer, add_special_tokens=False)["input_ids"]))
         result["answer_chars"] = summarize(answer_chars)
@@ -808,6 +827,56 @@ def stats(
             result["answer_tokens"] = summarize(answer_tokens)
     if samples is not None:
         result["context_advice"] = context_advice(samples)
+    return result
+
+
+def _is_sft_file(path: PathLike) -> bool:
+    from rlvr.data.conversations import is_conversation
+    from rlvr.data.io import read_records
+
+    first = next(read_records(path), None)
+    return first is not None and is_conversation(first)
+
+
+def _prompt_tokens(tokenizer: Any, task: Any, record: dict[str, Any], chat: bool) -> int:
+    """A problem's prompt length: as the run renders it (chat template + response prefix) when
+    `chat` and the task is known, else its text alone."""
+    if task is not None and chat:
+        from rlvr.models import prompt_ids
+
+        return len(prompt_ids(tokenizer, task.messages(task.from_record(record)), task.response_prefix))
+    prompt = task.from_record(record).prompt if task is not None else record_text(record)
+    return len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+
+
+def conversation_stats(path: PathLike, tokenizer: Any, config: Any = None) -> dict[str, Any]:
+    """Token lengths of an SFT file's rows (rlvr.data.conversations): the prompt before the first
+    assistant turn, the assistant turns (what SFT trains; the completions an imitating policy
+    writes) and the whole sequence, each as mean / min / max / p50 / p90 / p95 / p99. The context
+    advice of Light-R1 and DeepScaleR reads these: a context (sft.max_seq_len, rl.max_new_tokens)
+    that the long tail fits in. With a run's config, the share of rows over its limits."""
+    from rlvr.data.conversations import read_conversations, token_lengths
+    from rlvr.data.tools import summarize
+
+    rows = read_conversations(path)
+    result: dict[str, Any] = {"path": str(path), "layout": "conversations", "count": len(rows)}
+    turns = [[m["content"] for m in r.messages if m["role"] == "assistant"] for r in rows]
+    result["assistant_turns"] = summarize([len(t) for t in turns])
+    result["completion_chars"] = summarize([sum(map(len, t)) for t in turns])
+    if tokenizer is None:
+        return result
+    from rlvr.models import eos_token_ids
+
+    lengths = token_lengths(tokenizer, rows, eos_token_ids(tokenizer))
+    for name in ("prompt", "completion", "sequence"):
+        result[f"{name}_tokens"] = summarize(lengths[name])
+    if config is not None and rows:
+        if config.sft.max_seq_len:
+            result["sft_max_seq_len"] = config.sft.max_seq_len
+            result["over_sft_max_seq_len"] = sum(n > config.sft.max_seq_len for n in lengths["sequence"]) / len(rows)
+        result["rl_max_new_tokens"] = config.rl.max_new_tokens
+        result["completions_over_rl_max_new_tokens"] = sum(
+            n > config.rl.max_new_tokens for n in lengths["completion"]) / len(rows)
     return result
 
 

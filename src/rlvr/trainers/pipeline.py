@@ -164,6 +164,21 @@ def build_model_dir(config: RunConfig, run_dir: Path) -> Path:
     return path
 
 
+def recipe_tokenizer(config: RunConfig) -> Any:
+    """The tokenizer a run of `config` uses, without writing its run directory: model.path's, the
+    run's model_init when it was built, else the preset's, built offline in a temporary directory
+    exactly as `rlvr run` builds it (`rlvr data stats --recipe`)."""
+    import tempfile
+
+    from rlvr.models import load_tokenizer
+
+    built = Path(config.out_dir) / "model_init"
+    if not config.model.path and (built / "config.json").is_file():
+        return load_tokenizer(built)
+    with tempfile.TemporaryDirectory() as scratch:
+        return load_tokenizer(build_model_dir(config, Path(scratch)))
+
+
 def with_reward_functions(task: tasks.Task, reward: Any) -> tasks.Task:
     """The task, plus the recipe's reward.function(s) when any (loaded now: bad specs fail here)."""
     from rlvr.tasks.generic import WithRewardFunctions
