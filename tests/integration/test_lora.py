@@ -242,3 +242,24 @@ def test_checkpoints_of_the_other_kind_are_refused(tiny_model_dir, tmp_path):
     _, other_rank = lora_policy(tiny_model_dir, "native", r=4)
     with pytest.raises(CheckpointError, match="another rank"):
         load_checkpoint(adapter_ckpt, other_rank, other_rank.config)
+
+
+def test_the_critic_of_a_lora_policy_starts_from_its_merged_weights(tiny_model_dir):
+    from rlvr.config import CriticConfig
+    from rlvr.models.lora import merged_state_dict
+    from rlvr.trainers.critic import build_critic
+
+    torch.manual_seed(0)
+    policy, model = lora_policy(tiny_model_dir, "native")
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0.0, 0.3)
+    critic = build_critic(CriticConfig(enabled=True), model, policy.packed, CPU, "native", "float32", seed=0)
+    state = critic.model.state_dict()
+    assert not any("lora" in k for k in state) and state["lm_head.weight"].shape[0] == 1  # a value head
+    merged = merged_state_dict(model)
+    name = "model.layers.0.self_attn.q_proj.weight"
+    assert torch.equal(state[name], merged[name])
+    assert all(p.requires_grad for p in critic.model.parameters())
+    assert any("lora_B" in n for n, _ in model.named_parameters())  # the policy keeps its adapters
