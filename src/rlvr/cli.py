@@ -153,7 +153,7 @@ def cmd_data_stats(args: argparse.Namespace) -> int:
 
         tokenizer = load_tokenizer(args.tokenizer)
     print(json.dumps(stats(args.file, samples=args.samples, task=task, tokenizer=tokenizer,
-                           task_options=options), indent=2))
+                           task_options=options, recipe=args.recipe), indent=2))
     return 0
 
 

@@ -25,6 +25,24 @@ import yaml
 
 from rlvr.errors import ConfigError
 
+LORA_DEFAULT_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+@dataclass
+class LoRAConfig:
+    """Low-rank adapters (Hu et al. 2021) through peft: W x + (alpha / r) B A x on each target Linear,
+    with W frozen and only A (r x in) and B (out x r, zero at the start) trained."""
+
+    r: int = 16
+    """Rank of the adapters."""
+    alpha: float = 32.0
+    """Scale numerator: the update is (alpha / r) B A."""
+    dropout: float = 0.0
+    """Dropout on the adapters' input while training (0: the learner's and the engine's log-probs agree)."""
+    target_modules: list[str] = field(default_factory=lambda: list(LORA_DEFAULT_TARGETS))
+    """Names of the Linear layers that get adapters, matched as the last parts of a module name
+    (peft's rule): the attention and MLP projections of every layer by default."""
+
 
 @dataclass
 class ModelConfig:
@@ -45,6 +63,10 @@ class ModelConfig:
     impl: Literal["auto", "native", "hf"] = "auto"
     """Model code: `native` (rlvr's fast Qwen2/Llama implementation), `hf` (transformers), `auto`
     (native when the architecture is supported exactly, else hf)."""
+    lora: LoRAConfig | None = None
+    """LoRA adapters (needs `pip install rlvr[lora]`): SFT and RL train the adapters only, the base
+    weights stay as loaded; checkpoints hold the adapter (checkpoint.merge_lora adds a merged model).
+    null: full fine-tuning."""
 
 
 @dataclass
@@ -141,7 +163,14 @@ class SFTConfig:
     grad_clip: float = 1.0
     """Max global gradient norm (0 disables)."""
     data_size: int = 40000
-    """Number of solver traces generated for SFT (or rows read from data.train_file)."""
+    """Number of solver traces generated for SFT (sft.train_file: every row of the file is used)."""
+    train_file: str = ""
+    """JSONL/parquet of conversations to imitate instead of the task's solver traces: rows with
+    `messages` (a chat list), `prompt` + `completion`, or ShareGPT `conversations` (from/value);
+    the loss is on assistant turns only (docs/byo.md)."""
+    max_seq_len: int = 0
+    """Longer sequences are cut to this many tokens (their tail is not trained), counted as
+    sft/truncated_fraction; 0: the model's max_position_embeddings."""
     difficulty: dict[str, Any] | None = None
     """Difficulty mix of SFT traces; null: the task's sft_difficulty, else its default_difficulty."""
     eval_every: int = 0
@@ -315,6 +344,9 @@ class CheckpointConfig:
     """Save every N steps of each stage (0: only at the end of the stage)."""
     keep_last: int = 2
     """Checkpoints kept per stage."""
+    merge_lora: bool = False
+    """With model.lora: each checkpoint also holds merged/, the adapter folded into the base
+    weights as a plain HF model directory (loadable by transformers and vLLM)."""
 
 
 @dataclass
@@ -454,6 +486,7 @@ class RunConfig:
         _check(rl.tis_cap is None or rl.tis_cap > 0, "rl.tis_cap", rl.tis_cap, "null or a positive number")
         self._validate_critic()
         self._validate_engine_context()
+        self._validate_lora()
         _check(self.ray.num_rollout_workers >= 1, "ray.num_rollout_workers", self.ray.num_rollout_workers, ">= 1")
         _check(self.ray.num_learners >= 0, "ray.num_learners", self.ray.num_learners, ">= 0")
         _check(self.eval.samples >= 0, "eval.samples", self.eval.samples, "an integer >= 0")
@@ -543,6 +576,15 @@ class RunConfig:
                f"an integer >= {need}: data.max_prompt_tokens ({self.data.max_prompt_tokens or '0, so 1024'}) "
                f"+ the largest completion budget of rl.max_new_tokens and rl.max_new_tokens_stages; or leave "
                f"it out, and the workers are sized to exactly that")
+    def _validate_lora(self) -> None:
+        """LoRA runs in one process (the Ray learner and workers exchange full weights)."""
+        lora = self.model.lora
+        _check(not self.checkpoint.merge_lora or lora is not None, "checkpoint.merge_lora", True,
+               "false without model.lora (a full-weight checkpoint already is an HF model)")
+        if lora is None:
+            return
+        _check(self.distributed == "none", "model.lora", dataclasses.asdict(lora),
+               "null with distributed=ray (its learner ranks and rollout workers exchange full weights)")
 
     def derived_sizes(self) -> dict[str, int]:
         """Batch sizes computed from the rest, in prompts or sequences (the names say which). The
@@ -661,6 +703,11 @@ DOMAINS: dict[str, Domain] = {
     "sft.adam_betas": _BETAS,
     "sft.grad_clip": at_least(0.0),
     "sft.data_size": positive(),
+    "model.lora.r": positive(),
+    "model.lora.alpha": positive("number"),
+    "model.lora.dropout": in_range(0, 1, high_open=True),
+    "model.lora.target_modules": Domain(lambda v: bool(v) and all(isinstance(t, str) and t for t in v),
+                                        "a non-empty list of module names, e.g. [q_proj, v_proj]"),
     "rl.prompts_per_step": positive(),
     "rl.group_size": positive(),
     "rl.mini_batches": positive(),
@@ -813,7 +860,9 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
         value = text
     node = raw
     for part in parts[:-1]:
-        node = node.setdefault(part, {})
+        if node.get(part) is None:  # absent, or an optional section set to null (model.lora: null)
+            node[part] = {}
+        node = node[part]
         if not isinstance(node, dict):
             raise ConfigError(f"override {item!r}: {part} is not a mapping in the recipe")
     node[parts[-1]] = value
@@ -825,13 +874,22 @@ def _resolve_field(cls: type, parts: list[str]) -> None:
         names = [f.name for f in dataclasses.fields(cls)]
         if part not in names:
             raise ConfigError(_unknown_key_message(".".join(parts[: i + 1]), part, names))
-        target = hints[part]
+        target = _section(hints[part])
         if dataclasses.is_dataclass(target):
             cls, hints = target, typing.get_type_hints(target)  # type: ignore[assignment]
         elif i < len(parts) - 1:
             if typing.get_origin(target) is dict:
                 return  # free-form mapping (task options, difficulty): any sub-key
             raise ConfigError(f"config key {'.'.join(parts[: i + 1])} is a value, not a section")
+
+
+def _section(tp: Any) -> Any:
+    """The dataclass of an optional section (`LoRAConfig | None` -> LoRAConfig); other types as given."""
+    if typing.get_origin(tp) in (Union, types.UnionType):
+        classes = [a for a in typing.get_args(tp) if dataclasses.is_dataclass(a)]
+        if len(classes) == 1:
+            return classes[0]
+    return tp
 
 
 def _unknown_key_message(path: str, key: str, valid: list[str]) -> str:

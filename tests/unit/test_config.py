@@ -129,12 +129,12 @@ def test_every_numeric_field_has_a_domain():
     import dataclasses
     import typing
 
-    from rlvr.config import _DEFAULT_DOMAINS, DOMAINS
+    from rlvr.config import _DEFAULT_DOMAINS, DOMAINS, _section
 
     def walk(cls, prefix=""):
         hints = typing.get_type_hints(cls)
         for f in dataclasses.fields(cls):
-            tp = hints[f.name]
+            tp = _section(hints[f.name])  # an optional section (model.lora) is walked as its dataclass
             if dataclasses.is_dataclass(tp):
                 yield from walk(tp, f"{prefix}{f.name}.")
             else:
@@ -163,3 +163,22 @@ def test_recipe_errors_give_the_line(tmp_path):
 def test_adam_betas_are_configurable():
     cfg = load_config(None, ["rl.adam_betas=[0.9, 0.999]", "rl.weight_decay=0.01", "sft.adam_betas=[0.8, 0.9]"])
     assert cfg.rl.adam_betas == [0.9, 0.999] and cfg.rl.weight_decay == 0.01 and cfg.sft.adam_betas == [0.8, 0.9]
+
+
+def test_the_optional_lora_section():
+    config = load_config("recipes/kk-tiny.yaml", [])
+    assert config.model.lora is None and config.checkpoint.merge_lora is False
+    config = load_config("recipes/kk-tiny.yaml", ["model.lora.r=4", "checkpoint.merge_lora=true"])
+    assert config.model.lora.r == 4 and config.model.lora.target_modules[0] == "q_proj"
+    assert load_config("recipes/kk-tiny.yaml", ["model.lora={alpha: 8}"]).model.lora.alpha == 8.0
+    for override, message in [
+        ("model.lora.alpah=4", r"unknown config key 'model.lora.alpah'; did you mean 'model.lora.alpha'"),
+        ("model.lora.dropout=1.0", r"config key model.lora.dropout: got 1.0, expected a number in \[0, 1\)"),
+        ("model.lora.target_modules=[]", r"config key model.lora.target_modules: got \[\], expected a non-empty list"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            load_config("recipes/kk-tiny.yaml", [override])
+    with pytest.raises(ConfigError, match="checkpoint.merge_lora: got True, expected false without model.lora"):
+        load_config("recipes/kk-tiny.yaml", ["checkpoint.merge_lora=true"])
+    with pytest.raises(ConfigError, match="model.lora: .*expected null with distributed=ray"):
+        load_config("recipes/kk-tiny.yaml", ["model.lora.r=4", "distributed=ray"])

@@ -310,7 +310,7 @@ def test_stats_lengths(tmp_path: Path) -> None:
     result = stats(data, task="math")
     assert result["count"] == 2
     assert result["prompt_words"]["max"] == 3
-    assert result["answer_chars"] == {"mean": 3.0, "min": 2, "max": 4, "p50": 2, "p90": 4, "p99": 4}
+    assert result["answer_chars"] == {"mean": 3.0, "min": 2, "max": 4, "p50": 2, "p90": 4, "p95": 4, "p99": 4}
     with pytest.raises(ValueError, match="needs"):
         stats()
 
@@ -355,3 +355,49 @@ def test_mix_arguments(tmp_path: Path) -> None:
     empty.write_text("")
     with pytest.raises(DataError, match="no records"):
         mix([str(a), str(empty)], tmp_path / "m.jsonl")
+
+
+def test_stats_of_an_sft_file_with_a_recipe_use_the_runs_tokenizer(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """`rlvr data stats FILE --recipe R`: token percentiles of prompts, assistant turns and whole
+    sequences with the run's tokenizer, and the share of rows over the recipe's limits."""
+    from rlvr.cli import main
+    from rlvr.data.conversations import Conversation, record_messages, tokenize
+    from rlvr.models import eos_token_ids, load_tokenizer
+
+    rows = [{"prompt": f"Who is a knight, {i}?", "completion": "Zoey " * (2 + 4 * i)} for i in range(10)]
+    rows[3] = {"messages": [{"role": "user", "content": "Who?"}, {"role": "assistant", "content": "Ella."},
+                            {"role": "user", "content": "And?"}, {"role": "assistant", "content": "Noah."}]}
+    data = write_jsonl(tmp_path / "sft.jsonl", rows)
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(f"model: {{path: {tiny_model_dir}}}\nsft: {{max_seq_len: 40}}\nrl: {{max_new_tokens: 20}}\n")
+    result = stats(data, recipe=recipe)
+    tokenizer = load_tokenizer(tiny_model_dir)
+    encoded = tokenize(tokenizer, [Conversation(*record_messages(r), "") for r in rows], eos_token_ids(tokenizer))
+    completion = sorted(sum(trained) for _, trained in encoded)
+    sequence = [len(ids) for ids, _ in encoded]
+    assert result["layout"] == "conversations" and result["count"] == 10
+    assert result["completion_tokens"]["max"] == completion[-1] and result["completion_tokens"]["p50"] == completion[4]
+    assert set(result["completion_tokens"]) == {"mean", "min", "max", "p50", "p90", "p95", "p99"}
+    assert result["sequence_tokens"]["max"] == max(sequence)
+    assert result["assistant_turns"]["max"] == 2
+    assert result["over_sft_max_seq_len"] == sum(n > 40 for n in sequence) / 10 > 0
+    assert result["completions_over_rl_max_new_tokens"] == sum(n > 20 for n in completion) / 10 > 0
+    # the command line prints the same dict
+    assert main(["data", "stats", str(data), "--recipe", str(recipe)]) == 0
+
+
+def test_stats_of_problems_with_a_recipe_measure_the_rendered_prompt(tiny_model_dir: Path, tmp_path: Path) -> None:
+    from rlvr.data.tools import generate
+    from rlvr.models import load_tokenizer, prompt_ids
+    from rlvr.tasks import get
+
+    data = generate("knights_knaves", 5, 0, tmp_path / "kk.jsonl", people=2)
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(f"model: {{path: {tiny_model_dir}}}\ndata: {{task: knights_knaves, task_options: "
+                      f"{{response_prefix: '<think>'}}}}\n")
+    result = stats(data, recipe=recipe)
+    task, tokenizer = get("knights_knaves", response_prefix="<think>"), load_tokenizer(tiny_model_dir)
+    lengths = [len(prompt_ids(tokenizer, task.messages(ex), task.response_prefix)) for ex in task.examples(5, 0, people=2)]
+    assert result["prompt_tokens"]["max"] == max(lengths) and result["prompt_tokens"]["min"] == min(lengths)
+    by_directory = stats(data, tokenizer=str(tiny_model_dir))  # --tokenizer DIR: the problem text alone
+    assert by_directory["prompt_tokens"]["max"] < max(lengths)

@@ -193,8 +193,8 @@ def test_write_json_atomic(tmp_path):
 
 def test_summarize_by_hand():
     result = summarize(list(range(1, 11)))
-    assert result == {"mean": 5.5, "min": 1, "max": 10, "p50": 5, "p90": 9, "p99": 10}
-    assert summarize([7]) == {"mean": 7, "min": 7, "max": 7, "p50": 7, "p90": 7, "p99": 7}
+    assert result == {"mean": 5.5, "min": 1, "max": 10, "p50": 5, "p90": 9, "p95": 10, "p99": 10}
+    assert summarize([7]) == {"mean": 7, "min": 7, "max": 7, "p50": 7, "p90": 7, "p95": 7, "p99": 7}
     assert summarize([]) == {}
 
 
@@ -227,7 +227,7 @@ def test_stats_of_raw_records_and_task_guessing(tmp_path):
     path = write_lines(tmp_path / "raw.jsonl", [json.dumps({"prompt": "one two three"}), json.dumps({"prompt": "four"})])
     result = stats(path)
     assert result["task"] is None and result["count"] == 2
-    assert result["prompt_words"] == {"mean": 2.0, "min": 1, "max": 3, "p50": 1, "p90": 3, "p99": 3}
+    assert result["prompt_words"] == {"mean": 2.0, "min": 1, "max": 3, "p50": 1, "p90": 3, "p95": 3, "p99": 3}
     assert guess_task({"quiz": "q"}) == "knights_knaves"
     assert guess_task({"reward_model": {"ground_truth": {"solution_text_format": "x"}}}) == "knights_knaves"
     assert guess_task({"nums": [1, 2], "target": 3}) == "countdown"

@@ -34,9 +34,9 @@ SHRINK = [
 ]
 
 
-def run(out_dir: Path, model_dir: Path, engine: str) -> list[dict]:
+def run(out_dir: Path, model_dir: Path, engine: str, extra: tuple[str, ...] = ()) -> list[dict]:
     config = load_config(str(RECIPE), [f"out_dir={out_dir}", f"model.path={model_dir}", f"model.engine={engine}",
-                                       *SHRINK])
+                                       *SHRINK, *extra])
     summary = pipeline.run(config)
     assert summary["rl_steps_done"] == RL_STEPS
     rows = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
@@ -55,3 +55,14 @@ def test_an_rl_run_on_vllm_syncs_weights_every_step(tiny_model_dir: Path, tmp_pa
         assert abs(row["rollout/tis_weight_mean"] - 1.0) < 1e-4
         assert row["actor/grad_norm"] > 0
         assert set(row) >= set(ref) - {"perf/engine_tokens_per_s"}  # the same metrics as the torch run
+
+
+def test_a_lora_run_on_vllm_gets_the_merged_adapter_every_step(tiny_model_dir: Path, tmp_path: Path):
+    """model.lora with vLLM: the adapter, merged into the base weights, reaches vLLM after every
+    update (SFT trains the adapter first, so it is nonzero from the first RL step on)."""
+    pytest.importorskip("peft")
+    rows = run(tmp_path / "vllm-lora", tiny_model_dir, "vllm", ("model.lora.r=8",))
+    assert [r["step"] for r in rows] == list(range(1, RL_STEPS + 1))
+    for row in rows:
+        assert row["rollout/logprob_abs_diff_max"] < 1e-4
+        assert row["actor/grad_norm"] > 0

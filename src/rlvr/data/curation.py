@@ -4,8 +4,9 @@ is rlvr.evaluation.pass_rate).
 dedup                exact, normalised-text and near duplicates (word n-gram MinHash with LSH, or
                      cosine similarity of a local embedding model), and contamination against
                      benchmark files, naming each overlapping pair by file:line.
-stats                prompt and answer length distributions; with an eval samples file, Light-R1's
-                     context advice: max over problems of the shortest correct response.
+stats                prompt and answer length distributions (an SFT file: prompt, assistant-turn and
+                     sequence tokens); with an eval samples file, Light-R1's context advice: max
+                     over problems of the shortest correct response.
 mix                  several sources with weights into one training file, provenance kept.
 
 Every command streams its input (records are read a line at a time; only fixed-size summaries
@@ -591,20 +592,29 @@ def stats(
     task: str | None = None,
     tokenizer: Any = None,
     task_options: dict[str, Any] | None = None,
+    recipe: PathLike | None = None,
 ) -> dict[str, Any]:
     """Length statistics of a data file and / or Light-R1's context advice from a samples file.
 
     data: rlvr.data.tools.stats (count, prompt characters and words, difficulty counts) plus
     answer lengths in characters (the first of ANSWER_FIELDS, or reward_model.ground_truth)
-    and, with a tokenizer, prompt and answer lengths in tokens; a prompt is counted as the model
-    sees it when the task is known (the task's messages, built with task_options, through the
-    tokenizer's chat template, response prefix included), else as the record's text. samples:
-    context_advice.
+    and, with a tokenizer, prompt and answer lengths in tokens. An SFT file (rows of messages,
+    prompt + completion or ShareGPT conversations): conversation_stats. samples: context_advice.
+    tokenizer: a tokenizer or a model directory. recipe: a recipe or a run's config.yaml; its run's
+    tokenizer (unless one is given) and task (with its task options unless task_options is given)
+    measure the file, and lengths are compared with its sft.max_seq_len and rl.max_new_tokens.
+    A problem's prompt is counted as the model sees it when the task is known (the task's messages
+    through the tokenizer's chat template, response prefix included), else as the record's text.
     """
     if data is None and samples is None:
         raise ValueError("stats needs a data file, a samples file, or both")
+    config, task, tokenizer = _stats_context(recipe, task, tokenizer)
     result: dict[str, Any] = {}
-    if data is not None:
+    if data is not None and _is_sft_file(data):
+        result.update(conversation_stats(data, tokenizer, config))
+    elif data is not None:
+        if task_options is None and config is not None and task == config.data.task:
+            task_options = config.data.task_options
         result.update(data_stats(data, task, task_options=task_options))
         answer_chars: list[int] = []
         prompt_tokens: list[int] = []
@@ -630,6 +640,64 @@ def stats(
             result["answer_tokens"] = summarize(answer_tokens)
     if samples is not None:
         result["context_advice"] = context_advice(samples)
+    return result
+
+
+def _stats_context(recipe: PathLike | None, task: str | None, tokenizer: Any) -> tuple[Any, str | None, Any]:
+    """(the recipe's config or None, the task, a loaded tokenizer or None) of `stats`."""
+    config = None
+    if recipe is not None:
+        from rlvr.config import load_config
+        from rlvr.trainers.pipeline import recipe_tokenizer  # the run's tokenizer, as `rlvr run` builds it
+
+        config = load_config(recipe, [])
+        task = task or config.data.task
+        if tokenizer is None:
+            tokenizer = recipe_tokenizer(config)
+    if isinstance(tokenizer, str | os.PathLike):
+        from rlvr.models import load_tokenizer
+
+        tokenizer = load_tokenizer(tokenizer)
+    return config, task, tokenizer
+
+
+def _is_sft_file(path: PathLike) -> bool:
+    from rlvr.data.conversations import is_conversation
+    from rlvr.data.io import read_records
+
+    first = next(read_records(path), None)
+    return first is not None and is_conversation(first)
+
+
+
+def conversation_stats(path: PathLike, tokenizer: Any, config: Any = None) -> dict[str, Any]:
+    """Token lengths of an SFT file's rows (rlvr.data.conversations): the prompt before the first
+    assistant turn, the assistant turns (what SFT trains; the completions an imitating policy
+    writes) and the whole sequence, each as mean / min / max / p50 / p90 / p95 / p99. The context
+    advice of Light-R1 and DeepScaleR reads these: a context (sft.max_seq_len, rl.max_new_tokens)
+    that the long tail fits in. With a run's config, the share of rows over its limits."""
+    from rlvr.data.conversations import read_conversations, token_lengths
+    from rlvr.data.tools import summarize
+
+    rows = read_conversations(path)
+    result: dict[str, Any] = {"path": str(path), "layout": "conversations", "count": len(rows)}
+    turns = [[m["content"] for m in r.messages if m["role"] == "assistant"] for r in rows]
+    result["assistant_turns"] = summarize([len(t) for t in turns])
+    result["completion_chars"] = summarize([sum(map(len, t)) for t in turns])
+    if tokenizer is None:
+        return result
+    from rlvr.models import eos_token_ids
+
+    lengths = token_lengths(tokenizer, rows, eos_token_ids(tokenizer))
+    for name in ("prompt", "completion", "sequence"):
+        result[f"{name}_tokens"] = summarize(lengths[name])
+    if config is not None and rows:
+        if config.sft.max_seq_len:
+            result["sft_max_seq_len"] = config.sft.max_seq_len
+            result["over_sft_max_seq_len"] = sum(n > config.sft.max_seq_len for n in lengths["sequence"]) / len(rows)
+        result["rl_max_new_tokens"] = config.rl.max_new_tokens
+        result["completions_over_rl_max_new_tokens"] = sum(
+            n > config.rl.max_new_tokens for n in lengths["completion"]) / len(rows)
     return result
 
 

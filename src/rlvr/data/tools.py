@@ -20,7 +20,7 @@ from rlvr.tasks import get
 # Metadata keys that never describe difficulty (provenance and identity).
 _NOT_DIFFICULTY = frozenset({"index", "seed", "source", "id", "split", "statements"})
 _MAX_DISTINCT = 50  # a metadata key with more distinct values than this is not a difficulty level
-PERCENTILES = (50, 90, 99)
+PERCENTILES = (50, 90, 95, 99)
 
 
 def generate(
@@ -46,7 +46,7 @@ def generate(
 
 
 def summarize(values: Sequence[float]) -> dict[str, float]:
-    """mean, min, max and nearest-rank percentiles p50 / p90 / p99 of `values` ({} when empty)."""
+    """mean, min, max and nearest-rank percentiles p50 / p90 / p95 / p99 of `values` ({} when empty)."""
     if not values:
         return {}
     ordered = sorted(values)

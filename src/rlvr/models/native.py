@@ -407,6 +407,26 @@ class KVCache:
         )
 
 
+def adapted_weight(linear: nn.Module) -> torch.Tensor:
+    """The weight a Linear layer applies. A LoRA layer injected by peft (model.lora) keeps the frozen
+    weight in `base_layer` and adds each active adapter's (alpha / r) B A; decoding from fused
+    weights must add them too, or it would sample from the base model."""
+    base = getattr(linear, "base_layer", None)
+    if base is None:
+        return linear.weight
+    weight = base.weight
+    if getattr(linear, "merged", False) or getattr(linear, "disable_adapters", False):
+        return weight  # merged: base_layer already holds the sum; disabled: the base model
+    for name in linear.active_adapters:
+        if name in linear.lora_A:
+            weight = weight + linear.get_delta_weight(name)
+    return weight
+
+
+def _bias(linear: nn.Module) -> torch.Tensor | None:
+    return getattr(linear, "base_layer", linear).bias
+
+
 @dataclass
 class _DecodeWeights:
     """Weights for decoding in the decode dtype (a snapshot taken by prefill).
@@ -567,21 +587,21 @@ class NativeCausalLM(nn.Module):
             for layer in self.model.layers:
                 at, mlp = layer.self_attn, layer.mlp
                 projections = (at.q_proj, at.k_proj, at.v_proj)
-                qkv_w = torch.cat([p.weight for p in projections])
-                qkv_b = torch.cat([p.bias for p in projections]) if a.qkv_bias else None
-                gate_up_w = torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight])
-                gate_up_b = torch.cat([mlp.gate_proj.bias, mlp.up_proj.bias]) if a.mlp_bias else None
+                qkv_w = torch.cat([adapted_weight(p) for p in projections])
+                qkv_b = torch.cat([_bias(p) for p in projections]) if a.qkv_bias else None
+                gate_up_w = torch.cat([adapted_weight(mlp.gate_proj), adapted_weight(mlp.up_proj)])
+                gate_up_b = torch.cat([_bias(mlp.gate_proj), _bias(mlp.up_proj)]) if a.mlp_bias else None
                 fused = (
                     layer.input_layernorm.weight,
                     qkv_w,
                     qkv_b,
-                    at.o_proj.weight.t(),
-                    at.o_proj.bias,
+                    adapted_weight(at.o_proj).t(),
+                    _bias(at.o_proj),
                     layer.post_attention_layernorm.weight,
                     gate_up_w,
                     gate_up_b,
-                    mlp.down_proj.weight.t(),
-                    mlp.down_proj.bias,
+                    adapted_weight(mlp.down_proj).t(),
+                    _bias(mlp.down_proj),
                 )
                 layers.append(tuple(cast(t) for t in fused))
         return _DecodeWeights(
@@ -768,11 +788,13 @@ class NativeCausalLM(nn.Module):
         model.load_hf_state_dict(state_dict, source=str(path))
         return model
 
-    def save_pretrained(self, path: str | os.PathLike) -> None:
+    def save_pretrained(self, path: str | os.PathLike,
+                        state_dict: Mapping[str, torch.Tensor] | None = None) -> None:
         """Write config.json + model.safetensors that AutoModelForCausalLM.from_pretrained loads.
 
         Atomic: everything is written to a temporary sibling directory, which then replaces path.
-        A tied lm_head is not stored (HF re-ties it from the embedding).
+        A tied lm_head is not stored (HF re-ties it from the embedding). state_dict: the weights to
+        write under this model's config (default its own; e.g. LoRA adapters merged in).
         """
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -788,7 +810,7 @@ class NativeCausalLM(nn.Module):
             config.save_pretrained(str(tmp))
             tensors = {
                 name: t.detach().contiguous().cpu()
-                for name, t in self.state_dict().items()
+                for name, t in (self.state_dict() if state_dict is None else state_dict).items()
                 if not (self.arch.tie_word_embeddings and name == "lm_head.weight")
             }
             save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
@@ -837,6 +859,7 @@ def _replace_dir(src: Path, dst: Path) -> None:
 __all__ = [
     "Arch",
     "KVCache",
+    "adapted_weight",
     "NativeCausalLM",
     "SUPPORTED_MODEL_TYPES",
     "as_hf_config",

@@ -5,6 +5,11 @@ shards listed in model.safetensors.index.json, as save_pretrained writes a large
 tokenizer files (loadable by transformers and vLLM as they are) and trainer_state.pt (optimizer,
 RNG states, step, data position, anything else the loop needs to continue exactly). A checkpoint
 is written into a temporary directory and renamed into place, so a crash never leaves a half one.
+
+With LoRA (model.lora) the weights are the adapter's: adapter_model.safetensors and
+adapter_config.json (naming the base model's directory), which peft and transformers load onto
+the base model; with checkpoint.merge_lora the checkpoint also holds merged/, the adapter folded
+into the base weights as a plain HF model directory with the tokenizer.
 """
 
 from __future__ import annotations
@@ -38,13 +43,27 @@ def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
 
 
-def save_model_dir(model: torch.nn.Module, tokenizer: Any, out: Path) -> None:
-    """Write an HF-format model directory (config, safetensors weights, tokenizer) at `out`.
+def save_model_dir(model: torch.nn.Module, tokenizer: Any, out: Path, merge_lora: bool = False) -> None:
+    """Write an HF-format model directory (config, safetensors weights, tokenizer) at `out`; for a
+    LoRA model the adapter instead of the weights, and with merge_lora the merged model in out/merged.
 
     generation_config.json names every end-of-turn id rlvr stops on, so that transformers, vLLM
     and TRL stop a checkpoint's generations where rlvr does.
     """
-    model.save_pretrained(str(out))  # type: ignore[operator]
+    from rlvr.models import lora
+
+    if lora.is_lora(model):
+        lora.save_adapter(model, out)
+        if merge_lora:
+            lora.save_merged(model, out / "merged")
+            _save_tokenizer(tokenizer, out / "merged")
+    else:
+        model.save_pretrained(str(out))  # type: ignore[operator]
+    _save_tokenizer(tokenizer, out)
+
+
+def _save_tokenizer(tokenizer: Any, out: Path) -> None:
+    """The tokenizer files and a generation_config.json naming every end-of-turn id."""
     if tokenizer is not None:
         tokenizer.save_pretrained(str(out))
         if getattr(tokenizer, "eos_token_id", None) is not None and not (out / "generation_config.json").exists():
@@ -57,13 +76,13 @@ def save_model_dir(model: torch.nn.Module, tokenizer: Any, out: Path) -> None:
 
 
 def save_checkpoint(stage_dir: Path, step: int, model: torch.nn.Module, tokenizer: Any,
-                    state: dict[str, Any], keep_last: int) -> Path:
+                    state: dict[str, Any], keep_last: int, merge_lora: bool = False) -> Path:
     """Save step `step` under stage_dir atomically and keep only the newest `keep_last`."""
     stage_dir.mkdir(parents=True, exist_ok=True)
     final = stage_dir / f"step_{step:06d}"
     tmp = stage_dir / f".tmp_step_{step:06d}"
     shutil.rmtree(tmp, ignore_errors=True)
-    save_model_dir(model, tokenizer, tmp / "model_tmp")
+    save_model_dir(model, tokenizer, tmp / "model_tmp", merge_lora)
     for item in (tmp / "model_tmp").iterdir():  # flatten: the checkpoint dir itself is the HF dir
         item.rename(tmp / item.name)
     (tmp / "model_tmp").rmdir()
@@ -105,7 +124,19 @@ def check_compatible(checkpoint: Path, model_config: Any) -> None:
 
 
 def load_checkpoint(checkpoint: Path, model: torch.nn.Module, model_config: Any) -> dict[str, Any]:
-    """Load weights into `model` and return the trainer state (RNG states restored)."""
+    """Load weights (a LoRA model: its adapter) into `model` and return the trainer state (RNG
+    states restored)."""
+    from rlvr.models import lora
+
+    if lora.is_lora(model):
+        try:
+            lora.load_adapter(checkpoint, model)
+        except lora.LoRAError as error:
+            raise CheckpointError(f"checkpoint {checkpoint}: {error}") from None
+        return _load_state(checkpoint)
+    if lora.is_adapter_dir(checkpoint):
+        raise CheckpointError(f"checkpoint {checkpoint} holds a LoRA adapter, but this run trains full weights "
+                              "(model.lora is null); use a fresh out_dir")
     check_compatible(checkpoint, model_config)
     try:  # model.safetensors, or the shards of model.safetensors.index.json (save_pretrained's max_shard_size)
         weights = read_weights(checkpoint)
@@ -120,6 +151,10 @@ def load_checkpoint(checkpoint: Path, model: torch.nn.Module, model_config: Any)
         )
     if "lm_head.weight" not in weights and hasattr(model, "tie_weights"):
         model.tie_weights()
+    return _load_state(checkpoint)
+
+
+def _load_state(checkpoint: Path) -> dict[str, Any]:
     state = torch.load(checkpoint / STATE_FILE, weights_only=False)
     set_rng_state(state["rng"])
     return state

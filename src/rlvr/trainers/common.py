@@ -34,6 +34,11 @@ def cpu_threads(threads: int) -> int:
         return os.cpu_count() or 1
 
 
+def trainable_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
+    """The parameters an optimizer steps: those requiring grad (with LoRA, the adapters only)."""
+    return [p for p in model.parameters() if p.requires_grad]
+
+
 def setup_torch(seed: int, threads: int = 0, device: str = "auto") -> torch.device:
     """Seed every RNG, set the CPU thread count (cpu_threads: 0 is every core), pick the device."""
     torch.set_num_threads(cpu_threads(threads))
@@ -142,12 +147,15 @@ class Batch:
 
 
 def build_batch(
-    sequences: Sequence[Sequence[int]], completion_starts: Sequence[int], rows: Sequence[Sequence[int]]
+    sequences: Sequence[Sequence[int]], completion_starts: Sequence[int], rows: Sequence[Sequence[int]],
+    trained: Sequence[Sequence[bool]] | None = None,
 ) -> Batch:
     """Lay `sequences` out in `rows` (lists of sequence indices; several per row = packing).
 
     completion_starts[i] is the index in sequences[i] of its first completion token: predictions of
     tokens at positions >= completion_starts[i] are trained (loss_mask on the position before).
+    trained (optional, replaces completion_starts): per token of each sequence, whether predicting
+    it is trained (SFT on a conversation's assistant turns).
     """
     width = max(sum(len(sequences[i]) for i in row) for row in rows)
     shape = (len(rows), width)
@@ -166,8 +174,11 @@ def build_batch(
             position_ids[r, offset : offset + n] = torch.arange(n)
             segment_ids[r, offset : offset + n] = segment
             target_ids[r, offset : offset + n - 1] = seq[1:]
-            start = max(1, completion_starts[i])
-            loss_mask[r, offset + start - 1 : offset + n - 1] = 1.0
+            if trained is not None:
+                loss_mask[r, offset : offset + n - 1] = torch.as_tensor(trained[i][1:n], dtype=torch.float32)
+            else:
+                start = max(1, completion_starts[i])
+                loss_mask[r, offset + start - 1 : offset + n - 1] = 1.0
             where[i] = (r, offset, n)
             offset += n
     return Batch(input_ids, position_ids, segment_ids, target_ids, loss_mask, where)

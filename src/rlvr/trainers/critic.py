@@ -210,8 +210,11 @@ class Critic:
 
 def build_critic(cfg: CriticConfig, policy: nn.Module, packed: bool, device: torch.device, impl: str,
                  dtype: str, seed: int) -> Critic:
-    """The critic of a run: from critic.path when set (loaded like the policy), else from `policy`."""
-    lm, lm_packed = policy, packed
+    """The critic of a run: from critic.path when set (loaded like the policy), else from `policy`
+    (a LoRA policy: its merged weights; the critic trains all of its own)."""
+    from rlvr.models import lora
+
+    lm, lm_packed = (lora.merged_copy(policy) if lora.is_lora(policy) else policy), packed
     if cfg.path:
         from rlvr.trainers.pipeline import load_policy
 

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import yaml
@@ -35,6 +35,7 @@ from rlvr.models import (
     native,
     prompt_ids,
 )
+from rlvr.models.lora import hf_state_dict
 from rlvr.rollout.partial import PartialRollouts
 from rlvr.rollout.torch_engine import TorchEngine
 from rlvr.rollout.vllm_engine import INSTALL, VLLMEngine, vllm_available
@@ -45,6 +46,10 @@ from rlvr.trainers.common import MetricsLogger, setup_torch
 from rlvr.trainers.critic import build_critic, check_critic_dir
 from rlvr.trainers.rl import ProblemPool, train_rl
 from rlvr.trainers.sft import train_sft
+
+if TYPE_CHECKING:
+    from rlvr.data.conversations import Conversation
+    from rlvr.trainers.sft import SFTExample
 
 
 def log(message: str) -> None:
@@ -123,6 +128,42 @@ def load_policy(path: Path, impl: str, dtype: str, device: torch.device) -> Poli
     return Policy(load_model(path, dtype=dtype, device=str(device)).eval(), tokenizer, False, path)
 
 
+def with_lora(policy: Policy, config: RunConfig) -> Policy:
+    """The policy with model.lora's adapters (peft); only they train. Unchanged when model.lora is null."""
+    cfg = config.model.lora
+    if cfg is None:
+        return policy
+    from rlvr.models import lora
+
+    model = lora.apply_lora(policy.model, cfg.r, cfg.alpha, cfg.dropout, cfg.target_modules, policy.path)
+    return dataclasses.replace(policy, model=model)
+
+
+def check_lora(config: RunConfig) -> None:
+    """model.lora: peft is installed and every target names a Linear layer of the run's model (built
+    on the meta device from model.path's config.json or the preset: no weights are read)."""
+    cfg = config.model.lora
+    if cfg is None:
+        return
+    from rlvr.models import lora
+
+    if not lora.peft_available():
+        raise ConfigError(f"config key model.lora: LoRA needs peft, which is not installed ({lora.INSTALL})",
+                          key="model.lora")
+    if config.model.path:
+        from transformers import AutoConfig
+
+        hf_config = AutoConfig.from_pretrained(config.model.path, local_files_only=True)
+    else:
+        from rlvr.models.factory import PRESETS, TYPICAL_VOCAB_SIZE, model_config
+
+        hf_config = model_config(PRESETS[config.model.preset], TYPICAL_VOCAB_SIZE, pad_id=0, eos_id=1)
+    try:
+        lora.check_targets(lora.skeleton(hf_config, config.model.impl), cfg.target_modules)
+    except lora.LoRAError as error:
+        raise ConfigError(f"config key model.lora.target_modules: {error}", key="model.lora.target_modules") from None
+
+
 def build_model_dir(config: RunConfig, run_dir: Path) -> Path:
     if config.model.path:
         path = Path(config.model.path)
@@ -141,6 +182,21 @@ def build_model_dir(config: RunConfig, run_dir: Path) -> Path:
 def reward_specs(section: Any) -> list[tuple[str, float]]:
     """(spec, weight) of a section's `function` (weight 1) and `functions` (reward, a data source)."""
     return ([(section.function, 1.0)] if section.function else []) + [(f.function, f.weight) for f in section.functions]
+
+
+def recipe_tokenizer(config: RunConfig) -> Any:
+    """The tokenizer a run of `config` uses, without writing its run directory: model.path's, the
+    run's model_init when it was built, else the preset's, built offline in a temporary directory
+    exactly as `rlvr run` builds it (`rlvr data stats --recipe`)."""
+    import tempfile
+
+    from rlvr.models import load_tokenizer
+
+    built = Path(config.out_dir) / "model_init"
+    if not config.model.path and (built / "config.json").is_file():
+        return load_tokenizer(built)
+    with tempfile.TemporaryDirectory() as scratch:
+        return load_tokenizer(build_model_dir(config, Path(scratch)))
 
 
 def with_reward_functions(task: tasks.Task, reward: Any, specs: list[tuple[str, float]] | None = None,
@@ -225,6 +281,7 @@ class Inputs:
     task: tasks.Task
     train_rows: list[tasks.Example] | None  # data.train_file's problems (None: generated)
     eval_rows: list[tasks.Example] | None  # data.eval_file's first data.eval_size problems (None: generated)
+    sft_rows: list[Conversation] | None = None  # sft.train_file's conversations (None: solver traces)
 
 
 def _read_input(task: tasks.Task, key: str, path: str, limit: int | None = None) -> list[tasks.Example]:
@@ -256,6 +313,7 @@ def check_inputs(config: RunConfig) -> Inputs:
     if config.model.path and not Path(config.model.path).is_dir():
         raise ConfigError(f"config key model.path: {config.model.path} is not a directory (rlvr loads local HF "
                           f"directories)", key="model.path")
+    check_lora(config)
     if data.require_files:
         for key in ("train_file", "eval_file"):
             if not getattr(data, key):
@@ -280,7 +338,23 @@ def check_inputs(config: RunConfig) -> Inputs:
                 raise ConfigError(f"config key data.sources.{name}: {data.train_file} has no row of data_source "
                                   f"{name!r} (its sources: {', '.join(sorted(map(str, present)))})",
                                   key=f"data.sources.{name}")
-    return Inputs(task, train_rows, eval_rows)
+    return Inputs(task, train_rows, eval_rows, read_sft_file(config))
+
+
+def read_sft_file(config: RunConfig) -> list[Conversation] | None:
+    """sft.train_file's conversations, every row checked (None without the file or an SFT stage)."""
+    sft = config.sft
+    if not (sft.train_file and sft.enabled and sft.steps > 0):
+        return None
+    from rlvr.data.conversations import read_conversations
+
+    try:
+        rows = read_conversations(sft.train_file)
+    except (DataError, OSError) as err:
+        raise ConfigError(f"config key sft.train_file: {err}", key="sft.train_file") from None
+    if not rows:
+        raise ConfigError(f"config key sft.train_file: {sft.train_file} holds no conversations", key="sft.train_file")
+    return rows
 
 
 def check_generated_difficulties(config: RunConfig, task: tasks.Task) -> None:
@@ -403,6 +477,35 @@ def sft_pairs(config: RunConfig, task: tasks.Task, tokenizer: Any, eos_id: int, 
     return [(p, c) for p, c in pairs if len(p) <= limit] if limit else pairs
 
 
+def sft_examples(config: RunConfig, task: tasks.Task, policy: Policy, eos_ids: tuple[int, ...], banned: set[str],
+                 rows: list[Conversation] | None) -> tuple[list[SFTExample], dict[str, Any]]:
+    """The SFT stage's sequences (sft.train_file's conversations, else the task's solver traces), cut
+    at sft.max_seq_len, and what the summary reports about them."""
+    from rlvr.trainers.sft import SFTExample, truncate
+
+    if rows is not None:
+        from rlvr.data.conversations import tokenize
+
+        try:
+            examples = [SFTExample(ids, trained) for ids, trained in tokenize(policy.tokenizer, rows, eos_ids)]
+        except ValueError as error:
+            raise ConfigError(f"config key sft.train_file: {error}", key="sft.train_file") from None
+        source = f"{len(examples)} conversations of {config.sft.train_file}"
+    else:
+        pairs = sft_pairs(config, task, policy.tokenizer, eos_ids[0], banned)
+        examples = [SFTExample.from_pair(p, c) for p, c in pairs]
+        source = f"{len(examples)} traces"
+    max_len = config.sft.max_seq_len or int(getattr(policy.model.config, "max_position_embeddings", 0) or 1 << 30)
+    kept, dropped = truncate(examples, max_len)
+    if not kept:
+        raise ConfigError(f"config key sft.max_seq_len: every SFT sequence's prompt fills {max_len} tokens; nothing "
+                          "is left to train on", key="sft.max_seq_len")
+    cut = sum(ex.truncated for ex in kept) + dropped
+    log(f"SFT data: {source}; {cut} ({cut / len(examples):.1%}) longer than {max_len} tokens were cut"
+        + (f", {dropped} of them dropped (no assistant token left)" if dropped else ""))
+    return kept, {"sft_truncated_fraction": cut / len(examples), "sft_max_seq_len": max_len}
+
+
 def run_eval(name: str, policy: Policy, engine: Any, task: tasks.Task, examples: list[tasks.Example],
              config: RunConfig, run_dir: Path, n: int, temperature: float) -> dict[str, float]:
     """Evaluate (or reuse a finished evaluation of) the current policy; returns its metrics."""
@@ -510,7 +613,8 @@ def add_wall_time(run_dir: Path, seconds: float) -> dict[str, Any]:
 def run_policy(config: RunConfig, run_dir: Path, device: torch.device, task: tasks.Task) -> Policy:
     """The run's policy: the model directory (built, or model.path) loaded, with data.prompt_template
     set on its tokenizer (checkpoints save it with the tokenizer), checked for vLLM when it samples."""
-    policy = load_policy(build_model_dir(config, run_dir), config.model.impl, config.model.dtype, device)
+    policy = with_lora(load_policy(build_model_dir(config, run_dir), config.model.impl, config.model.dtype,
+                                   device), config)
     if config.data.prompt_template:  # a base model's prompt format
         from rlvr.models.chat import set_prompt_template
 
@@ -539,6 +643,10 @@ def _run(config: RunConfig, inputs: Inputs, run_dir: Path) -> dict[str, Any]:
     policy = run_policy(config, run_dir, device, task)
     n_params = sum(p.numel() for p in policy.model.parameters())
     log(f"model: {policy.path} ({n_params / 1e6:.2f}M parameters, {'native' if policy.packed else 'transformers'})")
+    if config.model.lora is not None:
+        trained = sum(p.numel() for p in policy.model.parameters() if p.requires_grad)
+        log(f"LoRA r={config.model.lora.r} on {', '.join(config.model.lora.target_modules)}: "
+            f"{trained / 1e6:.3f}M trainable parameters")
     eos_ids = eos_token_ids(policy.tokenizer)
     prompt_cache, fits = prompt_tokens(policy.tokenizer, task, config.data.max_prompt_tokens)
     if fits is not None:
@@ -557,11 +665,12 @@ def _run(config: RunConfig, inputs: Inputs, run_dir: Path) -> dict[str, Any]:
     engine = TorchEngine(policy.model, eos_token_ids=eos_ids, pad_token_id=policy.tokenizer.pad_token_id or 0,
                          device=str(device), dtype=decode_dtype)
 
+    sft_info: dict[str, Any] = {}
     if config.sft.enabled:
         t0 = time.perf_counter()
-        pairs = sft_pairs(config, task, policy.tokenizer, eos_ids[0], banned)
-        log(f"SFT: {len(pairs)} traces ({time.perf_counter() - t0:.1f}s to build), {config.sft.steps} steps")
-        train_sft(policy.model, policy.tokenizer, pairs, config.sft, run_dir=run_dir, logger=logger,
+        examples, sft_info = sft_examples(config, task, policy, eos_ids, banned, inputs.sft_rows)
+        log(f"SFT: {len(examples)} sequences ({time.perf_counter() - t0:.1f}s to build), {config.sft.steps} steps")
+        train_sft(policy.model, policy.tokenizer, examples, config.sft, run_dir=run_dir, logger=logger,
                   device=device, packed=policy.packed, seed=config.seed, checkpoint=config.checkpoint,
                   progress=config.logging.progress,
                   eval_fn=in_loop_eval("sft_eval", engine, policy, task, held_out, config))
@@ -571,7 +680,7 @@ def _run(config: RunConfig, inputs: Inputs, run_dir: Path) -> dict[str, Any]:
         final = evaluate_both(stage, policy, engine, task, held_out, config, run_dir)
         log(f"{stage.replace('_', ' ')}: {_describe(final, config)}")
         logger.close()
-        return stage_summary(config, stage, final, held_out)
+        return {**stage_summary(config, stage, final, held_out), **sft_info}
 
     before = evaluate_both("before_rl", policy, engine, task, held_out, config, run_dir)
     log(f"before RL: {_describe(before, config)}")
@@ -601,7 +710,7 @@ def _run(config: RunConfig, inputs: Inputs, run_dir: Path) -> dict[str, Any]:
     log(f"after RL: {_describe(after, config)}")
     logger.close()
 
-    return make_summary(config, before, after, held_out, time.perf_counter() - t_start, rl_summary)
+    return {**make_summary(config, before, after, held_out, time.perf_counter() - t_start, rl_summary), **sft_info}
 
 
 def engine_dtype(config: RunConfig, policy: Policy) -> torch.dtype | None:
@@ -677,7 +786,7 @@ def vllm_engine(config: RunConfig, policy: Policy, eos_ids: tuple[int, ...]):
     engine = VLLMEngine(str(policy.path), eos_token_ids=eos_ids, dtype=config.model.engine_dtype,
                         max_num_seqs=rl.prompts_per_step * group, max_model_len=config.context_tokens(),
                         threads=config.threads or None, seed=config.seed)
-    engine.load_weights(policy.model.state_dict())  # after SFT the policy differs from its directory
+    engine.load_weights(hf_state_dict(policy.model))  # after SFT the policy differs from its directory
     log(f"rollout engine: vLLM ({config.model.engine_dtype}, weights pushed after every update)")
     return engine
 

@@ -32,6 +32,7 @@ from rlvr import algorithms
 from rlvr.config import CheckpointConfig, LoggingConfig, RLConfig
 from rlvr.errors import CheckpointError
 from rlvr.evaluation.metrics import source_metrics
+from rlvr.models.lora import hf_state_dict
 from rlvr.rewards import cosine_length_reward, overlong_penalty
 from rlvr.rollout import RolloutEngine, SamplingParams
 from rlvr.tasks import Example, Task
@@ -47,6 +48,7 @@ from rlvr.trainers.common import (
     micro_batches,
     per_sequence,
     stage_value,
+    trainable_parameters,
 )
 
 if TYPE_CHECKING:
@@ -669,7 +671,7 @@ def train_rl(  # noqa: C901 - one loop; an optional learner, reference and criti
     run_dir = Path(run_dir)
     stage_dir = run_dir / "checkpoints" / "rl"
     ref = copy.deepcopy(policy).eval().requires_grad_(False) if cfg.kl_coef > 0 else None
-    optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, betas=(cfg.adam_betas[0], cfg.adam_betas[1]),
+    optimizer = torch.optim.AdamW(trainable_parameters(policy), lr=cfg.lr, betas=(cfg.adam_betas[0], cfg.adam_betas[1]),
                                   weight_decay=cfg.weight_decay)
     start_step, best, low_streak = 0, -1.0, 0
     latest = ckpt.latest_checkpoint(stage_dir)
@@ -688,7 +690,7 @@ def train_rl(  # noqa: C901 - one loop; an optional learner, reference and criti
         start_step, best, low_streak = state["step"], state["best_accuracy"], state["low_streak"]
         print(f"[rlvr] resuming RL from {latest}", flush=True)
         if not engine_shares_weights:
-            engine.load_weights(policy.state_dict())
+            engine.load_weights(hf_state_dict(policy))
     logger.truncate_after("rl", start_step)  # rows logged after the checkpoint (or before the first) go
     # The point at the resumed step may have been logged before its checkpoint was written, or not:
     # it is dropped and computed again (same weights, same sampling seed: the same value).
@@ -722,7 +724,7 @@ def train_rl(  # noqa: C901 - one loop; an optional learner, reference and criti
         t_update = time.perf_counter() - t0
         t0 = time.perf_counter()
         if not engine_shares_weights:
-            engine.load_weights(policy.state_dict())
+            engine.load_weights(hf_state_dict(policy))  # a LoRA policy: adapters merged in
         t_sync = time.perf_counter() - t0
         metrics.update({
             "timing_s/gen": t_gen, "timing_s/update": t_update, "timing_s/sync": t_sync,
@@ -750,7 +752,7 @@ def train_rl(  # noqa: C901 - one loop; an optional learner, reference and criti
                 state["reference"] = ref.state_dict()
             if critic is not None:
                 state["critic"] = critic.state_dict()
-            ckpt.save_checkpoint(stage_dir, done, policy, tokenizer, state, checkpoint.keep_last)
+            ckpt.save_checkpoint(stage_dir, done, policy, tokenizer, state, checkpoint.keep_last, checkpoint.merge_lora)
         if collapsed:
             stopped_early = done
             break

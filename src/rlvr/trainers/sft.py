@@ -1,6 +1,11 @@
 """Cold-start supervised fine-tuning: one readable loop.
 
-Loss: mean negative log-likelihood over completion tokens only (prompt tokens are context).
+Data: SFTExamples, token ids with a per-token `trained` flag: a task's solver trace is a prompt
+(context) and a completion (trained); a conversation from sft.train_file trains its assistant
+turns only (rlvr.data.conversations). Sequences longer than sft.max_seq_len are cut (truncate);
+the share of cut ones is logged as sft/truncated_fraction.
+
+Loss: mean negative log-likelihood over trained tokens only (the rest is context).
 Sequences are packed several to a row (segment-aware attention, positions restart per sequence)
 when the model is rlvr's native implementation, so no padding token is computed on; with a plain
 transformers model rows are right-padded and padding is masked out of the loss. Linear warm-up,
@@ -12,6 +17,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +36,41 @@ from rlvr.trainers.common import (
     lr_at,
     micro_batches,
     pack_rows,
+    trainable_parameters,
 )
+
+
+@dataclass(frozen=True)
+class SFTExample:
+    """One SFT sequence: token ids and, per token, whether predicting it is trained."""
+
+    ids: list[int]
+    trained: list[bool]
+    truncated: bool = False
+    """Cut at sft.max_seq_len (its tail is not trained)."""
+
+    @classmethod
+    def from_pair(cls, prompt_ids: Sequence[int], completion_ids: Sequence[int]) -> SFTExample:
+        return cls(list(prompt_ids) + list(completion_ids), [False] * len(prompt_ids) + [True] * len(completion_ids))
+
+    @property
+    def targets(self) -> int:
+        """Tokens the loss is on (the first token of a sequence has nothing to predict it from)."""
+        return sum(self.trained[1:])
+
+
+def truncate(examples: Sequence[SFTExample], max_len: int) -> tuple[list[SFTExample], int]:
+    """Cut sequences longer than max_len tokens to their first max_len; drop those left with no
+    trained token (a prompt that fills max_len). Returns (kept examples, number dropped)."""
+    kept, dropped = [], 0
+    for ex in examples:
+        if len(ex.ids) > max_len:
+            ex = SFTExample(ex.ids[:max_len], ex.trained[:max_len], truncated=True)
+        if ex.targets == 0:
+            dropped += 1
+            continue
+        kept.append(ex)
+    return kept, dropped
 
 
 def step_indices(step: int, batch_size: int, n_examples: int, seed: int) -> np.ndarray:
@@ -56,9 +96,10 @@ def layout(lengths: Sequence[int], token_budget: int, packed: bool) -> list[list
 
 def sft_loss(model: torch.nn.Module, sequences: Sequence[Sequence[int]], starts: Sequence[int],
              rows: list[list[int]], device: torch.device, packed: bool,
-             autocast: str = "none") -> tuple[torch.Tensor, int]:
-    """Summed NLL of the completion tokens of `sequences` laid out in `rows`, and their count."""
-    batch = build_batch(sequences, starts, rows)
+             autocast: str = "none", trained: Sequence[Sequence[bool]] | None = None) -> tuple[torch.Tensor, int]:
+    """Summed NLL of the completion tokens of `sequences` laid out in `rows`, and their count
+    (trained: the per-token targets instead of the completions after `starts`)."""
+    batch = build_batch(sequences, starts, rows, trained)
     with autocast_context(device, autocast):
         logits = forward_logits(model, batch, device, packed)  # (R, L, V)
     logp = token_logprobs_from_logits(logits, batch.target_ids.to(device))  # (R, L)
@@ -69,7 +110,7 @@ def sft_loss(model: torch.nn.Module, sequences: Sequence[Sequence[int]], starts:
 def train_sft(
     model: torch.nn.Module,
     tokenizer: Any,
-    pairs: Sequence[tuple[list[int], list[int]]],
+    examples: Sequence[SFTExample],
     cfg: SFTConfig,
     *,
     run_dir: Path,
@@ -81,9 +122,9 @@ def train_sft(
     progress: bool = True,
     eval_fn: Callable[[int], dict[str, float]] | None = None,
 ) -> dict[str, float]:
-    """Train on (prompt_ids, completion_ids) pairs for cfg.steps optimizer steps; returns last metrics."""
+    """Train on `examples` for cfg.steps optimizer steps; returns the last metrics."""
     stage_dir = Path(run_dir) / "checkpoints" / "sft"
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(cfg.adam_betas[0], cfg.adam_betas[1]),
+    optimizer = torch.optim.AdamW(trainable_parameters(model), lr=cfg.lr, betas=(cfg.adam_betas[0], cfg.adam_betas[1]),
                                   weight_decay=cfg.weight_decay)
     start_step = 0
     latest = ckpt.latest_checkpoint(stage_dir)
@@ -103,14 +144,14 @@ def train_sft(
         lr = lr_at(step, cfg.steps, cfg.lr, cfg.warmup_steps, "cosine", cfg.min_lr_ratio)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        chosen = step_indices(step, cfg.batch_size, len(pairs), seed)
-        sequences = [pairs[i][0] + pairs[i][1] for i in chosen]
-        starts = [len(pairs[i][0]) for i in chosen]
+        chosen = [examples[i] for i in step_indices(step, cfg.batch_size, len(examples), seed)]
+        sequences = [ex.ids for ex in chosen]
+        trained = [ex.trained for ex in chosen]
         micro = layout([len(s) for s in sequences], cfg.micro_batch_tokens, packed)
-        n_tokens = sum(len(pairs[i][1]) for i in chosen)
+        n_tokens = sum(ex.targets for ex in chosen)
         total_loss = 0.0
         for rows in micro:
-            loss_sum, _ = sft_loss(model, sequences, starts, rows, device, packed, cfg.autocast)
+            loss_sum, _ = sft_loss(model, sequences, [0] * len(chosen), rows, device, packed, cfg.autocast, trained)
             (loss_sum / n_tokens).backward()
             total_loss += loss_sum.item()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf"))
@@ -121,7 +162,8 @@ def train_sft(
         last = {
             "phase": "sft", "step": step + 1, "sft/loss": total_loss / n_tokens, "sft/lr": lr,
             "sft/grad_norm": float(grad_norm), "sft/tokens_per_s": sum(map(len, sequences)) / seconds,
-            "sft/completion_tokens": n_tokens, "timing_s/step": seconds,
+            "sft/completion_tokens": n_tokens, "sft/truncated_fraction": sum(ex.truncated for ex in chosen) / len(chosen),
+            "timing_s/step": seconds,
         }
         if eval_fn is not None and cfg.eval_every and (step + 1) % cfg.eval_every == 0 and step + 1 < cfg.steps:
             model.eval()
@@ -132,7 +174,7 @@ def train_sft(
         done = step + 1
         if (checkpoint.every and done % checkpoint.every == 0) or done == cfg.steps:
             ckpt.save_checkpoint(stage_dir, done, model, tokenizer,
-                                 {"optimizer": optimizer.state_dict()}, checkpoint.keep_last)
+                                 {"optimizer": optimizer.state_dict()}, checkpoint.keep_last, checkpoint.merge_lora)
     bar.close()
     model.eval()
     return last
