@@ -48,6 +48,11 @@ class ModelConfig:
     """Dtype the rollout engine decodes in (bf16 weight copies: faster on CPUs with AMX and on GPUs;
     its log-probs then differ slightly from the fp32 learner's, which matters only with several
     updates per batch or rl.tis_cap)."""
+    engine_workers: int = 0
+    """Row chunks the torch engine decodes at once, in threads, each with one intra-op torch thread
+    (a decode step's ops are too small for intra-op threads to pay: on 2 cores, one batch with 2
+    threads decoded slower than with 1). 0: the run's `threads` (torch's thread count when threads
+    is 0). 1: one batch with `threads` intra-op threads, the engine before 2026-12-03."""
     engine: Literal["torch", "vllm"] = "torch"
     """Rollout engine of the RL stage: rlvr's TorchEngine (shares the learner's weights) or vLLM in
     this process (decoding in engine_dtype, the learner's weights pushed after every update; needs
@@ -480,6 +485,7 @@ DOMAINS: dict[str, Domain] = {
     "out_dir": Domain(lambda v: bool(v.strip()), "a directory path"),
     "threads": at_least(0, "an integer >= 0 (0: all cores)"),
     "model.preset": name_in(_table("rlvr.models.factory", "PRESETS"), "a model preset"),
+    "model.engine_workers": at_least(0),
     "data.task": name_in(lambda: sorted([*_table("rlvr.tasks", "TASKS")(), *_table("rlvr.tasks", "ROW_TASKS")()]),
                          "a task"),
     "data.train_size": positive(),

@@ -413,7 +413,7 @@ def _run(config: RunConfig, inputs: Inputs, run_dir: Path) -> dict[str, Any]:
                            config=to_dict(config))
     decode_dtype = engine_dtype(config, policy)
     engine = TorchEngine(policy.model, eos_token_ids=eos_ids, pad_token_id=policy.tokenizer.pad_token_id or 0,
-                         device=str(device), dtype=decode_dtype)
+                         device=str(device), dtype=decode_dtype, workers=engine_workers(config))
 
     if config.sft.enabled:
         t0 = time.perf_counter()
@@ -467,6 +467,11 @@ def _run(config: RunConfig, inputs: Inputs, run_dir: Path) -> dict[str, Any]:
     logger.close()
 
     return make_summary(config, before, after, held_out, time.perf_counter() - t_start, rl_summary)
+
+
+def engine_workers(config: RunConfig) -> int:
+    """TorchEngine's workers: model.engine_workers, or with 0 the run's threads (torch's count when 0)."""
+    return config.model.engine_workers or config.threads or torch.get_num_threads()
 
 
 def engine_dtype(config: RunConfig, policy: Policy) -> torch.dtype | None:
