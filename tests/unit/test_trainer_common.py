@@ -95,3 +95,20 @@ def test_stage_value_picks_latest_started_stage():
     stages = [StageConfig(0, 3), StageConfig(10, 4), StageConfig(20, 5)]
     assert [stage_value(stages, s, 99) for s in (0, 9, 10, 25)] == [3, 3, 4, 5]
     assert stage_value([StageConfig(5, 1)], 2, 7) == 7
+
+
+def test_bf16_autocast_falls_back_to_float32_where_bf16_matmuls_are_slow(monkeypatch):
+    from rlvr.trainers import common
+
+    cpu = torch.device("cpu")
+    monkeypatch.setitem(common._BF16_FAST, "cpu", True)
+    with common.autocast_context(cpu, "bfloat16"):
+        assert torch.is_autocast_enabled("cpu")
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16
+    monkeypatch.setitem(common._BF16_FAST, "cpu", False)  # e.g. an AVX2-only CPU
+    with common.autocast_context(cpu, "bfloat16"):
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
+    with common.autocast_context(cpu, "none"):
+        assert not torch.is_autocast_enabled("cpu")
+    monkeypatch.delitem(common._BF16_FAST, "cpu")
+    assert isinstance(common.cpu_bf16_matmul_is_fast(), bool)  # measured on this machine
