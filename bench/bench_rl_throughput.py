@@ -4,8 +4,9 @@ Each round runs `--steps` RL steps of the recipe (its own batch: prompts_per_ste
 mini-batches and update settings) for every contender, in alternating order, each from the same
 starting weights with a fresh optimizer and the same step indices (so the same prompts), the way
 train_rl runs a step (collect, then update_policy on the engine's own module). A contender is the
-recipe plus its overrides; the default baseline is the engine as it was before 2026-12-03
-(`model.engine_workers=1`: one decoding batch on torch's intra-op threads). The machine is shared,
+recipe plus its overrides; the default baseline is the engine and update as they were before
+2026-12-03 (`model.engine_workers=1 rl.update_workers=1`: one decoding batch, and one micro-batch
+after another, on torch's intra-op threads). The machine is shared,
 so each round's ratio pairs runs made back to back, and the median over rounds is the figure.
 
     PYTHONPATH=src python bench/bench_rl_throughput.py --model-dir runs/kk-tiny/checkpoints/sft/step_000500
@@ -88,7 +89,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds (each runs every contender once)")
     ap.add_argument("--steps", type=int, default=2, help="RL steps per contender per round")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (default: the recipe's)")
-    ap.add_argument("--baseline", nargs="*", default=["model.engine_workers=1"],
+    ap.add_argument("--baseline", nargs="*", default=["model.engine_workers=1", "rl.update_workers=1"],
                     help="overrides of the baseline contender (default: the engine before 2026-12-03)")
     ap.add_argument("--new", nargs="*", default=[], help="overrides of the new contender (default: the recipe)")
     args = ap.parse_args()

@@ -163,6 +163,11 @@ class RLConfig:
     autocast: Literal["none", "bfloat16"] = "none"
     """bfloat16: the update's forward/backward matmuls in bf16 (torch.autocast); the parameters,
     optimizer, log-probs and loss stay float32."""
+    update_workers: int = 0
+    """Threads that compute an optimizer step's micro-batch gradients at once, each with one
+    intra-op torch thread, summed in a fixed order (with one micro-batch there is nothing to split).
+    0: the run's threads on a CPU. 1: one after another with `threads` intra-op threads, the
+    update before 2026-12-03."""
     advantage: str = "grpo"
     """Advantage estimator (rlvr.algorithms.ADVANTAGES)."""
     advantage_options: dict[str, Any] = field(default_factory=dict)
@@ -486,6 +491,7 @@ DOMAINS: dict[str, Domain] = {
     "threads": at_least(0, "an integer >= 0 (0: all cores)"),
     "model.preset": name_in(_table("rlvr.models.factory", "PRESETS"), "a model preset"),
     "model.engine_workers": at_least(0),
+    "rl.update_workers": at_least(0),
     "data.task": name_in(lambda: sorted([*_table("rlvr.tasks", "TASKS")(), *_table("rlvr.tasks", "ROW_TASKS")()]),
                          "a task"),
     "data.train_size": positive(),
