@@ -62,7 +62,7 @@ def main() -> None:
     from rlvr.config import load_config
     from rlvr.models import eos_token_ids, prompt_ids
     from rlvr.rollout.torch_engine import TorchEngine
-    from rlvr.trainers.pipeline import engine_dtype, load_policy, training_source
+    from rlvr.trainers.pipeline import engine_dtype, engine_workers, load_policy, training_source
     from rlvr.trainers.rl import ProblemPool, collect, gradient_rows, knobs_at, update_policy
 
     config = load_config(args.recipe, [f"model.path={args.model_dir}", *args.overrides])
@@ -72,7 +72,7 @@ def main() -> None:
     task = tasks.get(config.data.task, **config.data.task_options)
     eos = eos_token_ids(policy.tokenizer)
     engine = TorchEngine(policy.model, eos_token_ids=eos, pad_token_id=policy.tokenizer.pad_token_id or 0,
-                         dtype=engine_dtype(config, policy))
+                         dtype=engine_dtype(config, policy), workers=engine_workers(config))
     pool = ProblemPool(training_source(config, task, set()), seed=config.seed)
     cache: dict[str, list[int]] = {}
 
@@ -93,7 +93,8 @@ def main() -> None:
         t_gen = time.perf_counter() - t0
         policy.model.train()
         t0 = time.perf_counter()
-        update_policy(policy.model, None, optimizer, batch, cfg, knobs, device, policy.packed, step, config.seed)
+        update_policy(policy.model, None, optimizer, batch, cfg, knobs, device, policy.packed, step, config.seed,
+                      engine_shares_weights=True)
         t_upd = time.perf_counter() - t0
         prompts = [len(p) for p in batch.prompt_ids]
         comps = [len(c) for c in batch.completion_ids]

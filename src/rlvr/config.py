@@ -56,6 +56,11 @@ class ModelConfig:
     """Dtype the rollout engine decodes in (bf16 weight copies: faster on CPUs with AMX and on GPUs;
     its log-probs then differ slightly from the fp32 learner's, which matters only with several
     updates per batch or rl.tis_cap)."""
+    engine_workers: int = 0
+    """Row chunks the torch engine decodes at once, in threads, each with one intra-op torch thread
+    (a decode step's ops are too small for intra-op threads to pay: on 2 cores, one batch with 2
+    threads decoded slower than with 1). 0: the run's `threads` (torch's thread count when threads
+    is 0). 1: one batch with `threads` intra-op threads, the engine before 2026-12-03."""
     engine: Literal["torch", "vllm"] = "torch"
     """Rollout engine of the RL stage: rlvr's TorchEngine (shares the learner's weights) or vLLM in
     this process (decoding in engine_dtype, the learner's weights pushed after every update; needs
@@ -221,6 +226,11 @@ class RLConfig:
     autocast: Literal["none", "bfloat16"] = "none"
     """bfloat16: the update's forward/backward matmuls in bf16 (torch.autocast); the parameters,
     optimizer, log-probs and loss stay float32."""
+    update_workers: int = 0
+    """Threads that compute an optimizer step's micro-batch gradients at once, each with one
+    intra-op torch thread, summed in a fixed order (with one micro-batch there is nothing to split).
+    0: the run's threads on a CPU. 1: one after another with `threads` intra-op threads, the
+    update before 2026-12-03."""
     advantage: str = "grpo"
     """Advantage estimator (rlvr.algorithms.ADVANTAGES)."""
     advantage_options: dict[str, Any] = field(default_factory=dict)
@@ -691,6 +701,8 @@ DOMAINS: dict[str, Domain] = {
     "out_dir": Domain(lambda v: bool(v.strip()), "a directory path"),
     "threads": at_least(0, "an integer >= 0 (0: all cores)"),
     "model.preset": name_in(_table("rlvr.models.factory", "PRESETS"), "a model preset"),
+    "model.engine_workers": at_least(0),
+    "rl.update_workers": at_least(0),
     "data.task": Domain(lambda v: v in _task_names() or ":" in v, "a task name or a spec 'module:Class' / "
                         "'path/to/file.py:Class'", names=lambda: _task_names()),
     "data.train_size": positive(),

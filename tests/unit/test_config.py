@@ -107,6 +107,7 @@ def test_cli_key_value_options_parse_yaml_and_keep_empty_strings():
         ("checkpoint.every=-1", r"checkpoint.every: got -1, expected an integer >= 0"),
         ("data.task=knights_knave", r"data.task: got 'knights_knave', expected a task name or a spec .*; did you mean 'knights_knaves'"),
         ("model.preset=tinyy", r"model.preset: got 'tinyy', expected a model preset; did you mean 'tiny'"),
+        ("model.engine_workers=-1", r"model.engine_workers: got -1, expected an integer >= 0"),
         ("rl.adam_betas=[0.9]", r"rl.adam_betas: got \[0.9\], expected two numbers in \[0, 1\)"),
         ("rl.curriculum=[{start_step: -1, value: {people: 3}}]", r"rl.curriculum\[0\].start_step: got -1"),
         ("rl.top_p=0", r"rl.top_p: got 0.0, expected a number in \(0, 1\]"),
@@ -182,3 +183,11 @@ def test_the_optional_lora_section():
         load_config("recipes/kk-tiny.yaml", ["checkpoint.merge_lora=true"])
     with pytest.raises(ConfigError, match="model.lora: .*expected null with distributed=ray"):
         load_config("recipes/kk-tiny.yaml", ["model.lora.r=4", "distributed=ray"])
+
+
+def test_engine_workers_default_to_the_run_threads():
+    from rlvr.trainers.pipeline import engine_workers
+
+    assert engine_workers(load_config("recipes/kk-tiny.yaml", [])) == 2  # the recipe's threads: 2
+    assert engine_workers(load_config("recipes/kk-tiny.yaml", ["model.engine_workers=1"])) == 1
+    assert engine_workers(load_config("recipes/kk-tiny.yaml", ["threads=3"])) == 3

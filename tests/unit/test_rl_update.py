@@ -196,3 +196,38 @@ def test_tis_and_kl_in_reward_share_one_forward_of_the_current_policy(monkeypatc
     assert calls.count((False, False)) == 1  # the reference
     assert calls.count((True, True)) == 2  # one training forward per mini-batch
     assert "actor/reward_kl" in stats and "rollout/tis_weight_mean" in stats
+
+
+def test_update_workers_give_the_sequential_gradient_and_statistics():
+    """Micro-batch gradients computed by 3 worker threads and summed in a fixed order equal those of
+    one thread running the micro-batches one after another (float rounding aside)."""
+    batch = make_batch([[1.0, 0.0, 0.0, 1.0], [0.0, 1.0, 1.0, 0.5], [1.0, 0.0, 1.0, 0.0]])
+    knobs = Knobs(difficulty={}, max_new_tokens=16, group_size=4, temperature=1.0, lr=1e-2, stage=0)
+    width = max(len(c) for c in batch.completion_ids)
+    lengths = torch.tensor([len(c) for c in batch.completion_ids])
+    mask = (torch.arange(width)[None, :] < lengths[:, None]).float()
+    adv = algorithms.compute_advantages("grpo", torch.tensor(batch.rewards), torch.tensor(batch.group_ids), mask)
+    old_lp = padded(batch.engine_logprobs, width)
+    lengths_list = rl.forward_lengths(NativeCausalLM(CFG), batch, range(len(batch)), True)
+    assert len(rl.micro_batches(lengths_list, 24)) >= 3  # there is something to split
+    seen, stats = {}, {}
+    for workers in (1, 3):
+        torch.manual_seed(0)
+        model = NativeCausalLM(CFG)
+        optimizer = GradRecorder(model)
+        cfg = RLConfig(micro_batch_tokens=24, update_workers=workers)
+        stats[workers] = minibatch_step(model, optimizer, batch, list(range(len(batch))), width, adv, mask, old_lp,
+                                        None, cfg, knobs, torch.device("cpu"), True)
+        seen[workers] = optimizer.seen
+    for name, grad in seen[1].items():
+        torch.testing.assert_close(seen[3][name], grad, atol=1e-6, rtol=1e-5, msg=name)
+    for key in ("actor/pg_loss", "actor/entropy", "actor/grad_norm"):
+        assert stats[3][key] == pytest.approx(stats[1][key], rel=1e-5, abs=1e-7), key
+
+
+def test_worker_parts_balance_tokens_in_a_fixed_order():
+    lengths = [10, 9, 8, 3, 2, 2]
+    batches = [[0], [1], [2], [3, 4, 5]]  # costs 10, 9, 8, 9 (3 rows padded to 3)
+    assert rl.worker_parts(batches, lengths, 2) == [[[0], [2]], [[1], [3, 4, 5]]]
+    assert rl.worker_parts(batches, lengths, 1) == [[[0], [1], [3, 4, 5], [2]]]
+    assert rl.worker_parts([[0]], lengths, 4) == [[[0]]]

@@ -10,7 +10,7 @@ from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from rlvr.models.native import NativeCausalLM
 from rlvr.rollout.base import RolloutEngine, SamplingParams
-from rlvr.rollout.torch_engine import TorchEngine, sample_tokens, top_k_top_p_mask
+from rlvr.rollout.torch_engine import TorchEngine, chunk_bounds, sample_tokens, top_k_top_p_mask
 
 VOCAB = 53
 PROMPTS = [[5, 6, 7, 8, 9, 10], [11, 12, 13], [14, 15, 16, 17, 18, 19, 20, 21, 22]]
@@ -173,6 +173,43 @@ def test_max_batch_size_matches_one_batch_for_greedy(native):
     engine = TorchEngine(native, eos_token_ids=[], max_batch_size=2)
     parts = engine.generate(PROMPTS, greedy(7, n=3))
     assert [(r.prompt_index, r.token_ids) for r in parts] == [(r.prompt_index, r.token_ids) for r in whole]
+
+
+def test_samples_do_not_depend_on_chunks_or_workers(model):
+    """Each row draws its k-th token with its own pre-drawn uniform: chunking, compaction and
+    parallel workers change nothing but float rounding (tokens equal, log-probs within 1e-5)."""
+    params = SamplingParams(n=4, temperature=1.0, top_p=0.9, max_new_tokens=9, seed=7)
+    one = TorchEngine(model, eos_token_ids=[]).generate(PROMPTS, params)
+    for kw in ({"workers": 2}, {"workers": 3}, {"max_batch_size": 5}, {"max_batch_size": 2, "workers": 2}):
+        other = TorchEngine(model, eos_token_ids=[], **kw).generate(PROMPTS, params)
+        assert [(r.prompt_index, r.token_ids) for r in other] == [(r.prompt_index, r.token_ids) for r in one], kw
+        for a, b in zip(one, other):
+            torch.testing.assert_close(torch.tensor(b.logprobs), torch.tensor(a.logprobs), atol=1e-5, rtol=0)
+    assert len({tuple(r.token_ids) for r in one}) > 4  # sampled, not collapsed to a few outputs
+
+
+def test_workers_keep_greedy_outputs_stops_and_threads(native):
+    free = TorchEngine(native, eos_token_ids=[]).generate(PROMPTS, greedy(12, n=2))
+    stop_id = free[2].token_ids[1]
+    sequential = TorchEngine(native, eos_token_ids=[stop_id]).generate(PROMPTS, greedy(12, n=2))
+    threads = torch.get_num_threads()
+    engine = TorchEngine(native, eos_token_ids=[stop_id], workers=2)
+    parallel = engine.generate(PROMPTS, greedy(12, n=2))
+    assert torch.get_num_threads() == threads  # restored after the workers ran with one each
+    assert [(r.token_ids, r.finish_reason) for r in parallel] == [(r.token_ids, r.finish_reason) for r in sequential]
+    assert any(r.finish_reason == "stop" for r in parallel)
+    assert engine.last_stats["prefill_tokens"] == sum(map(len, PROMPTS))  # a prompt is prefilled once
+    with pytest.raises(ValueError, match="workers"):
+        TorchEngine(native, eos_token_ids=[], workers=0)
+
+
+def test_chunk_bounds():
+    assert chunk_bounds(8, 16, None, 1) == [(0, 128)]
+    assert chunk_bounds(8, 16, None, 2) == [(0, 64), (64, 128)]
+    assert chunk_bounds(3, 4, None, 2) == [(0, 8), (8, 12)]  # cut at a prompt boundary
+    assert chunk_bounds(1, 5, None, 2) == [(0, 3), (3, 5)]  # fewer prompts than workers: split the rows
+    assert chunk_bounds(3, 4, 5, 1) == [(0, 5), (5, 10), (10, 12)]
+    assert chunk_bounds(0, 4, None, 2) == []
 
 
 def test_finished_rows_leave_the_running_batch(native):

@@ -117,3 +117,20 @@ def test_threads_zero_is_every_core_the_process_may_use(monkeypatch):
         assert torch.get_num_threads() == 3
     finally:
         torch.set_num_threads(before)
+
+
+def test_bf16_autocast_falls_back_to_float32_where_bf16_matmuls_are_slow(monkeypatch):
+    from rlvr.trainers import common
+
+    cpu = torch.device("cpu")
+    monkeypatch.setitem(common._BF16_FAST, "cpu", True)
+    with common.autocast_context(cpu, "bfloat16"):
+        assert torch.is_autocast_enabled("cpu")
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16
+    monkeypatch.setitem(common._BF16_FAST, "cpu", False)  # e.g. an AVX2-only CPU
+    with common.autocast_context(cpu, "bfloat16"):
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
+    with common.autocast_context(cpu, "none"):
+        assert not torch.is_autocast_enabled("cpu")
+    monkeypatch.delitem(common._BF16_FAST, "cpu")
+    assert isinstance(common.cpu_bf16_matmul_is_fast(), bool)  # measured on this machine

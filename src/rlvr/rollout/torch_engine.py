@@ -8,7 +8,12 @@
     The engine only duck-types this API (the rollout package imports nothing from rlvr.models).
 
 How one generate() call runs:
-  1. rows = (prompt, sample) pairs, prompt-major; chunks of at most `max_batch_size` rows.
+  1. rows = (prompt, sample) pairs, prompt-major; chunks of at most `max_batch_size` rows, and
+     with `workers` > 1 at least that many chunks, cut at prompt boundaries where possible.
+     Chunks run one after another, or with workers > 1 in that many threads at once, each with one
+     intra-op torch thread: the ops of a decode step on this model are too small for torch's
+     intra-op parallelism (on 2 CPU cores, 2 threads decoded one batch slower than 1), while
+     independent chunks keep both cores busy.
   2. per chunk: the distinct prompts are left-padded and prefilled once; their caches are then
      replicated to one row per sample, so n samples share one prefill.
   3. decode in lockstep: sample every running row, record token and log-prob, stop rows on a stop
@@ -20,9 +25,11 @@ batch beyond float rounding.
 
 Sampling: log-probs are log_softmax(logits / T) of the unfiltered logits (T = 1 for greedy),
 float32; top-k then top-p (on the renormalised top-k distribution) restrict the support; a token
-is drawn by inverting the CDF with one uniform number per row from a torch.Generator seeded by
-SamplingParams.seed (Gumbel-max or torch.multinomial draw one number per vocabulary entry, ~10x
-slower on CPU for a 1000-token vocabulary).
+is drawn by inverting the CDF with one uniform number (Gumbel-max or torch.multinomial draw one
+number per vocabulary entry, ~10x slower on CPU for a 1000-token vocabulary). The uniforms are
+drawn once per generate() call, one per (row, token index), from a torch.Generator seeded by
+SamplingParams.seed: a row's samples do not depend on how the rows are chunked, compacted or
+spread over workers (beyond float rounding of the logits).
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ import inspect
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -84,11 +92,13 @@ def sample_tokens(
     top_k: int = 0,
     top_p: float = 1.0,
     generator: torch.Generator | None = None,
+    uniform: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Draw one token per row of logits (B, V); return (tokens (B,) int64, logprobs (B,) float32).
 
     logprobs are those of the drawn tokens under log_softmax(logits / temperature) before any
     filtering (under log_softmax(logits) when temperature == 0, which means greedy argmax).
+    uniform (B,) in [0, 1): the numbers that invert each row's CDF; default drawn from generator.
     """
     logits = logits.float()
     if temperature == 0:
@@ -99,7 +109,10 @@ def sample_tokens(
         keep = top_k_top_p_mask(logprobs, top_k, top_p)
         probs = logprobs.exp() if keep is None else logprobs.exp().masked_fill(~keep, 0.0)
         cdf = probs.cumsum(dim=-1)  # (B, V)
-        u = torch.rand(cdf.shape[0], 1, generator=generator, device=cdf.device, dtype=cdf.dtype)
+        if uniform is None:
+            u = torch.rand(cdf.shape[0], 1, generator=generator, device=cdf.device, dtype=cdf.dtype)
+        else:
+            u = uniform.to(cdf.dtype)[:, None]
         # first index whose cdf exceeds u * total: never a zero-probability token
         tokens = torch.searchsorted(cdf, u * cdf[:, -1:], right=True).squeeze(1)
         tokens = tokens.clamp_(max=logits.shape[-1] - 1)
@@ -212,7 +225,9 @@ class TorchEngine:
     pad_token_id: filler for left padding (never attended to).
     device: where generation runs; the model is moved there if it lives elsewhere.
     decode_fn: token ids -> text; needed for SamplingParams.stop_strings.
-    max_batch_size: rows (prompt samples) in flight at once, to bound KV-cache memory.
+    max_batch_size: rows (prompt samples) in flight at once per worker, to bound KV-cache memory.
+    workers: chunks of rows decoded at once in threads of this process (see the module docstring);
+    1 decodes them one after another with torch's own thread setting, as before 2026-12-03.
     dtype: decoding precision on the native path (torch.bfloat16 or "bfloat16" for a float32
     model: each generate call decodes from bf16 copies of the current weights, ~2x faster matmuls
     on CPUs with AVX512-BF16, but log-probs then differ from the fp32 learner's by ~0.04 nats per
@@ -228,6 +243,7 @@ class TorchEngine:
         decode_fn: Callable[[list[int]], str] | None = None,
         max_batch_size: int | None = None,
         dtype: torch.dtype | str | None = None,
+        workers: int = 1,
     ) -> None:
         decode_dtype = getattr(torch, dtype, None) if isinstance(dtype, str) else dtype
         if dtype is not None and not isinstance(decode_dtype, torch.dtype):
@@ -247,6 +263,9 @@ class TorchEngine:
         if max_batch_size is not None and max_batch_size < 1:
             raise ValueError(f"TorchEngine: max_batch_size must be >= 1, got {max_batch_size}")
         self.max_batch_size = max_batch_size
+        if workers < 1:
+            raise ValueError(f"TorchEngine: workers must be >= 1, got {workers}")
+        self.workers = int(workers)
         native = all(hasattr(model, name) for name in ("prefill", "decode_step"))
         if not native and decode_dtype is not None:
             raise ValueError("TorchEngine: dtype is only supported for models with the native inference API")
@@ -265,20 +284,37 @@ class TorchEngine:
                 raise ValueError(f"TorchEngine.generate: prompt {i} is empty")
         start = time.perf_counter()
         rows = [(p, s) for p in range(len(prompt_ids)) for s in range(params.n)]
-        chunk_size = self.max_batch_size or max(1, len(rows))
         generator = _generator(params.seed, self.device)
+        uniforms = None  # (rows, max_new_tokens): the number that draws each row's k-th token
+        if params.temperature > 0 and rows:
+            uniforms = torch.rand((len(rows), max(params.max_new_tokens, 1)), generator=generator, device=self.device)
+        bounds = chunk_bounds(len(prompt_ids), params.n, self.max_batch_size, self.workers)
         stats = {"decode_steps": 0, "row_steps": 0, "prefill_tokens": 0}
-        rollouts: list[Rollout] = []
         was_training = getattr(self.model, "training", False)
         self.model.eval()
+
+        def run(lo: int, hi: int) -> tuple[_Chunk, dict[str, int]]:
+            chunk_stats = dict.fromkeys(stats, 0)
+            with torch.inference_mode():  # thread-local: each worker enters it itself
+                u = None if uniforms is None else uniforms[lo:hi]
+                return self._run_chunk([prompt_ids[p] for p, _ in rows[lo:hi]], params, u, chunk_stats), chunk_stats
+
+        threads = torch.get_num_threads()
         try:
-            with torch.inference_mode():
-                for lo in range(0, len(rows), chunk_size):
-                    chunk_rows = rows[lo : lo + chunk_size]
-                    out = self._run_chunk([prompt_ids[p] for p, _ in chunk_rows], params, generator, stats)
-                    rollouts.extend(_to_rollouts(chunk_rows, prompt_ids, out))
+            if self.workers > 1 and len(bounds) > 1:
+                torch.set_num_threads(1)
+                with ThreadPoolExecutor(max_workers=min(self.workers, len(bounds))) as pool:
+                    outs = list(pool.map(lambda b: run(*b), bounds))
+            else:
+                outs = [run(lo, hi) for lo, hi in bounds]
         finally:
+            torch.set_num_threads(threads)
             self.model.train(was_training)
+        rollouts: list[Rollout] = []
+        for (lo, hi), (out, chunk_stats) in zip(bounds, outs):
+            rollouts.extend(_to_rollouts(rows[lo:hi], prompt_ids, out))
+            for key, value in chunk_stats.items():
+                stats[key] += value
         seconds = time.perf_counter() - start
         tokens = sum(len(r.token_ids) for r in rollouts)
         self.last_stats = {
@@ -321,9 +357,10 @@ class TorchEngine:
     # ---------------------------------------------------------------- generation
 
     def _run_chunk(
-        self, prompts: list[Sequence[int]], params: SamplingParams, generator: torch.Generator, stats: dict
+        self, prompts: list[Sequence[int]], params: SamplingParams, uniforms: torch.Tensor | None, stats: dict
     ) -> _Chunk:
-        """Generate one completion per entry of prompts (equal entries share one prefill)."""
+        """Generate one completion per entry of prompts (equal entries share one prefill); uniforms
+        (R, max_new_tokens) draw the tokens (None for greedy)."""
         R, max_new = len(prompts), params.max_new_tokens
         out = _Chunk(
             tokens=torch.full((R, max(max_new, 1)), self.pad_token_id, dtype=torch.long, device=self.device),
@@ -347,7 +384,8 @@ class TorchEngine:
         row_ids = torch.arange(R, device=self.device)  # chunk row of each running batch row
         alive = torch.ones(R, dtype=torch.bool, device=self.device)
         for step in range(max_new):
-            tokens, logprobs = sample_tokens(logits, params.temperature, params.top_k, params.top_p, generator)
+            u = None if uniforms is None else uniforms[row_ids, step]
+            tokens, logprobs = sample_tokens(logits, params.temperature, params.top_k, params.top_p, uniform=u)
             out.tokens[row_ids, step] = tokens
             out.logprobs[row_ids, step] = logprobs
             hit = torch.isin(tokens, stop_ids) & alive
@@ -388,6 +426,26 @@ class TorchEngine:
             for ids, is_alive in zip(recent, alive.tolist())
         ]
         return torch.tensor(flags, dtype=torch.bool, device=alive.device)
+
+
+def chunk_bounds(n_prompts: int, n: int, max_batch_size: int | None, workers: int) -> list[tuple[int, int]]:
+    """[lo, hi) row ranges of the chunks for n_prompts x n rows (prompt-major).
+
+    At most max_batch_size rows each; with workers > 1 at least `workers` chunks (when there are
+    that many rows), cut at prompt boundaries when there are at least `workers` prompts so that
+    a prompt's samples share one prefill. E.g. 8 prompts x 16 samples, 2 workers: rows [0, 64)
+    and [64, 128).
+    """
+    total = n_prompts * n
+    if total == 0:
+        return []
+    size = min(max_batch_size or total, total)
+    if workers > 1:
+        if n_prompts >= workers:
+            size = min(size, math.ceil(n_prompts / workers) * n)
+        else:
+            size = min(size, math.ceil(total / workers))
+    return [(lo, min(lo + size, total)) for lo in range(0, total, size)]
 
 
 def _check_params(params: SamplingParams, decode_fn: Callable | None) -> None:
@@ -435,4 +493,4 @@ def _to_rollouts(rows: list[tuple[int, int]], prompt_ids: Sequence[Sequence[int]
     return rollouts
 
 
-__all__ = ["COMPACT_FRACTION", "TorchEngine", "left_pad", "sample_tokens", "top_k_top_p_mask"]
+__all__ = ["COMPACT_FRACTION", "TorchEngine", "chunk_bounds", "left_pad", "sample_tokens", "top_k_top_p_mask"]

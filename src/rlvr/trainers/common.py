@@ -186,8 +186,43 @@ def build_batch(
 
 def autocast_context(device: torch.device, mode: str) -> torch.autocast:
     """The context for a training forward: bf16 matmuls under torch.autocast when mode is
-    "bfloat16" (sft.autocast, rl.autocast), a no-op context for "none"."""
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=mode == "bfloat16")
+    "bfloat16" (sft.autocast, rl.autocast), a no-op context for "none".
+
+    On a CPU whose bf16 matmuls are slower than its float32 ones (no AVX512-BF16 or AMX: torch
+    then runs bf16 matmuls in a reference kernel, ~80x slower than float32 on an AVX2-only EPYC,
+    which made a kk-tiny SFT step take 70 s instead of 0.6 s), "bfloat16" runs in float32, and
+    says so once: float32 is the more exact of the two, so only the speed of such a run changes.
+    """
+    enabled = mode == "bfloat16" and (device.type != "cpu" or cpu_bf16_matmul_is_fast())
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
+_BF16_FAST: dict[str, bool] = {}
+
+
+def cpu_bf16_matmul_is_fast() -> bool:
+    """Whether a bf16 matmul on this CPU takes at most 1.5x the time of a float32 one (measured
+    once per process on 256 x 256 x 256, best of 3; the two differ by 4x or 80x, so noise from
+    other jobs does not decide it). Logs the fallback when it is not."""
+    if "cpu" not in _BF16_FAST:
+        import time
+
+        def best(dtype: torch.dtype) -> float:
+            a = torch.randn(256, 256).to(dtype)
+            torch.matmul(a, a)  # warm-up: kernel selection, first-touch allocation
+            times = []
+            for _ in range(3):
+                t0 = time.perf_counter()
+                torch.matmul(a, a)
+                times.append(time.perf_counter() - t0)
+            return min(times)
+
+        fp32, bf16 = best(torch.float32), best(torch.bfloat16)
+        _BF16_FAST["cpu"] = bf16 <= 1.5 * fp32
+        if not _BF16_FAST["cpu"]:
+            print(f"[rlvr] bf16 matmuls are {bf16 / fp32:.0f}x slower than float32 on this CPU (no AVX512-BF16 or "
+                  "AMX): autocast=bfloat16 runs in float32", flush=True)
+    return _BF16_FAST["cpu"]
 
 
 def forward_logits(model: torch.nn.Module, batch: Batch, device: torch.device, packed: bool) -> torch.Tensor:

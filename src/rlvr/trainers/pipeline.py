@@ -42,7 +42,7 @@ from rlvr.rollout.vllm_engine import INSTALL, VLLMEngine, vllm_available
 from rlvr.tasks.generic import WithRewardFunctions
 from rlvr.tasks.reward_functions import RewardFunctionError, load_reward_function
 from rlvr.trainers.budget import budget_lines
-from rlvr.trainers.common import MetricsLogger, setup_torch
+from rlvr.trainers.common import MetricsLogger, cpu_threads, setup_torch
 from rlvr.trainers.critic import build_critic, check_critic_dir
 from rlvr.trainers.rl import ProblemPool, train_rl
 from rlvr.trainers.sft import train_sft
@@ -663,7 +663,7 @@ def _run(config: RunConfig, inputs: Inputs, run_dir: Path) -> dict[str, Any]:
                            config=to_dict(config))
     decode_dtype = engine_dtype(config, policy)
     engine = TorchEngine(policy.model, eos_token_ids=eos_ids, pad_token_id=policy.tokenizer.pad_token_id or 0,
-                         device=str(device), dtype=decode_dtype)
+                         device=str(device), dtype=decode_dtype, workers=engine_workers(config))
 
     sft_info: dict[str, Any] = {}
     if config.sft.enabled:
@@ -711,6 +711,11 @@ def _run(config: RunConfig, inputs: Inputs, run_dir: Path) -> dict[str, Any]:
     logger.close()
 
     return {**make_summary(config, before, after, held_out, time.perf_counter() - t_start, rl_summary), **sft_info}
+
+
+def engine_workers(config: RunConfig) -> int:
+    """TorchEngine's workers: model.engine_workers, or with 0 the run's threads (every core when 0)."""
+    return config.model.engine_workers or cpu_threads(config.threads)
 
 
 def engine_dtype(config: RunConfig, policy: Policy) -> torch.dtype | None:

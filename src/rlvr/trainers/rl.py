@@ -20,6 +20,7 @@ import json
 import math
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -515,17 +516,47 @@ def minibatch_step(policy, optimizer, batch, index, width, advantages, loss_mask
     total_mask = loss_mask[index]
     sums = new_step_sums()
     active = gradient_rows(index, advantages, loss_mask, cfg, ref_lp)
-    for mb in micro_batches(forward_lengths(policy, batch, active, packed), cfg.micro_batch_tokens):
-        rows = [active[k] for k in mb]
-        new_lp, new_ent = sequence_values(policy, batch, rows, width, knobs.temperature, device, packed,
-                                          token_budget=1 << 62, with_entropy=True,  # entropy: always logged
-                                          entropy_grad=cfg.entropy_coef != 0, autocast=cfg.autocast)
-        total = micro_batch_loss(new_lp, new_ent, rows, advantages, loss_mask, total_mask, old_lp, ref_lp, cfg,
-                                 knobs, sums)
-        if total is None:
+    lengths = forward_lengths(policy, batch, active, packed)
+    parts = worker_parts(micro_batches(lengths, cfg.micro_batch_tokens), lengths, update_workers(cfg, device))
+
+    def gradients(part: list[list[int]]) -> tuple[list[torch.Tensor | None] | None, dict[str, float]]:
+        """Summed parameter gradients of the micro-batches `part` (None: a loss was not finite)."""
+        part_sums = dict.fromkeys(sums, 0.0)
+        grads: list[torch.Tensor | None] = [None] * len(params)
+        for mb in part:
+            rows = [active[k] for k in mb]
+            new_lp, new_ent = sequence_values(policy, batch, rows, width, knobs.temperature, device, packed,
+                                              token_budget=1 << 62, with_entropy=True,  # entropy: always logged
+                                              entropy_grad=cfg.entropy_coef != 0, autocast=cfg.autocast)
+            total = micro_batch_loss(new_lp, new_ent, rows, advantages, loss_mask, total_mask, old_lp, ref_lp, cfg,
+                                     knobs, part_sums)
+            if total is None:
+                return None, part_sums
+            for i, g in enumerate(torch.autograd.grad(total, params, allow_unused=True)):
+                if g is not None:
+                    grads[i] = g if grads[i] is None else grads[i] + g
+        return grads, part_sums
+
+    params = [p for p in policy.parameters() if p.requires_grad]
+    if len(parts) > 1:  # each worker one intra-op thread (see TorchEngine's workers); summed in part order
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            with ThreadPoolExecutor(max_workers=len(parts)) as pool:
+                results = list(pool.map(gradients, parts))
+        finally:
+            torch.set_num_threads(threads)
+    else:
+        results = [gradients(part) for part in parts]
+    for grads, part_sums in results:
+        if grads is None:
             optimizer.zero_grad(set_to_none=True)
             return {"actor/skipped_updates": 1.0, "actor/grad_norm": float("nan"), "actor/lr": knobs.lr}
-        total.backward()
+        for key, value in part_sums.items():
+            sums[key] += value
+        for p, g in zip(params, grads):
+            if g is not None:
+                p.grad = g if p.grad is None else p.grad + g
     fill_missing_gradients(policy)
     grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip or float("inf"))
     skipped = 0.0
@@ -536,6 +567,27 @@ def minibatch_step(policy, optimizer, batch, index, width, advantages, loss_mask
     optimizer.zero_grad(set_to_none=True)
     return {**step_statistics(sums, active, loss_mask, total_mask, cfg), "actor/grad_norm": float(grad_norm),
             "actor/lr": knobs.lr, "actor/skipped_updates": skipped}
+
+
+def update_workers(cfg: RLConfig, device: torch.device) -> int:
+    """Threads that compute one optimizer step's micro-batch gradients at once (rl.update_workers;
+    0: torch's thread count on a CPU, 1 elsewhere)."""
+    if cfg.update_workers:
+        return cfg.update_workers
+    return torch.get_num_threads() if device.type == "cpu" else 1
+
+
+def worker_parts(batches: list[list[int]], lengths: Sequence[int], workers: int) -> list[list[list[int]]]:
+    """The micro-batches split into at most `workers` parts of about equal tokens (longest first, each
+    to the lightest part; ties to the first): the same lengths give the same parts, so gradients are
+    summed in the same order run to run."""
+    loads = [0] * max(1, min(workers, len(batches)))
+    parts: list[list[list[int]]] = [[] for _ in loads]
+    for mb in sorted(batches, key=lambda b: -len(b) * max(lengths[k] for k in b)):
+        i = loads.index(min(loads))
+        parts[i].append(mb)
+        loads[i] += len(mb) * max(lengths[k] for k in mb)
+    return [p for p in parts if p]
 
 
 def fill_missing_gradients(policy: torch.nn.Module) -> None:
