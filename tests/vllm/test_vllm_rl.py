@@ -64,5 +64,7 @@ def test_a_lora_run_on_vllm_gets_the_merged_adapter_every_step(tiny_model_dir: P
     rows = run(tmp_path / "vllm-lora", tiny_model_dir, "vllm", ("model.lora.r=8",))
     assert [r["step"] for r in rows] == list(range(1, RL_STEPS + 1))
     for row in rows:
-        assert row["rollout/logprob_abs_diff_max"] < 1e-4
-        assert row["actor/grad_norm"] > 0
+        assert row["rollout/logprob_abs_diff_max"] < 1e-4  # vLLM samples from the current merged adapter
+    # the adapter moved before a later step was checked (a step whose group rewards are all equal,
+    # e.g. every completion truncated, has no gradient)
+    assert any(row["actor/grad_norm"] > 0 for row in rows[:-1]), [row["actor/grad_norm"] for row in rows]
