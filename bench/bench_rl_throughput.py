@@ -36,9 +36,15 @@ def run_contender(name: str, overrides: list[str], args: argparse.Namespace, sta
     """`args.steps` RL steps of the recipe with `overrides`, from weights `start`; timings and counts."""
     from rlvr import tasks
     from rlvr.config import load_config
-    from rlvr.models import eos_token_ids, prompt_ids
+    from rlvr.models import eos_token_ids
     from rlvr.rollout.torch_engine import TorchEngine
-    from rlvr.trainers.pipeline import engine_dtype, engine_workers, load_policy, training_source
+    from rlvr.trainers.pipeline import (
+        engine_dtype,
+        engine_workers,
+        load_policy,
+        prompt_tokens,
+        training_source,
+    )
     from rlvr.trainers.rl import ProblemPool, collect, knobs_at, update_policy
 
     config = load_config(args.recipe, [f"model.path={args.model_dir}", *overrides])
@@ -53,12 +59,7 @@ def run_contender(name: str, overrides: list[str], args: argparse.Namespace, sta
     engine = TorchEngine(policy.model, eos_token_ids=eos, pad_token_id=policy.tokenizer.pad_token_id or 0,
                          dtype=engine_dtype(config, policy), workers=engine_workers(config))
     pool = ProblemPool(training_source(config, task, set()), seed=config.seed)
-    cache: dict[str, list[int]] = {}
-
-    def prompt_cache(ex: tasks.Example) -> list[int]:
-        if ex.prompt not in cache:
-            cache[ex.prompt] = prompt_ids(policy.tokenizer, task.messages(ex), task.response_prefix)
-        return cache[ex.prompt]
+    prompt_cache, _ = prompt_tokens(policy.tokenizer, task, 0)  # the pipeline's cached prompt ids
 
     optimizer = torch.optim.AdamW(policy.model.parameters(), lr=cfg.lr, betas=(cfg.adam_betas[0], cfg.adam_betas[1]),
                                   weight_decay=cfg.weight_decay)
