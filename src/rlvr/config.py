@@ -60,7 +60,7 @@ class ModelConfig:
     """Row chunks the torch engine decodes at once, in threads, each with one intra-op torch thread
     (a decode step's ops are too small for intra-op threads to pay: on 2 cores, one batch with 2
     threads decoded slower than with 1). 0: the run's `threads` (torch's thread count when threads
-    is 0). 1: one batch with `threads` intra-op threads, the engine before 2026-12-03."""
+    is 0). 1: one batch with `threads` intra-op threads."""
     engine: Literal["torch", "vllm"] = "torch"
     """Rollout engine of the RL stage: rlvr's TorchEngine (shares the learner's weights) or vLLM in
     this process (decoding in engine_dtype, the learner's weights pushed after every update; needs
@@ -153,8 +153,8 @@ class SFTConfig:
     """Token budget of one forward/backward; larger batches are accumulated."""
     autocast: Literal["none", "bfloat16"] = "none"
     """bfloat16: forward/backward matmuls in bf16 (torch.autocast, like TRL's bf16=True); the
-    parameters, optimizer and loss stay in model.dtype. On the 1M kk-tiny model it took an SFT step
-    from 0.77 s to 0.50 s on 2 cores."""
+    parameters, optimizer and loss stay in model.dtype. Faster on CPUs with bf16 matmul units; runs
+    in float32 where bf16 matmuls are slower (measured once per process, logged)."""
     lr: float = 2e-3
     """Peak learning rate (AdamW)."""
     warmup_steps: int = 30
@@ -229,8 +229,7 @@ class RLConfig:
     update_workers: int = 0
     """Threads that compute an optimizer step's micro-batch gradients at once, each with one
     intra-op torch thread, summed in a fixed order (with one micro-batch there is nothing to split).
-    0: the run's threads on a CPU. 1: one after another with `threads` intra-op threads, the
-    update before 2026-12-03."""
+    0: the run's threads on a CPU. 1: one after another with `threads` intra-op threads."""
     advantage: str = "grpo"
     """Advantage estimator (rlvr.algorithms.ADVANTAGES)."""
     advantage_options: dict[str, Any] = field(default_factory=dict)
