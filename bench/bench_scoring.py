@@ -58,7 +58,8 @@ def math_verify_pairs(examples: list[Example]) -> list[tuple[str, Example]]:
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=2.0, help="timed seconds per row")
-    parser.add_argument("--core", type=int, default=None, help="CPU core to pin to (default: the first allowed)")
+    parser.add_argument("--core", type=int, default=None,
+                        help="CPU core to pin to (default: the first allowed)")
     args = parser.parse_args(argv)
     if hasattr(os, "sched_setaffinity"):
         core = args.core if args.core is not None else min(os.sched_getaffinity(0))
