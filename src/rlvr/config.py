@@ -710,7 +710,7 @@ def _task_names() -> list[str]:
 _BETAS = Domain(lambda v: len(v) == 2 and all(0 <= b < 1 for b in v), "two numbers in [0, 1), [beta1, beta2]")
 _DEFAULT_DOMAINS: dict[Any, Domain] = {int: at_least(0), float: Domain(_finite, "a finite number")}
 DOMAINS: dict[str, Domain] = {
-    "seed": Domain(lambda v: True, "an integer"),
+    "seed": Domain(lambda _: True, "an integer"),
     "out_dir": Domain(lambda v: bool(v.strip()), "a directory path"),
     "threads": at_least(0, "an integer >= 0 (0: all cores)"),
     "model.preset": name_in(_table("rlvr.models.factory", "PRESETS"), "a model preset"),
