@@ -80,7 +80,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         cases = [("typical (half right)", pairs)]
         if name == "math":
             cases.append(("math-verify path", math_verify_pairs(examples)))
-        baseline = rate(lambda c, e, t=task: check_format(c, prefix=t.response_prefix), pairs, args.seconds)
+        baseline = rate(lambda c, _e, t=task: check_format(c, prefix=t.response_prefix), pairs, args.seconds)
         for case, case_pairs in cases:
             per_second = rate(task.score, case_pairs, args.seconds)
             target = TARGETS.get(name)

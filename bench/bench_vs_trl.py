@@ -145,7 +145,7 @@ class FixedRewardTask:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.task, name)
 
-    def score(self, completion: str, example: Any) -> Any:
+    def score(self, completion: str, example: Any) -> Any:  # noqa: ARG002 - the Task protocol
         from rlvr.tasks.base import Score
 
         return Score(reward=fixed_reward(completion), correct=False, format_ok=True)
@@ -166,7 +166,8 @@ class StepPool:
     def __init__(self, examples: list[Any]) -> None:
         self.examples = examples
 
-    def draw(self, difficulty: dict[str, Any], n: int, step: int, round_: int = 0) -> list[Any]:
+    def draw(self, difficulty: dict[str, Any], n: int, step: int,  # noqa: ARG002 - ProblemPool.draw's signature
+             round_: int = 0) -> list[Any]:  # noqa: ARG002
         start = (step * n) % len(self.examples)
         return self.examples[start : start + n]
 
@@ -286,7 +287,8 @@ class _TrlClock:
         self.prompt_lengths: list[int] = []
         self.rewards: list[float] = []
 
-    def reward(self, prompts: list, completions: list, completion_ids: list, example_index: list[int],
+    def reward(self, prompts: list, completions: list,  # noqa: ARG002 - TRL passes reward inputs by keyword
+               completion_ids: list, example_index: list[int],
                **_: Any) -> list[float]:
         self.t_reward = time.perf_counter()
         self.lengths = [len(c) for c in completion_ids]
@@ -307,10 +309,10 @@ class _TrlClock:
         clock = self
 
         class Callback(TrainerCallback):
-            def on_train_begin(self, args, state, control, **kwargs):
+            def on_train_begin(self, args, state, control, **kwargs):  # noqa: ARG002 - TrainerCallback's signature
                 clock.t_start = time.perf_counter()
 
-            def on_step_end(self, args, state, control, **kwargs):
+            def on_step_end(self, args, state, control, **kwargs):  # noqa: ARG002 - TrainerCallback's signature
                 clock.step_done(state.global_step - 1)
 
         return Callback()
