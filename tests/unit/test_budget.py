@@ -39,7 +39,7 @@ def test_memory_estimate_grows_with_the_batch_and_warns_past_the_memory() -> Non
     assert budget.memory_warning(big, parts, None) is None  # memory unknown: nothing to compare with
 
 
-def test_rlvr_config_prints_the_stage_and_warns_on_a_batch_too_big(tmp_path) -> None:
+def test_rlvr_config_prints_the_stage_and_warns_on_a_batch_too_big() -> None:
     def config(*overrides: str) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-m", "rlvr.cli", "config",
                                "recipes/kk-tiny.yaml", *overrides],

@@ -27,7 +27,7 @@ def whiten(xs: list[float]) -> list[float]:
     return [(x - mean) / (var + 1e-8) ** 0.5 for x in xs]
 
 
-def test_gae_through_the_trainer_matches_a_hand_computed_trajectory(monkeypatch):
+def test_gae_through_the_trainer_matches_a_hand_computed_trajectory():
     # Two sequences of one group: 3 tokens with reward 1, 2 tokens with reward 0.
     batch = RolloutBatch()
     for completion, reward in (([5, 6, 7], 1.0), ([8, 9], 0.0)):
@@ -49,7 +49,7 @@ def test_gae_through_the_trainer_matches_a_hand_computed_trajectory(monkeypatch)
             seen["old_values"], seen["returns"] = old_values, returns
             return {"critic/vf_loss": 0.0}
 
-    def record(policy, optimizer, batch, index, width, advantages, *rest):
+    def record(_policy, _optimizer, _batch, _index, _width, advantages, *_rest):
         seen["advantages"] = advantages
         return {}
 

@@ -81,7 +81,7 @@ def test_a_row_of_a_source_without_a_task_is_refused_naming_the_file_line(files)
         check_inputs(mixed(files, f"data.train_file={only_kk}"))
 
 
-def test_bad_mixed_configs_name_the_key(files, tmp_path):
+def test_bad_mixed_configs_name_the_key(tmp_path):
     recipe = tmp_path / "r.yaml"
     recipe.write_text("data:\n  task: mixed\n  sources:\n    a: {task: math}\n    b:\n      weight: 0\n")
     with pytest.raises(ConfigError,
@@ -113,7 +113,7 @@ def test_bad_mixed_configs_name_the_key(files, tmp_path):
         build_task(prefixes)
 
 
-def test_sampling_weights_give_each_source_its_share_of_the_prompts(files):
+def test_sampling_weights_give_each_source_its_share_of_the_prompts():
     config = load_config(overrides=["data.task=mixed", "data.sources={big: {task: math}, small: {task: math, "
                                     "weight: 3}}"])
     rows = [Example(f"p{i}", 1, {"data_source": "big" if i < 900 else "small"}) for i in range(1000)]

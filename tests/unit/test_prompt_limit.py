@@ -10,7 +10,7 @@ from rlvr.config import ConfigError, load_config
 from rlvr.trainers.pipeline import training_source, within_prompt_limit
 
 
-def test_problems_over_the_limit_are_left_out_of_training_and_the_held_out_set(tmp_path):
+def test_problems_over_the_limit_are_left_out_of_training_and_the_held_out_set():
     config = load_config("recipes/kk-tiny.yaml", ["data.train_size=30", "data.max_prompt_tokens=400"])
     task = tasks.get("knights_knaves")
     generated = task.examples(30, seed=config.seed, people=3)

@@ -146,7 +146,7 @@ def test_old_logprobs_are_recomputed_when_the_engine_does_not_share_weights(shar
     current = learner_logprobs(model, batch)
     seen = []
 
-    def record(policy, optimizer, b, index, width, advantages, loss_mask, old_lp, *rest):
+    def record(_policy, _optimizer, _b, _index, _width, _advantages, _loss_mask, old_lp, *_rest):
         seen.append(old_lp)
         return {}
 

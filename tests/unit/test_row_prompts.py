@@ -73,7 +73,7 @@ def test_the_prompt_template_gives_exactly_the_format_string(tiny_model_dir, tem
     assert prompt_text(tokenizer, messages, prefix) == template.format(question="2 + 2 = {?}\n")
 
 
-def test_bad_prompt_templates_name_the_key(tiny_model_dir):
+def test_bad_prompt_templates_name_the_key():
     for template, message in (("User: {q}", r"has fields \['q'\]; expected \{question\}"),
                               ("no field at all", "expected {question}"),
                               ("User: {question", "is not a format string")):
