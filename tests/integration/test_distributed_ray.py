@@ -126,7 +126,8 @@ def test_split_evenly_and_worker_seeds():
     assert worker_seed(5, 0) != worker_seed(5, 1) and worker_seed(5, 1) == worker_seed(5, 1)
 
 
-def test_ray_engine_returns_each_workers_slice_in_the_callers_order(cluster):
+@pytest.mark.usefixtures("cluster")
+def test_ray_engine_returns_each_workers_slice_in_the_callers_order():
     engine = make_engine(RayConfig(num_rollout_workers=2), new_model(), (EOS,), 0)
     try:
         assert engine.num_workers == 2
@@ -166,7 +167,8 @@ def test_reserved_resources_sum_cpus_gpus_and_custom_resources_over_all_actors()
     assert reserved_resources(cfg) == {"CPU": 4.0, "GPU": 3.0, "rollout": 8.0, "learner": 1.5}
 
 
-def test_a_local_cluster_without_the_custom_resource_is_refused_before_any_actor_starts(cluster):
+@pytest.mark.usefixtures("cluster")
+def test_a_local_cluster_without_the_custom_resource_is_refused_before_any_actor_starts():
     with pytest.raises(RuntimeError,
                        match=r"1 rollout reserved, the cluster has 0.*ray.resources_per_worker"):
         make_engine(RayConfig(num_rollout_workers=1, resources_per_worker={"rollout": 1}),
@@ -193,7 +195,8 @@ def test_make_engine_and_make_learner_refuse_or_skip_before_starting_actors():
 
 
 @pytest.mark.slow
-def test_rl_loop_with_two_ray_rollout_workers_learns_like_one_process(cluster, tmp_path: Path):
+@pytest.mark.usefixtures("cluster")
+def test_rl_loop_with_two_ray_rollout_workers_learns_like_one_process(tmp_path: Path):
     single = run_rl(lambda m: (TorchEngine(m, eos_token_ids=(EOS,), pad_token_id=0), True),
                     tmp_path / "single")
     distributed = run_rl(lambda m: (RayRolloutEngine(m, 2, eos_token_ids=(EOS,), pad_token_id=0), False),
@@ -208,7 +211,8 @@ def test_rl_loop_with_two_ray_rollout_workers_learns_like_one_process(cluster, t
 
 
 @pytest.mark.slow
-def test_rl_loop_with_two_rollout_workers_and_a_learner_actor_learns(cluster, tmp_path: Path):
+@pytest.mark.usefixtures("cluster")
+def test_rl_loop_with_two_rollout_workers_and_a_learner_actor_learns(tmp_path: Path):
     rows = run_rl(lambda m: (RayRolloutEngine(m, 2, eos_token_ids=(EOS,), pad_token_id=0), False), tmp_path,
                   learner_factory=lambda m: RayLearnerGroup(m, RL, num_learners=1))
     rewards = [r["reward/mean"] for r in rows]
@@ -238,7 +242,8 @@ def in_process_update(batch, knobs, cfg):
     return model.state_dict(), stats
 
 
-def test_a_learner_actor_updates_exactly_as_the_in_process_loop(cluster):
+@pytest.mark.usefixtures("cluster")
+def test_a_learner_actor_updates_exactly_as_the_in_process_loop():
     batch, knobs = one_step_batch()
     want_state, want_stats = in_process_update(batch, knobs, RL)
     group = RayLearnerGroup(new_model(), RL, num_learners=1)
@@ -255,7 +260,8 @@ def test_a_learner_actor_updates_exactly_as_the_in_process_loop(cluster):
     assert moved > 0  # the update changed weights
 
 
-def test_two_fsdp_learner_actors_update_as_one_process(cluster):
+@pytest.mark.usefixtures("cluster")
+def test_two_fsdp_learner_actors_update_as_one_process():
     batch, knobs = one_step_batch()
     cfg = copy.deepcopy(RL)
     cfg.micro_batch_tokens = 40

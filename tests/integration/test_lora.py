@@ -104,7 +104,8 @@ def test_rollouts_use_the_current_adapter(tiny_model_dir, impl):
     assert (base - adapted)[mask].abs().max() > 0.1
 
 
-def test_lora_rl_moves_only_the_adapters_and_learns(tiny_model_dir, tmp_path, one_thread):
+@pytest.mark.usefixtures("one_thread")
+def test_lora_rl_moves_only_the_adapters_and_learns(tiny_model_dir, tmp_path):
     """GRPO with LoRA on the toy task: the base weights stay byte-identical, the reward rises.
 
     A random 1M model's tied embeddings have row norms of ~0.23, which caps every logit at about
@@ -141,7 +142,8 @@ def test_lora_rl_moves_only_the_adapters_and_learns(tiny_model_dir, tmp_path, on
     assert last > first + 0.15 and last > early + 0.05, rewards
 
 
-def test_the_hf_implementation_trains_only_the_adapters(tiny_model_dir, tmp_path, one_thread):
+@pytest.mark.usefixtures("one_thread")
+def test_the_hf_implementation_trains_only_the_adapters(tiny_model_dir, tmp_path):
     config = load_config("recipes/kk-tiny.yaml", [
         f"out_dir={tmp_path}", "rl.steps=2", "rl.prompts_per_step=4", "rl.group_size=4",
         "rl.max_new_tokens=8", "rl.lr=1e-2", "rl.mini_batches=2", "checkpoint.every=0",

@@ -272,7 +272,7 @@ def test_grading_categories_named_in_the_issue(task: MathTask, gold_answer: str,
 FIXTURE = Path(__file__).resolve().parent.parent / "fixtures" / "math_grading_cases.jsonl"
 
 
-def test_agreement_with_public_graders_verdicts_and_no_false_positives(task: MathTask) -> None:
+def test_agreement_with_public_graders_verdicts_and_no_false_positives() -> None:
     """bench/bench_math_agreement.py prints the same figures, per category and for math-verify."""
     cases = [json.loads(line) for line in FIXTURE.read_text(encoding="utf-8").splitlines() if line.strip()]
     assert len(cases) >= 300
