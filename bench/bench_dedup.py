@@ -63,7 +63,8 @@ def build(n: int, directory: Path, seed: int = 0) -> tuple[Path, Path]:
     half = n // 2
     problems = [e.prompt for e in kk.examples(half, seed=seed, people=[3, 4, 5, 6])]
     problems += [word_problem(rng) for _ in range(n - half)]
-    bench = [word_problem(rng) for _ in range(250)] + [e.prompt for e in kk.examples(250, seed=seed + 1, people=4)]
+    bench = ([word_problem(rng) for _ in range(250)]
+             + [e.prompt for e in kk.examples(250, seed=seed + 1, people=4)])
     planted = []
     for _ in range(int(0.02 * n)):
         planted.append(rng.choice(problems))
@@ -110,7 +111,8 @@ def main() -> None:
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"{planted} planted copies: {copies} exact or normalised, {int(0.03 * args.n)} near, "
           "100 from the benchmark (found only with --against)")
-    print(f"{'row':30s} {'seconds':>8s} {'records/s':>10s} {'x baseline':>10s} {'removed':>8s} {'expected':>8s}")
+    print(f"{'row':30s} {'seconds':>8s} {'records/s':>10s} {'x baseline':>10s} {'removed':>8s} "
+          f"{'expected':>8s}")
     for label, seconds, summary, removed in rows:
         print(f"{label:30s} {seconds:8.1f} {summary['records_in'] / seconds:10.0f} {seconds / base:10.2f} "
               f"{removed:8d} {expected[label]:8d}  {json.dumps(summary['duplicates'])} "

@@ -70,17 +70,18 @@ def make_batch(vocab: int, groups: int, group_size: int, prompt_len: int, lo: in
     return batch
 
 
-def run_step(model, optimizer, batch, cfg, knobs, device, packed) -> float:  # noqa: ANN001
+def run_step(model, optimizer, batch, cfg, knobs, device, packed) -> float:
     width = max(len(c) for c in batch.completion_ids)
     lengths = torch.tensor([len(c) for c in batch.completion_ids])
     mask = (torch.arange(width)[None, :] < lengths[:, None]).float()
-    adv = algorithms.compute_advantages("grpo", torch.tensor(batch.rewards), torch.tensor(batch.group_ids), mask)
+    adv = algorithms.compute_advantages("grpo", torch.tensor(batch.rewards),
+                                        torch.tensor(batch.group_ids), mask)
     index = list(range(len(batch.completion_ids)))
     if device.type == "cuda":
         torch.cuda.synchronize()
     start = time.perf_counter()
-    dp_minibatch_step(model, optimizer, batch, index, width, adv, mask, None, None, cfg, knobs, device, packed,
-                      dp=DataParallel(0, 1, "replicate"))
+    dp_minibatch_step(model, optimizer, batch, index, width, adv, mask, None, None, cfg,
+                      knobs, device, packed, dp=DataParallel(0, 1, "replicate"))
     if device.type == "cuda":
         torch.cuda.synchronize()
     return time.perf_counter() - start
@@ -99,25 +100,29 @@ def main() -> None:
     ap.add_argument("--micro-batch-tokens", type=int, default=16384)
     ap.add_argument("--checkpointing", action="store_true", help="activation checkpointing (see learner.py)")
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--peak-tflops", type=float, default=None, help="peak dense FLOP/s of the device, in TFLOP/s")
+    ap.add_argument("--peak-tflops", type=float, default=None,
+                    help="peak dense FLOP/s of the device, in TFLOP/s")
     args = ap.parse_args()
 
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("no CUDA device: this benchmark is for GPUs (use --device cpu --shape tiny to check it)")
+        raise SystemExit("no CUDA device: this benchmark is for GPUs (use --device cpu --shape "
+                         "tiny to check it)")
     dtype = getattr(torch, args.dtype)
     cfg_shape = shape_config(args.shape)
-    batch = make_batch(cfg_shape["vocab_size"], args.groups, args.group_size, args.prompt_tokens, args.min_new,
-                       args.max_new, seed=0)
+    batch = make_batch(cfg_shape["vocab_size"], args.groups, args.group_size,
+                       args.prompt_tokens, args.min_new, args.max_new, seed=0)
     real_tokens = sum(len(p) + len(c) for p, c in zip(batch.prompt_ids, batch.completion_ids))
-    mean_keys = float(np.mean([(len(p) + len(c) + 1) / 2 for p, c in zip(batch.prompt_ids, batch.completion_ids)]))
+    mean_keys = float(np.mean([(len(p) + len(c) + 1) / 2
+                               for p, c in zip(batch.prompt_ids, batch.completion_ids)]))
     fpt = flops_per_token(cfg_shape, mean_keys)
     peak = peak_flops(device, args.peak_tflops)
     cfg = RLConfig(micro_batch_tokens=args.micro_batch_tokens)
     knobs = Knobs(difficulty={}, max_new_tokens=args.max_new, group_size=args.group_size, temperature=1.0,
                   lr=1e-6, stage=0)
-    print(f"shape {args.shape}, {args.dtype} on {device}; {len(batch.rewards)} sequences, {real_tokens} tokens "
-          f"per step; micro-batch budget {args.micro_batch_tokens} tokens; checkpointing {args.checkpointing}")
+    print(f"shape {args.shape}, {args.dtype} on {device}; {len(batch.rewards)} sequences, "
+          f"{real_tokens} tokens per step; micro-batch budget {args.micro_batch_tokens} "
+          f"tokens; checkpointing {args.checkpointing}")
     results = {}
     for packed in (False, True):
         model = random_model(args.shape, dtype, str(device))

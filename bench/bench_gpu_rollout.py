@@ -31,7 +31,7 @@ def make_prompts(num: int, length: int, vocab: int) -> list[list[int]]:
     return [torch.randint(10, vocab, (length,), generator=g).tolist() for _ in range(num)]
 
 
-def timed(fn, device: torch.device) -> float:  # noqa: ANN001
+def timed(fn, device: torch.device) -> float:
     if device.type == "cuda":
         torch.cuda.synchronize()
     start = time.perf_counter()
@@ -41,7 +41,7 @@ def timed(fn, device: torch.device) -> float:  # noqa: ANN001
     return time.perf_counter() - start
 
 
-def measure(engine, model, prompts, params, repeats: int, device: torch.device) -> tuple[float, int, float]:  # noqa: ANN001
+def measure(engine, model, prompts, params, repeats: int, device: torch.device) -> tuple[float, int, float]:
     """(best seconds per generate call, completion tokens per call, seconds of one load_weights)."""
     tokens = 0
 
@@ -60,7 +60,8 @@ def main() -> None:
     ap.add_argument("--shape", default="0.5B")
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
-    ap.add_argument("--engines", default="torch,vllm", help="comma list of torch, vllm (torch is the baseline)")
+    ap.add_argument("--engines", default="torch,vllm",
+                    help="comma list of torch, vllm (torch is the baseline)")
     ap.add_argument("--num-prompts", type=int, default=64)
     ap.add_argument("--n", type=int, default=8, help="samples per prompt")
     ap.add_argument("--prompt-tokens", type=int, default=256)
@@ -71,7 +72,8 @@ def main() -> None:
 
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("no CUDA device: this benchmark is for GPUs (use --device cpu --shape tiny --engines torch)")
+        raise SystemExit("no CUDA device: this benchmark is for GPUs (use --device cpu --shape "
+                         "tiny --engines torch)")
     dtype = getattr(torch, args.dtype)
     model = random_model(args.shape, dtype, str(device), logit_scale=4.0)
     vocab = model.arch.vocab_size

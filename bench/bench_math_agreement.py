@@ -6,12 +6,13 @@ The fixture (tests/fixtures/math_grading_cases.jsonl) holds (gold, prediction, e
 source project, category) rows written for rlvr after the kinds of pairs the public graders' test
 suites judge (Math-Verify, NeMo-Skills, lm-evaluation-harness, hendrycks MATH, rllm), plus
 adversarial negatives that must stay wrong. Rows are split "dev" (written while the grader was
-being changed) and "held_out" (written after, measured once, not tuned on). Each prediction is scored as a whole completion by
-MathTask(reward_scheme="answer_only"); plain math-verify is `verify(parse(gold), parse(prediction))`
-with its default extraction configs (gold wrapped in $...$ when it has neither $ nor \\boxed), run
-in this process. Prints agreement (share of rows where the verdict equals the expected one), false
-positives (scored correct, expected wrong) and false negatives, overall and per category; with
---misses, every disagreeing row. Not a speed benchmark: nothing is timed.
+being changed) and "held_out" (written after, measured once, not tuned on). Each prediction is
+scored as a whole completion by MathTask(reward_scheme="answer_only"); plain math-verify is
+`verify(parse(gold), parse(prediction))` with its default extraction configs (gold wrapped in
+$...$ when it has neither $ nor \\boxed), run in this process. Prints agreement (share of rows
+where the verdict equals the expected one), false positives (scored correct, expected wrong)
+and false negatives, overall and per category; with --misses, every disagreeing row.
+Not a speed benchmark: nothing is timed.
 """
 
 from __future__ import annotations
@@ -53,7 +54,8 @@ def rlvr_grader() -> Callable[[str, str], bool]:
     return lambda gold, prediction: task.score(prediction, Example(prompt="", answer=gold)).correct
 
 
-def tally(cases: list[dict[str, object]], judge: Callable[[str, str], bool]) -> list[tuple[dict[str, object], bool]]:
+def tally(cases: list[dict[str, object]],
+          judge: Callable[[str, str], bool]) -> list[tuple[dict[str, object], bool]]:
     return [(case, judge(str(case["gold"]), str(case["prediction"]))) for case in cases]
 
 
@@ -95,7 +97,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             for case, verdict in results:
                 if verdict != case["expected"]:
                     kind = "FALSE POSITIVE" if verdict else "false negative"
-                    print(f"  {kind:<15} [{case.get('split', 'dev')}/{case['category']}] gold={case['gold']!r} pred={case['prediction']!r}")
+                    print(f"  {kind:<15} [{case.get('split', 'dev')}/{case['category']}] "
+                          f"gold={case['gold']!r} pred={case['prediction']!r}")
 
 
 if __name__ == "__main__":

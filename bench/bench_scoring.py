@@ -58,7 +58,8 @@ def math_verify_pairs(examples: list[Example]) -> list[tuple[str, Example]]:
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=2.0, help="timed seconds per row")
-    parser.add_argument("--core", type=int, default=None, help="CPU core to pin to (default: the first allowed)")
+    parser.add_argument("--core", type=int, default=None,
+                        help="CPU core to pin to (default: the first allowed)")
     args = parser.parse_args(argv)
     if hasattr(os, "sched_setaffinity"):
         core = args.core if args.core is not None else min(os.sched_getaffinity(0))
@@ -79,7 +80,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         cases = [("typical (half right)", pairs)]
         if name == "math":
             cases.append(("math-verify path", math_verify_pairs(examples)))
-        baseline = rate(lambda c, e, t=task: check_format(c, prefix=t.response_prefix), pairs, args.seconds)
+        baseline = rate(lambda c, _e, t=task: check_format(c, prefix=t.response_prefix), pairs, args.seconds)
         for case, case_pairs in cases:
             per_second = rate(task.score, case_pairs, args.seconds)
             target = TARGETS.get(name)

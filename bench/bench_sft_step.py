@@ -33,7 +33,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--batches", type=int, default=6)
@@ -68,7 +69,7 @@ def main() -> None:
     # native._attend picks its path with native._bf16: reporting "not bf16" sends it down its own
     # fused-kernel branch (which autocast then runs in bf16), the code path before the change.
     use_bf16 = native._bf16
-    paths = {"fused kernel": lambda q: False, "written out": use_bf16}
+    paths = {"fused kernel": lambda _: False, "written out": use_bf16}
     times: dict[str, list[float]] = {name: [] for name in paths}
     step(*batches[0])  # warm-up
     try:

@@ -40,14 +40,15 @@ def batch(prompts: int, vocab: int, seed: int = 0) -> list[list[int]]:
     return [torch.randint(3, vocab, (n,), generator=g).tolist() for n in lengths]
 
 
-def timed(engine, prompt_ids, params) -> float:  # noqa: ANN001
+def timed(engine, prompt_ids, params) -> float:
     start = time.perf_counter()
     out = engine.generate(prompt_ids, params)
     return sum(len(r.token_ids) for r in out) / (time.perf_counter() - start)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--presets", default="tiny,mini,small")
     parser.add_argument("--dtypes", default="float32,bfloat16")
     parser.add_argument("--prompts", type=int, default=8)
@@ -68,8 +69,8 @@ def main() -> None:
                 torch_engine = TorchEngine(model, eos_token_ids=(), dtype=dtype)
                 t0 = time.perf_counter()
                 vllm_engine = VLLMEngine(str(model_dir), eos_token_ids=(), dtype=dtype,
-                                         max_num_seqs=args.prompts * args.n, max_model_len=128 + args.max_new_tokens,
-                                         threads=args.threads)
+                                         max_num_seqs=args.prompts * args.n,
+                                         max_model_len=128 + args.max_new_tokens, threads=args.threads)
                 startup = time.perf_counter() - t0
                 best = {"torch": 0.0, "vllm": 0.0}
                 for _ in range(args.rounds):
@@ -77,10 +78,11 @@ def main() -> None:
                     best["vllm"] = max(best["vllm"], timed(vllm_engine, prompt_ids, params))
                 vllm_engine.shutdown()
                 rows.append((preset, dtype, best["torch"], best["vllm"], startup))
-                print(f"{preset:6s} {dtype:9s} torch {best['torch']:8.0f} tok/s  vllm {best['vllm']:8.0f} tok/s  "
-                      f"vllm/torch {best['vllm'] / best['torch']:.2f}  (vLLM start-up {startup:.1f} s)", flush=True)
-    print(f"\n{args.prompts} prompts x {args.n} samples x {args.max_new_tokens} tokens, {args.threads} thread(s), "
-          f"best of {args.rounds} interleaved rounds")
+                print(f"{preset:6s} {dtype:9s} torch {best['torch']:8.0f} tok/s  vllm "
+                      f"{best['vllm']:8.0f} tok/s  vllm/torch "
+                      f"{best['vllm'] / best['torch']:.2f}  (vLLM start-up {startup:.1f} s)", flush=True)
+    print(f"\n{args.prompts} prompts x {args.n} samples x {args.max_new_tokens} tokens, "
+          f"{args.threads} thread(s), best of {args.rounds} interleaved rounds")
     print("| preset | dtype | torch tok/s | vLLM tok/s | vLLM / torch | vLLM start-up s |")
     print("|---|---|---|---|---|---|")
     for preset, dtype, t, v, s in rows:

@@ -94,7 +94,8 @@ class Workload:
 
 
 # name: (engine decoding dtype, rl.autocast of the update); the learner's parameters stay fp32
-RLVR_SETTINGS = {"fp32": (None, "none"), "bf16-decode": (torch.bfloat16, "none"), "bf16": (torch.bfloat16, "bfloat16")}
+RLVR_SETTINGS = {"fp32": (None, "none"), "bf16-decode": (torch.bfloat16, "none"),
+                 "bf16": (torch.bfloat16, "bfloat16")}
 
 
 @dataclass
@@ -144,7 +145,7 @@ class FixedRewardTask:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.task, name)
 
-    def score(self, completion: str, example: Any) -> Any:
+    def score(self, completion: str, example: Any) -> Any:  # noqa: ARG002 - the Task protocol
         from rlvr.tasks.base import Score
 
         return Score(reward=fixed_reward(completion), correct=False, format_ok=True)
@@ -165,7 +166,8 @@ class StepPool:
     def __init__(self, examples: list[Any]) -> None:
         self.examples = examples
 
-    def draw(self, difficulty: dict[str, Any], n: int, step: int, round_: int = 0) -> list[Any]:
+    def draw(self, difficulty: dict[str, Any], n: int, step: int,  # noqa: ARG002 - ProblemPool.draw's signature
+             round_: int = 0) -> list[Any]:  # noqa: ARG002
         start = (step * n) % len(self.examples)
         return self.examples[start : start + n]
 
@@ -173,7 +175,8 @@ class StepPool:
 class RlvrContender:
     """rlvr's learner + TorchEngine from the checkpoint, stepped like train_rl (one update per batch)."""
 
-    def __init__(self, name: str, setting: tuple[torch.dtype | None, str], workload: Workload, s: Settings) -> None:
+    def __init__(self, name: str, setting: tuple[torch.dtype | None, str], workload: Workload,
+                 s: Settings) -> None:
         from rlvr.config import RLConfig
         from rlvr.rollout.torch_engine import TorchEngine
         from rlvr.trainers.pipeline import load_policy
@@ -181,14 +184,15 @@ class RlvrContender:
         self.name, self.workload, self.s = name, workload, s
         self.policy = load_policy(s.model_dir, "native", "float32", torch.device("cpu"))
         self.cfg = RLConfig(steps=s.warmup + s.steps, prompts_per_step=s.prompts, group_size=s.group_size,
-                            max_new_tokens=workload.max_new_tokens, lr=s.lr, lr_schedule="constant", grad_clip=1.0,
-                            temperature=1.0, top_p=1.0, top_k=0, advantage="grpo", loss="ppo",
-                            loss_agg="token-mean", kl_coef=0.0, zero_variance="keep", autocast=setting[1])
+                            max_new_tokens=workload.max_new_tokens, lr=s.lr,
+                            lr_schedule="constant", grad_clip=1.0, temperature=1.0, top_p=1.0, top_k=0,
+                            advantage="grpo", loss="ppo", loss_agg="token-mean", kl_coef=0.0,
+                            zero_variance="keep", autocast=setting[1])
         # fixed workload: no stop ids at all, so every completion runs to max_new_tokens
         self.stop_ids = s.eos_ids if workload.stop_at_eos else ()
         tok = self.policy.tokenizer
-        self.engine = TorchEngine(self.policy.model, eos_token_ids=self.stop_ids, pad_token_id=tok.pad_token_id or 0,
-                                  device="cpu", dtype=setting[0])
+        self.engine = TorchEngine(self.policy.model, eos_token_ids=self.stop_ids,
+                                  pad_token_id=tok.pad_token_id or 0, device="cpu", dtype=setting[0])
         # as in train_rl
         self.optimizer = torch.optim.AdamW(self.policy.model.parameters(), lr=self.cfg.lr, betas=(0.9, 0.99),
                                            weight_decay=self.cfg.weight_decay)
@@ -205,8 +209,8 @@ class RlvrContender:
         t_step = time.perf_counter()
         knobs = knobs_at(cfg, step, {"people": 3})
         model.eval()
-        batch, _ = collect(self.engine, self.policy.tokenizer, self.task, self.pool, lambda ex: self.ids[ex.prompt],
-                           knobs, cfg, self.stop_ids, self.s.seed, step)
+        batch, _ = collect(self.engine, self.policy.tokenizer, self.task, self.pool,
+                           lambda ex: self.ids[ex.prompt], knobs, cfg, self.stop_ids, self.s.seed, step)
         t_gen = time.perf_counter() - t_step
         batch_metrics(batch, knobs)
         model.train()
@@ -283,7 +287,8 @@ class _TrlClock:
         self.prompt_lengths: list[int] = []
         self.rewards: list[float] = []
 
-    def reward(self, prompts: list, completions: list, completion_ids: list, example_index: list[int],
+    def reward(self, prompts: list, completions: list,  # noqa: ARG002 - TRL passes reward inputs by keyword
+               completion_ids: list, example_index: list[int],
                **_: Any) -> list[float]:
         self.t_reward = time.perf_counter()
         self.lengths = [len(c) for c in completion_ids]
@@ -304,10 +309,10 @@ class _TrlClock:
         clock = self
 
         class Callback(TrainerCallback):
-            def on_train_begin(self, args, state, control, **kwargs):
+            def on_train_begin(self, args, state, control, **kwargs):  # noqa: ARG002 - TrainerCallback's signature
                 clock.t_start = time.perf_counter()
 
-            def on_step_end(self, args, state, control, **kwargs):
+            def on_step_end(self, args, state, control, **kwargs):  # noqa: ARG002 - TrainerCallback's signature
                 clock.step_done(state.global_step - 1)
 
         return Callback()
@@ -328,7 +333,8 @@ class _TrlClock:
         self.t_start = time.perf_counter()
 
 
-def run_trl_round(workload: Workload, precision: str, round_: int, s: Settings, between: Callable[[int], None],
+def run_trl_round(workload: Workload, precision: str, round_: int, s: Settings,
+                  between: Callable[[int], None],
                   show: Callable[[str, StepRecord], None]) -> list[StepRecord]:
     """One TRL training run of warmup + steps steps; `between(step)` runs after each of its steps."""
     from datasets import Dataset
@@ -345,22 +351,26 @@ def run_trl_round(workload: Workload, precision: str, round_: int, s: Settings, 
 
     with tempfile.TemporaryDirectory(prefix="bench_trl_") as out_dir:
         trainer = GRPOTrainer(model=str(s.model_dir), reward_funcs=[kk_reward],
-                              args=trl_config(workload, precision, s, out_dir), train_dataset=Dataset.from_list(rows),
+                              args=trl_config(workload, precision, s, out_dir),
+                              train_dataset=Dataset.from_list(rows),
                               processing_class=load_tokenizer(s.model_dir), callbacks=[clock.callback()])
         # TRL truncates each completion after its first id in eos_token_ids (read from the model's
         # generation config at construction); give it the same ids it now stops at
         trainer.eos_token_ids = list(s.eos_ids)
         check_trl_prompts(trainer, s)
-        trainer.remove_callback(PrinterCallback)  # the end-of-training metrics line, printed after the last step
+        # the end-of-training metrics line, printed after the last step
+        trainer.remove_callback(PrinterCallback)
         trainer.train()
     return clock.records
 
 
 def check_trl_prompts(trainer: Any, s: Settings) -> None:
     """TRL renders conversational prompts itself; they must equal rlvr's prompt token ids."""
-    theirs, _, _ = trainer._tokenize_prompts([tasks.get("knights_knaves").messages(ex) for ex in s.examples[:8]])
+    theirs, _, _ = trainer._tokenize_prompts([tasks.get("knights_knaves").messages(ex)
+                                              for ex in s.examples[:8]])
     if [list(t) for t in theirs] != s.prompt_token_ids[:8]:
-        raise SystemExit("bench_vs_trl: TRL's rendered prompt ids differ from rlvr's; the comparison is not fair")
+        raise SystemExit("bench_vs_trl: TRL's rendered prompt ids differ from rlvr's; the "
+                         "comparison is not fair")
     stops = trainer.generation_config.eos_token_id
     if sorted(trainer.eos_token_ids) != sorted(s.eos_ids) or sorted(stops) != sorted(s.eos_ids):
         raise SystemExit(f"bench_vs_trl: TRL stops at {stops} and truncates at {trainer.eos_token_ids}, "
@@ -372,7 +382,8 @@ def check_trl_prompts(trainer: Any, s: Settings) -> None:
 
 
 def newest_checkpoint(run_dir: Path) -> Path:
-    found = sorted(p for p in (run_dir / "checkpoints" / "sft").glob("step_*") if (p / "config.json").is_file())
+    found = sorted(p for p in (run_dir / "checkpoints" / "sft").glob("step_*")
+                   if (p / "config.json").is_file())
     if not found:
         raise SystemExit(f"bench_vs_trl: no SFT checkpoint under {run_dir}/checkpoints/sft; make one with\n"
                          f"  .venv/bin/rlvr sft recipes/kk-tiny.yaml out_dir={run_dir} sft.steps=300 "
@@ -404,7 +415,8 @@ def run_workload(workload: Workload, args: argparse.Namespace, s: Settings) -> d
               f"rows with an advantage {r.extra['active_rows']:.0f}/{r.rows})", flush=True)
 
     for round_, precision in enumerate(args.trl.split(",")):
-        contenders = [RlvrContender(f"rlvr {name}", RLVR_SETTINGS[name], workload, s) for name in args.rlvr.split(",")]
+        contenders = [RlvrContender(f"rlvr {name}", RLVR_SETTINGS[name], workload, s)
+                      for name in args.rlvr.split(",")]
 
         def between(step: int, contenders: list[RlvrContender] = contenders, round_: int = round_) -> None:
             for c in contenders:
@@ -431,8 +443,8 @@ def summarise(records: list[StepRecord], warmup: int) -> dict[str, float]:
 
 
 def print_table(all_results: dict[str, dict[str, list[StepRecord]]], warmup: int) -> dict[str, Any]:
-    header = (f"{'workload':<9}{'contender':<18}{'s/step':>8}{'min':>7}{'gen s':>7}{'upd s':>7}{'mean len':>9}"
-              f"{'tok/s':>8}{'fwd/real':>9}{'n':>4}")
+    header = (f"{'workload':<9}{'contender':<18}{'s/step':>8}{'min':>7}{'gen s':>7}{'upd s':>7}"
+              f"{'mean len':>9}{'tok/s':>8}{'fwd/real':>9}{'n':>4}")
     print("\n" + header + "\n" + "-" * len(header))
     summary: dict[str, Any] = {}
     for workload, results in all_results.items():
@@ -449,7 +461,8 @@ def print_table(all_results: dict[str, dict[str, list[StepRecord]]], warmup: int
         trl = min((m["seconds_per_step"], n) for n, m in rows.items() if n.startswith("TRL"))
         ratio = trl[0] / rlvr[0]
         target = targets.get(workload, 1.0)
-        rows["ratio"] = {"trl_over_rlvr": ratio, "fastest_rlvr": rlvr[1], "fastest_trl": trl[1], "target": target}
+        rows["ratio"] = {"trl_over_rlvr": ratio, "fastest_rlvr": rlvr[1],
+                         "fastest_trl": trl[1], "target": target}
         print(f"{workload:<9}ratio TRL/rlvr = {trl[0]:.2f} / {rlvr[0]:.2f} = {ratio:.2f}x  "
               f"({trl[1]} vs {rlvr[1]}; target >= {target:.0f}x: {'met' if ratio >= target else 'NOT met'})")
     return summary
@@ -473,10 +486,12 @@ def print_checks(all_results: dict[str, dict[str, list[StepRecord]]]) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model-dir", default="", help="HF checkpoint directory (default: newest under --sft-run)")
+    ap.add_argument("--model-dir", default="",
+                    help="HF checkpoint directory (default: newest under --sft-run)")
     ap.add_argument("--sft-run", default=str(DEFAULT_SFT_RUN), help="run directory of `rlvr sft`")
     ap.add_argument("--workloads", default="natural,fixed")
-    ap.add_argument("--rlvr", default="fp32,bf16-decode,bf16", help=f"rlvr settings: {','.join(RLVR_SETTINGS)}")
+    ap.add_argument("--rlvr", default="fp32,bf16-decode,bf16",
+                    help=f"rlvr settings: {','.join(RLVR_SETTINGS)}")
     ap.add_argument("--trl", default="fp32,bf16", help="TRL precisions: fp32, bf16 (autocast)")
     ap.add_argument("--natural-max-new-tokens", type=int, default=320)
     ap.add_argument("--fixed-new-tokens", type=int, default=64)
@@ -486,8 +501,9 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=3, help="measured steps per round")
     ap.add_argument("--lr", type=float, default=1e-4, help="the kk-tiny recipe's RL learning rate")
     ap.add_argument("--reward-scheme", default="logic_rl",
-                    help="KK reward: logic_rl (format and answer terms: nonzero advantages even when no answer "
-                         "is right yet, so every update moves the policy) or default (1 / 0)")
+                    help="KK reward: logic_rl (format and answer terms: nonzero advantages "
+                         "even when no answer is right yet, so every update moves the policy) "
+                         "or default (1 / 0)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", default=str(DEFAULT_JSON), help="where to write every step record")

@@ -9,4 +9,5 @@ import pytest
 def tiny_model_dir(tmp_path_factory):
     from rlvr.models import init_model
 
-    return init_model(tmp_path_factory.mktemp("models") / "tiny-kk", preset="tiny", tasks=("knights_knaves",), seed=0)
+    return init_model(tmp_path_factory.mktemp("models") / "tiny-kk", preset="tiny",
+                      tasks=("knights_knaves",), seed=0)

@@ -241,7 +241,8 @@ class RLConfig:
     clip_low: float | None = None
     """Lower clip epsilon; null: the loss's default (ppo 0.2, gspo 3e-4; cispo has none)."""
     clip_high: float | None = None
-    """Upper clip epsilon; null: the loss's default (ppo 0.2, gspo 4e-4, cispo 0.28). DAPO clip-higher: 0.28."""
+    """Upper clip epsilon; null: the loss's default (ppo 0.2, gspo 4e-4, cispo 0.28).
+    DAPO clip-higher: 0.28."""
     dual_clip: float | None = None
     """Dual-clip constant c for negative advantages (3.0 in verl); null disables."""
     lr: float = 1e-4
@@ -277,7 +278,8 @@ class RLConfig:
     max_refill_rounds: int = 3
     """Extra generation rounds allowed per step for dynamic sampling."""
     curriculum: list[StageConfig] = field(default_factory=list)
-    """Difficulty by step range, e.g. [{start_step: 0, value: {people: 3}}, {start_step: 100, value: {people: 4}}]."""
+    """Difficulty by step range,
+    e.g. [{start_step: 0, value: {people: 3}}, {start_step: 100, value: {people: 4}}]."""
     max_new_tokens_stages: list[StageConfig] = field(default_factory=list)
     """Context lengthening by step range (DeepScaleR 8K -> 16K -> 24K)."""
     group_size_stages: list[StageConfig] = field(default_factory=list)
@@ -462,7 +464,8 @@ class RunConfig:
             try:
                 check_prompt_template(self.data.prompt_template)
             except PromptTemplateError as error:
-                raise ConfigError(f"config key data.prompt_template: {error}", key="data.prompt_template") from None
+                raise ConfigError(f"config key data.prompt_template: {error}",
+                                  key="data.prompt_template") from None
         self._resolve_task_defaults()
         rl, sft = self.rl, self.sft
         _check(rl.steps >= 0, "rl.steps", rl.steps, "an integer >= 0")
@@ -491,17 +494,20 @@ class RunConfig:
         if rl.length_reward.kind == "overlong":
             _check(0 < rl.length_reward.cache_tokens <= rl.max_new_tokens, "rl.length_reward.cache_tokens",
                    rl.length_reward.cache_tokens, "0 < cache_tokens <= rl.max_new_tokens")
-        _check(rl.partial_tokens_per_step >= 0, "rl.partial_tokens_per_step", rl.partial_tokens_per_step, ">= 0")
+        _check(rl.partial_tokens_per_step >= 0, "rl.partial_tokens_per_step",
+               rl.partial_tokens_per_step, ">= 0")
         _check(rl.tis_cap is None or rl.tis_cap > 0, "rl.tis_cap", rl.tis_cap, "null or a positive number")
         self._validate_critic()
         self._validate_engine_context()
         self._validate_lora()
-        _check(self.ray.num_rollout_workers >= 1, "ray.num_rollout_workers", self.ray.num_rollout_workers, ">= 1")
+        _check(self.ray.num_rollout_workers >= 1, "ray.num_rollout_workers",
+               self.ray.num_rollout_workers, ">= 1")
         _check(self.ray.num_learners >= 0, "ray.num_learners", self.ray.num_learners, ">= 0")
         _check(self.eval.samples >= 0, "eval.samples", self.eval.samples, "an integer >= 0")
         _check(self.eval.every >= 0, "eval.every", self.eval.every, "an integer >= 0")
         _check(self.eval.curve_size >= 1, "eval.curve_size", self.eval.curve_size, "a positive integer")
-        _check(self.eval.curve_samples >= 1, "eval.curve_samples", self.eval.curve_samples, "a positive integer")
+        _check(self.eval.curve_samples >= 1, "eval.curve_samples", self.eval.curve_samples,
+               "a positive integer")
         _check(self.checkpoint.keep_last >= 1, "checkpoint.keep_last", self.checkpoint.keep_last, ">= 1")
         return self
 
@@ -516,11 +522,13 @@ class RunConfig:
 
         for name, source in data.sources.items():
             _check(source.weight > 0, f"data.sources.{name}.weight", source.weight, "a positive number")
-            _check(source.task != "mixed", f"data.sources.{name}.task", source.task, "a task other than mixed")
+            _check(source.task != "mixed", f"data.sources.{name}.task", source.task,
+                   "a task other than mixed")
             try:
                 factory(source.task)
             except TaskError as error:
-                raise ConfigError(f"config key data.sources.{name}.task: {error}", key=f"data.sources.{name}.task") \
+                raise ConfigError(f"config key data.sources.{name}.task: {error}",
+                                  key=f"data.sources.{name}.task") \
                     from None
 
     def _resolve_task_defaults(self) -> None:
@@ -582,9 +590,10 @@ class RunConfig:
             return
         need = self.context_tokens()
         _check(isinstance(length, int) and length >= need, "ray.engine_options.max_model_len", length,
-               f"an integer >= {need}: data.max_prompt_tokens ({self.data.max_prompt_tokens or '0, so 1024'}) "
-               f"+ the largest completion budget of rl.max_new_tokens and rl.max_new_tokens_stages; or leave "
-               f"it out, and the workers are sized to exactly that")
+               f"an integer >= {need}: data.max_prompt_tokens "
+               f"({self.data.max_prompt_tokens or '0, so 1024'}) + the largest completion budget of "
+               "rl.max_new_tokens and rl.max_new_tokens_stages; or leave it out, and the workers are "
+               "sized to exactly that")
     def _validate_lora(self) -> None:
         """LoRA runs in one process (the Ray learner and workers exchange full weights)."""
         lora = self.model.lora
@@ -613,7 +622,8 @@ class RunConfig:
         sizes["total_rl_rollouts (through group_size_stages)"] = sum(
             rl.prompts_per_step * int(stage_value(rl.group_size_stages, step, rl.group_size))
             for step in range(rl.steps if rl.enabled else 0))
-        sizes["sft_sequences_total (steps x batch_size)"] = self.sft.steps * self.sft.batch_size if self.sft.enabled else 0
+        sizes["sft_sequences_total (steps x batch_size)"] = (self.sft.steps * self.sft.batch_size
+                                                             if self.sft.enabled else 0)
         return sizes
 
 
@@ -648,7 +658,8 @@ class Domain:
 
 
 def at_least(low: float, text: str | None = None) -> Domain:
-    return Domain(lambda v: v >= low, text or (f"an integer >= {low}" if isinstance(low, int) else f"a number >= {low}"))
+    return Domain(lambda v: v >= low,
+                  text or (f"an integer >= {low}" if isinstance(low, int) else f"a number >= {low}"))
 
 
 def positive(kind: str = "integer") -> Domain:
@@ -679,12 +690,14 @@ def _table(module: str, name: str) -> Callable[[], Any]:
 
 def _custom_resources(table: dict) -> bool:
     return all(isinstance(name, str) and name.strip() and name not in BUILTIN_RESOURCES
-               and isinstance(amount, int | float) and not isinstance(amount, bool) and 0 < amount < float("inf")
+               and isinstance(amount, int | float) and not isinstance(amount, bool)
+               and 0 < amount < float("inf")
                for name, amount in table.items())
 
 
-_RESOURCES = Domain(_custom_resources, f"custom Ray resource names (not {', '.join(BUILTIN_RESOURCES)}: those have "
-                                       "their own keys) mapped to amounts > 0, e.g. {rollout: 1}")
+_RESOURCES = Domain(_custom_resources,
+                    f"custom Ray resource names (not {', '.join(BUILTIN_RESOURCES)}: those have "
+                    "their own keys) mapped to amounts > 0, e.g. {rollout: 1}")
 
 
 def _task_names() -> list[str]:
@@ -696,7 +709,7 @@ def _task_names() -> list[str]:
 _BETAS = Domain(lambda v: len(v) == 2 and all(0 <= b < 1 for b in v), "two numbers in [0, 1), [beta1, beta2]")
 _DEFAULT_DOMAINS: dict[Any, Domain] = {int: at_least(0), float: Domain(_finite, "a finite number")}
 DOMAINS: dict[str, Domain] = {
-    "seed": Domain(lambda v: True, "an integer"),
+    "seed": Domain(lambda _: True, "an integer"),
     "out_dir": Domain(lambda v: bool(v.strip()), "a directory path"),
     "threads": at_least(0, "an integer >= 0 (0: all cores)"),
     "model.preset": name_in(_table("rlvr.models.factory", "PRESETS"), "a model preset"),
@@ -746,7 +759,8 @@ DOMAINS: dict[str, Domain] = {
     "eval.temperature": at_least(0.0),
     "eval.top_p": in_range(0, 1, low_open=True),
     "eval.max_new_tokens": positive(),
-    "eval.k_values": Domain(lambda v: bool(v) and all(k > 0 for k in v), "a non-empty list of positive integers"),
+    "eval.k_values": Domain(lambda v: bool(v) and all(k > 0 for k in v),
+                            "a non-empty list of positive integers"),
     "eval.prompts_per_batch": positive(),
     "checkpoint.keep_last": at_least(1),
     "ray.num_rollout_workers": at_least(1),
@@ -783,7 +797,8 @@ def check_domains(config: Any, prefix: str = "") -> None:
         if domain is None:
             tp = hints[f.name]
             args = [a for a in typing.get_args(tp) if a is not type(None)]
-            domain = _DEFAULT_DOMAINS.get(args[0] if typing.get_origin(tp) in (Union, types.UnionType) else tp)
+            domain = _DEFAULT_DOMAINS.get(args[0]
+                                          if typing.get_origin(tp) in (Union, types.UnionType) else tp)
         if domain is None or domain.accepts(value):
             continue
         message = f"config key {path}: got {value!r}, expected {domain.text}"
@@ -827,7 +842,8 @@ def load_config(recipe: str | Path | None = None, overrides: list[str] | tuple[s
         try:
             apply_override(raw, item)
         except ConfigError as err:
-            raise (err if str(err).startswith("override") else ConfigError(f"override {item}: {err}")) from None
+            raise (err if str(err).startswith("override")
+                   else ConfigError(f"override {item}: {err}")) from None
         set_by[item.partition("=")[0].strip()] = item
     try:
         return from_dict(RunConfig, raw, "").validate()
@@ -859,7 +875,8 @@ def _origin(key: str | None, set_by: dict[str, str], lines: dict[str, int], sour
 
 
 def apply_override(raw: dict[str, Any], item: str) -> None:
-    """Apply `a.b.c=value` to a raw config dict; the value is parsed as YAML (`[3, 4]`, `null`, `{people: 4}`)."""
+    """Apply `a.b.c=value` to a raw config dict; the value is parsed as YAML
+    (`[3, 4]`, `null`, `{people: 4}`)."""
     if "=" not in item:
         raise ConfigError(f"override {item!r} must look like key=value (e.g. rl.lr=1e-6)")
     key, _, text = item.partition("=")
@@ -939,11 +956,13 @@ def _convert(tp: Any, value: Any, path: str) -> Any:  # noqa: C901 - one branch 
                 return _convert(arg, value, path)
             except ConfigError as err:
                 errors.append(str(err))
-        raise ConfigError(errors[0] if len(errors) == 1 else f"config key {path}: got {value!r}, expected {tp}", key=path)
+        raise ConfigError(errors[0] if len(errors) == 1
+                          else f"config key {path}: got {value!r}, expected {tp}", key=path)
     if origin is Literal:
         choices = typing.get_args(tp)
         if value not in choices:
-            raise ConfigError(f"config key {path}: got {value!r}, expected one of {', '.join(map(repr, choices))}", key=path)
+            raise ConfigError(f"config key {path}: got {value!r}, expected one of "
+                              f"{', '.join(map(repr, choices))}", key=path)
         return value
     if origin is list:
         if not isinstance(value, list):
@@ -955,7 +974,7 @@ def _convert(tp: Any, value: Any, path: str) -> Any:  # noqa: C901 - one branch 
             raise ConfigError(f"config key {path}: got {value!r}, expected a mapping", key=path)
         item_type = typing.get_args(tp)[1] if typing.get_args(tp) else Any
         if dataclasses.is_dataclass(item_type):  # name -> section (data.sources)
-            return {str(k): from_dict(item_type, v, f"{path}.{k}") for k, v in value.items()}  # type: ignore[arg-type]
+            return {str(k): from_dict(item_type, v, f"{path}.{k}") for k, v in value.items()}
         return dict(value)
     if tp is Any:
         return value

@@ -40,17 +40,19 @@ def make_inputs(vocab: int, seed: int = 0):
     width = max(len(c) for c in batch.completion_ids)
     lengths = torch.tensor([len(c) for c in batch.completion_ids])
     mask = (torch.arange(width)[None, :] < lengths[:, None]).float()
-    adv = algorithms.compute_advantages("grpo", torch.tensor(batch.rewards), torch.tensor(batch.group_ids), mask)
+    adv = algorithms.compute_advantages("grpo", torch.tensor(batch.rewards),
+                                        torch.tensor(batch.group_ids), mask)
     cfg = RLConfig(micro_batch_tokens=1024)
     knobs = Knobs(difficulty={}, max_new_tokens=256, group_size=4, temperature=1.0, lr=1e-5, stage=0)
     return batch, cfg, knobs, width, adv, mask
 
 
-def step(model, fn, **extra):  # noqa: ANN001
+def step(model, fn, **extra):
     batch, cfg, knobs, width, adv, mask = make_inputs(model.arch.vocab_size)
     optimizer = torch.optim.SGD(model.parameters(), lr=1.0)  # weights after = before - (clipped) gradient
     index = list(range(len(batch.completion_ids)))
-    fn(model, optimizer, batch, index, width, adv, mask, None, None, cfg, knobs, torch.device("cuda"), True, **extra)
+    fn(model, optimizer, batch, index, width, adv, mask, None, None, cfg, knobs,
+       torch.device("cuda"), True, **extra)
     return full_state_dict(model)
 
 

@@ -17,8 +17,9 @@ def quick(model_dir: Path, out_dir: Path, rl_steps: int = 2) -> list[str]:
     return [
         f"model.path={model_dir}", f"out_dir={out_dir}", "threads=1", "logging.progress=false",
         "data.train_size=64", "data.eval_size=4", "sft.enabled=false", f"rl.steps={rl_steps}",
-        "rl.prompts_per_step=4", "rl.mini_batches=1", "rl.group_size=4", "rl.max_new_tokens=16", "eval.max_new_tokens=16",
-        "eval.samples=0", "eval.every=0", "checkpoint.every=0", "logging.samples_every=1",
+        "rl.prompts_per_step=4", "rl.mini_batches=1", "rl.group_size=4", "rl.max_new_tokens=16",
+        "eval.max_new_tokens=16", "eval.samples=0", "eval.every=0", "checkpoint.every=0",
+        "logging.samples_every=1",
     ]
 
 
@@ -60,7 +61,8 @@ def test_failing_reward_functions_are_counted_per_step_logged_once_and_the_run_g
     assert [r["reward/timeouts"] for r in rows] == [1.0, 0.0]
     samples = [json.loads(x) for x in (out / "samples" / "step_000001.jsonl").read_text().splitlines()]
     timed_out = [s for s in samples if s["parts"]["reward_timeouts"] == 1.0]
-    assert len(timed_out) == 1 and timed_out[0]["parts"]["fn1"] == -0.25 and timed_out[0]["parts"]["fn0"] == -0.25
+    assert (len(timed_out) == 1 and timed_out[0]["parts"]["fn1"] == -0.25
+            and timed_out[0]["parts"]["fn0"] == -0.25)
     others = [s for s in samples if s["parts"]["reward_timeouts"] == 0.0]
     assert all(s["parts"]["fn1"] == 0.5 and s["parts"]["reward_errors"] == 1.0 for s in others)
     printed = capsys.readouterr().out
@@ -78,7 +80,8 @@ def test_a_task_from_outside_the_package_trains_and_evaluates(tiny_model_dir, tm
         f"data.task={ECHO}:EchoTask", "data.task_options={response_prefix: 'Answer: '}", "sft.enabled=true",
         "sft.steps=2", "sft.batch_size=4", "sft.data_size=16", "sft.warmup_steps=1"]
     with pytest.raises(ConfigError, match=r"config key data.eval_difficulty: task 'echo' "
-                                          r"cannot generate problems of difficulty \{'people': 3\}: .*'people'"):
+                                          r"cannot generate problems of difficulty \{'people': "
+                                          r"3\}: .*'people'"):
         run(load_config("recipes/kk-tiny.yaml", overrides))  # the recipe's KK difficulty, refused at start-up
     assert not out.exists()
     summary = run(load_config(None, overrides))
@@ -102,11 +105,13 @@ def test_a_mixed_run_routes_rows_by_data_source_and_reports_each_source(tiny_mod
     write_jsonl_atomic(tmp_path / "eval.jsonl", rows[:2] + rows[12:14])
     out = tmp_path / "run"
     overrides = quick(tiny_model_dir, out) + [
-        "data.task=mixed", f"data.sources={{kk: {{task: knights_knaves}}, echo: {{task: '{ECHO}:EchoTask', weight: 3}}}}",
+        "data.task=mixed",
+        f"data.sources={{kk: {{task: knights_knaves}}, echo: {{task: '{ECHO}:EchoTask', weight: 3}}}}",
         f"data.train_file={tmp_path}/train.jsonl", f"data.eval_file={tmp_path}/eval.jsonl", "eval.every=1",
         "eval.curve_samples=1", "eval.temperature=0"]
     summary = run(load_config(None, overrides))
-    assert set(summary["accuracy_by_source_after_rl"]) == {"kk", "echo"} == set(summary["accuracy_by_source_before_rl"])
+    assert (set(summary["accuracy_by_source_after_rl"]) == {"kk", "echo"}
+            == set(summary["accuracy_by_source_before_rl"]))
     seen = set()
     for row in rl_rows(out):  # a step of 4 prompts may draw from one source only
         present = [s for s in ("kk", "echo") if f"batch_share/{s}" in row]
@@ -115,7 +120,8 @@ def test_a_mixed_run_routes_rows_by_data_source_and_reports_each_source(tiny_mod
         seen.update(present)
     assert "echo" in seen  # weight 3 of 4
     curve = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if '"rl_eval"' in x]
-    assert len(curve) == 3 and all({"eval/kk/sampled_accuracy", "eval/echo/sampled_accuracy"} <= set(c) for c in curve)
+    assert len(curve) == 3 and all({"eval/kk/sampled_accuracy", "eval/echo/sampled_accuracy"}
+                                   <= set(c) for c in curve)
     samples = [json.loads(x) for x in (out / "samples" / "step_000001.jsonl").read_text().splitlines()]
     kk_rows = [s for s in samples if not s["prompt"].startswith("Repeat: ")]
     assert all("format" in s["parts"] for s in kk_rows)  # scored by knights_knaves, not by echo
@@ -134,9 +140,10 @@ def test_a_run_with_a_prompt_template_on_a_model_without_a_chat_template(tiny_mo
     assert load_tokenizer(base_model).chat_template is None
     out = tmp_path / "run"
     config = load_config("recipes/kk-tiny.yaml", [
-        f"model.path={base_model}", f"out_dir={out}", "threads=1", "logging.progress=false", "data.eval_size=2",
-        "sft.enabled=false", "rl.steps=1", "rl.prompts_per_step=2", "rl.mini_batches=1", "rl.group_size=2",
-        "rl.max_new_tokens=8", "eval.max_new_tokens=8", "eval.samples=0", "eval.every=0", "checkpoint.every=0",
+        f"model.path={base_model}", f"out_dir={out}", "threads=1",
+        "logging.progress=false", "data.eval_size=2", "sft.enabled=false", "rl.steps=1",
+        "rl.prompts_per_step=2", "rl.mini_batches=1", "rl.group_size=2", "rl.max_new_tokens=8",
+        "eval.max_new_tokens=8", "eval.samples=0", "eval.every=0", "checkpoint.every=0",
         'data.prompt_template="User: {question}\\nAssistant: <think>"',
         "data.task_options={response_prefix: '<think>', system_prompt: ''}"])
     run(config)
@@ -156,7 +163,7 @@ def test_wandb_gets_a_completions_table_every_samples_every_steps_and_a_restart_
             self.inits: list[dict] = []
             self.tables: list[tuple[int, object]] = []
 
-        def init(self, **kwargs):  # noqa: ANN003, ANN201
+        def init(self, **kwargs):
             self.inits.append(kwargs)
             return self
 
@@ -176,11 +183,13 @@ def test_wandb_gets_a_completions_table_every_samples_every_steps_and_a_restart_
     out = tmp_path / "run"
     overrides = quick(tiny_model_dir, out, rl_steps=3) + ["logging.wandb=true", "logging.samples_every=2"]
     run(load_config("recipes/kk-tiny.yaml", overrides))
-    assert [step for step, _ in fake.tables] == [1, 3]  # steps 1 and 3 (every 2nd from the first, and the last)
+    # steps 1 and 3 (every 2nd from the first, and the last)
+    assert [step for step, _ in fake.tables] == [1, 3]
     table = fake.tables[0][1]
     assert table.columns == ["step", "prompt", "completion", "reward", "correct"] and len(table.data) == 16
     dumped = [json.loads(x) for x in (out / "samples" / "step_000001.jsonl").read_text().splitlines()]
-    assert [row[1:] for row in table.data] == [[d["prompt"], d["completion"], d["reward"], d["correct"]] for d in dumped]
+    assert [row[1:] for row in table.data] == [[d["prompt"], d["completion"], d["reward"], d["correct"]]
+                                               for d in dumped]
     run(load_config("recipes/kk-tiny.yaml", overrides))  # the same command again: the run resumes
     assert len(fake.inits) == 2 and fake.inits[0]["id"] == fake.inits[1]["id"]
     assert fake.inits[1]["resume"] == "allow"

@@ -31,7 +31,8 @@ CFG = dict(model_type="qwen2", vocab_size=48, hidden_size=32, num_hidden_layers=
 SCENARIOS = {
     # name: (RLConfig overrides, use old log-probs, use a reference model)
     "ppo_token_mean": ({}, False, False),
-    "ppo_old_kl_seq_mean": ({"loss_agg": "seq-mean-token-mean", "kl_coef": 0.1, "clip_high": 0.28}, True, True),
+    "ppo_old_kl_seq_mean": ({"loss_agg": "seq-mean-token-mean", "kl_coef": 0.1, "clip_high": 0.28}, True,
+                            True),
     "sum_norm": ({"loss_agg": "seq-mean-token-sum-norm"}, True, False),
     # The entropy bonus is a token-mean per micro-batch weighted like the loss, so it is independent of
     # how sequences are split into micro-batches only under token-mean aggregation (see the report).
@@ -42,11 +43,11 @@ SCENARIOS = {
 class GradRecorder(torch.optim.SGD):
     """SGD that keeps a full copy of every gradient it steps with (a test double for the optimizer)."""
 
-    def __init__(self, params, names):  # noqa: ANN001
+    def __init__(self, params, names):
         super().__init__(params, lr=0.0)
         self.names, self.seen = names, {}
 
-    def step(self, closure=None):  # noqa: ANN001
+    def step(self, closure=None):
         for name, p in zip(self.names, self.param_groups[0]["params"]):
             g = p.grad
             self.seen[name] = (g.full_tensor() if hasattr(g, "full_tensor") else g).detach().clone()
@@ -76,7 +77,8 @@ def inputs(overrides: dict, use_old: bool, use_ref: bool):
     width = max(len(c) for c in batch.completion_ids)
     lengths = torch.tensor([len(c) for c in batch.completion_ids])
     mask = (torch.arange(width)[None, :] < lengths[:, None]).float()
-    adv = algorithms.compute_advantages("grpo", torch.tensor(batch.rewards), torch.tensor(batch.group_ids), mask)
+    adv = algorithms.compute_advantages("grpo", torch.tensor(batch.rewards),
+                                        torch.tensor(batch.group_ids), mask)
     old_lp = padded(batch.engine_logprobs, width) if use_old else None
     ref_lp = (padded(batch.engine_logprobs, width) * 0.5) if use_ref else None
     return batch, cfg, knobs, width, adv, mask, old_lp, ref_lp
@@ -93,7 +95,7 @@ def adamw(model: torch.nn.Module) -> torch.optim.Optimizer:
     return torch.optim.AdamW(model.parameters(), lr=1e-2, eps=1e-6)
 
 
-def run_step(model, optimizer, scenario: str, step_fn, **extra):  # noqa: ANN001
+def run_step(model, optimizer, scenario: str, step_fn, **extra):
     batch, cfg, knobs, width, adv, mask, old_lp, ref_lp = inputs(*SCENARIOS[scenario])
     index = list(range(len(batch.completion_ids)))
     return step_fn(model, optimizer, batch, index, width, adv, mask, old_lp, ref_lp, cfg, knobs,
@@ -157,7 +159,8 @@ def test_plan_covers_every_sequence_once_with_equal_micro_batch_counts():
             assert sorted(flat) == list(range(len(lengths)))
             for bins in plan:
                 for b in bins:
-                    cost = len(b) * max(lengths[i] for i in b) if padded_rows and b else sum(lengths[i] for i in b)
+                    cost = (len(b) * max(lengths[i] for i in b) if padded_rows and b
+                            else sum(lengths[i] for i in b))
                     assert len(b) <= 1 or cost <= 40
     loads = [sum(lengths[i] for b in bins for i in b) for bins in plan_micro_batches(lengths, 40, 2)]
     assert abs(loads[0] - loads[1]) <= max(lengths)  # LPT keeps ranks within one sequence

@@ -19,18 +19,18 @@ import torch
 
 if importlib.util.find_spec("ray") is None:  # an optional extra; a ray that is installed but broken fails
     pytest.skip("ray is not installed (optional extra: pip install 'rlvr[ray]')", allow_module_level=True)
-import ray  # noqa: E402
+import ray
 
-from rlvr.config import CheckpointConfig, LoggingConfig, RayConfig, RLConfig  # noqa: E402
-from rlvr.distributed import describe_placement, make_engine, make_learner, reserved_resources  # noqa: E402
-from rlvr.distributed.ray_engine import RayRolloutEngine, split_evenly, worker_seed  # noqa: E402
-from rlvr.distributed.ray_learner import RayLearnerGroup  # noqa: E402
-from rlvr.models.native import NativeCausalLM  # noqa: E402
-from rlvr.rollout import SamplingParams  # noqa: E402
-from rlvr.rollout.torch_engine import TorchEngine  # noqa: E402
-from rlvr.tasks import Example, Score  # noqa: E402
-from rlvr.trainers.common import MetricsLogger  # noqa: E402
-from rlvr.trainers.rl import ProblemPool, collect, knobs_at, train_rl, update_policy  # noqa: E402
+from rlvr.config import CheckpointConfig, LoggingConfig, RayConfig, RLConfig
+from rlvr.distributed import describe_placement, make_engine, make_learner, reserved_resources
+from rlvr.distributed.ray_engine import RayRolloutEngine, split_evenly, worker_seed
+from rlvr.distributed.ray_learner import RayLearnerGroup
+from rlvr.models.native import NativeCausalLM
+from rlvr.rollout import SamplingParams
+from rlvr.rollout.torch_engine import TorchEngine
+from rlvr.tasks import Example, Score
+from rlvr.trainers.common import MetricsLogger
+from rlvr.trainers.rl import ProblemPool, collect, knobs_at, train_rl, update_policy
 
 VOCAB, EOS, TARGET = 16, 1, 7
 CFG = dict(model_type="qwen2", vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
@@ -42,10 +42,10 @@ class ToyTokenizer:
 
     pad_token_id = 0
 
-    def decode(self, ids, skip_special_tokens: bool = True) -> str:  # noqa: ANN001
+    def decode(self, ids, skip_special_tokens: bool = True) -> str:
         return " ".join(str(i) for i in ids if i != EOS)
 
-    def save_pretrained(self, path) -> None:  # noqa: ANN001
+    def save_pretrained(self, path) -> None:
         Path(path).mkdir(parents=True, exist_ok=True)
         (Path(path) / "toy_tokenizer.json").write_text("{}")
 
@@ -55,7 +55,7 @@ class TargetTokenTask:
 
     name, response_prefix = "target_token", ""
 
-    def examples(self, n: int, seed: int, **difficulty) -> list[Example]:  # noqa: ANN003
+    def examples(self, n: int, seed: int, **difficulty) -> list[Example]:
         g = torch.Generator().manual_seed(seed)
         return [Example(" ".join(map(str, torch.randint(2, VOCAB, (4,), generator=g).tolist())), str(TARGET))
                 for _ in range(n)]
@@ -97,7 +97,7 @@ def cluster():
 
 
 
-def run_rl(engine_factory, out: Path, learner_factory=None):  # noqa: ANN001
+def run_rl(engine_factory, out: Path, learner_factory=None):
     """train_rl on the toy task; returns the per-step metrics."""
     model = new_model()
     engine, shares = engine_factory(model)
@@ -105,10 +105,10 @@ def run_rl(engine_factory, out: Path, learner_factory=None):  # noqa: ANN001
     task = TargetTokenTask()
     pool = ProblemPool(lambda difficulty: task.examples(64, seed=0), seed=0)
     out.mkdir(parents=True, exist_ok=True)
-    train_rl(model, ToyTokenizer(), engine, task, pool, prompt_ids, RL, run_dir=out, logger=MetricsLogger(out),
-             device=torch.device("cpu"), packed=True, seed=0, eos_ids=(EOS,), default_difficulty={},
-             checkpoint=CheckpointConfig(every=0), logging=LoggingConfig(progress=False, samples_every=0),
-             engine_shares_weights=shares, **extra)
+    train_rl(model, ToyTokenizer(), engine, task, pool, prompt_ids, RL, run_dir=out,
+             logger=MetricsLogger(out), device=torch.device("cpu"), packed=True, seed=0, eos_ids=(EOS,),
+             default_difficulty={}, checkpoint=CheckpointConfig(every=0),
+             logging=LoggingConfig(progress=False, samples_every=0), engine_shares_weights=shares, **extra)
     if not shares:
         engine.shutdown()
     if extra:
@@ -126,18 +126,21 @@ def test_split_evenly_and_worker_seeds():
     assert worker_seed(5, 0) != worker_seed(5, 1) and worker_seed(5, 1) == worker_seed(5, 1)
 
 
-def test_ray_engine_returns_each_workers_slice_in_the_callers_order(cluster):
+@pytest.mark.usefixtures("cluster")
+def test_ray_engine_returns_each_workers_slice_in_the_callers_order():
     engine = make_engine(RayConfig(num_rollout_workers=2), new_model(), (EOS,), 0)
     try:
         assert engine.num_workers == 2
         prompts = [[2, 3, 4], [5, 6], [7, 8, 9, 10], [11, 12], [13]]
         params = SamplingParams(n=3, temperature=1.0, max_new_tokens=5, seed=11)
         got = engine.generate(prompts, params)
-        assert [(r.prompt_index, r.metadata["sample_index"]) for r in got] == [(p, s) for p in range(5) for s in range(3)]
+        assert ([(r.prompt_index, r.metadata["sample_index"]) for r in got]
+                == [(p, s) for p in range(5) for s in range(3)])
         local = TorchEngine(new_model(), eos_token_ids=(EOS,), pad_token_id=0)
         want = []
         for w, (lo, hi) in enumerate(split_evenly(len(prompts), 2)):
-            part = local.generate(prompts[lo:hi], dataclasses.replace(params, seed=worker_seed(params.seed, w)))
+            part = local.generate(prompts[lo:hi],
+                                  dataclasses.replace(params, seed=worker_seed(params.seed, w)))
             for r in part:
                 r.prompt_index += lo
             want += part
@@ -164,16 +167,22 @@ def test_reserved_resources_sum_cpus_gpus_and_custom_resources_over_all_actors()
     assert reserved_resources(cfg) == {"CPU": 4.0, "GPU": 3.0, "rollout": 8.0, "learner": 1.5}
 
 
-def test_a_local_cluster_without_the_custom_resource_is_refused_before_any_actor_starts(cluster):
-    with pytest.raises(RuntimeError, match=r"1 rollout reserved, the cluster has 0.*ray.resources_per_worker"):
-        make_engine(RayConfig(num_rollout_workers=1, resources_per_worker={"rollout": 1}), new_model(), (EOS,), 0)
+@pytest.mark.usefixtures("cluster")
+def test_a_local_cluster_without_the_custom_resource_is_refused_before_any_actor_starts():
+    with pytest.raises(RuntimeError,
+                       match=r"1 rollout reserved, the cluster has 0.*ray.resources_per_worker"):
+        make_engine(RayConfig(num_rollout_workers=1, resources_per_worker={"rollout": 1}),
+                    new_model(), (EOS,), 0)
 
 
 def test_describe_placement_groups_processes_by_node():
-    node = lambda node_id, pid: {"node_id": node_id, "node_ip": "10.0.0.1", "hostname": "h", "pid": pid}  # noqa: E731
-    line = describe_placement({"driver": node("aaaa", 1), "rollout_workers": [node("bbbb", 2), node("bbbb", 3)],
+    node = lambda node_id, pid: {"node_id": node_id, "node_ip": "10.0.0.1", "hostname": "h",  # noqa: E731
+                                 "pid": pid}
+    line = describe_placement({"driver": node("aaaa", 1),
+                               "rollout_workers": [node("bbbb", 2), node("bbbb", 3)],
                                "learners": [node("aaaa", 4)]})
-    assert line == "node aaaa (h, 10.0.0.1): driver, learner 0; node bbbb (h, 10.0.0.1): rollout worker 0, rollout worker 1"
+    assert (line == "node aaaa (h, 10.0.0.1): driver, learner 0; node bbbb (h, 10.0.0.1): rollout worker "
+                    "0, rollout worker 1")
 
 
 def test_make_engine_and_make_learner_refuse_or_skip_before_starting_actors():
@@ -186,8 +195,10 @@ def test_make_engine_and_make_learner_refuse_or_skip_before_starting_actors():
 
 
 @pytest.mark.slow
-def test_rl_loop_with_two_ray_rollout_workers_learns_like_one_process(cluster, tmp_path: Path):
-    single = run_rl(lambda m: (TorchEngine(m, eos_token_ids=(EOS,), pad_token_id=0), True), tmp_path / "single")
+@pytest.mark.usefixtures("cluster")
+def test_rl_loop_with_two_ray_rollout_workers_learns_like_one_process(tmp_path: Path):
+    single = run_rl(lambda m: (TorchEngine(m, eos_token_ids=(EOS,), pad_token_id=0), True),
+                    tmp_path / "single")
     distributed = run_rl(lambda m: (RayRolloutEngine(m, 2, eos_token_ids=(EOS,), pad_token_id=0), False),
                          tmp_path / "ray")
     for rows in (single, distributed):
@@ -200,7 +211,8 @@ def test_rl_loop_with_two_ray_rollout_workers_learns_like_one_process(cluster, t
 
 
 @pytest.mark.slow
-def test_rl_loop_with_two_rollout_workers_and_a_learner_actor_learns(cluster, tmp_path: Path):
+@pytest.mark.usefixtures("cluster")
+def test_rl_loop_with_two_rollout_workers_and_a_learner_actor_learns(tmp_path: Path):
     rows = run_rl(lambda m: (RayRolloutEngine(m, 2, eos_token_ids=(EOS,), pad_token_id=0), False), tmp_path,
                   learner_factory=lambda m: RayLearnerGroup(m, RL, num_learners=1))
     rewards = [r["reward/mean"] for r in rows]
@@ -221,15 +233,17 @@ def one_step_batch():
     return batch, knobs
 
 
-def in_process_update(batch, knobs, cfg):  # noqa: ANN001
+def in_process_update(batch, knobs, cfg):
     model = new_model()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.99), weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.99),
+                                  weight_decay=cfg.weight_decay)
     model.train()
     stats = update_policy(model, None, optimizer, batch, cfg, knobs, torch.device("cpu"), True, 0, 0)
     return model.state_dict(), stats
 
 
-def test_a_learner_actor_updates_exactly_as_the_in_process_loop(cluster):
+@pytest.mark.usefixtures("cluster")
+def test_a_learner_actor_updates_exactly_as_the_in_process_loop():
     batch, knobs = one_step_batch()
     want_state, want_stats = in_process_update(batch, knobs, RL)
     group = RayLearnerGroup(new_model(), RL, num_learners=1)
@@ -246,7 +260,8 @@ def test_a_learner_actor_updates_exactly_as_the_in_process_loop(cluster):
     assert moved > 0  # the update changed weights
 
 
-def test_two_fsdp_learner_actors_update_as_one_process(cluster):
+@pytest.mark.usefixtures("cluster")
+def test_two_fsdp_learner_actors_update_as_one_process():
     batch, knobs = one_step_batch()
     cfg = copy.deepcopy(RL)
     cfg.micro_batch_tokens = 40

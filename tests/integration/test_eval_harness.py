@@ -30,7 +30,8 @@ def test_evaluate_with_torch_engine(engine_and_tokenizer) -> None:
     engine, tokenizer = engine_and_tokenizer
     task = tasks.get("knights_knaves")
     examples = task.examples(4, seed=11, people=[2, 3])
-    kwargs = dict(n=3, temperature=1.0, top_p=0.95, max_new_tokens=12, seed=7, k_values=(1, 3), prompts_per_batch=3)
+    kwargs = dict(n=3, temperature=1.0, top_p=0.95, max_new_tokens=12, seed=7, k_values=(1, 3),
+                  prompts_per_batch=3)
     result = evaluate(engine, tokenizer, task, examples, **kwargs)
     assert len(result.samples) == 12
     assert [s["prompt_index"] for s in result.samples] == [0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3]
@@ -43,7 +44,8 @@ def test_evaluate_with_torch_engine(engine_and_tokenizer) -> None:
     m = result.metrics
     assert m["avg@n"] == 0.0 and m["pass@3"] == 0.0 and m["format_error_rate"] == 1.0
     assert m["by_people/2/n_prompts"] == 2 and m["by_people/3/n_prompts"] == 2
-    assert m["truncation_rate"] == pytest.approx(sum(s["finish_reason"] == "length" for s in result.samples) / 12)
+    assert m["truncation_rate"] == pytest.approx(sum(s["finish_reason"] == "length"
+                                                     for s in result.samples) / 12)
     assert result.timing["gen_tokens_per_s"] > 0
     # Same seed, same completions.
     again = evaluate(engine, tokenizer, task, examples, **kwargs)
@@ -57,7 +59,8 @@ def test_eval_command_end_to_end(model_dir: Path, tmp_path: Path) -> None:
     result = eval_command(str(model_dir), "knights_knaves", str(data), str(out), n=2, k="1,2",
                           max_new_tokens=10, device="cpu", progress=False, limit=4)
     payload = read_eval(out)
-    assert payload["settings"]["temperature"] == 0.6 and payload["settings"]["top_p"] == 0.95  # n > 1 defaults
+    # n > 1 defaults
+    assert payload["settings"]["temperature"] == 0.6 and payload["settings"]["top_p"] == 0.95
     assert payload["settings"]["data"] == str(data) and payload["settings"]["model"] == str(model_dir)
     samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
     assert len(samples) == 8
@@ -79,16 +82,18 @@ def test_eval_cli_takes_the_task_and_its_options_from_a_recipe(model_dir: Path, 
     options = load_config(recipe, []).data.task_options
     assert options["system_prompt"] == "" and options["phrasing"] == "terse"  # what the recipe trains on
     out = tmp_path / "eval"
-    assert main(["eval", "--model", str(model_dir), "--recipe", str(recipe), "--limit", "2", "--max-new-tokens",
-                 "4", "--device", "cpu", "--out", str(out)]) == 0
+    assert main(["eval", "--model", str(model_dir), "--recipe", str(recipe), "--limit",
+                 "2", "--max-new-tokens", "4", "--device", "cpu", "--out", str(out)]) == 0
     samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
     want = tasks.get("knights_knaves", **options).examples(2, 12345)
     assert [s["prompt"] for s in samples] == [ex.prompt for ex in want]
-    assert [s["prompt"] for s in samples] != [ex.prompt for ex in tasks.get("knights_knaves").examples(2, 12345)]
+    assert [s["prompt"] for s in samples] != [ex.prompt
+                                              for ex in tasks.get("knights_knaves").examples(2, 12345)]
     assert read_eval(out)["settings"]["max_new_tokens"] == 4
     # --task-option goes over the recipe's; a task other than the recipe's is an error
-    assert main(["eval", "--model", str(model_dir), "--recipe", str(recipe), "--limit", "1", "--max-new-tokens",
-                 "2", "--device", "cpu", "--task-option", "phrasing=plain", "--out", str(tmp_path / "e2")]) == 0
+    assert main(["eval", "--model", str(model_dir), "--recipe", str(recipe), "--limit",
+                 "1", "--max-new-tokens", "2", "--device", "cpu", "--task-option", "phrasing=plain", "--out",
+                 str(tmp_path / "e2")]) == 0
     with pytest.raises(SystemExit, match="trains knights_knaves"):
         main(["eval", "--model", str(model_dir), "--recipe", str(recipe), "--task", "math"])
     with pytest.raises(SystemExit, match="--task or --recipe"):
@@ -100,7 +105,8 @@ def test_filter_command_with_a_model(model_dir: Path, tmp_path: Path) -> None:
     generate("knights_knaves", 4, seed=5, out=data, people=2)
     out = tmp_path / "kept.jsonl"
     # An untrained model solves nothing: with 0% inside the range every problem is kept.
-    summary = filter_command(data, out, "knights_knaves", model_dir, n=2, low=0.0, max_new_tokens=8, device="cpu")
+    summary = filter_command(data, out, "knights_knaves", model_dir, n=2, low=0.0,
+                             max_new_tokens=8, device="cpu")
     assert summary["records_out"] == 4 and len(out.read_text().splitlines()) == 4
     rates = [json.loads(line) for line in sidecar(out, ".pass_rates.jsonl").read_text().splitlines()]
     assert [r["pass_rate"] for r in rates] == [0.0] * 4 and all(r["kept"] for r in rates)

@@ -14,15 +14,15 @@ from safetensors.torch import load_file, save_file
 
 pytest.importorskip("peft")
 
-from rlvr.config import ConfigError, load_config  # noqa: E402
-from rlvr.models import eos_token_ids, prompt_ids  # noqa: E402
-from rlvr.models.lora import apply_lora  # noqa: E402
-from rlvr.rollout import SamplingParams  # noqa: E402
-from rlvr.rollout.torch_engine import TorchEngine  # noqa: E402
-from rlvr.tasks import Example, Score  # noqa: E402
-from rlvr.trainers.common import MetricsLogger  # noqa: E402
-from rlvr.trainers.pipeline import load_policy, run  # noqa: E402
-from rlvr.trainers.rl import ProblemPool, RolloutBatch, sequence_values, train_rl  # noqa: E402
+from rlvr.config import ConfigError, load_config
+from rlvr.models import eos_token_ids, prompt_ids
+from rlvr.models.lora import apply_lora
+from rlvr.rollout import SamplingParams
+from rlvr.rollout.torch_engine import TorchEngine
+from rlvr.tasks import Example, Score
+from rlvr.trainers.common import MetricsLogger
+from rlvr.trainers.pipeline import load_policy, run
+from rlvr.trainers.rl import ProblemPool, RolloutBatch, sequence_values, train_rl
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 CPU = torch.device("cpu")
@@ -64,7 +64,8 @@ def lora_policy(model_dir: Path, impl: str, r: int = 8):
 
 def frozen_and_adapters(model) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    return ({k: v for k, v in state.items() if ".lora_" not in k}, {k: v for k, v in state.items() if ".lora_" in k})
+    return ({k: v for k, v in state.items() if ".lora_" not in k},
+            {k: v for k, v in state.items() if ".lora_" in k})
 
 
 @pytest.mark.parametrize("impl", ["native", "hf"])
@@ -88,7 +89,8 @@ def test_rollouts_use_the_current_adapter(tiny_model_dir, impl):
 
     def learner_logprobs() -> torch.Tensor:
         with torch.no_grad():
-            return sequence_values(model, batch, range(len(rollouts)), width, 1.0, CPU, policy.packed, 1 << 20)[0]
+            return sequence_values(model, batch, range(len(rollouts)), width, 1.0, CPU,
+                                   policy.packed, 1 << 20)[0]
 
     adapted = learner_logprobs()
     with model.disable_adapter():
@@ -102,7 +104,8 @@ def test_rollouts_use_the_current_adapter(tiny_model_dir, impl):
     assert (base - adapted)[mask].abs().max() > 0.1
 
 
-def test_lora_rl_moves_only_the_adapters_and_learns(tiny_model_dir, tmp_path, one_thread):
+@pytest.mark.usefixtures("one_thread")
+def test_lora_rl_moves_only_the_adapters_and_learns(tiny_model_dir, tmp_path):
     """GRPO with LoRA on the toy task: the base weights stay byte-identical, the reward rises.
 
     A random 1M model's tied embeddings have row norms of ~0.23, which caps every logit at about
@@ -116,9 +119,9 @@ def test_lora_rl_moves_only_the_adapters_and_learns(tiny_model_dir, tmp_path, on
     save_file(weights, str(base_dir / "model.safetensors"), metadata={"format": "pt"})
     torch.manual_seed(0)
     config = load_config("recipes/kk-tiny.yaml", [
-        f"out_dir={tmp_path}", "rl.steps=10", "rl.prompts_per_step=8", "rl.group_size=8", "rl.max_new_tokens=8",
-        "rl.lr=2e-3", "rl.lr_schedule=constant", "rl.mini_batches=1", "rl.autocast=bfloat16", "checkpoint.every=0",
-        "logging.samples_every=0", "logging.progress=false",
+        f"out_dir={tmp_path}", "rl.steps=10", "rl.prompts_per_step=8", "rl.group_size=8",
+        "rl.max_new_tokens=8", "rl.lr=2e-3", "rl.lr_schedule=constant", "rl.mini_batches=1",
+        "rl.autocast=bfloat16", "checkpoint.every=0", "logging.samples_every=0", "logging.progress=false",
     ])
     policy, model = lora_policy(base_dir, "native", r=16)
     frozen, adapters = frozen_and_adapters(model)
@@ -128,7 +131,8 @@ def test_lora_rl_moves_only_the_adapters_and_learns(tiny_model_dir, tmp_path, on
     train_rl(model, policy.tokenizer, engine, task, ProblemPool(lambda d: task.examples(64, 0), seed=0),
              lambda ex: prompt_ids(policy.tokenizer, task.messages(ex)), config.rl, run_dir=tmp_path,
              logger=MetricsLogger(tmp_path), device=CPU, packed=policy.packed, seed=0, eos_ids=eos,
-             default_difficulty={}, checkpoint=config.checkpoint, logging=config.logging, engine_shares_weights=True)
+             default_difficulty={}, checkpoint=config.checkpoint, logging=config.logging,
+             engine_shares_weights=True)
     after_frozen, after_adapters = frozen_and_adapters(model)
     assert all(torch.equal(frozen[k], after_frozen[k]) for k in frozen)
     assert all(not torch.equal(adapters[k], after_adapters[k]) for k in adapters if "lora_B" in k)
@@ -138,11 +142,12 @@ def test_lora_rl_moves_only_the_adapters_and_learns(tiny_model_dir, tmp_path, on
     assert last > first + 0.15 and last > early + 0.05, rewards
 
 
-def test_the_hf_implementation_trains_only_the_adapters(tiny_model_dir, tmp_path, one_thread):
+@pytest.mark.usefixtures("one_thread")
+def test_the_hf_implementation_trains_only_the_adapters(tiny_model_dir, tmp_path):
     config = load_config("recipes/kk-tiny.yaml", [
-        f"out_dir={tmp_path}", "rl.steps=2", "rl.prompts_per_step=4", "rl.group_size=4", "rl.max_new_tokens=8",
-        "rl.lr=1e-2", "rl.mini_batches=2", "checkpoint.every=0", "logging.samples_every=0",
-        "logging.progress=false",
+        f"out_dir={tmp_path}", "rl.steps=2", "rl.prompts_per_step=4", "rl.group_size=4",
+        "rl.max_new_tokens=8", "rl.lr=1e-2", "rl.mini_batches=2", "checkpoint.every=0",
+        "logging.samples_every=0", "logging.progress=false",
     ])
     policy, model = lora_policy(tiny_model_dir, "hf")
     assert not policy.packed
@@ -152,8 +157,9 @@ def test_the_hf_implementation_trains_only_the_adapters(tiny_model_dir, tmp_path
     train_rl(model, policy.tokenizer, TorchEngine(model, eos_token_ids=eos), task,
              ProblemPool(lambda d: task.examples(16, 0), seed=0),
              lambda ex: prompt_ids(policy.tokenizer, task.messages(ex)), config.rl, run_dir=tmp_path,
-             logger=MetricsLogger(tmp_path), device=CPU, packed=False, seed=0, eos_ids=eos, default_difficulty={},
-             checkpoint=config.checkpoint, logging=config.logging, engine_shares_weights=True)
+             logger=MetricsLogger(tmp_path), device=CPU, packed=False, seed=0, eos_ids=eos,
+             default_difficulty={}, checkpoint=config.checkpoint, logging=config.logging,
+             engine_shares_weights=True)
     after_frozen, after_adapters = frozen_and_adapters(model)
     assert all(torch.equal(frozen[k], after_frozen[k]) for k in frozen)
     assert all(not torch.equal(adapters[k], after_adapters[k]) for k in adapters if "lora_B" in k)
@@ -161,9 +167,9 @@ def test_the_hf_implementation_trains_only_the_adapters(tiny_model_dir, tmp_path
 
 def small_lora_run(model_dir: Path, out: Path) -> list[str]:
     return [
-        f"model.path={model_dir}", f"out_dir={out}", "threads=1", "logging.progress=false", "logging.samples_every=0",
-        "data.train_size=200", "data.eval_size=4", "eval.samples=0", "eval.max_new_tokens=16",
-        "sft.steps=4", "sft.batch_size=8", "sft.data_size=64", "sft.warmup_steps=1",
+        f"model.path={model_dir}", f"out_dir={out}", "threads=1", "logging.progress=false",
+        "logging.samples_every=0", "data.train_size=200", "data.eval_size=4", "eval.samples=0",
+        "eval.max_new_tokens=16", "sft.steps=4", "sft.batch_size=8", "sft.data_size=64", "sft.warmup_steps=1",
         "rl.steps=4", "rl.prompts_per_step=4", "rl.mini_batches=2", "rl.group_size=4", "rl.max_new_tokens=24",
         "rl.lr=1e-3", "rl.tis_cap=2.0", "rl.length_reward.kind=overlong", "rl.length_reward.cache_tokens=20",
         "checkpoint.every=2", "checkpoint.merge_lora=true", "model.lora.r=8",
@@ -189,7 +195,8 @@ def test_a_lora_run_checkpoints_the_adapter_merges_and_resumes(tiny_model_dir, t
     # the shared-weights engine samples from the adapter the learner trains, step after step
     assert all(r["rollout/logprob_abs_diff_max"] < 1e-4 for r in rl)
     checkpoint = out / "checkpoints/rl/step_000004"
-    assert (checkpoint / "adapter_model.safetensors").is_file() and not (checkpoint / "model.safetensors").exists()
+    assert ((checkpoint / "adapter_model.safetensors").is_file()
+            and not (checkpoint / "model.safetensors").exists())
     assert json.loads((checkpoint / "adapter_config.json").read_text())["base_model_name_or_path"] == \
         str(tiny_model_dir.resolve())
     ids = torch.tensor([[3, 17, 25, 40, 41, 9, 12]])
@@ -215,7 +222,8 @@ def test_lora_targets_that_name_no_linear_layer_stop_at_start_up(tiny_model_dir,
         (["model.lora.target_modules=[q_proj, qproj]"],
          r"config key model.lora.target_modules: target 'qproj' matches no module of the model \(its Linear "
          r"layers: down_proj, gate_proj, k_proj, o_proj, q_proj, up_proj, v_proj\)"),
-        (["model.lora.target_modules=[input_layernorm]"], r"target 'input_layernorm' matches .*RMSNorm, not a Linear"),
+        (["model.lora.target_modules=[input_layernorm]"],
+         r"target 'input_layernorm' matches .*RMSNorm, not a Linear"),
         (["model.lora.target_modules=[lm_head]"], r"target 'lm_head' is the output layer"),
         (["model.impl=hf", "model.lora.target_modules=[qkv]"], r"target 'qkv' matches no module"),
     ]

@@ -36,7 +36,7 @@ class ContextEngine:
         self.version = 0
         self.calls: list[tuple[int, int]] = []  # (rows, max_new_tokens) of every call
 
-    def generate(self, prompt_ids, params: SamplingParams) -> list[Rollout]:  # noqa: ANN001
+    def generate(self, prompt_ids, params: SamplingParams) -> list[Rollout]:
         self.calls.append((len(prompt_ids), params.max_new_tokens))
         out = []
         for p, prompt in enumerate(prompt_ids):
@@ -53,12 +53,13 @@ class ContextEngine:
                 out.append(Rollout(p, list(prompt), tokens, [-(self.version + 1.0)] * len(tokens), reason))
         return out
 
-    def load_weights(self, state_dict) -> None:  # noqa: ANN001
+    def load_weights(self, state_dict) -> None:
         self.version += 1
 
 
 def run_steps(partial: PartialRollouts, steps: int, per_step: int, params: SamplingParams):
-    """Drive `steps` RL-like steps (a weight update after each), then drain; returns all groups and metrics."""
+    """Drive `steps` RL-like steps (a weight update after each), then drain; returns all groups and
+    metrics."""
     returned, metrics, started = [], [], []
     for step in range(steps):
         keys = [(step, i) for i in range(per_step)]
@@ -72,7 +73,7 @@ def run_steps(partial: PartialRollouts, steps: int, per_step: int, params: Sampl
     return returned, metrics, started
 
 
-def dataclass_replace(params: SamplingParams, **changes) -> SamplingParams:  # noqa: ANN003
+def dataclass_replace(params: SamplingParams, **changes) -> SamplingParams:
     import dataclasses
 
     return dataclasses.replace(params, **changes)
@@ -150,7 +151,8 @@ def test_staleness_counts_versions_since_the_first_token():
 def test_greedy_continuation_with_the_torch_engine_equals_one_uninterrupted_run():
     torch.manual_seed(0)
     cfg = dict(model_type="qwen2", vocab_size=48, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-               num_key_value_heads=2, intermediate_size=128, tie_word_embeddings=True, max_position_embeddings=128)
+               num_key_value_heads=2, intermediate_size=128, tie_word_embeddings=True,
+               max_position_embeddings=128)
     model = NativeCausalLM(cfg).eval()
     with torch.no_grad():
         for p in model.parameters():
@@ -239,9 +241,10 @@ class ShortAnswerTask:
 
     name, response_prefix = "short", ""
 
-    def examples(self, n: int, seed: int, **difficulty) -> list[Example]:  # noqa: ANN003
+    def examples(self, n: int, seed: int, **difficulty) -> list[Example]:
         g = torch.Generator().manual_seed(seed)
-        return [Example(" ".join(map(str, torch.randint(2, 16, (4,), generator=g).tolist())), "") for _ in range(n)]
+        return [Example(" ".join(map(str, torch.randint(2, 16, (4,), generator=g).tolist())), "")
+                for _ in range(n)]
 
     def messages(self, example: Example) -> list[dict[str, str]]:
         return [{"role": "user", "content": example.prompt}]
@@ -258,17 +261,18 @@ class ShortAnswerTask:
 
 
 class IdsTokenizer:
-    def decode(self, ids, skip_special_tokens: bool = True) -> str:  # noqa: ANN001
+    def decode(self, ids, skip_special_tokens: bool = True) -> str:
         return " ".join(str(i) for i in ids if i != 1)
 
-    def save_pretrained(self, path) -> None:  # noqa: ANN001
+    def save_pretrained(self, path) -> None:
         Path(path).mkdir(parents=True, exist_ok=True)
 
 
 def test_rl_loop_with_partial_rollouts_carries_corrects_and_learns(tmp_path: Path):
     torch.manual_seed(0)
-    cfg_model = dict(model_type="qwen2", vocab_size=16, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                     num_key_value_heads=2, intermediate_size=64, tie_word_embeddings=True, max_position_embeddings=64)
+    cfg_model = dict(model_type="qwen2", vocab_size=16, hidden_size=32, num_hidden_layers=2,
+                     num_attention_heads=4, num_key_value_heads=2, intermediate_size=64,
+                     tie_word_embeddings=True, max_position_embeddings=64)
     model = NativeCausalLM(cfg_model)
     engine = PartialRollouts(TorchEngine(model, eos_token_ids=(1,), pad_token_id=0), tokens_per_step=2)
     cfg = RLConfig(steps=12, prompts_per_step=4, group_size=6, max_new_tokens=6, lr=3e-2,
@@ -276,13 +280,14 @@ def test_rl_loop_with_partial_rollouts_carries_corrects_and_learns(tmp_path: Pat
     task = ShortAnswerTask()
     pool = ProblemPool(lambda difficulty: task.examples(64, seed=0), seed=0)
     train_rl(model, IdsTokenizer(), engine, task, pool, lambda ex: [int(t) for t in ex.prompt.split()], cfg,
-             run_dir=tmp_path, logger=MetricsLogger(tmp_path), device=torch.device("cpu"), packed=True, seed=0,
-             eos_ids=(1,), default_difficulty={}, checkpoint=CheckpointConfig(every=0),
+             run_dir=tmp_path, logger=MetricsLogger(tmp_path), device=torch.device("cpu"),
+             packed=True, seed=0, eos_ids=(1,), default_difficulty={}, checkpoint=CheckpointConfig(every=0),
              logging=LoggingConfig(progress=False, samples_every=0), engine_shares_weights=False)
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert max(r["partial/carried_sequences"] for r in rows) > 0
     stale = [r for r in rows if r["partial/staleness_max"] >= 1]
     assert stale  # carried tokens crossed a weight update ...
-    assert all(r["rollout/logprob_abs_diff_mean"] > 0 for r in stale)  # ... so the learner disagrees with them
+    # ... so the learner disagrees with them
+    assert all(r["rollout/logprob_abs_diff_mean"] > 0 for r in stale)
     assert min(r["rollout/tis_weight_mean"] for r in stale) < 1.0
     assert sum(r["reward/mean"] for r in rows[-3:]) / 3 > 0.8  # and the policy still learns to stop early

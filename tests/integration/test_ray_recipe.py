@@ -25,24 +25,24 @@ import torch
 
 if importlib.util.find_spec("ray") is None:  # an optional extra; a ray that is installed but broken fails
     pytest.skip("ray is not installed (optional extra: pip install 'rlvr[ray]')", allow_module_level=True)
-import ray  # noqa: E402
+import ray
 
-from rlvr import tasks  # noqa: E402
-from rlvr.config import RunConfig, load_config  # noqa: E402
-from rlvr.distributed.ray_engine import split_evenly, worker_seed  # noqa: E402
-from rlvr.models import eos_token_ids, prompt_ids  # noqa: E402
-from rlvr.rollout import SamplingParams  # noqa: E402
-from rlvr.rollout.torch_engine import TorchEngine  # noqa: E402
-from rlvr.trainers import pipeline  # noqa: E402
-from rlvr.trainers.rl import ProblemPool, collect, knobs_at, update_policy  # noqa: E402
+from rlvr import tasks
+from rlvr.config import RunConfig, load_config
+from rlvr.distributed.ray_engine import split_evenly, worker_seed
+from rlvr.models import eos_token_ids, prompt_ids
+from rlvr.rollout import SamplingParams
+from rlvr.rollout.torch_engine import TorchEngine
+from rlvr.trainers import pipeline
+from rlvr.trainers.rl import ProblemPool, collect, knobs_at, update_policy
 
 RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "kk-tiny.yaml"
 RL_STEPS, SFT_STEPS, WORKERS = 2, 20, 2
 SHRINK = [
     "threads=1", f"sft.steps={SFT_STEPS}", "sft.data_size=400", "sft.batch_size=16", "data.train_size=200",
-    "data.eval_size=16", f"rl.steps={RL_STEPS}", "rl.prompts_per_step=4", "rl.mini_batches=2", "rl.group_size=4",
-    "rl.max_new_tokens=64", "rl.length_reward.kind=overlong", "rl.length_reward.cache_tokens=64",
-    "eval.max_new_tokens=64", "eval.samples=2", "logging.progress=false",
+    "data.eval_size=16", f"rl.steps={RL_STEPS}", "rl.prompts_per_step=4",
+    "rl.mini_batches=2", "rl.group_size=4", "rl.max_new_tokens=64", "rl.length_reward.kind=overlong",
+    "rl.length_reward.cache_tokens=64", "eval.max_new_tokens=64", "eval.samples=2", "logging.progress=false",
     "checkpoint.every=1", "checkpoint.keep_last=2",  # keeps the RL checkpoint after step 1
 ]
 RAY = ["distributed=ray", f"ray.num_rollout_workers={WORKERS}", "ray.num_learners=1"]
@@ -127,10 +127,11 @@ class WorkerSlices:
     def __init__(self, engine: TorchEngine, workers: int) -> None:
         self.engine, self.workers = engine, workers
 
-    def generate(self, prompts, params: SamplingParams):  # noqa: ANN001
+    def generate(self, prompts, params: SamplingParams):
         out = []
         for w, (lo, hi) in enumerate(split_evenly(len(prompts), self.workers)):
-            part = self.engine.generate(prompts[lo:hi], dataclasses.replace(params, seed=worker_seed(params.seed, w)))
+            part = self.engine.generate(prompts[lo:hi],
+                                        dataclasses.replace(params, seed=worker_seed(params.seed, w)))
             for r in part:
                 r.prompt_index += lo
             out += part

@@ -44,9 +44,10 @@ RAY_CLI = Path(sys.executable).with_name("ray")
 WORKERS, RL_STEPS = 2, 2
 SHRINK = [
     "threads=1", "sft.enabled=false", "data.train_size=100", "data.eval_size=8",  # RL from the initial model
-    f"rl.steps={RL_STEPS}", "rl.prompts_per_step=2", "rl.mini_batches=1", "rl.group_size=2", "rl.max_new_tokens=32",
-    "rl.length_reward.kind=overlong", "rl.length_reward.cache_tokens=32", "eval.max_new_tokens=32", "eval.samples=1",
-    "eval.every=0", "logging.progress=false", "logging.samples_every=0", "checkpoint.every=0",
+    f"rl.steps={RL_STEPS}", "rl.prompts_per_step=2", "rl.mini_batches=1", "rl.group_size=2",
+    "rl.max_new_tokens=32", "rl.length_reward.kind=overlong", "rl.length_reward.cache_tokens=32",
+    "eval.max_new_tokens=32", "eval.samples=1", "eval.every=0", "logging.progress=false",
+    "logging.samples_every=0", "checkpoint.every=0",
 ]
 PLACED = ["distributed=ray", "ray.address=auto", f"ray.num_rollout_workers={WORKERS}", "ray.num_learners=1",
           "ray.resources_per_worker={rollout: 1}", "ray.resources_per_learner={learner: 1}"]
@@ -72,7 +73,8 @@ def free_port() -> int:
 
 def ray_start(args: list[str], env: dict[str, str], groups: list[int]) -> str:
     """`ray start ARGS` in a new session (its daemons stay in that process group); returns its output."""
-    proc = subprocess.Popen([str(RAY_CLI), "start", *args, "--object-store-memory=100000000", "--disable-usage-stats"],
+    proc = subprocess.Popen([str(RAY_CLI), "start", *args, "--object-store-memory=100000000",
+                             "--disable-usage-stats"],
                             env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)
     groups.append(proc.pid)
@@ -117,8 +119,8 @@ def end_processes(groups: list[int]) -> None:
 def list_nodes(address: str, env: dict[str, str]) -> dict[str, dict[str, float]]:
     code = ("import json, ray; ray.init(address='auto', log_to_driver=False); "
             "print(json.dumps({n['NodeID']: n['Resources'] for n in ray.nodes() if n['Alive']}))")
-    done = subprocess.run([sys.executable, "-c", code], env={**env, "RAY_ADDRESS": address}, capture_output=True,
-                          text=True, timeout=240)
+    done = subprocess.run([sys.executable, "-c", code], env={**env, "RAY_ADDRESS": address},
+                          capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-4000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -147,14 +149,15 @@ def cluster():
 
 
 def rlvr_run(cluster: Cluster, out_dir: Path, model_dir: Path, *extra: str) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "rlvr.cli", "run", str(RECIPE), f"out_dir={out_dir}", f"model.path={model_dir}",
-               *SHRINK, *extra]
+    command = [sys.executable, "-m", "rlvr.cli", "run", str(RECIPE), f"out_dir={out_dir}",
+               f"model.path={model_dir}", *SHRINK, *extra]
     return subprocess.run(command, env={**cluster.env, "RAY_ADDRESS": cluster.address}, cwd=ROOT,
                           capture_output=True, text=True, timeout=900)
 
 
 @pytest.mark.slow
-def test_rollout_workers_and_learner_run_on_the_nodes_holding_their_resources(cluster, tiny_model_dir, tmp_path):
+def test_rollout_workers_and_learner_run_on_the_nodes_holding_their_resources(cluster,
+                                                                              tiny_model_dir, tmp_path):
     rollout_node, learner_node = cluster.node_with("rollout"), cluster.node_with("learner")
     assert rollout_node != learner_node
     t0 = time.perf_counter()

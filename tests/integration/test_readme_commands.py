@@ -46,11 +46,13 @@ NOT_RUN = {
     "ray start --head --num-gpus=8": "starts a Ray cluster node with GPUs",
     "ray start --address=HEAD_IP:6379 --num-gpus=8": "joins a Ray cluster",
     "rlvr run recipes/logic-rl-qwen2.5-7b.yaml model.path=/models/Qwen2.5-7B-Instruct-1M "
-    "data.train_file=kk-train.jsonl data.eval_file=kk-test.jsonl": "a 7B model on a GPU (checked by rlvr config)",
+    "data.train_file=kk-train.jsonl "
+    "data.eval_file=kk-test.jsonl": "a 7B model on a GPU (checked by rlvr config)",
     "rlvr run recipes/deepscaler-1.5b.yaml model.path=/models/R1-Distill-Qwen-1.5B "
-    "data.train_file=/data/deepscaler.jsonl data.eval_file=/data/aime24.jsonl distributed=ray ray.address=auto "
-    "ray.num_rollout_workers=8 ray.gpus_per_worker=1 ray.rollout_engine=vllm ray.num_learners=8 "
-    "ray.gpus_per_learner=1 ray.learner_strategy=fsdp": "16 GPUs on a Ray cluster (checked by rlvr config)",
+    "data.train_file=/data/deepscaler.jsonl data.eval_file=/data/aime24.jsonl "
+    "distributed=ray ray.address=auto ray.num_rollout_workers=8 ray.gpus_per_worker=1 "
+    "ray.rollout_engine=vllm ray.num_learners=8 ray.gpus_per_learner=1 "
+    "ray.learner_strategy=fsdp": "16 GPUs on a Ray cluster (checked by rlvr config)",
 }
 MAKE_TARGETS = {"demo": "rlvr run recipes/kk-tiny.yaml", "test": "pytest", "test-vllm": "pytest"}
 
@@ -83,7 +85,8 @@ def checkpoint_map(readme_text: str, written: str, shrunk: list[str]) -> dict[st
         assert int(step) in kept, f"README names {path}, but {written} keeps {stage} steps {kept} only"
         small_section = small.sft if stage == "sft" else small.rl
         small_kept = kept_steps(small_section.steps, small.checkpoint.every, small.checkpoint.keep_last)
-        mapping[path] = path.replace(f"step_{step}", f"step_{small_kept[kept.index(int(step)) - len(kept)]:06d}")
+        mapping[path] = path.replace(f"step_{step}",
+                                     f"step_{small_kept[kept.index(int(step)) - len(kept)]:06d}")
     return mapping
 
 
@@ -122,7 +125,8 @@ def test_every_readme_command_runs_as_written(tmp_path, monkeypatch):
                 continue
             if words[0] == "make":
                 target = words[1]
-                dry = subprocess.run(["make", "-n", target], cwd=ROOT, capture_output=True, text=True, check=True)
+                dry = subprocess.run(["make", "-n", target], cwd=ROOT, capture_output=True,
+                                     text=True, check=True)
                 assert MAKE_TARGETS[target] in dry.stdout, (command, dry.stdout)
                 if target != "demo":
                     raise AssertionError(f"{command}: neither run nor listed in NOT_RUN")
@@ -136,7 +140,8 @@ def test_every_readme_command_runs_as_written(tmp_path, monkeypatch):
     assert sorted(skipped) == sorted(NOT_RUN), "NOT_RUN lists commands the README no longer has"
     run_dir = tmp_path / "runs" / "kk-tiny"
     for stage, steps in (("sft", 3), ("rl", 2)):  # the shrunk default job kept what kept_steps says
-        names = sorted(p.name for p in (run_dir / "checkpoints" / stage).iterdir() if not p.name.startswith("."))
+        names = sorted(p.name for p in (run_dir / "checkpoints" / stage).iterdir()
+                       if not p.name.startswith("."))
         assert names == [f"step_{s:06d}" for s in kept_steps(steps, 1, 2)]
     for path in ("runs/mine/summary.json", "runs/sft/summary.json", "runs/rl/summary.json", "kk3.jsonl",
                  "runs/eval-kk3/metrics.json", "kept.jsonl", "kk3-clean.jsonl", "models/tiny/config.json",

@@ -24,19 +24,21 @@ def sft_rows(n: int, long_every: int) -> list[dict]:
             answer = " ".join([answer] * 6)
         question = f"Who is who, {a} or {b}?"
         if i % 3 == 0:
-            rows.append({"messages": [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]})
+            rows.append({"messages": [{"role": "user", "content": question},
+                                      {"role": "assistant", "content": answer}]})
         elif i % 3 == 1:
             rows.append({"prompt": question, "completion": answer})
         else:
-            rows.append({"conversations": [{"from": "human", "value": question}, {"from": "gpt", "value": answer}]})
+            rows.append({"conversations": [{"from": "human", "value": question},
+                                           {"from": "gpt", "value": answer}]})
     return rows
 
 
 def overrides(model_dir: Path, out: Path, train_file: Path) -> list[str]:
-    return [f"model.path={model_dir}", f"out_dir={out}", "threads=1", "logging.progress=false", "rl.enabled=false",
-            f"sft.train_file={train_file}", "sft.steps=30", "sft.batch_size=8", "sft.warmup_steps=2",
-            "sft.max_seq_len=48", "data.eval_size=4", "eval.samples=0", "eval.max_new_tokens=8",
-            "checkpoint.every=0"]
+    return [f"model.path={model_dir}", f"out_dir={out}", "threads=1",
+            "logging.progress=false", "rl.enabled=false", f"sft.train_file={train_file}", "sft.steps=30",
+            "sft.batch_size=8", "sft.warmup_steps=2", "sft.max_seq_len=48", "data.eval_size=4",
+            "eval.samples=0", "eval.max_new_tokens=8", "checkpoint.every=0"]
 
 
 def test_the_tiny_model_learns_a_file_and_truncation_is_reported(tiny_model_dir, tmp_path):
@@ -60,11 +62,13 @@ def test_a_bad_sft_file_stops_the_run_before_it_writes_anything(tiny_model_dir, 
     bad_json = tmp_path / "bad.jsonl"
     bad_json.write_text(json.dumps(sft_rows(1, 9)[0]) + "\n" + '{"prompt": "x", "completion": }\n')
     no_layout = tmp_path / "rows.jsonl"
-    no_layout.write_text(json.dumps(sft_rows(1, 9)[0]) + "\n" + json.dumps({"quiz": "x", "solution": [1]}) + "\n")
+    no_layout.write_text(json.dumps(sft_rows(1, 9)[0]) + "\n"
+                         + json.dumps({"quiz": "x", "solution": [1]}) + "\n")
     cases = [
         (bad_json, r"^config key sft.train_file: .*bad.jsonl:2: invalid JSON: .*\(column 31\)"),
-        (no_layout, r"^config key sft.train_file: .*rows.jsonl:2: expected `messages` .*; the row has the keys "
-                    r"quiz, solution"),
+        (no_layout,
+         r"^config key sft.train_file: .*rows.jsonl:2: expected `messages` .*; the row has the keys "
+         r"quiz, solution"),
         (tmp_path / "missing.jsonl", r"^config key sft.train_file: .*missing.jsonl"),
     ]
     for path, message in cases:

@@ -25,20 +25,22 @@ def small_overrides(model_dir: Path, out_dir: Path, rl_steps: int = 2) -> list[s
     return [
         f"model.path={model_dir}", f"out_dir={out_dir}", "threads=1", "logging.progress=false",
         "data.train_size=200", "data.eval_size=8", "sft.steps=4", "sft.batch_size=8", "sft.data_size=64",
-        "sft.warmup_steps=1", f"rl.steps={rl_steps}", "rl.prompts_per_step=4", "rl.mini_batches=2", "rl.group_size=4",
-        "rl.max_new_tokens=24", "eval.max_new_tokens=24", "eval.samples=2", "checkpoint.every=2",
-        "logging.samples_every=1",
+        "sft.warmup_steps=1", f"rl.steps={rl_steps}", "rl.prompts_per_step=4",
+        "rl.mini_batches=2", "rl.group_size=4", "rl.max_new_tokens=24", "eval.max_new_tokens=24",
+        "eval.samples=2", "checkpoint.every=2", "logging.samples_every=1",
     ]
 
 
 def rl_lines(run_dir: Path) -> list[dict]:
     lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in rec.items() if not k.startswith(TIMING)} for rec in lines if rec["phase"] == "rl"]
+    return [{k: v for k, v in rec.items() if not k.startswith(TIMING)} for rec in lines
+            if rec["phase"] == "rl"]
 
 
 def eval_lines(run_dir: Path) -> list[dict]:
     lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in rec.items() if not k.startswith(TIMING)} for rec in lines if rec["phase"] == "rl_eval"]
+    return [{k: v for k, v in rec.items() if not k.startswith(TIMING)} for rec in lines
+            if rec["phase"] == "rl_eval"]
 
 
 def test_pipeline_smoke_changes_weights_and_writes_the_run_dir(tiny_model_dir, tmp_path):
@@ -64,8 +66,9 @@ def test_pipeline_smoke_changes_weights_and_writes_the_run_dir(tiny_model_dir, t
     sft_lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if '"sft"' in x]
     assert [("sft_eval/greedy_accuracy" in rec) for rec in sft_lines] == [False, True, False, False]
     for rec in lines:
-        for key in ("reward/mean", "accuracy", "actor/pg_loss", "actor/grad_norm", "actor/entropy", "actor/kl_loss",
-                    "response_length/mean", "all_correct_ratio", "all_wrong_ratio"):
+        for key in ("reward/mean", "accuracy", "actor/pg_loss", "actor/grad_norm",
+                    "actor/entropy", "actor/kl_loss", "response_length/mean",
+                    "all_correct_ratio", "all_wrong_ratio"):
             assert key in rec and rec[key] == rec[key] and abs(rec[key]) != float("inf"), key
     before = load_file(str(tiny_model_dir / "model.safetensors"))
     sft = load_file(str(out / "checkpoints/sft/step_000004/model.safetensors"))
@@ -86,7 +89,8 @@ def test_same_seed_same_metrics(tiny_model_dir, tmp_path):
     run(load_config("recipes/kk-tiny.yaml", small_overrides(tiny_model_dir, a)))
     run(load_config("recipes/kk-tiny.yaml", small_overrides(tiny_model_dir, b)))
     assert rl_lines(a) == rl_lines(b)
-    assert (a / "eval/after_rl_sampled/samples.jsonl").read_text() == (b / "eval/after_rl_sampled/samples.jsonl").read_text()
+    assert ((a / "eval/after_rl_sampled/samples.jsonl").read_text()
+            == (b / "eval/after_rl_sampled/samples.jsonl").read_text())
 
 
 def test_same_seed_same_metrics_with_engine_and_update_workers(tiny_model_dir, tmp_path):
@@ -98,7 +102,8 @@ def test_same_seed_same_metrics_with_engine_and_update_workers(tiny_model_dir, t
     run(load_config("recipes/kk-tiny.yaml", [*small_overrides(tiny_model_dir, a), *extra]))
     run(load_config("recipes/kk-tiny.yaml", [*small_overrides(tiny_model_dir, b), *extra]))
     assert rl_lines(a) == rl_lines(b)
-    assert (a / "eval/after_rl_sampled/samples.jsonl").read_text() == (b / "eval/after_rl_sampled/samples.jsonl").read_text()
+    assert ((a / "eval/after_rl_sampled/samples.jsonl").read_text()
+            == (b / "eval/after_rl_sampled/samples.jsonl").read_text())
 
 
 @pytest.mark.slow
@@ -157,15 +162,19 @@ def test_a_placebo_control_run_is_marked_and_resumes_to_the_same_metrics(tiny_mo
     real = tmp_path / "real"
     run(load_config("recipes/kk-tiny.yaml", small_overrides(tiny_model_dir, real, 4) + extra[1:]))
     control_lines, real_lines = rl_lines(reference), rl_lines(real)
-    assert control_lines[0]["reward/std"] > 0 and control_lines[0]["reward/mean"] == real_lines[0]["reward/mean"]
+    assert (control_lines[0]["reward/std"] > 0
+            and control_lines[0]["reward/mean"] == real_lines[0]["reward/mean"])
     assert control_lines[0]["actor/pg_loss"] != real_lines[0]["actor/pg_loss"]
 
 
 def test_the_learning_curve_does_not_change_the_rl_metrics(tiny_model_dir, tmp_path):
-    extra = ["rl.length_reward.kind=overlong", "rl.length_reward.cache_tokens=20"]  # varied rewards: real updates
+    # varied rewards: real updates
+    extra = ["rl.length_reward.kind=overlong", "rl.length_reward.cache_tokens=20"]
     off, on = tmp_path / "off", tmp_path / "on"
-    run(load_config("recipes/kk-tiny.yaml", small_overrides(tiny_model_dir, off, 3) + extra + ["eval.every=0"]))
-    run(load_config("recipes/kk-tiny.yaml", small_overrides(tiny_model_dir, on, 3) + extra + ["eval.every=1"]))
+    run(load_config("recipes/kk-tiny.yaml",
+                    small_overrides(tiny_model_dir, off, 3) + extra + ["eval.every=0"]))
+    run(load_config("recipes/kk-tiny.yaml",
+                    small_overrides(tiny_model_dir, on, 3) + extra + ["eval.every=1"]))
     assert eval_lines(off) == [] and [rec["step"] for rec in eval_lines(on)] == [0, 1, 2, 3]
     assert rl_lines(off) == rl_lines(on)
 
@@ -183,8 +192,10 @@ def test_bad_inputs_fail_with_one_clear_message(tiny_model_dir, tmp_path):
         return subprocess.run([sys.executable, "-m", "rlvr.cli", *args], capture_output=True, text=True)
 
     result = cli("run", "recipes/kk-tiny.yaml", "rl.lrr=1")
-    assert result.returncode == 2 and "did you mean 'rl.lr'" in result.stderr and "Traceback" not in result.stderr
-    result = cli("run", "recipes/kk-tiny.yaml", f"model.path={tmp_path / 'missing'}", f"out_dir={tmp_path / 'x'}")
+    assert (result.returncode == 2 and "did you mean 'rl.lr'" in result.stderr
+            and "Traceback" not in result.stderr)
+    result = cli("run", "recipes/kk-tiny.yaml", f"model.path={tmp_path / 'missing'}",
+                 f"out_dir={tmp_path / 'x'}")
     assert result.returncode == 2 and "model.path" in result.stderr and "Traceback" not in result.stderr
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"quiz": "x"}\nnot json\n')
@@ -209,8 +220,9 @@ def test_bad_input_files_are_refused_before_anything_is_written(tiny_model_dir, 
     out = tmp_path / "run"
     base = small_overrides(tiny_model_dir, out)
     good = tmp_path / "good.jsonl"
-    subprocess.run([sys.executable, "-m", "rlvr.cli", "data", "gen", "--task", "knights_knaves", "--people", "2",
-                    "--n", "5", "--out", str(good)], check=True, capture_output=True)
+    subprocess.run([sys.executable, "-m", "rlvr.cli", "data", "gen", "--task",
+                    "knights_knaves", "--people", "2", "--n", "5", "--out", str(good)], check=True,
+                   capture_output=True)
     rows = good.read_text().splitlines()
     bad = tmp_path / "bad.jsonl"
     bad.write_text(rows[0] + "\n" + '{"quiz": "x",, "solution": 1}\n')
@@ -221,8 +233,9 @@ def test_bad_input_files_are_refused_before_anything_is_written(tiny_model_dir, 
                                      r".*\(column 14\)"),
         ([f"data.train_file={empty}"], r"config key data.train_file: .*empty.jsonl holds no problems"),
         ([f"data.eval_file={empty}"], r"config key data.eval_file: .*empty.jsonl holds no problems"),
-        ([f"data.train_file={good}"], r"config key data.train_file: .*good.jsonl has no problem of the RL difficulty "
-                                      r"\{'people': 3\} \(data.difficulty\)"),
+        ([f"data.train_file={good}"],
+         r"config key data.train_file: .*good.jsonl has no problem of the RL difficulty "
+         r"\{'people': 3\} \(data.difficulty\)"),
         ([f"model.path={tmp_path / 'missing'}"], r"config key model.path: .*missing is not a directory"),
         (["data.task_options={phrasing: nope}"], r"config key data.task_options: "),
         (["data.require_files=true"], r"config key data.train_file: this recipe trains on its data files"),
@@ -235,13 +248,15 @@ def test_bad_input_files_are_refused_before_anything_is_written(tiny_model_dir, 
                                                        "rl.steps=1"]))
 
 
-def test_resume_names_differing_keys_ignores_free_ones_and_keeps_rows_and_time(tiny_model_dir, tmp_path, capsys):
+def test_resume_names_differing_keys_ignores_free_ones_and_keeps_rows_and_time(tiny_model_dir, tmp_path,
+                                                                               capsys):
     out = tmp_path / "run"
     base = small_overrides(tiny_model_dir, out)
     first = run(load_config("recipes/kk-tiny.yaml", base))
     reference = rl_lines(out)
     assert first["invocations"] == 1 and first["wall_seconds"] == first["wall_seconds_last_invocation"] > 0
-    with pytest.raises(RunDirError, match=r"different run: rl.lr \(5e-05 there, 0.001 here\); seed \(0 there, 1 here\)"):
+    with pytest.raises(RunDirError,
+                       match=r"different run: rl.lr \(5e-05 there, 0.001 here\); seed \(0 there, 1 here\)"):
         run(load_config("recipes/kk-tiny.yaml", base + ["seed=1", "rl.lr=1e-3"]))
     # Killed after logging RL rows but before its first RL checkpoint: the rows are rewritten, not repeated.
     import shutil
@@ -255,7 +270,8 @@ def test_resume_names_differing_keys_ignores_free_ones_and_keeps_rows_and_time(t
     assert again["invocations"] == 2 and again["wall_seconds"] > again["wall_seconds_last_invocation"]
     assert again["wall_seconds"] >= first["wall_seconds"] + again["wall_seconds_last_invocation"] - 0.15
     printed = capsys.readouterr().out
-    assert "resuming the run in" in printed and "resuming SFT from" in printed and "resuming RL" not in printed
+    assert ("resuming the run in" in printed and "resuming SFT from" in printed
+            and "resuming RL" not in printed)
 
 
 def test_sft_stage_summary_and_interrupt_message(tiny_model_dir, tmp_path):
@@ -263,7 +279,8 @@ def test_sft_stage_summary_and_interrupt_message(tiny_model_dir, tmp_path):
 
     out = tmp_path / "run"
     assert "no checkpoint was written yet" in resume_point(out)
-    summary = run(load_config("recipes/kk-tiny.yaml", small_overrides(tiny_model_dir, out) + ["rl.enabled=false"]))
+    summary = run(load_config("recipes/kk-tiny.yaml",
+                              small_overrides(tiny_model_dir, out) + ["rl.enabled=false"]))
     assert summary["stage"] == "after_sft" and "accuracy_before_rl" not in summary
     assert 0 <= summary["accuracy"] <= 1 and summary["sft_steps"] == 4
     assert sorted(p.name for p in (out / "eval").iterdir()) == ["after_sft_greedy", "after_sft_sampled"]

@@ -44,9 +44,9 @@ class SayKnight:
 def test_grpo_raises_reward_on_a_toy_task(tiny_model_dir, tmp_path):
     torch.manual_seed(0)
     config = load_config("recipes/kk-tiny.yaml", [
-        f"out_dir={tmp_path}", "rl.steps=40", "rl.prompts_per_step=8", "rl.group_size=8", "rl.max_new_tokens=8",
-        "rl.lr=3e-3", "rl.lr_schedule=constant", "rl.mini_batches=1", "rl.autocast=bfloat16", "checkpoint.every=0",
-        "logging.samples_every=0",
+        f"out_dir={tmp_path}", "rl.steps=40", "rl.prompts_per_step=8", "rl.group_size=8",
+        "rl.max_new_tokens=8", "rl.lr=3e-3", "rl.lr_schedule=constant", "rl.mini_batches=1",
+        "rl.autocast=bfloat16", "checkpoint.every=0", "logging.samples_every=0",
         "logging.progress=false",
     ])
     policy = load_policy(tiny_model_dir, "auto", "float32", torch.device("cpu"))
@@ -54,10 +54,12 @@ def test_grpo_raises_reward_on_a_toy_task(tiny_model_dir, tmp_path):
     eos = eos_token_ids(policy.tokenizer)
     engine = TorchEngine(policy.model, eos_token_ids=eos, pad_token_id=0)
     logger = MetricsLogger(tmp_path)
-    train_rl(policy.model, policy.tokenizer, engine, task, ProblemPool(lambda d: task.examples(64, 0), seed=0),
-             lambda ex: prompt_ids(policy.tokenizer, task.messages(ex)), config.rl, run_dir=tmp_path, logger=logger,
-             device=torch.device("cpu"), packed=policy.packed, seed=0, eos_ids=eos, default_difficulty={},
-             checkpoint=config.checkpoint, logging=config.logging, engine_shares_weights=True)
+    train_rl(policy.model, policy.tokenizer, engine, task,
+             ProblemPool(lambda d: task.examples(64, 0), seed=0),
+             lambda ex: prompt_ids(policy.tokenizer, task.messages(ex)), config.rl, run_dir=tmp_path,
+             logger=logger, device=torch.device("cpu"), packed=policy.packed, seed=0, eos_ids=eos,
+             default_difficulty={}, checkpoint=config.checkpoint, logging=config.logging,
+             engine_shares_weights=True)
     import json
 
     rewards = [json.loads(x)["reward/mean"] for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]

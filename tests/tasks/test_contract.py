@@ -46,7 +46,8 @@ def test_oracle_earns_the_maximum(task: Task) -> None:
     contract.check_oracle_earns_the_maximum(task, task.examples(8, seed=1))
 
 
-@pytest.mark.parametrize("text", contract.GARBAGE + contract.HUNDRED_KB, ids=lambda t: f"{len(t)}chars-{t[:8]!r}")
+@pytest.mark.parametrize("text", contract.GARBAGE + contract.HUNDRED_KB,
+                         ids=lambda t: f"{len(t)}chars-{t[:8]!r}")
 def test_garbage_earns_the_minimum(task: Task, text: str) -> None:
     contract.check_garbage_earns_the_minimum(task, task.examples(2, seed=2), texts=[text])
 

@@ -141,7 +141,8 @@ def test_the_last_answer_block_is_graded(task: Countdown) -> None:
     text = "<think>x</think><answer>1 + 1</answer><answer>44 + 19 + 35</answer>"
     score = task.score(text, example)
     assert (score.correct, score.format_ok, score.reward) == (True, False, 0.0)
-    assert task.score("<think>x</think><answer>44 + 19 + 35</answer><answer>1</answer>", example).correct is False
+    two_answers = "<think>x</think><answer>44 + 19 + 35</answer><answer>1</answer>"
+    assert task.score(two_answers, example).correct is False
 
 
 def test_adversarial_sizes_are_bounded(task: Countdown) -> None:
@@ -223,7 +224,8 @@ def test_from_record_reads_tinyzero_and_verl_rows(task: Countdown) -> None:
     assert example.answer == {"numbers": [44, 19, 35], "target": 98}
     assert example.prompt == "Using the numbers [44, 19, 35], create an equation that equals 98."
     assert task.score(task.oracle_completion(example), example).reward == 1.0  # solved on demand
-    verl = {"data_source": "countdown", "reward_model": {"ground_truth": {"target": 98, "numbers": [44, 19, 35]}}}
+    verl = {"data_source": "countdown",
+            "reward_model": {"ground_truth": {"target": 98, "numbers": [44, 19, 35]}}}
     assert task.from_record(verl).answer == example.answer
     numpy = pytest.importorskip("numpy")
     row = {"target": numpy.int64(98), "nums": numpy.array([44, 19, 35])}

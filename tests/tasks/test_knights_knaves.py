@@ -76,7 +76,8 @@ def test_examples_are_identical_in_another_process_with_another_hash_seed():
     outputs = set()
     for hash_seed in ("1", "2"):
         env = {**os.environ, "PYTHONHASHSEED": hash_seed}
-        run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+        run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                             text=True, check=True)
         outputs.add(run.stdout)
     here = KnightsKnaves().examples(3, seed=7, people=[3, 5])
     assert outputs == {repr([(x.prompt, x.answer) for x in here]) + "\n"}
@@ -158,7 +159,8 @@ def test_terse_phrasing_is_names_then_plain_statements_and_round_trips():
     said = " ".join(f"{n} says that {render_statement(s, names)}." for n, s in zip(names, statements))
     assert example.prompt == f"{names[0]}, {names[1]}, and {names[2]}. {said}"
     # Same puzzle and trace as the plain phrasing: only the prompt's wording changes.
-    plain = KnightsKnaves(names=["Ann", "Bea", "Cy", "Dot"], phrasing="plain").examples(1, seed=0, people=3)[0]
+    plain_task = KnightsKnaves(names=["Ann", "Bea", "Cy", "Dot"], phrasing="plain")
+    plain = plain_task.examples(1, seed=0, people=3)[0]
     assert plain.answer == example.answer and task.solution_trace(example) == task.solution_trace(plain)
     again = task.from_record(task.to_record(example))
     assert again.prompt == example.prompt and again.answer == example.answer
@@ -169,9 +171,12 @@ def test_render_statement_wording():
     names = ["A", "B", "C"]
     assert render_statement(("telling-truth", 1), names) == "B is a knight"
     assert render_statement(("not", ("lying", 2)), names) == "C is not a knave"
-    assert render_statement(("->", ("telling-truth", 0), ("lying", 1)), names) == "if A is a knight then B is a knave"
-    assert render_statement(("<=>", ("lying", 0), ("lying", 2)), names) == "A is a knave if and only if C is a knave"
-    assert render_statement(("or", ("lying", 0), ("telling-truth", 2)), names) == "A is a knave or C is a knight"
+    assert (render_statement(("->", ("telling-truth", 0), ("lying", 1)), names)
+            == "if A is a knight then B is a knave")
+    assert (render_statement(("<=>", ("lying", 0), ("lying", 2)), names)
+            == "A is a knave if and only if C is a knave")
+    assert (render_statement(("or", ("lying", 0), ("telling-truth", 2)), names)
+            == "A is a knave or C is a knight")
 
 
 # ----------------------------------------------------------------------------- solver
@@ -288,7 +293,8 @@ def test_solution_trace_is_the_ordered_search_with_correct_checks():
             verdicts = [line.rsplit(" ", 1)[1] for line in checks]
             final = assignment == tuple(example.answer["solution"])
             # stop at the first contradiction; the consistent assignment checks everyone
-            assert verdicts == (["ok."] * len(names) if final else ["ok."] * (len(checks) - 1) + ["contradiction."])
+            assert verdicts == (["ok."] * len(names) if final
+                                else ["ok."] * (len(checks) - 1) + ["contradiction."])
 
 
 def test_stepwise_trace_values_every_claim_against_the_header():
@@ -329,7 +335,8 @@ def test_stepwise_trace_brackets_a_compound_operand_from_a_record():
                       {"people": 2, "statements": statements})
     assert solve(statements) == [[True, True]]
     first = KnightsKnaves(trace="stepwise").solution_trace(example).split("\n")[2]
-    assert first == " Al knight says not ( Bo knight knight true and Al knave knight false so false) so true ok."
+    assert (first == " Al knight says not ( Bo knight knight true and Al knave knight false so "
+                     "false) so true ok.")
     with pytest.raises(ValueError, match="trace"):
         KnightsKnaves(trace="verbose")
 
@@ -406,7 +413,8 @@ def test_logic_rl_totals_by_hand():
         (f"{RIGHT}", -3.0, -1.0, -2.0),  # no tags at all: -1 - 2
         (completion(RIGHT) + "\nDone.", 3.0, 1.0, 2.0),  # Logic-RL allows text after </answer>
         (completion(WRONG) + ".<|eot_id|>", -0.5, 1.0, -1.5),
-        (completion("(1) Zoey is knight\n(2) Oliver is knave\n(3) Ethan is knight"), -1.0, 1.0, -2.0),  # "is a" needed
+        # "is a" needed
+        (completion("(1) Zoey is knight\n(2) Oliver is knave\n(3) Ethan is knight"), -1.0, 1.0, -2.0),
     ]
     for text, total, format_part, answer_part in cases:
         score = task.score(text, example)
@@ -434,11 +442,13 @@ def test_logic_rl_scores_equal_logic_rl_on_every_row():
 def test_logic_rl_roles_follow_logic_rl_rules():
     names = ["Zoey", "Oliver"]
     assert logic_rl_roles("Zoey is a knight, oliver is a KNAVE", names) == [True, False]
-    assert logic_rl_roles("Oliver is a knave. Zoey is a knight. Zoey is a knave", names) is None  # 3 role words
+    # 3 role words
+    assert logic_rl_roles("Oliver is a knave. Zoey is a knight. Zoey is a knave", names) is None
     assert logic_rl_roles("Zoey is knight, Oliver is a knave", names) is None  # the article is required
     assert logic_rl_roles("Zoey is a knight, Bob is a knave", names) is None  # Oliver has no claim
     assert logic_rl_roles("Zoey is a knights, Oliver is a knave", names) is None  # counted, not a claim
-    assert logic_rl_roles("\u212anight: Zoey is a knight, Oliver is a knave", names) is None  # Kelvin K counts
+    # Kelvin K counts
+    assert logic_rl_roles("\u212anight: Zoey is a knight, Oliver is a knave", names) is None
     assert logic_rl_roles("", names) is None and logic_rl_roles(None, names) is None
 
 
@@ -450,8 +460,10 @@ def test_logic_rl_with_prefilled_think():
 
 
 HACKS = {
-    "two answer blocks, last right": (f"<think>x</think><answer>{WRONG}</answer><answer>{RIGHT}</answer>", True),
-    "two answer blocks, last wrong": (f"<think>x</think><answer>{RIGHT}</answer><answer>{WRONG}</answer>", False),
+    "two answer blocks, last "
+    "right": (f"<think>x</think><answer>{WRONG}</answer><answer>{RIGHT}</answer>", True),
+    "two answer blocks, last "
+    "wrong": (f"<think>x</think><answer>{RIGHT}</answer><answer>{WRONG}</answer>", False),
     "answer outside the tags": (f"<think>x</think>{RIGHT}", False),
     "answer in think, empty answer": (f"<think>{RIGHT}</think><answer></answer>", False),
     "tags in the wrong order": (f"<answer>{RIGHT}</answer><think>x</think>", True),
@@ -500,7 +512,8 @@ def test_score_never_raises_and_gives_the_minimum():
 
 
 def test_extracted_is_the_judged_block():
-    score = KnightsKnaves().score(f"<think>x</think><answer>a</answer><answer>\n {RIGHT} \n</answer>", hand_example())
+    score = KnightsKnaves().score(f"<think>x</think><answer>a</answer><answer>\n {RIGHT} "
+                                  "\n</answer>", hand_example())
     assert score.extracted == RIGHT
     assert KnightsKnaves().score("no block", hand_example()).extracted is None
 

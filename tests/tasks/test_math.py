@@ -187,7 +187,8 @@ def test_grading(task: MathTask, gold_answer: str, answer: str, correct: bool) -
         ("5", "<think>so 5</think> 5 </answer>"),  # a closing tag without an opening one
     ],
 )
-def test_an_answer_that_does_not_parse_is_wrong_never_the_surrounding_text(gold_answer: str, completion: str) -> None:
+def test_an_answer_that_does_not_parse_is_wrong_never_the_surrounding_text(gold_answer: str,
+                                                                           completion: str) -> None:
     for scheme in ("default", "answer_only"):
         score = MathTask(reward_scheme=scheme).score(completion, gold(gold_answer))
         assert (score.correct, score.reward, score.extracted) == (False, 0.0, None)
@@ -232,8 +233,8 @@ def test_a_bare_answer_keeps_its_approximation() -> None:
     ("answer", "letter"),
     [
         ("\\mathrm{C}", "C"), ("\\textbf{(C)}", "C"), ("\\text{(B) } 12", "B"), ("\\textbf{(E)}\\ 24", "E"),
-        ("(D)", "D"), ("\\mathrm{d}", None), ("\\mathrm{C}*2", None), ("A, B", None), ("\\text{C or D}", None),
-        ("(C) or (D)", None), ("ABCDE", None),
+        ("(D)", "D"), ("\\mathrm{d}", None), ("\\mathrm{C}*2", None), ("A, B", None),
+        ("\\text{C or D}", None), ("(C) or (D)", None), ("ABCDE", None),
     ],
 )
 def test_choice_letter_reads_wrapped_letters_case_sensitively(answer: str, letter: str | None) -> None:
@@ -258,25 +259,29 @@ def test_choice_letter_reads_wrapped_letters_case_sensitively(answer: str, lette
         ("4.47", "\\boxed{2\\sqrt{3}}", False),
         ("\\frac{\\sqrt{3}}{3}", "\\boxed{\\frac{\\sqrt{3}}{3} \\approx 0.577}", True),
         ("\\frac{1}{3}", "\\boxed{\\frac{1}{4} \\approx 0.333}", False),
-        ("\\begin{pmatrix} 1 & 2 \\\\ 3 & 4 \\end{pmatrix}", "\\boxed{\\begin{bmatrix} 1 & 2 \\\\ 3 & 4 \\end{bmatrix}}", True),
+        ("\\begin{pmatrix} 1 & 2 \\\\ 3 & 4 \\end{pmatrix}",
+         "\\boxed{\\begin{bmatrix} 1 & 2 \\\\ 3 & 4 \\end{bmatrix}}", True),
         ("2", "\\boxed{\\sqrt[3]{8}}", True),
     ],
 )
-def test_grading_categories_named_in_the_issue(task: MathTask, gold_answer: str, answer: str, correct: bool) -> None:
+def test_grading_categories_named_in_the_issue(task: MathTask, gold_answer: str, answer: str,
+                                               correct: bool) -> None:
     assert task.score(wrapped(answer), gold(gold_answer)).correct is correct
 
 
 FIXTURE = Path(__file__).resolve().parent.parent / "fixtures" / "math_grading_cases.jsonl"
 
 
-def test_agreement_with_public_graders_verdicts_and_no_false_positives(task: MathTask) -> None:
+def test_agreement_with_public_graders_verdicts_and_no_false_positives() -> None:
     """bench/bench_math_agreement.py prints the same figures, per category and for math-verify."""
     cases = [json.loads(line) for line in FIXTURE.read_text(encoding="utf-8").splitlines() if line.strip()]
     assert len(cases) >= 300
-    assert {"math-verify", "nemo-skills", "lm-evaluation-harness", "hendrycks-math", "rllm"} <= {c["source"] for c in cases}
+    assert ({"math-verify", "nemo-skills", "lm-evaluation-harness", "hendrycks-math", "rllm"}
+            <= {c["source"] for c in cases})
     scorer = MathTask(reward_scheme="answer_only")
     verdicts = [scorer.score(c["prediction"], gold(c["gold"])).correct for c in cases]
-    false_positives = [(c["gold"], c["prediction"]) for c, v in zip(cases, verdicts) if v and not c["expected"]]
+    false_positives = [(c["gold"], c["prediction"]) for c, v in zip(cases, verdicts) if v
+                       and not c["expected"]]
     agreement = sum(v == c["expected"] for c, v in zip(cases, verdicts)) / len(cases)
     assert false_positives == []
     assert agreement >= 0.92, agreement
@@ -367,7 +372,8 @@ def test_a_missed_deadline_scores_a_timeout_and_the_next_call_works() -> None:
     score = task.score(wrapped("\\boxed{(10^{6})!}"), gold("5"))  # sympy needs ~1 s or more
     assert time.monotonic() - start < HANG_SECONDS
     assert score.correct is False and score.parts["timeout"] == 1.0
-    again = MathTask(timeout_seconds=10).score(wrapped("\\boxed{\\frac{1}{\\sqrt{2}}}"), gold("\\frac{\\sqrt{2}}{2}"))
+    again = MathTask(timeout_seconds=10).score(wrapped("\\boxed{\\frac{1}{\\sqrt{2}}}"),
+                                               gold("\\frac{\\sqrt{2}}{2}"))
     assert again.correct is True and again.parts["timeout"] == 0.0
 
 
@@ -516,7 +522,8 @@ def test_messages_add_the_deepscaler_suffix_and_the_tag_instruction(task: MathTa
 def test_from_record_reads_problem_answer_rows_with_configurable_keys() -> None:
     example = MathTask().from_record({"problem": "What is 2 + 3?", "answer": 5, "level": "Level 1"})
     assert (example.prompt, example.answer, example.metadata["level"]) == ("What is 2 + 3?", "5", "Level 1")
-    custom = MathTask(problem_key="question", answer_key="final").from_record({"question": "Q?", "final": "7"})
+    custom = MathTask(problem_key="question", answer_key="final").from_record(
+        {"question": "Q?", "final": "7"})
     assert (custom.prompt, custom.answer) == ("Q?", "7")
     math_row = {"problem": "Q?", "solution": "So it is $\\boxed{\\frac{1}{2}}$."}
     assert MathTask().from_record(math_row).answer == "\\frac{1}{2}"

@@ -14,7 +14,8 @@ from rlvr.tasks.base import Example
 
 def test_without_the_package_the_task_names_the_install_command(monkeypatch):
     monkeypatch.setitem(sys.modules, "reasoning_gym", None)  # import reasoning_gym raises ImportError
-    with pytest.raises(TaskError, match=r"task 'reasoning_gym': .*needs the reasoning-gym package: pip install"):
+    with pytest.raises(TaskError,
+                       match=r"task 'reasoning_gym': .*needs the reasoning-gym package: pip install"):
         rlvr.tasks.get("reasoning_gym", dataset="chain_sum")
 
 
@@ -38,7 +39,8 @@ def test_difficulty_options_reach_the_dataset_and_its_scorer_judges():
     assert two[0].metadata["min_terms"] == 2 and two[0].metadata["dataset"] == "chain_sum"
     example = two[0]
     right = task.score(f"<think>sum</think><answer>{example.answer}</answer>", example)
-    assert (right.reward, right.correct, right.format_ok, right.extracted) == (1.0, True, True, example.answer)
+    assert ((right.reward, right.correct, right.format_ok, right.extracted)
+            == (1.0, True, True, example.answer))
     wrong = task.score(f"<think>sum</think><answer>{int(example.answer) + 1}</answer>", example)
     assert (wrong.reward, wrong.correct, wrong.format_ok) == (0.0, False, True)
     unformatted = task.score(f"<answer>{example.answer}</answer>", example)  # no <think>: the default scheme
@@ -53,7 +55,8 @@ def test_export_rows_load_and_bad_options_are_named():
     example = task.from_record(dict(data[1]))  # reasoning-gym's own {question, answer, metadata}
     assert example.prompt == data[1]["question"] and example.metadata["dataset"] == "chain_sum"
     assert task.score(task.oracle_completion(example), example).reward == 1.0
-    with pytest.raises(ValueError, match=r"'chain_sun' is not one of reasoning-gym's .* \(did you mean 'chain_sum'\?\)"):
+    with pytest.raises(ValueError,
+                       match=r"'chain_sun' is not one of reasoning-gym's .* \(did you mean 'chain_sum'\?\)"):
         rlvr.tasks.get("reasoning_gym", dataset="chain_sun")
     with pytest.raises(TypeError):
         rlvr.tasks.get("reasoning_gym", dataset="chain_sum", config={"no_such_field": 1})

@@ -10,15 +10,17 @@ from rlvr.trainers import budget
 
 
 def test_stage_sizes_follow_the_schedules() -> None:
-    config = load_config("recipes/kk-tiny.yaml", ["rl.steps=10", "rl.group_size_stages=[{start_step: 4, value: 8}]",
-                                                   "rl.max_new_tokens_stages=[{start_step: 6, value: 100}]"])
+    config = load_config("recipes/kk-tiny.yaml",
+                         ["rl.steps=10", "rl.group_size_stages=[{start_step: 4, value: 8}]",
+                           "rl.max_new_tokens_stages=[{start_step: 6, value: 100}]"])
     sizes = {k.split(" ")[0]: v for k, v in budget.rl_stage_sizes(config).items()}
     assert sizes["rl_samples_per_step"] == 8 * 16 and sizes["rl_samples_per_optimizer_step"] == 16
     assert sizes["rl_optimizer_steps"] == 80
     assert sizes["rl_samples_total"] == 4 * 128 + 6 * 64
     assert sizes["rl_completion_tokens_at_most"] == 4 * 128 * 400 + 2 * 64 * 400 + 4 * 64 * 100
     dynamic = load_config("recipes/kk-tiny.yaml", ["rl.steps=10", "rl.zero_variance=dynamic_sampling"])
-    assert budget.rl_stage_sizes(dynamic)["rl_generated_samples_at_most (dynamic sampling refills)"] == 4 * 1280
+    assert (budget.rl_stage_sizes(dynamic)["rl_generated_samples_at_most (dynamic sampling refills)"]
+            == 4 * 1280)
 
 
 def test_memory_estimate_grows_with_the_batch_and_warns_past_the_memory() -> None:
@@ -32,13 +34,15 @@ def test_memory_estimate_grows_with_the_batch_and_warns_past_the_memory() -> Non
     parts = budget.rl_memory(big, shape, prompt_tokens=60)
     assert parts["kv_cache"] == small["kv_cache"] * 512 * 64 // 128
     message = budget.memory_warning(big, parts, (16 * budget.GiB, "test memory"))
-    assert message is not None and "rl.prompts_per_step x rl.group_size = 32768" in message and "16.0 GiB" in message
+    assert (message is not None and "rl.prompts_per_step x rl.group_size = 32768" in message
+            and "16.0 GiB" in message)
     assert budget.memory_warning(big, parts, None) is None  # memory unknown: nothing to compare with
 
 
-def test_rlvr_config_prints_the_stage_and_warns_on_a_batch_too_big(tmp_path) -> None:
+def test_rlvr_config_prints_the_stage_and_warns_on_a_batch_too_big() -> None:
     def config(*overrides: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "rlvr.cli", "config", "recipes/kk-tiny.yaml", *overrides],
+        return subprocess.run([sys.executable, "-m", "rlvr.cli", "config",
+                               "recipes/kk-tiny.yaml", *overrides],
                               capture_output=True, text=True, check=True)
 
     out = config()

@@ -24,7 +24,8 @@ def test_a_sharded_hf_checkpoint_resumes(tiny_model_dir, tmp_path):
     with torch.no_grad():
         for parameter in trained.parameters():
             parameter.add_(torch.randn_like(parameter))
-    checkpoint = save_checkpoint(tmp_path / "rl", 7, trained, load_tokenizer(tiny_model_dir), {"data": 3}, keep_last=2)
+    checkpoint = save_checkpoint(tmp_path / "rl", 7, trained, load_tokenizer(tiny_model_dir),
+                                 {"data": 3}, keep_last=2)
     shards = shard(checkpoint, trained)
     assert len(shards) >= 3 and not (checkpoint / "model.safetensors").exists()
 

@@ -24,8 +24,9 @@ def _subparser(*names: str) -> argparse.ArgumentParser:
     return parser
 
 
-@pytest.mark.parametrize("command", [("data", "gen"), ("data", "filter"), ("data", "stats"), ("data", "dedup"),
-                                     ("eval",), ("model", "init"), ("noise",)])
+@pytest.mark.parametrize("command",
+                         [("data", "gen"), ("data", "filter"), ("data", "stats"), ("data", "dedup"),
+                          ("eval",), ("model", "init"), ("noise",)])
 def test_every_flag_has_help_and_shows_its_default(command):
     parser = _subparser(*command)
     page = parser.format_help()
@@ -48,8 +49,9 @@ def test_run_help_names_resume_out_dir_and_rlvr_config():
 @pytest.mark.parametrize("command", ["gen", "filter", "stats", "dedup"])
 def test_data_commands_that_render_prompts_take_the_recipes_task_options(command):
     args = build_parser().parse_args(["data", command, *(["kk.jsonl"] if command == "stats" else []),
-                                      *({"gen": ["--n", "1", "--out", "x"], "filter": ["--model", "m", "--data", "d",
-                                         "--out", "o"], "dedup": ["--data", "d", "--out", "o"]}.get(command, [])),
+                                      *({"gen": ["--n", "1", "--out", "x"],
+                                         "filter": ["--model", "m", "--data", "d", "--out", "o"],
+                                         "dedup": ["--data", "d", "--out", "o"]}.get(command, [])),
                                       "--recipe", RECIPE, "--task-option", "phrasing=plain"])
     task, options, config = task_from_args(args)
     wanted = dict(load_config(RECIPE).data.task_options, phrasing="plain")
@@ -66,7 +68,8 @@ def test_a_task_other_than_the_recipes_or_none_at_all_is_refused():
 
 def test_data_gen_with_a_recipe_writes_the_recipes_puzzles(tmp_path):
     out = tmp_path / "kk.jsonl"
-    assert main(["data", "gen", "--recipe", RECIPE, "--people", "3", "--n", "3", "--seed", "4", "--out", str(out)]) == 0
+    assert main(["data", "gen", "--recipe", RECIPE, "--people", "3", "--n", "3", "--seed", "4",
+                 "--out", str(out)]) == 0
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     task = tasks.get("knights_knaves", **load_config(RECIPE).data.task_options)
     assert [r["quiz"] for r in rows] == [ex.prompt for ex in task.examples(3, 4, people=3)]
@@ -88,5 +91,6 @@ def test_data_stats_counts_prompt_tokens_as_the_model_sees_them(tiny_model_dir, 
     from rlvr.models import load_tokenizer
 
     tokenizer = load_tokenizer(tiny_model_dir)
-    lengths = [len(prompt_ids(tokenizer, task.messages(ex), task.response_prefix)) for ex in task.examples(2, 0)]
+    lengths = [len(prompt_ids(tokenizer, task.messages(ex), task.response_prefix))
+               for ex in task.examples(2, 0)]
     assert result["prompt_tokens"]["max"] == max(lengths) and result["count"] == 2

@@ -11,7 +11,8 @@ from rlvr.config import ConfigError, RunConfig, dump_yaml, from_dict, load_confi
 
 def test_overrides_parse_values_as_yaml():
     cfg = load_config(None, ["rl.lr=1e-6", "rl.group_size=16", "rl.dual_clip=3",
-                             "rl.curriculum=[{start_step: 0, value: {people: 3}}, {start_step: 50, value: {people: 4}}]",
+                             "rl.curriculum=[{start_step: 0, value: {people: 3}}, {start_step: 50, "
+                             "value: {people: 4}}]",
                              "data.task_options={reward_scheme: logic_rl}"])
     assert cfg.rl.lr == pytest.approx(1e-6)
     assert cfg.rl.group_size == 16 and cfg.rl.dual_clip == 3.0
@@ -24,7 +25,8 @@ def test_unknown_key_suggests_closest(tmp_path):
         load_config(None, ["rl.lrr=1"])
     recipe = tmp_path / "r.yaml"
     recipe.write_text("rl:\n  group_sise: 4\n")
-    with pytest.raises(ConfigError, match=r"r.yaml line 2: unknown config key 'rl.group_sise'.*'rl.group_size'"):
+    with pytest.raises(ConfigError,
+                       match=r"r.yaml line 2: unknown config key 'rl.group_sise'.*'rl.group_size'"):
         load_config(recipe)
 
 
@@ -55,7 +57,8 @@ def test_resolved_config_round_trips():
 
 
 def test_derived_sizes_use_one_unit():
-    cfg = load_config(None, ["rl.prompts_per_step=8", "rl.group_size=4", "rl.mini_batches=2", "rl.ppo_epochs=3"])
+    cfg = load_config(None,
+                      ["rl.prompts_per_step=8", "rl.group_size=4", "rl.mini_batches=2", "rl.ppo_epochs=3"])
     sizes = cfg.derived_sizes()
     assert sizes["rollouts_per_step (prompts_per_step x group_size)"] == 32
     assert sizes["sequences_per_mini_batch"] == 16
@@ -94,7 +97,8 @@ def test_cli_key_value_options_parse_yaml_and_keep_empty_strings():
 @pytest.mark.parametrize(
     "override, message",
     [
-        ("rl.advantage=grpoo", r"rl.advantage: got 'grpoo', expected an advantage estimator; did you mean 'grpo'"),
+        ("rl.advantage=grpoo",
+         r"rl.advantage: got 'grpoo', expected an advantage estimator; did you mean 'grpo'"),
         ("rl.loss=ppoo", r"rl.loss: got 'ppoo', expected a policy loss; did you mean 'ppo'.*cispo"),
         ("rl.loss_agg=foo", r"rl.loss_agg: got 'foo', expected a loss aggregation.*token-mean"),
         ("sft.steps=-5", r"sft.steps: got -5, expected an integer >= 0"),
@@ -105,7 +109,8 @@ def test_cli_key_value_options_parse_yaml_and_keep_empty_strings():
         ("rl.micro_batch_tokens=0", r"rl.micro_batch_tokens: got 0, expected a positive integer"),
         ("threads=-1", r"threads: got -1, expected an integer >= 0 \(0: all cores\)"),
         ("checkpoint.every=-1", r"checkpoint.every: got -1, expected an integer >= 0"),
-        ("data.task=knights_knave", r"data.task: got 'knights_knave', expected a task name or a spec .*; did you mean 'knights_knaves'"),
+        ("data.task=knights_knave",
+         r"data.task: got 'knights_knave', expected a task name or a spec .*; did you mean 'knights_knaves'"),
         ("model.preset=tinyy", r"model.preset: got 'tinyy', expected a model preset; did you mean 'tiny'"),
         ("model.engine_workers=-1", r"model.engine_workers: got -1, expected an integer >= 0"),
         ("rl.adam_betas=[0.9]", r"rl.adam_betas: got \[0.9\], expected two numbers in \[0, 1\)"),
@@ -113,9 +118,11 @@ def test_cli_key_value_options_parse_yaml_and_keep_empty_strings():
         ("rl.top_p=0", r"rl.top_p: got 0.0, expected a number in \(0, 1\]"),
         ("rl.weight_decay=.nan", r"rl.weight_decay: got nan"),
         ("ray.cpus_per_worker=-1", r"ray.cpus_per_worker: got -1.0, expected a number >= 0.0"),
-        ("ray.resources_per_worker={GPU: 1}", r"ray.resources_per_worker: got \{'GPU': 1\}, expected custom Ray "
-                                               r"resource names \(not CPU, GPU"),
-        ("ray.resources_per_learner={learner: 0}", r"ray.resources_per_learner: got \{'learner': 0\}.*amounts > 0"),
+        ("ray.resources_per_worker={GPU: 1}",
+         r"ray.resources_per_worker: got \{'GPU': 1\}, expected custom Ray "
+          r"resource names \(not CPU, GPU"),
+        ("ray.resources_per_learner={learner: 0}",
+         r"ray.resources_per_learner: got \{'learner': 0\}.*amounts > 0"),
         ("ray.resources_per_learner={learner: yes}", r"ray.resources_per_learner: got \{'learner': True\}"),
         ("ray.resources_per_worker=1", r"ray.resources_per_worker: got 1, expected a mapping"),
     ],
@@ -142,7 +149,8 @@ def test_every_numeric_field_has_a_domain():
                 yield f"{prefix}{f.name}", tp
 
     for path, tp in walk(RunConfig):
-        base = [a for a in typing.get_args(tp) if a is not type(None)] if typing.get_origin(tp) is not None else [tp]
+        base = ([a for a in typing.get_args(tp) if a is not type(None)]
+                if typing.get_origin(tp) is not None else [tp])
         if base and base[0] in (int, float):
             assert path in DOMAINS or base[0] in _DEFAULT_DOMAINS, path
     for path in DOMAINS:  # no stale entries
@@ -162,8 +170,10 @@ def test_recipe_errors_give_the_line(tmp_path):
 
 
 def test_adam_betas_are_configurable():
-    cfg = load_config(None, ["rl.adam_betas=[0.9, 0.999]", "rl.weight_decay=0.01", "sft.adam_betas=[0.8, 0.9]"])
-    assert cfg.rl.adam_betas == [0.9, 0.999] and cfg.rl.weight_decay == 0.01 and cfg.sft.adam_betas == [0.8, 0.9]
+    cfg = load_config(None,
+                      ["rl.adam_betas=[0.9, 0.999]", "rl.weight_decay=0.01", "sft.adam_betas=[0.8, 0.9]"])
+    assert (cfg.rl.adam_betas == [0.9, 0.999] and cfg.rl.weight_decay == 0.01
+            and cfg.sft.adam_betas == [0.8, 0.9])
 
 
 def test_the_optional_lora_section():
@@ -175,11 +185,13 @@ def test_the_optional_lora_section():
     for override, message in [
         ("model.lora.alpah=4", r"unknown config key 'model.lora.alpah'; did you mean 'model.lora.alpha'"),
         ("model.lora.dropout=1.0", r"config key model.lora.dropout: got 1.0, expected a number in \[0, 1\)"),
-        ("model.lora.target_modules=[]", r"config key model.lora.target_modules: got \[\], expected a non-empty list"),
+        ("model.lora.target_modules=[]",
+         r"config key model.lora.target_modules: got \[\], expected a non-empty list"),
     ]:
         with pytest.raises(ConfigError, match=message):
             load_config("recipes/kk-tiny.yaml", [override])
-    with pytest.raises(ConfigError, match="checkpoint.merge_lora: got True, expected false without model.lora"):
+    with pytest.raises(ConfigError,
+                       match="checkpoint.merge_lora: got True, expected false without model.lora"):
         load_config("recipes/kk-tiny.yaml", ["checkpoint.merge_lora=true"])
     with pytest.raises(ConfigError, match="model.lora: .*expected null with distributed=ray"):
         load_config("recipes/kk-tiny.yaml", ["model.lora.r=4", "distributed=ray"])

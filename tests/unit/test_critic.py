@@ -27,7 +27,7 @@ def whiten(xs: list[float]) -> list[float]:
     return [(x - mean) / (var + 1e-8) ** 0.5 for x in xs]
 
 
-def test_gae_through_the_trainer_matches_a_hand_computed_trajectory(monkeypatch):
+def test_gae_through_the_trainer_matches_a_hand_computed_trajectory():
     # Two sequences of one group: 3 tokens with reward 1, 2 tokens with reward 0.
     batch = RolloutBatch()
     for completion, reward in (([5, 6, 7], 1.0), ([8, 9], 0.0)):
@@ -42,21 +42,22 @@ def test_gae_through_the_trainer_matches_a_hand_computed_trajectory(monkeypatch)
     class FixedCritic:
         cfg = CriticConfig(enabled=True)
 
-        def values(self, batch, width, device, rl_cfg):  # noqa: ANN001
+        def values(self, batch, width, device, rl_cfg):
             return values.clone()
 
-        def update(self, batch, old_values, returns, mask, rl_cfg, device, step, seed):  # noqa: ANN001
+        def update(self, batch, old_values, returns, mask, rl_cfg, device, step, seed):
             seen["old_values"], seen["returns"] = old_values, returns
             return {"critic/vf_loss": 0.0}
 
-    def record(policy, optimizer, batch, index, width, advantages, *rest):  # noqa: ANN001
+    def record(_policy, _optimizer, _batch, _index, _width, advantages, *_rest):
         seen["advantages"] = advantages
         return {}
 
     cfg = RLConfig(advantage="gae", advantage_options={"gamma": 0.9, "lam": 0.8})
     model = NativeCausalLM(CFG)
-    stats = update_policy(model, None, torch.optim.SGD(model.parameters(), lr=0.0), batch, cfg, KNOBS, CPU, True,
-                          0, 0, step_fn=record, critic=FixedCritic())  # type: ignore[arg-type]
+    stats = update_policy(model, None, torch.optim.SGD(model.parameters(), lr=0.0), batch,
+                          cfg, KNOBS, CPU, True, 0, 0, step_fn=record,
+                          critic=FixedCritic())  # type: ignore[arg-type]
     # row 0: deltas d2 = 1 - 0.75 = 0.25, d1 = 0 + 0.9 * 0.75 - 0.25 = 0.425, d0 = 0.9 * 0.25 - 0.5 = -0.275;
     #        A2 = 0.25, A1 = 0.425 + 0.72 * 0.25 = 0.605, A0 = -0.275 + 0.72 * 0.605 = 0.1606
     # row 1: d1 = 0 - 0.4 = -0.4, d0 = 0.9 * 0.4 - 0.2 = 0.16; A1 = -0.4, A0 = 0.16 - 0.72 * 0.4 = -0.128
@@ -109,7 +110,8 @@ def test_value_model_is_a_copy_with_a_scalar_head():
     before = {k: v.clone() for k, v in policy.state_dict().items()}
     model = value_model(policy, seed=0)
     assert model.lm_head.weight.shape == (1, CFG["hidden_size"])
-    assert torch.equal(value_model(policy, seed=0).lm_head.weight, model.lm_head.weight)  # seeded, not global RNG
+    # seeded, not global RNG
+    assert torch.equal(value_model(policy, seed=0).lm_head.weight, model.lm_head.weight)
     with torch.no_grad():
         model.model.layers[0].mlp.down_proj.weight.add_(1.0)
     for k, v in policy.state_dict().items():
@@ -135,18 +137,18 @@ def test_state_dict_round_trip_includes_the_optimizer():
     cfg = RLConfig(advantage="gae", micro_batch_tokens=64)
     a = Critic(value_model(policy, seed=0), CriticConfig(enabled=True, lr=1e-2), packed=True)
     batch = toy_batch(torch.Generator().manual_seed(0))
-    update_policy(policy, None, torch.optim.SGD(policy.parameters(), lr=0.0), batch, cfg, KNOBS, CPU, True, 0, 0,
-                  critic=a, update_actor=False)
+    update_policy(policy, None, torch.optim.SGD(policy.parameters(), lr=0.0), batch, cfg,
+                  KNOBS, CPU, True, 0, 0, critic=a, update_actor=False)
     b = Critic(value_model(policy, seed=5), CriticConfig(enabled=True, lr=1e-2), packed=True)
     buffer = io.BytesIO()  # through torch.save, as the checkpoint's trainer_state.pt
     torch.save(a.state_dict(), buffer)
     buffer.seek(0)
     b.load_state_dict(torch.load(buffer, weights_only=False))
     nxt = toy_batch(torch.Generator().manual_seed(1))
-    sa = update_policy(policy, None, torch.optim.SGD(policy.parameters(), lr=0.0), nxt, cfg, KNOBS, CPU, True, 1, 0,
-                       critic=a, update_actor=False)
-    sb = update_policy(policy, None, torch.optim.SGD(policy.parameters(), lr=0.0), nxt, cfg, KNOBS, CPU, True, 1, 0,
-                       critic=b, update_actor=False)
+    sa = update_policy(policy, None, torch.optim.SGD(policy.parameters(), lr=0.0), nxt, cfg,
+                       KNOBS, CPU, True, 1, 0, critic=a, update_actor=False)
+    sb = update_policy(policy, None, torch.optim.SGD(policy.parameters(), lr=0.0), nxt, cfg,
+                       KNOBS, CPU, True, 1, 0, critic=b, update_actor=False)
     assert sa == sb
     for k, v in a.model.state_dict().items():
         assert torch.equal(v, b.model.state_dict()[k]), k
@@ -189,4 +191,5 @@ def test_critic_path_must_be_a_model_with_the_policy_vocabulary(tmp_path, tiny_m
     policy_config = dataclasses.make_dataclass("C", [("vocab_size", int)])(vocab + 1)
     with pytest.raises(ConfigError, match="vocab_size"):
         critic_module.check_critic_dir(str(tiny_model_dir), policy_config)
-    assert critic_module.check_critic_dir(str(tiny_model_dir), dataclasses.replace(policy_config, vocab_size=vocab))
+    assert critic_module.check_critic_dir(str(tiny_model_dir),
+                                          dataclasses.replace(policy_config, vocab_size=vocab))

@@ -119,7 +119,8 @@ def test_dedup_contamination_names_each_pair(tmp_path: Path) -> None:
     data = write_jsonl(tmp_path / "train.jsonl", [
         {"problem": "Compute 17 * 23.", "answer": "391"},
         {"problem": " ".join(words[:12] + ["two"] + words[13:]), "answer": "1000"},  # near MATH-500 #2
-        {"problem": "find the remainder when 2^100 is divided by 7.", "answer": "2"},  # normalised MATH-500 #1
+        # normalised MATH-500 #1
+        {"problem": "find the remainder when 2^100 is divided by 7.", "answer": "2"},
         {"problem": OTHER, "answer": "2"},  # exact AIME #1
     ])
     out = tmp_path / "clean.jsonl"
@@ -181,7 +182,8 @@ def test_dedup_with_embeddings(tmp_path: Path) -> None:
     summary = dedup(data, tmp_path / "out.jsonl", against=[bench], method="embedding", embedding_model=model,
                     threshold=0.999)
     report = read_jsonl(Path(summary["report"]))
-    assert {(d["location"], d["match"]) for d in report} == {(f"{data}:2", f"{data}:1"), (f"{data}:3", f"{bench}:1")}
+    assert ({(d["location"], d["match"]) for d in report}
+            == {(f"{data}:2", f"{data}:1"), (f"{data}:3", f"{bench}:1")})
     assert summary["records_out"] == 2
 
 
@@ -357,7 +359,8 @@ def test_mix_arguments(tmp_path: Path) -> None:
         mix([str(a), str(empty)], tmp_path / "m.jsonl")
 
 
-def test_stats_of_an_sft_file_with_a_recipe_use_the_runs_tokenizer(tiny_model_dir: Path, tmp_path: Path) -> None:
+def test_stats_of_an_sft_file_with_a_recipe_use_the_runs_tokenizer(tiny_model_dir: Path,
+                                                                   tmp_path: Path) -> None:
     """`rlvr data stats FILE --recipe R`: token percentiles of prompts, assistant turns and whole
     sequences with the run's tokenizer, and the share of rows over the recipe's limits."""
     from rlvr.cli import main
@@ -369,14 +372,17 @@ def test_stats_of_an_sft_file_with_a_recipe_use_the_runs_tokenizer(tiny_model_di
                             {"role": "user", "content": "And?"}, {"role": "assistant", "content": "Noah."}]}
     data = write_jsonl(tmp_path / "sft.jsonl", rows)
     recipe = tmp_path / "recipe.yaml"
-    recipe.write_text(f"model: {{path: {tiny_model_dir}}}\nsft: {{max_seq_len: 40}}\nrl: {{max_new_tokens: 20}}\n")
+    recipe.write_text(f"model: {{path: {tiny_model_dir}}}\nsft: {{max_seq_len: 40}}\nrl: "
+                      f"{{max_new_tokens: 20}}\n")
     result = stats(data, recipe=recipe)
     tokenizer = load_tokenizer(tiny_model_dir)
-    encoded = tokenize(tokenizer, [Conversation(*record_messages(r), "") for r in rows], eos_token_ids(tokenizer))
+    encoded = tokenize(tokenizer, [Conversation(*record_messages(r), "") for r in rows],
+                       eos_token_ids(tokenizer))
     completion = sorted(sum(trained) for _, trained in encoded)
     sequence = [len(ids) for ids, _ in encoded]
     assert result["layout"] == "conversations" and result["count"] == 10
-    assert result["completion_tokens"]["max"] == completion[-1] and result["completion_tokens"]["p50"] == completion[4]
+    assert (result["completion_tokens"]["max"] == completion[-1]
+            and result["completion_tokens"]["p50"] == completion[4])
     assert set(result["completion_tokens"]) == {"mean", "min", "max", "p50", "p90", "p95", "p99"}
     assert result["sequence_tokens"]["max"] == max(sequence)
     assert result["assistant_turns"]["max"] == 2
@@ -386,7 +392,8 @@ def test_stats_of_an_sft_file_with_a_recipe_use_the_runs_tokenizer(tiny_model_di
     assert main(["data", "stats", str(data), "--recipe", str(recipe)]) == 0
 
 
-def test_stats_of_problems_with_a_recipe_measure_the_rendered_prompt(tiny_model_dir: Path, tmp_path: Path) -> None:
+def test_stats_of_problems_with_a_recipe_measure_the_rendered_prompt(tiny_model_dir: Path,
+                                                                     tmp_path: Path) -> None:
     from rlvr.data.tools import generate
     from rlvr.models import load_tokenizer, prompt_ids
     from rlvr.tasks import get
@@ -397,7 +404,8 @@ def test_stats_of_problems_with_a_recipe_measure_the_rendered_prompt(tiny_model_
                       f"{{response_prefix: '<think>'}}}}\n")
     result = stats(data, recipe=recipe)
     task, tokenizer = get("knights_knaves", response_prefix="<think>"), load_tokenizer(tiny_model_dir)
-    lengths = [len(prompt_ids(tokenizer, task.messages(ex), task.response_prefix)) for ex in task.examples(5, 0, people=2)]
+    lengths = [len(prompt_ids(tokenizer, task.messages(ex), task.response_prefix))
+               for ex in task.examples(5, 0, people=2)]
     assert result["prompt_tokens"]["max"] == max(lengths) and result["prompt_tokens"]["min"] == min(lengths)
     by_directory = stats(data, tokenizer=str(tiny_model_dir))  # --tokenizer DIR: the problem text alone
     assert by_directory["prompt_tokens"]["max"] < max(lengths)

@@ -224,7 +224,8 @@ def test_generate_with_task_options(tmp_path):
 
 
 def test_stats_of_raw_records_and_task_guessing(tmp_path):
-    path = write_lines(tmp_path / "raw.jsonl", [json.dumps({"prompt": "one two three"}), json.dumps({"prompt": "four"})])
+    path = write_lines(tmp_path / "raw.jsonl",
+                       [json.dumps({"prompt": "one two three"}), json.dumps({"prompt": "four"})])
     result = stats(path)
     assert result["task"] is None and result["count"] == 2
     assert result["prompt_words"] == {"mean": 2.0, "min": 1, "max": 3, "p50": 1, "p90": 3, "p95": 3, "p99": 3}

@@ -54,7 +54,8 @@ def test_pass_at_k_rejects_k_above_n() -> None:
 
 def test_normalize_answer() -> None:
     assert normalize_answer("  $\\boxed{ 42 }$. ") == "42"
-    assert normalize_answer("(1) Zoey is a KNIGHT\n(2)  Ethan is a knave") == "(1) zoey is a knight (2) ethan is a knave"
+    assert (normalize_answer("(1) Zoey is a KNIGHT\n(2)  Ethan is a knave")
+            == "(1) zoey is a knight (2) ethan is a knave")
     assert normalize_answer("") is None
     assert normalize_answer(None) is None
     assert normalize_answer("1/2") != normalize_answer("0.5")
@@ -91,7 +92,8 @@ def _sample(prompt: int, index: int, correct: bool, answer: str | None, tokens: 
     sample = {
         "prompt_index": prompt, "sample_index": index, "correct": correct, "format_ok": answer is not None,
         "extracted": answer, "n_tokens": tokens, "finish_reason": extra.pop("finish", "stop"),
-        "reward": 1.0 if correct else 0.0, "completion": extra.pop("text", ""), "metadata": extra.pop("metadata", {}),
+        "reward": 1.0 if correct else 0.0, "completion": extra.pop("text", ""),
+        "metadata": extra.pop("metadata", {}),
     }
     assert not extra
     return sample
@@ -102,7 +104,8 @@ def test_compute_metrics_by_hand() -> None:
     samples = [
         # prompt 0 (3 people): 3 of 4 correct
         _sample(0, 0, True, "A", 10, metadata=kk3), _sample(0, 1, True, "A", 20, metadata=kk3),
-        _sample(0, 2, False, "B", 30, metadata=kk3, finish="length"), _sample(0, 3, True, "A", 30, metadata=kk3),
+        _sample(0, 2, False, "B", 30, metadata=kk3, finish="length"),
+        _sample(0, 3, True, "A", 30, metadata=kk3),
         # prompt 1 (4 people): 0 of 4 correct, one sample without an answer
         _sample(1, 0, False, "C", 40, metadata=kk4), _sample(1, 1, False, None, 50, metadata=kk4),
         _sample(1, 2, False, "C", 60, metadata=kk4, text="Wait, let me check. Wait."),
@@ -142,11 +145,13 @@ def test_compute_metrics_orders_difficulties_numerically_and_omits_undefined_mea
 
 def test_compute_metrics_needs_equal_samples_per_prompt() -> None:
     with pytest.raises(ValueError, match="same number of samples"):
-        compute_metrics([_sample(0, 0, True, "a", 1), _sample(0, 1, True, "a", 1), _sample(1, 0, True, "a", 1)])
+        compute_metrics([_sample(0, 0, True, "a", 1), _sample(0, 1, True, "a", 1),
+                         _sample(1, 0, True, "a", 1)])
 
 
 def test_reflection_counts_word_boundaries() -> None:
-    counts = reflection_counts("Wait... I should re-check. Awaiting nothing; double-check! Let me reconsider.")
+    counts = reflection_counts("Wait... I should re-check. Awaiting nothing; double-check! "
+                               "Let me reconsider.")
     assert counts["wait"] == 1  # "Awaiting" is not "wait"
     assert counts["recheck"] == 1 and counts["double_check"] == 1 and counts["let_me_check"] == 1
 
@@ -232,8 +237,8 @@ def kk_setup():
 
 def test_evaluate_bookkeeping(kk_setup, tmp_path) -> None:
     task, examples, tokenizer, engine, right = kk_setup
-    result = evaluate(engine, tokenizer, task, examples, n=4, temperature=1.0, top_p=0.9, max_new_tokens=10_000,
-                      seed=5, k_values=(1, 2, 4), prompts_per_batch=2)
+    result = evaluate(engine, tokenizer, task, examples, n=4, temperature=1.0, top_p=0.9,
+                      max_new_tokens=10_000, seed=5, k_values=(1, 2, 4), prompts_per_batch=2)
     m = result.metrics
     assert m["avg@n"] == pytest.approx((1 + 0.25 + 0) / 3)
     assert m["pass@4"] == pytest.approx(2 / 3)
@@ -256,7 +261,8 @@ def test_evaluate_bookkeeping(kk_setup, tmp_path) -> None:
 
     out = write_eval(result, tmp_path / "eval")
     payload = read_eval(out)
-    assert payload["settings"]["temperature"] == 1.0 and payload["metrics"]["avg@n"] == pytest.approx(m["avg@n"])
+    assert (payload["settings"]["temperature"] == 1.0
+            and payload["metrics"]["avg@n"] == pytest.approx(m["avg@n"]))
     lines = (out / "samples.jsonl").read_text().splitlines()
     assert len(lines) == 12
     # Every figure can be recomputed from the samples file.

@@ -23,7 +23,7 @@ class FakeWandb(types.ModuleType):
         self.finished = False
         self.stop = stop
 
-    def init(self, **kwargs):  # noqa: ANN003, ANN201
+    def init(self, **kwargs):
         self.init_kwargs.append(kwargs)
         if self.stop:
             raise StopAfterInit
@@ -68,8 +68,8 @@ def test_wandb_resumes_the_same_run_id_in_the_same_run_dir(tmp_path, monkeypatch
     assert all(kwargs["resume"] == "allow" for kwargs in fake.init_kwargs)
 
 
-ROWS = [{"prompt": "Who is a knight?\nA | B", "completion": "<think>A</think>", "reward": 1.0, "correct": True,
-         "format_ok": True},
+ROWS = [{"prompt": "Who is a knight?\nA | B", "completion": "<think>A</think>",
+         "reward": 1.0, "correct": True, "format_ok": True},
         {"prompt": "Q2", "completion": "x" * 3000, "reward": -0.5, "correct": False, "format_ok": False}]
 
 
@@ -81,7 +81,8 @@ def test_samples_go_to_wandb_as_a_table(tmp_path, monkeypatch):
     [(values, step)] = fake.logged
     table = values["samples/completions"]
     assert step == 7 and table.columns == ["step", "prompt", "completion", "reward", "correct"]
-    assert table.data == [[7, ROWS[0]["prompt"], "<think>A</think>", 1.0, True], [7, "Q2", "x" * 3000, -0.5, False]]
+    assert table.data == [[7, ROWS[0]["prompt"], "<think>A</think>", 1.0, True],
+                          [7, "Q2", "x" * 3000, -0.5, False]]
     logger.log_samples(8, [])  # nothing to send
     assert len(fake.logged) == 1
 
@@ -133,8 +134,9 @@ def test_a_run_passes_its_resolved_config_to_wandb(tiny_model_dir, tmp_path, mon
 
     fake = FakeWandb(stop=True)  # the run stops at wandb.init: no training needed to see its arguments
     monkeypatch.setitem(sys.modules, "wandb", fake)
-    overrides = [f"model.path={tiny_model_dir}", f"out_dir={tmp_path / 'run'}", "threads=1", "logging.progress=false",
-                 "data.eval_size=4", "logging.wandb=true", "logging.wandb_project=kk", "rl.lr=3e-6"]
+    overrides = [f"model.path={tiny_model_dir}", f"out_dir={tmp_path / 'run'}", "threads=1",
+                 "logging.progress=false", "data.eval_size=4", "logging.wandb=true",
+                 "logging.wandb_project=kk", "rl.lr=3e-6"]
     config = load_config("recipes/kk-tiny.yaml", overrides)
     with pytest.raises(StopAfterInit):
         run(config)

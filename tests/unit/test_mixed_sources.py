@@ -38,8 +38,9 @@ def files(tmp_path: Path) -> dict[str, str]:
 
 
 def mixed(files: dict[str, str], *extra: str):
-    return load_config(overrides=["data.task=mixed", SOURCES % files["reward"], f"data.train_file={files['train']}",
-                                  f"data.eval_file={files['train']}", "sft.enabled=false", *extra])
+    return load_config(overrides=["data.task=mixed", SOURCES % files["reward"],
+                                  f"data.train_file={files['train']}", f"data.eval_file={files['train']}",
+                                  "sft.enabled=false", *extra])
 
 
 def test_each_row_is_read_prompted_and_scored_by_the_task_of_its_source(files):
@@ -48,7 +49,8 @@ def test_each_row_is_read_prompted_and_scored_by_the_task_of_its_source(files):
     assert config.data.difficulty == {}  # mixed: every row, whatever its metadata
     inputs = check_inputs(config)
     rows = inputs.train_rows
-    assert rows is not None and Counter(ex.metadata["data_source"] for ex in rows) == {"kk": 4, "cd": 3, "mine": 5}
+    assert (rows is not None
+            and Counter(ex.metadata["data_source"] for ex in rows) == {"kk": 4, "cd": 3, "mine": 5})
     assert all(ex.metadata["source"] == ex.metadata["data_source"] for ex in rows)  # eval breaks down by it
     task = inputs.task
     kk, cd, mine = rows[0], rows[4], rows[7]
@@ -62,8 +64,10 @@ def test_each_row_is_read_prompted_and_scored_by_the_task_of_its_source(files):
 
 
 def test_a_row_of_a_source_without_a_task_is_refused_naming_the_file_line(files):
-    with pytest.raises(ConfigError, match=r"config key data.train_file: .*bad.jsonl:3: data_source 'elsewhere' has "
-                                          r"no task or reward: add it to data.sources \(configured: cd, kk, mine\)"):
+    with pytest.raises(ConfigError,
+                       match=r"config key data.train_file: .*bad.jsonl:3: data_source 'elsewhere' has "
+                             r"no task or reward: add it to data.sources "
+                             r"\(configured: cd, kk, mine\)"):
         check_inputs(mixed(files, f"data.train_file={files['bad']}"))
     rows = Path(files["dir"]) / "no_source.jsonl"
     rows.write_text('{"prompt": "q", "ground_truth": "1"}\n')
@@ -72,23 +76,27 @@ def test_a_row_of_a_source_without_a_task_is_refused_naming_the_file_line(files)
     only_kk = Path(files["dir"]) / "kk.jsonl"
     write_jsonl_atomic(only_kk, [{**tasks.get("knights_knaves").to_record(e), "data_source": "kk"}
                                  for e in tasks.get("knights_knaves").examples(2, seed=0)])
-    with pytest.raises(ConfigError, match=r"config key data.sources.cd: .*kk.jsonl has no row of data_source 'cd'"):
+    with pytest.raises(ConfigError,
+                       match=r"config key data.sources.cd: .*kk.jsonl has no row of data_source 'cd'"):
         check_inputs(mixed(files, f"data.train_file={only_kk}"))
 
 
-def test_bad_mixed_configs_name_the_key(files, tmp_path):
+def test_bad_mixed_configs_name_the_key(tmp_path):
     recipe = tmp_path / "r.yaml"
     recipe.write_text("data:\n  task: mixed\n  sources:\n    a: {task: math}\n    b:\n      weight: 0\n")
-    with pytest.raises(ConfigError, match=r"r.yaml line 6: config key data.sources.b.weight: got 0.0, expected a "
-                                          "positive number"):
+    with pytest.raises(ConfigError,
+                       match=r"r.yaml line 6: config key data.sources.b.weight: got 0.0, expected a "
+                             "positive number"):
         load_config(recipe)
     cases = {
-        ("data.task=mixed",): "config key data.task: got 'mixed', expected a task other than mixed, or data.sources",
-        ("data.sources={a: {task: math}}",): "config key data.sources: got .*'a'.*, expected no sources unless",
-        ("data.task=mixed", "data.sources={a: {task: no_such_mod_xyz:T}}"): "data.sources.a.task: task .* does not "
-                                                                            "import",
-        ("data.task=mixed", "data.sources={a: {tsk: math}}"): "unknown config key 'data.sources.a.tsk'; did you mean "
-                                                              "'data.sources.a.task'",
+        ("data.task=mixed",): "config key data.task: got 'mixed', expected a task other than "
+                              "mixed, or data.sources",
+        ("data.sources={a: {task: math}}",): "config key data.sources: got .*'a'.*, expected "
+                                             "no sources unless",
+        ("data.task=mixed", "data.sources={a: {task: no_such_mod_xyz:T}}"):
+            "data.sources.a.task: task .* does not import",
+        ("data.task=mixed", "data.sources={a: {tsk: math}}"):
+            "unknown config key 'data.sources.a.tsk'; did you mean 'data.sources.a.task'",
     }
     for overrides, message in cases.items():
         with pytest.raises(ConfigError, match=message):
@@ -96,14 +104,16 @@ def test_bad_mixed_configs_name_the_key(files, tmp_path):
     generic = load_config(overrides=["data.task=mixed", "data.sources={a: {task: math}, b: {}}"])
     with pytest.raises(ConfigError, match="config key data.sources.b: task generic needs reward.function"):
         build_task(generic)
-    prefixes = load_config(overrides=["data.task=mixed", "data.sources={a: {task: math}, b: {task: countdown, "
+    prefixes = load_config(overrides=["data.task=mixed",
+                                      "data.sources={a: {task: math}, b: {task: countdown, "
                                       "task_options: {response_prefix: '<think>'}}}"])
-    with pytest.raises(ConfigError, match=r"config key data.sources: the sources' tasks pre-fill different response "
-                                          r"prefixes \{'a': '', 'b': '<think>'\}"):
+    with pytest.raises(ConfigError,
+                       match=r"config key data.sources: the sources' tasks pre-fill different response "
+                             r"prefixes \{'a': '', 'b': '<think>'\}"):
         build_task(prefixes)
 
 
-def test_sampling_weights_give_each_source_its_share_of_the_prompts(files):
+def test_sampling_weights_give_each_source_its_share_of_the_prompts():
     config = load_config(overrides=["data.task=mixed", "data.sources={big: {task: math}, small: {task: math, "
                                     "weight: 3}}"])
     rows = [Example(f"p{i}", 1, {"data_source": "big" if i < 900 else "small"}) for i in range(1000)]
@@ -112,7 +122,8 @@ def test_sampling_weights_give_each_source_its_share_of_the_prompts(files):
     share = drawn.count("small") / len(drawn)
     assert 0.70 < share < 0.80  # 3 / (1 + 3) of the draws, though it holds 10% of the rows
     uniform = ProblemPool(lambda difficulty: rows, seed=0)
-    assert [e.prompt for e in uniform.draw({}, 16, 5)] == [e.prompt for e in ProblemPool(lambda d: rows, 0).draw({}, 16, 5)]
+    assert ([e.prompt for e in uniform.draw({}, 16, 5)]
+            == [e.prompt for e in ProblemPool(lambda d: rows, 0).draw({}, 16, 5)])
     assert source_weights(load_config()) is None
 
 

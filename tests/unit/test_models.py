@@ -161,7 +161,7 @@ def test_init_rejects_bad_arguments(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
 
 
-def test_task_corpus_covers_every_kk_size(kk) -> None:
+def test_task_corpus_covers_every_kk_size() -> None:
     corpus = task_corpus(["knights_knaves"], seed=0, n_per_task=14)
     assert len(corpus) == 14
     answers = [text.rsplit("<answer>", 1)[1] for text in corpus]
@@ -349,7 +349,7 @@ def test_prompt_ids_specials_are_single_ids_and_prefix_is_appended(tokenizer) ->
     assert batch_prompt_ids(tokenizer, [], "") == []
 
 
-def test_prompt_needs_a_chat_template(tokenizer) -> None:
+def test_prompt_needs_a_chat_template() -> None:
     bare = train_tokenizer(["a b c a b c"], vocab_size=270)
     bare.chat_template = None
     with pytest.raises(ValueError, match="no chat template"):

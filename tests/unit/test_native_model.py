@@ -295,8 +295,9 @@ def test_bf16_training_forward_and_gradients_close_to_fp32(pair):
 
 
 def test_dict_config_and_refusals():
-    native = NativeCausalLM({"model_type": "qwen2", "vocab_size": 50, "hidden_size": 16, "intermediate_size": 24,
-                             "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 1})
+    native = NativeCausalLM({"model_type": "qwen2", "vocab_size": 50, "hidden_size": 16,
+                             "intermediate_size": 24, "num_hidden_layers": 1, "num_attention_heads": 2,
+                             "num_key_value_heads": 1})
     assert native(torch.tensor([[1, 2, 3]])).shape == (1, 3, 50)
     assert is_supported(qwen2_config()) == (True, "ok")
     refused = {

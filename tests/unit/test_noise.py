@@ -77,7 +77,7 @@ def test_accumulator_rejects_too_few_or_misshapen_gradients():
 class Tokens:
     """Completion text = the token ids; enough for the toy task below."""
 
-    def decode(self, ids, skip_special_tokens=True):  # noqa: ANN001
+    def decode(self, ids, skip_special_tokens=True):
         return " ".join(str(i) for i in ids)
 
 
@@ -102,8 +102,9 @@ def toy_setup(prompts_per_step: int):
     def prompt_cache(ex: Example) -> list[int]:
         return [2 + int(ex.prompt), 3, 5 + int(ex.prompt) % 7]
 
-    cfg = RLConfig(prompts_per_step=prompts_per_step, group_size=4, mini_batches=prompts_per_step, max_new_tokens=6,
-                   grad_clip=0.0, loss_agg="seq-mean-token-mean", micro_batch_tokens=64)
+    cfg = RLConfig(prompts_per_step=prompts_per_step, group_size=4,
+                   mini_batches=prompts_per_step, max_new_tokens=6, grad_clip=0.0,
+                   loss_agg="seq-mean-token-mean", micro_batch_tokens=64)
     return model, engine, pool, prompt_cache, cfg
 
 
@@ -125,7 +126,7 @@ def test_group_gradients_average_to_the_trainers_gradient_of_the_whole_batch():
     params = list(model.parameters())
 
     class Recorder(torch.optim.SGD):
-        def step(self, closure=None):  # noqa: ANN001
+        def step(self, closure=None):
             seen.append(flat_grad(params))
 
     model.train()
@@ -138,9 +139,9 @@ def test_group_gradients_average_to_the_trainers_gradient_of_the_whole_batch():
 
 def test_group_count_need_not_be_a_multiple_of_the_batch():
     model, engine, pool, prompt_cache, cfg = toy_setup(prompts_per_step=4)
-    grads = list(rl_group_gradients(model, engine, Tokens(), EvenFirstToken(), pool, prompt_cache, cfg, groups=6,
-                                    device=torch.device("cpu"), packed=True, seed=0, eos_ids=(1,),
-                                    default_difficulty={}))
+    grads = list(rl_group_gradients(model, engine, Tokens(), EvenFirstToken(), pool,
+                                    prompt_cache, cfg, groups=6, device=torch.device("cpu"), packed=True,
+                                    seed=0, eos_ids=(1,), default_difficulty={}))
     assert len(grads) == 6
 
 
@@ -182,11 +183,11 @@ def test_rlvr_noise_command_end_to_end(tiny_model_dir, tmp_path, capsys):
     from rlvr.cli import main
 
     recipe = str(Path(__file__).parents[2] / "recipes" / "kk-tiny.yaml")
-    small = ["threads=1", "data.train_size=40", "rl.prompts_per_step=2", "rl.mini_batches=1", "rl.group_size=3",
-             "rl.max_new_tokens=6"]
+    small = ["threads=1", "data.train_size=40", "rl.prompts_per_step=2",
+             "rl.mini_batches=1", "rl.group_size=3", "rl.max_new_tokens=6"]
     out = tmp_path / "noise.json"
-    assert main(["noise", recipe, f"model.path={tiny_model_dir}", *small, "--groups", "3", "--sft-examples", "2",
-                 "--out", str(out)]) == 0
+    assert main(["noise", recipe, f"model.path={tiny_model_dir}", *small, "--groups", "3",
+                 "--sft-examples", "2", "--out", str(out)]) == 0
     result = json.loads(out.read_text())
     assert result["rl"]["per_group"]["n"] == 3 and result["sft"]["per_example"]["n"] == 2
     assert result["group_size"] == 3 and result["prompts_per_step"] == 2

@@ -40,7 +40,8 @@ PUBLISHED = {
         "max_response_length": [2048], "kl_loss_coef": 0.001, "entropy_coeff": 0.001, "weight_decay": 0.01,
         "betas": [0.9, 0.999], "temperature": 1.0, "total_steps": 5 * (4500 // 64),
     },
-    "deepscaler-1.5b": {  # agentica-project/deepscaler scripts/train/run_deepscaler_1.5b_{8k,16k,24k}.sh @ e6080cc
+    # agentica-project/deepscaler scripts/train/run_deepscaler_1.5b_{8k,16k,24k}.sh @ e6080cc
+    "deepscaler-1.5b": {
         "commit": "e6080ccd974eb64bd3430f0b36108244a6fee330", "train_batch_size": 128, "n": [8, 16, 16],
         "ppo_mini_batch_size": 64, "ppo_epochs": 1, "lr": 1e-6, "max_prompt_length": 1024,
         "max_response_length": [8192, 16384, 24576], "kl_loss_coef": 0.001, "entropy_coeff": 0.001,
@@ -70,7 +71,8 @@ def test_reproduction_recipe_derives_the_published_batch_sizes(name):
     for i, step in enumerate(steps_at):
         group = stage_value(rl.group_size_stages, step, rl.group_size)
         assert rl.prompts_per_step == want["train_batch_size"] and group == want["n"][i]
-        assert stage_value(rl.max_new_tokens_stages, step, rl.max_new_tokens) == want["max_response_length"][i]
+        assert (stage_value(rl.max_new_tokens_stages, step, rl.max_new_tokens)
+                == want["max_response_length"][i])
         assert rl.prompts_per_step // rl.mini_batches == want["ppo_mini_batch_size"]
     assert sizes["prompts_per_mini_batch"] == want["ppo_mini_batch_size"]
     assert sizes["sequences_per_mini_batch"] == want["ppo_mini_batch_size"] * want["n"][0]
@@ -78,7 +80,8 @@ def test_reproduction_recipe_derives_the_published_batch_sizes(name):
         want["train_batch_size"] // want["ppo_mini_batch_size"] * want["ppo_epochs"])
     if "total_steps" in want:
         assert rl.steps == want["total_steps"]
-    assert [s.start_step for s in rl.group_size_stages] == want.get("stage_steps", [])[: len(rl.group_size_stages)]
+    assert ([s.start_step for s in rl.group_size_stages]
+            == want.get("stage_steps", [])[: len(rl.group_size_stages)])
     assert [s.start_step for s in rl.max_new_tokens_stages] == want.get("stage_steps", [])
     # optimizer, loss terms, sampling, prompt limit
     assert rl.lr == want["lr"] and rl.lr_schedule == "constant" and rl.warmup_steps == 0

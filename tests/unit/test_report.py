@@ -34,7 +34,8 @@ def _eval_samples(accuracy_by_people: dict[int, float], n_per_size: int = 4) -> 
             correct = j < round(accuracy * n_per_size)
             samples.append({
                 "prompt_index": index, "sample_index": 0, "metadata": {"people": people, "source": "test"},
-                "prompt": f"puzzle {index}", "completion": f"<think>people {people}</think><answer>{correct}</answer>",
+                "prompt": f"puzzle {index}",
+                "completion": f"<think>people {people}</think><answer>{correct}</answer>",
                 "extracted": str(correct), "reward": float(correct), "correct": correct, "format_ok": True,
                 "parts": {}, "n_tokens": 10 + index, "finish_reason": "stop",
             })
@@ -45,7 +46,8 @@ def _eval_samples(accuracy_by_people: dict[int, float], n_per_size: int = 4) -> 
 def make_run(run: Path) -> Path:
     """A run directory as the trainers write it, with one broken metrics line."""
     run.mkdir(parents=True, exist_ok=True)
-    (run / "config.yaml").write_text("name: kk-demo\ntask:\n  name: knights_knaves\nrl:\n  lr: 0.0001  # RESOLVED-CONFIG\n")
+    (run / "config.yaml").write_text("name: kk-demo\ntask:\n  name: knights_knaves\nrl:\n  lr: 0.0001  # "
+                                     "RESOLVED-CONFIG\n")
     lines = []
     for step in range(5):
         lines.append(json.dumps({"step": step, "phase": "sft", "sft/loss": 2.0 / (step + 1), "sft/lr": 1e-3,
@@ -55,28 +57,34 @@ def make_run(run: Path) -> Path:
             "step": step, "phase": "rl", "reward/mean": step / 30, "reward/std": 0.3, "accuracy": step / 40,
             "format_error_ratio": 0.1, "all_correct_ratio": step / 60, "all_wrong_ratio": 1 - step / 30,
             "response_length/mean": 80.0 + step, "response_length/min": 40.0, "response_length/max": 200.0,
-            "response_length/clip_ratio": 0.05, "actor/entropy": 1.0 - step / 60, "actor/kl_loss": 0.001 * step,
-            "actor/pg_clipfrac": 0.02, "actor/lr": 1e-4 * min(1.0, (step + 1) / 5), "rollout/temperature": 1.0,
+            "response_length/clip_ratio": 0.05, "actor/entropy": 1.0 - step / 60,
+            "actor/kl_loss": 0.001 * step, "actor/pg_clipfrac": 0.02,
+            "actor/lr": 1e-4 * min(1.0, (step + 1) / 5), "rollout/temperature": 1.0,
             "rollout/max_new_tokens": 256 if step < 20 else 512, "curriculum/stage": 1 if step < 10 else 2,
-            "timing_s/gen": 1.5, "timing_s/update": 0.5, "timing_s/step": 2.1, "perf/gen_tokens_per_s": 9000.0,
-            "custom/thing": float(step), "actor/grad_norm": float("nan") if step == 3 else 1.0,
+            "timing_s/gen": 1.5, "timing_s/update": 0.5, "timing_s/step": 2.1,
+            "perf/gen_tokens_per_s": 9000.0, "custom/thing": float(step),
+            "actor/grad_norm": float("nan") if step == 3 else 1.0,
         }))
     lines.insert(12, '{"step": 7, "phase": "rl", "reward/mean": 0.')  # a crash mid-write
     (run / "metrics.jsonl").write_text("\n".join(lines) + "\n")
     (run / "samples").mkdir()
     rl_samples = [
-        {"step": 29, "prompt": "p", "completion": "BEST-COMPLETION", "reward": 1.0, "correct": True, "n_tokens": 30},
-        {"step": 29, "prompt": "p", "completion": "WORST-COMPLETION <script>alert(1)</script>", "reward": -1.0,
+        {"step": 29, "prompt": "p", "completion": "BEST-COMPLETION", "reward": 1.0,
+         "correct": True, "n_tokens": 30},
+        {"step": 29, "prompt": "p",
+         "completion": "WORST-COMPLETION <script>alert(1)</script>", "reward": -1.0,
          "correct": False, "n_tokens": 20},
         {"step": 29, "prompt": "p", "completion": "LONGEST-COMPLETION " * 20, "reward": 0.0, "n_tokens": 400},
     ]
-    (run / "samples" / "step_000028.jsonl").write_text(json.dumps({**rl_samples[0], "completion": "OLD"}) + "\n")
+    old_sample = {**rl_samples[0], "completion": "OLD"}
+    (run / "samples" / "step_000028.jsonl").write_text(json.dumps(old_sample) + "\n")
     (run / "samples" / "step_000029.jsonl").write_text("".join(json.dumps(s) + "\n" for s in rl_samples))
     for name, accuracy in (("before_rl_greedy", {3: 0.25, 4: 0.5}), ("after_rl_greedy", {3: 0.75, 4: 0.5})):
         samples = _eval_samples(accuracy)
         settings = {"n": 1, "temperature": 0.0, "top_p": 1.0, "max_new_tokens": 256, "seed": 0, "task": "kk"}
         write_eval(EvalResult(compute_metrics(samples), samples, settings, {}), run / "eval" / name)
-    (run / "summary.json").write_text(json.dumps({"accuracy_greedy_after": 0.625, "wall_s": {"sft": 10, "rl": 20}}))
+    (run / "summary.json").write_text(json.dumps({"accuracy_greedy_after": 0.625,
+                                                  "wall_s": {"sft": 10, "rl": 20}}))
     return run
 
 
@@ -90,7 +98,8 @@ def test_report_renders_a_synthetic_run(tmp_path: Path) -> None:
     assert path == run / "report.html"
     page = path.read_text(encoding="utf-8")
     # Self-contained: nothing fetched, nothing executed.
-    assert not re.search(r"<script|<link|<img|<iframe|\bsrc=|\bhref=|url\(|https?:", page, flags=re.IGNORECASE)
+    assert not re.search(r"<script|<link|<img|<iframe|\bsrc=|\bhref=|url\(|https?:", page,
+                         flags=re.IGNORECASE)
     # Curves present in metrics.jsonl are drawn, with stage boundaries; absent ones are not.
     for title in ("Reward", "Accuracy and format errors", "Groups all correct / all wrong",
                   "Response length (tokens)", "Entropy", "KL", "Learning rate", "Time per phase (s)",
@@ -157,7 +166,8 @@ def test_chart_helpers() -> None:
     # range 1.2e-5 / 5 = 2.4e-6 -> step 5e-6; ticks start at the first multiple inside the range
     assert [round(t, 12) for t in nice_ticks(-2e-6, 1e-5)] == [0.0, 5e-6, 1e-5]
     assert nice_ticks(-1.0, 1.0) == [-1.0, -0.5, 0.0, 0.5, 1.0]
-    assert format_number(1e-6) == "1.00e-6" and format_number(0.12345) == "0.123" and format_number(12.0) == "12"
+    assert (format_number(1e-6) == "1.00e-6" and format_number(0.12345) == "0.123"
+            and format_number(12.0) == "12")
     assert format_number(float("nan")) == "–"
     svg = svg_line_chart(Panel("t", [("a", [0, 1, 2, 3], [1.0, math.nan, 2.0, 3.0]), ("b", [5], [1.0])]))
     ET.fromstring(svg)
@@ -165,8 +175,8 @@ def test_chart_helpers() -> None:
 
 
 def test_pick_samples() -> None:
-    samples = [{"reward": 1.0, "n_tokens": 50}, {"reward": 1.0, "n_tokens": 10}, {"reward": 0.0, "n_tokens": 5},
-               {"reward": 0.5, "n_tokens": 99}]
+    samples = [{"reward": 1.0, "n_tokens": 50}, {"reward": 1.0, "n_tokens": 10},
+               {"reward": 0.0, "n_tokens": 5}, {"reward": 0.5, "n_tokens": 99}]
     picks = {label: s["n_tokens"] for label, s in pick_samples(samples)}
     assert picks == {"best": 10, "worst": 5, "longest": 99}
     assert pick_samples([{"text": "no reward"}]) == []
@@ -180,7 +190,8 @@ def test_pick_samples() -> None:
 def test_report_renders_in_headless_chromium(tmp_path: Path) -> None:
     run = make_run(tmp_path / "run")
     path = write_report(run, png=False)
-    browser = next(shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b))
+    browser = next(shutil.which(b)
+                   for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b))
     result = subprocess.run(
         [browser, "--headless", "--disable-gpu", "--no-sandbox", "--dump-dom", path.resolve().as_uri()],
         capture_output=True, text=True, timeout=120,

@@ -82,7 +82,8 @@ def test_failure_counts_of_a_wrapped_task_and_their_per_step_increase(reward_fil
     task = GenericTask()
     assert reward_failures(task) == {} and failure_metrics(task, {}) == {}  # no function: no metric
     scored = WithRewardFunctions(task, [(load_reward_function(f"{reward_file}:raises"), 1.0),
-                                        (load_reward_function(f"{reward_file}:hangs", timeout_seconds=0.5), 1.0)])
+                                        (load_reward_function(f"{reward_file}:hangs", timeout_seconds=0.5),
+                                         1.0)])
     example = task.from_record({"prompt": "q", "answer": "1"})
     scored.score("a", example)
     before = reward_failures(scored)
@@ -125,7 +126,8 @@ def test_generic_task_rows_and_weighted_functions(reward_file: str) -> None:
                                         (load_reward_function(f"{reward_file}:raises"), 1.0)])
     score = scored.score("42", example)
     assert score.reward == 2.0 and score.correct
-    assert score.parts["reward_errors"] == 1.0 and score.parts["fn1"] == 0.0 and score.parts["fn0/length"] == 2.0
+    assert (score.parts["reward_errors"] == 1.0 and score.parts["fn1"] == 0.0
+            and score.parts["fn0/length"] == 2.0)
     assert scored.score("41", example).reward == 0.0 and not scored.score("41", example).correct
 
 
@@ -134,7 +136,8 @@ def test_recipe_reward_section_builds_the_scored_task_and_names_bad_specs(reward
     from rlvr.config import ConfigError, load_config
     from rlvr.trainers.pipeline import with_reward_functions
 
-    config = load_config(overrides=["data.task=generic", f"reward.functions=[{{function: '{reward_file}:verl_score', "
+    config = load_config(overrides=["data.task=generic",
+                                    f"reward.functions=[{{function: '{reward_file}:verl_score', "
                                     "weight: 3}]", "reward.timeout_seconds=2"])
     task = with_reward_functions(tasks.get(config.data.task), config.reward)
     example = task.from_record({"prompt": "q", "answer": "7"})

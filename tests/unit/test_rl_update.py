@@ -23,7 +23,7 @@ class GradRecorder(torch.optim.SGD):
         super().__init__(model.parameters(), lr=0.0)
         self.seen: dict[str, torch.Tensor] = {}
 
-    def step(self, closure=None):  # noqa: ANN001
+    def step(self, closure=None):
         for name, p in zip(self.names, self.param_groups[0]["params"]):
             self.seen[name] = p.grad.detach().clone()
         return super().step(closure)
@@ -50,10 +50,11 @@ def step(batch: RolloutBatch, loss_agg: str, model: NativeCausalLM, optimizer: t
     width = max(len(c) for c in batch.completion_ids)
     lengths = torch.tensor([len(c) for c in batch.completion_ids])
     mask = (torch.arange(width)[None, :] < lengths[:, None]).float()
-    adv = algorithms.compute_advantages("grpo", torch.tensor(batch.rewards), torch.tensor(batch.group_ids), mask)
+    adv = algorithms.compute_advantages("grpo", torch.tensor(batch.rewards),
+                                        torch.tensor(batch.group_ids), mask)
     old_lp = padded(batch.engine_logprobs, width)
-    return minibatch_step(model, optimizer, batch, list(range(len(batch))), width, adv, mask, old_lp, None, cfg,
-                          knobs, torch.device("cpu"), True)
+    return minibatch_step(model, optimizer, batch, list(range(len(batch))), width, adv,
+                          mask, old_lp, None, cfg, knobs, torch.device("cpu"), True)
 
 
 @pytest.mark.parametrize("loss_agg", ["token-mean", "seq-mean-token-mean"])
@@ -63,7 +64,7 @@ def test_zero_advantage_groups_are_not_run_and_the_gradient_is_unchanged(monkeyp
     run_rows: list[int] = []
     values = rl.sequence_values
 
-    def counting(model, b, index, *args, **kwargs):  # noqa: ANN001
+    def counting(model, b, index, *args, **kwargs):
         run_rows.extend(index)
         return values(model, b, index, *args, **kwargs)
 
@@ -106,12 +107,14 @@ def test_shuffle_rewards_permutes_within_groups_by_seed_and_step() -> None:
     real = torch.tensor(batch.rewards)
     assert torch.equal(rl.training_rewards(batch, RLConfig(), seed=0, step=0), real)
     control = RLConfig(shuffle_rewards=True)
-    draws = {(seed, step): rl.training_rewards(batch, control, seed, step) for seed in (0, 1) for step in (0, 1, 2)}
+    draws = {(seed, step): rl.training_rewards(batch, control, seed, step) for seed in (0, 1)
+             for step in (0, 1, 2)}
     ids = torch.tensor(batch.group_ids)
     for out in draws.values():
         for g in range(3):
             assert sorted(out[ids == g].tolist()) == sorted(real[ids == g].tolist())
-    assert torch.equal(rl.training_rewards(batch, control, 1, 2), draws[1, 2])  # a pure function of (seed, step)
+    # a pure function of (seed, step)
+    assert torch.equal(rl.training_rewards(batch, control, 1, 2), draws[1, 2])
     assert len({tuple(v.tolist()) for v in draws.values()}) > 1
     assert any(not torch.equal(v, real) for v in draws.values())
 
@@ -122,11 +125,12 @@ def test_shuffle_rewards_permutes_within_groups_by_seed_and_step() -> None:
 def learner_logprobs(model: NativeCausalLM, batch: RolloutBatch) -> torch.Tensor:
     width = max(len(c) for c in batch.completion_ids)
     with torch.no_grad():
-        lp, _ = rl.sequence_values(model, batch, range(len(batch)), width, 1.0, torch.device("cpu"), True, 1 << 20)
+        lp, _ = rl.sequence_values(model, batch, range(len(batch)), width, 1.0,
+                                   torch.device("cpu"), True, 1 << 20)
     return lp
 
 
-def update(model: NativeCausalLM, batch: RolloutBatch, shares: bool, step_fn=None, **cfg_options):  # noqa: ANN001
+def update(model: NativeCausalLM, batch: RolloutBatch, shares: bool, step_fn=None, **cfg_options):
     cfg = RLConfig(micro_batch_tokens=64, **{"mini_batches": 3, **cfg_options})
     knobs = Knobs(difficulty={}, max_new_tokens=16, group_size=4, temperature=1.0, lr=5e-2, stage=0)
     optimizer = torch.optim.AdamW(model.parameters(), lr=5e-2)
@@ -142,7 +146,7 @@ def test_old_logprobs_are_recomputed_when_the_engine_does_not_share_weights(shar
     current = learner_logprobs(model, batch)
     seen = []
 
-    def record(policy, optimizer, b, index, width, advantages, loss_mask, old_lp, *rest):  # noqa: ANN001
+    def record(_policy, _optimizer, _b, _index, _width, _advantages, _loss_mask, old_lp, *_rest):
         seen.append(old_lp)
         return {}
 
@@ -161,7 +165,8 @@ def test_logprob_mismatch_is_measured_before_the_first_update(shares):
     torch.manual_seed(0)
     model = NativeCausalLM(CFG)
     current = learner_logprobs(model, batch)
-    batch.engine_logprobs = [(current[i, : len(c)] + 0.1).tolist() for i, c in enumerate(batch.completion_ids)]
+    batch.engine_logprobs = [(current[i, : len(c)] + 0.1).tolist()
+                             for i, c in enumerate(batch.completion_ids)]
     stats = update(model, batch, shares, ppo_epochs=2)
     assert stats["actor/logprob_mismatch"] == pytest.approx(0.1, abs=1e-5)
     assert float((learner_logprobs(model, batch) - current).abs().max()) > 0.05  # the policy did move
@@ -182,7 +187,7 @@ def test_tis_and_kl_in_reward_share_one_forward_of_the_current_policy(monkeypatc
     calls: list[tuple[bool, bool]] = []
     values = rl.sequence_values
 
-    def counting(m, *args, **kwargs):  # noqa: ANN001
+    def counting(m, *args, **kwargs):
         calls.append((m is model, torch.is_grad_enabled()))
         return values(m, *args, **kwargs)
 
@@ -192,7 +197,8 @@ def test_tis_and_kl_in_reward_share_one_forward_of_the_current_policy(monkeypatc
     knobs = Knobs(difficulty={}, max_new_tokens=16, group_size=4, temperature=1.0, lr=1e-3, stage=0)
     stats = rl.update_policy(model, ref, torch.optim.AdamW(model.parameters(), lr=1e-3), batch, cfg, knobs,
                              torch.device("cpu"), True, 0, 0, engine_shares_weights=False)
-    assert calls.count((True, False)) == 1  # the current policy before the update: once, for TIS, KL and old lp
+    # the current policy before the update: once, for TIS, KL and old lp
+    assert calls.count((True, False)) == 1
     assert calls.count((False, False)) == 1  # the reference
     assert calls.count((True, True)) == 2  # one training forward per mini-batch
     assert "actor/reward_kl" in stats and "rollout/tis_weight_mean" in stats
@@ -206,7 +212,8 @@ def test_update_workers_give_the_sequential_gradient_and_statistics():
     width = max(len(c) for c in batch.completion_ids)
     lengths = torch.tensor([len(c) for c in batch.completion_ids])
     mask = (torch.arange(width)[None, :] < lengths[:, None]).float()
-    adv = algorithms.compute_advantages("grpo", torch.tensor(batch.rewards), torch.tensor(batch.group_ids), mask)
+    adv = algorithms.compute_advantages("grpo", torch.tensor(batch.rewards),
+                                        torch.tensor(batch.group_ids), mask)
     old_lp = padded(batch.engine_logprobs, width)
     lengths_list = rl.forward_lengths(NativeCausalLM(CFG), batch, range(len(batch)), True)
     assert len(rl.micro_batches(lengths_list, 24)) >= 3  # there is something to split
@@ -216,8 +223,8 @@ def test_update_workers_give_the_sequential_gradient_and_statistics():
         model = NativeCausalLM(CFG)
         optimizer = GradRecorder(model)
         cfg = RLConfig(micro_batch_tokens=24, update_workers=workers)
-        stats[workers] = minibatch_step(model, optimizer, batch, list(range(len(batch))), width, adv, mask, old_lp,
-                                        None, cfg, knobs, torch.device("cpu"), True)
+        stats[workers] = minibatch_step(model, optimizer, batch, list(range(len(batch))),
+                                        width, adv, mask, old_lp, None, cfg, knobs, torch.device("cpu"), True)
         seen[workers] = optimizer.seen
     for name, grad in seen[1].items():
         torch.testing.assert_close(seen[3][name], grad, atol=1e-6, rtol=1e-5, msg=name)

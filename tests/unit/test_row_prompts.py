@@ -17,7 +17,8 @@ from rlvr.tasks.generic import RowPrompts
 from rlvr.trainers.pipeline import check_inputs
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
-VERL_MATH = {"data_source": "gsm8k", "prompt": [{"role": "user", "content": "What is 6*7? Let's think step by step."}],
+VERL_MATH = {"data_source": "gsm8k",
+             "prompt": [{"role": "user", "content": "What is 6*7? Let's think step by step."}],
              "reward_model": {"ground_truth": "42"}}
 
 
@@ -33,19 +34,20 @@ def test_a_verl_rows_chat_prompt_is_used_as_given_unless_the_task_renders_it(tmp
     generated = math.examples(1, seed=0)[0]
     assert kept.messages(generated) == math.messages(generated)  # no row prompt: the task's
     write_jsonl_atomic(tmp_path / "train.jsonl", [VERL_MATH] * 3)
-    base = ["data.task=math", f"data.train_file={tmp_path}/train.jsonl", f"data.eval_file={tmp_path}/train.jsonl",
-            "sft.enabled=false"]
+    base = ["data.task=math", f"data.train_file={tmp_path}/train.jsonl",
+            f"data.eval_file={tmp_path}/train.jsonl", "sft.enabled=false"]
     assert check_inputs(load_config(overrides=base)).task.messages(example) == VERL_MATH["prompt"]
     rendered = check_inputs(load_config(overrides=[*base, "data.row_prompt=task"])).task
     assert rendered.messages(example) == math.messages(example)
 
 
 def test_a_row_holding_an_already_templated_prompt_is_refused_under_keep():
-    config = ["data.task=knights_knaves", f"data.eval_file={FIXTURES}/kk_logic_rl_verl.jsonl", "sft.enabled=false",
-              "rl.enabled=false"]
-    with pytest.raises(ConfigError, match=r"config key data.eval_file: .*kk_logic_rl_verl.jsonl:1: field 'prompt': "
-                                          r"the chat list's text already holds chat-template markers .*"
-                                          "Set data.row_prompt=task"):
+    config = ["data.task=knights_knaves", f"data.eval_file={FIXTURES}/kk_logic_rl_verl.jsonl",
+              "sft.enabled=false", "rl.enabled=false"]
+    with pytest.raises(ConfigError,
+                       match=r"config key data.eval_file: .*kk_logic_rl_verl.jsonl:1: field 'prompt': "
+                             r"the chat list's text already holds chat-template markers .*"
+                             "Set data.row_prompt=task"):
         check_inputs(load_config(overrides=config))
     inputs = check_inputs(load_config(overrides=[*config, "data.row_prompt=task"]))
     assert inputs.eval_rows and "<|im_start|>" not in json.dumps(inputs.task.messages(inputs.eval_rows[0]))
@@ -53,7 +55,8 @@ def test_a_row_holding_an_already_templated_prompt_is_refused_under_keep():
 
 TEMPLATES = [
     "A conversation between User and Assistant. User: {question}\nAssistant: <think>",
-    "\n  leading newline and spaces, {{braces}}, \"quotes\", 'single', é ∑ 🙂, {{% raw %}} {{{{ x }}}}\n{question}\n\n",
+    "\n  leading newline and spaces, {{braces}}, \"quotes\", 'single', é ∑ 🙂, {{% raw %}} {{{{ x "
+    "}}}}\n{question}\n\n",
     "{question}",
     "Q: {question}\nQ again: {question}\nA:",
 ]
@@ -70,12 +73,13 @@ def test_the_prompt_template_gives_exactly_the_format_string(tiny_model_dir, tem
     assert prompt_text(tokenizer, messages, prefix) == template.format(question="2 + 2 = {?}\n")
 
 
-def test_bad_prompt_templates_name_the_key(tiny_model_dir):
+def test_bad_prompt_templates_name_the_key():
     for template, message in (("User: {q}", r"has fields \['q'\]; expected \{question\}"),
                               ("no field at all", "expected {question}"),
                               ("User: {question", "is not a format string")):
-        with pytest.raises(ConfigError, match=r"override data.prompt_template=.*config key data.prompt_template: .*"
-                                              + message):
+        with pytest.raises(ConfigError,
+                           match=r"override data.prompt_template=.*config key data.prompt_template: .*"
+                                 + message):
             load_config(overrides=[f"data.prompt_template='{template}'"])
     config = load_config(overrides=["data.prompt_template='User: {question} Assistant:'", "sft.enabled=false",
                                     "data.task_options={response_prefix: '<think>'}"])
@@ -97,14 +101,15 @@ def test_arrow_files_and_datasets_directories_load_like_parquet(tmp_path):
     saved.mkdir()
     arrow_stream(saved / "data-00000-of-00002.arrow", rows[:3])
     arrow_stream(saved / "data-00001-of-00002.arrow", rows[3:])
-    (saved / "state.json").write_text(json.dumps({"_data_files": [{"filename": "data-00000-of-00002.arrow"},
-                                                                  {"filename": "data-00001-of-00002.arrow"}]}))
+    shards = [{"filename": "data-00000-of-00002.arrow"}, {"filename": "data-00001-of-00002.arrow"}]
+    (saved / "state.json").write_text(json.dumps({"_data_files": shards}))
     (saved / "dataset_info.json").write_text("{}")
     math = tasks.get("math")
     assert [e.prompt for e in load_examples(math, saved)] == [r["problem"] for r in rows]
     assert [n for n, _ in read_numbered(saved)] == [1, 2, 3, 4, 5]
     single = tmp_path / "rows.arrow"  # the IPC file format too
-    with pa.OSFile(str(single), "wb") as sink, pa.ipc.new_file(sink, pa.Table.from_pylist(rows).schema) as writer:
+    with pa.OSFile(str(single), "wb") as sink, \
+            pa.ipc.new_file(sink, pa.Table.from_pylist(rows).schema) as writer:
         writer.write_table(pa.Table.from_pylist(rows))
     assert [e.answer for e in load_examples(math, single)] == ["1", "2", "3", "4", "5"]
     arrow_stream(saved / "data-00001-of-00002.arrow", [rows[3], {"problem": "no answer", "level": 1}])
@@ -121,8 +126,9 @@ def test_datasets_directories_that_cannot_be_read_are_named(tmp_path):
     (splits / "train").mkdir(parents=True)
     (splits / "train" / "state.json").write_text(json.dumps({"_data_files": [{"filename": "data.arrow"}]}))
     (splits / "dataset_dict.json").write_text('{"splits": ["train"]}')
-    with pytest.raises(DataError, match=r"a DatasetDict with splits \['train'\]; name one split's directory, e.g. "
-                                        rf"{splits}/train"):
+    with pytest.raises(DataError,
+                       match=r"a DatasetDict with splits \['train'\]; name one split's directory, e.g. "
+                             rf"{splits}/train"):
         list(read_numbered(splits))
     with pytest.raises(DataError, match=r"shards \['data.arrow'\] named in state.json are missing"):
         list(read_numbered(splits / "train"))

@@ -37,7 +37,8 @@ def test_the_three_layouts_give_the_same_conversation():
     chat = [{"role": "user", "content": user}, {"role": "assistant", "content": answer}]
     assert record_messages({"messages": chat, "id": 3}) == (chat, False)
     assert record_messages({"prompt": user, "completion": answer}) == (chat, True)
-    assert record_messages({"conversations": [{"from": "human", "value": user}, {"from": "gpt", "value": answer}]}) \
+    assert record_messages({"conversations": [{"from": "human", "value": user},
+                                              {"from": "gpt", "value": answer}]}) \
         == (chat, False)
     # TRL's conversational prompt/completion: chat lists on both sides
     assert record_messages({"prompt": chat[:1], "completion": chat[1:]}) == (chat, False)
@@ -81,7 +82,8 @@ def test_bad_rows_name_the_file_line_and_what_was_expected(tmp_path):
     cases = [
         (['{"messages": [}'], r"bad.jsonl:1: invalid JSON: .*\(column 15\)"),
         ([good, {"question": "x", "answer": "y"}],
-         r"bad.jsonl:2: expected `messages` .*`prompt` \+ `completion`.*`conversations`.*; the row has the keys "
+         r"bad.jsonl:2: expected `messages` .*`prompt` \+ `completion`.*`conversations`.*; the "
+         r"row has the keys "
          r"answer, question"),
         ([{"messages": [{"role": "user", "content": "x"}]}], r"bad.jsonl:1: messages has no assistant turn"),
         ([{"messages": [{"role": "user", "text": "x"}]}], r"bad.jsonl:1: messages\[0\] must be"),
@@ -101,7 +103,8 @@ def test_parquet_rows_read_like_jsonl(tmp_path):
 
     write_parquet_atomic(tmp_path / "sft.parquet", [MULTI_TURN, MULTI_TURN])
     rows = read_conversations(tmp_path / "sft.parquet")
-    assert [r.messages for r in rows] == [MULTI_TURN["messages"]] * 2 and rows[1].where.endswith("sft.parquet:2")
+    assert ([r.messages for r in rows] == [MULTI_TURN["messages"]] * 2
+            and rows[1].where.endswith("sft.parquet:2"))
 
 
 def test_truncation_cuts_counts_and_drops_sequences_left_without_targets():

@@ -46,7 +46,8 @@ def test_what_is_not_a_task_fails_with_one_message_naming_it(tmp_path):
     assert "examples(n, seed, **difficulty)" in message  # what a Task has
     (tmp_path / "broken.py").write_text("import no_such_dependency_xyz\n")
     cases = {f"{tmp_path}/broken.py:T": "does not import: ModuleNotFoundError",
-             f"{tmp_path}/absent.py:T": "does not exist", f"{FIXTURE}:Absent": "has no class or function 'Absent'",
+             f"{tmp_path}/absent.py:T": "does not exist",
+             f"{FIXTURE}:Absent": "has no class or function 'Absent'",
              "knights_knave": "did you mean 'knights_knaves'", "no_such_module_xyz:T": "does not import"}
     for spec, expected in cases.items():
         with pytest.raises(TaskError, match=expected):
@@ -59,7 +60,8 @@ def test_the_config_resolves_a_task_spec_and_names_data_task_when_it_does_not_im
     assert load_config().data.difficulty == {"people": 3}  # knights_knaves' own, as before
     assert load_config().sft.difficulty == {"people": [2, 3, 3, 3]}
     assert load_config(overrides=["data.task=math"]).data.difficulty == {}
-    assert load_config(overrides=[f"data.task={SPEC}", "data.difficulty={length: 3}"]).data.difficulty == {"length": 3}
+    assert (load_config(overrides=[f"data.task={SPEC}", "data.difficulty={length: 3}"]).data.difficulty
+            == {"length": 3})
     (tmp_path / "broken.py").write_text("raise RuntimeError('my task is broken')\n")
     with pytest.raises(ConfigError, match=r"^override data.task=.*broken.py:T: config key data.task: task .*"
                                           "does not import: RuntimeError: my task is broken"):
@@ -69,9 +71,10 @@ def test_the_config_resolves_a_task_spec_and_names_data_task_when_it_does_not_im
 def test_check_inputs_refuses_a_spec_that_builds_no_task():
     from rlvr.trainers.pipeline import check_inputs
 
-    config = load_config(overrides=[f"data.task={FIXTURE}:NotATask", "data.difficulty={}", "data.eval_difficulty={}",
-                                    "sft.difficulty={}"])
-    with pytest.raises(ConfigError, match="config key data.task: task .* is not a rlvr Task: missing from_record"):
+    config = load_config(overrides=[f"data.task={FIXTURE}:NotATask", "data.difficulty={}",
+                                    "data.eval_difficulty={}", "sft.difficulty={}"])
+    with pytest.raises(ConfigError,
+                       match="config key data.task: task .* is not a rlvr Task: missing from_record"):
         check_inputs(config)
 
 
@@ -84,12 +87,14 @@ def test_check_task_passes_a_good_task(capsys):
 @pytest.mark.parametrize("flaw, check, why", [
     ("half", "the oracle earns the maximum", "scored (correct, format_ok, reward) = (True, True, 0.5)"),
     ("lenient", "garbage earns the minimum", "a completion of 0 characters starting '' was judged correct"),
-    ("raises", "garbage earns the minimum", "score raised KeyError: 'answer' on a completion of 0 characters"),
+    ("raises", "garbage earns the minimum",
+     "score raised KeyError: 'answer' on a completion of 0 characters"),
     ("hangs", "garbage earns the minimum", "score did not return within 1s on a completion of 0 characters"),
     ("prints", "garbage earns the minimum", "score printed 'scoring \\n'"),
 ])
 def test_check_task_names_the_broken_promise(flaw, check, why, capsys):
-    assert main(["check-task", SPEC, "--task-option", f"flaw={flaw}", "--timeout-seconds", "1", "--n", "2"]) == 1
+    assert main(["check-task", SPEC, "--task-option", f"flaw={flaw}", "--timeout-seconds",
+                 "1", "--n", "2"]) == 1
     out = capsys.readouterr().out
     failed = [line for line in out.splitlines() if line.startswith("FAIL")]
     assert any(line.startswith(f"FAIL  {check}") and why in line for line in failed), out

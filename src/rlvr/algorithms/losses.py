@@ -97,7 +97,7 @@ def ppo_loss(
     logprobs: Tensor,
     old_logprobs: Tensor,
     advantages: Tensor,
-    mask: Tensor,
+    mask: Tensor,  # noqa: ARG001 - POLICY_LOSSES' signature
     *,
     clip_low: float = 0.2,
     clip_high: float = 0.2,
@@ -140,7 +140,7 @@ def cispo_loss(
     logprobs: Tensor,
     old_logprobs: Tensor,
     advantages: Tensor,
-    mask: Tensor,
+    mask: Tensor,  # noqa: ARG001 - POLICY_LOSSES' signature
     *,
     clip_high: float = 0.28,
 ) -> TokenTerms:
@@ -157,7 +157,7 @@ def cispo_loss(
     return TokenTerms(-ratio.clamp(max=1.0 + clip_high) * advantages * logprobs, ratio, upper, never, never)
 
 
-def reinforce_loss(logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, mask: Tensor) -> TokenTerms:
+def reinforce_loss(logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, mask: Tensor) -> TokenTerms:  # noqa: ARG001 - POLICY_LOSSES' signature
     """REINFORCE (Williams 1992): l = -A * logprobs, no importance ratio (on-policy only).
 
     old_logprobs only feed the stats (ratio, ppo_kl), which show how off-policy the batch is.

@@ -49,7 +49,8 @@ def record_messages(record: dict[str, Any]) -> tuple[list[dict[str, str]], bool]
     if "prompt" in record and "completion" in record:
         prompt, completion = record["prompt"], record["completion"]
         plain = isinstance(prompt, str) and isinstance(completion, str)
-        head = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else _chat(prompt, "prompt", False)
+        head = ([{"role": "user", "content": prompt}] if isinstance(prompt, str)
+                else _chat(prompt, "prompt", False))
         if isinstance(completion, str):
             tail = [{"role": "assistant", "content": completion}]
         else:
@@ -78,12 +79,14 @@ def _chat(value: Any, key: str, need_assistant: bool = True) -> list[dict[str, s
 
 def _sharegpt(value: Any) -> list[dict[str, str]]:
     if not isinstance(value, list) or not value:
-        raise ValueError(f"conversations must be a non-empty list of {{from, value}} turns, got {_kind(value)}")
+        raise ValueError(f"conversations must be a non-empty list of {{from, value}} turns, "
+                         f"got {_kind(value)}")
     messages = []
     for i, item in enumerate(value):
         if not isinstance(item, dict) or not isinstance(item.get("from"), str) \
                 or not isinstance(item.get("value"), str):
-            raise ValueError(f"conversations[{i}] must be {{\"from\": str, \"value\": str}}, got {_short(item)}")
+            raise ValueError(f"conversations[{i}] must be {{\"from\": str, \"value\": str}}, "
+                             f"got {_short(item)}")
         role = SHAREGPT_ROLES.get(item["from"].lower())
         if role is None:
             raise ValueError(f"conversations[{i}]: unknown speaker from={item['from']!r}; expected one of "
@@ -128,8 +131,8 @@ def segments(tokenizer: Any, conversation: Conversation) -> list[tuple[str, bool
     if getattr(tokenizer, "chat_template", None) is None:
         if conversation.plain:
             return [(conversation.messages[0]["content"], False), (conversation.messages[1]["content"], True)]
-        raise ValueError(f"{conversation.where}: the tokenizer has no chat template, so chat messages cannot be "
-                         "rendered (a prompt/completion row of plain strings can)")
+        raise ValueError(f"{conversation.where}: the tokenizer has no chat template, so chat "
+                         "messages cannot be rendered (a prompt/completion row of plain strings can)")
     messages = conversation.messages
     pieces: list[tuple[str, bool]] = []
     done = ""
@@ -139,10 +142,10 @@ def segments(tokenizer: Any, conversation: Conversation) -> list[tuple[str, bool
         before = tokenizer.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True)
         through = tokenizer.apply_chat_template(messages[: i + 1], tokenize=False)
         if not (before.startswith(done) and through.startswith(before)):
-            raise ValueError(f"{conversation.where}: the chat template renders earlier turns differently once later "
-                             "turns follow (e.g. it drops the reasoning of past assistant turns), so the loss "
-                             "cannot be put on every assistant turn; split the conversation into one row per "
-                             "assistant turn")
+            raise ValueError(f"{conversation.where}: the chat template renders earlier turns "
+                             "differently once later turns follow (e.g. it drops the reasoning "
+                             "of past assistant turns), so the loss cannot be put on every "
+                             "assistant turn; split the conversation into one row per assistant turn")
         pieces += [(before[len(done):], False), (through[len(before):], True)]
         done = through
     return [(text, trained) for text, trained in pieces if text]
@@ -179,7 +182,8 @@ def tokenize(tokenizer: Any, conversations: Sequence[Conversation],
 
 def is_conversation(record: dict[str, Any]) -> bool:
     """Whether a row is in one of the SFT LAYOUTS (rather than a task's problem row)."""
-    return "messages" in record or "conversations" in record or ("prompt" in record and "completion" in record)
+    return ("messages" in record or "conversations" in record
+            or ("prompt" in record and "completion" in record))
 
 
 def token_lengths(tokenizer: Any, conversations: Sequence[Conversation],

@@ -26,12 +26,13 @@ def check_prompt_template(template: str) -> None:
     try:
         fields = [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
     except ValueError as error:
-        raise PromptTemplateError(f"{template!r} is not a format string: {error} (write literal braces as {{{{ }}}})") \
+        raise PromptTemplateError(f"{template!r} is not a format string: {error} (write literal "
+                                  f"braces as {{{{ }}}})") \
             from None
     others = sorted(set(fields) - {"question"})
     if others or "question" not in fields:
-        raise PromptTemplateError(f"{template!r} has fields {fields}; expected {{question}} (and no other field: "
-                                  "write literal braces as {{ }})")
+        raise PromptTemplateError(f"{template!r} has fields {fields}; expected {{question}} "
+                                  "(and no other field: write literal braces as {{ }})")
 
 
 def template_as_jinja(template: str, response_prefix: str = "") -> str:
@@ -41,9 +42,9 @@ def template_as_jinja(template: str, response_prefix: str = "") -> str:
     written: the template holds the whole prompt."""
     check_prompt_template(template)
     if not template.endswith(response_prefix):
-        raise PromptTemplateError(f"{template!r} does not end with the task's response_prefix {response_prefix!r}: "
-                                  "the template holds the pre-fill the scorer assumes (set data.task_options."
-                                  "response_prefix to the template's pre-filled tail)")
+        raise PromptTemplateError(f"{template!r} does not end with the task's response_prefix "
+                                  f"{response_prefix!r}: the template holds the pre-fill the scorer assumes "
+                                  "(set data.task_options.response_prefix to the template's pre-filled tail)")
     body = template[: len(template) - len(response_prefix)] if response_prefix else template
     parts = ["{%- set ns = namespace(question='') -%}{%- for message in messages -%}"
              "{%- if message['role'] == 'user' -%}{%- set ns.question = message['content'] -%}{%- endif -%}"

@@ -7,8 +7,9 @@ Qwen2-architecture causal LM with random weights, saved as a Hugging Face direct
 
 Everything is a function of (preset, tasks, seed, vocab_size, corpus size): with the same
 transformers / tokenizers versions the same arguments give byte-identical files. The seed moves
-the weights only; the tokenizer depends on the tasks and vocabulary size. The directory loads with AutoModelForCausalLM / AutoTokenizer like any
-Qwen2.5 checkpoint, so the rest of rlvr never needs to know the model was made here.
+the weights only; the tokenizer depends on the tasks and vocabulary size. The directory loads
+with AutoModelForCausalLM / AutoTokenizer like any Qwen2.5 checkpoint, so the rest of rlvr never
+needs to know the model was made here.
 """
 
 from __future__ import annotations

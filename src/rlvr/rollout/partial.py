@@ -161,11 +161,13 @@ class PartialRollouts:
                     by_cap.setdefault(cap, []).append((g, s))
         for part, cap in enumerate(sorted(by_cap, reverse=True)):
             rows = by_cap[cap]
-            seed = None if params.seed is None else (params.seed * 1_000_003 + call * 7919 + part) % (2**63 - 1)
+            seed = (None if params.seed is None
+                    else (params.seed * 1_000_003 + call * 7919 + part) % (2**63 - 1))
             inner = dataclasses.replace(params, n=1, max_new_tokens=cap, seed=seed)
             outs = self.engine.generate([g.prompt_ids + s.token_ids for g, s in rows], inner)
             if len(outs) != len(rows):
-                raise RuntimeError(f"PartialRollouts: inner engine returned {len(outs)} rollouts for {len(rows)} rows")
+                raise RuntimeError(f"PartialRollouts: inner engine returned {len(outs)} rollouts for "
+                                   f"{len(rows)} rows")
             for (g, s), r in zip(rows, sorted(outs, key=lambda r: r.prompt_index)):
                 s.token_ids.extend(r.token_ids)
                 s.logprobs.extend(r.logprobs)
@@ -192,8 +194,8 @@ class PartialRollouts:
                 rollouts.append(Rollout(
                     prompt_index=i, prompt_ids=list(g.prompt_ids), token_ids=list(s.token_ids),
                     logprobs=list(s.logprobs), finish_reason=s.finish_reason,
-                    metadata={"sample_index": s.sample_index, "staleness": age, "token_versions": list(s.versions),
-                              "segments": s.segments},
+                    metadata={"sample_index": s.sample_index, "staleness": age,
+                              "token_versions": list(s.versions), "segments": s.segments},
                 ))
         waiting = sum(1 for g in self._pending for s in g.sequences if s.finish_reason is not None)
         metrics = {
@@ -217,7 +219,8 @@ class PartialRollouts:
 
 
 def truncated_importance_weights(learner_logprobs: torch.Tensor, rollout_logprobs: torch.Tensor,
-                                 mask: torch.Tensor, cap: float = 2.0) -> tuple[torch.Tensor, dict[str, float]]:
+                                 mask: torch.Tensor,
+                                 cap: float = 2.0) -> tuple[torch.Tensor, dict[str, float]]:
     """Per-token truncated importance weights w = min(pi_learner / pi_rollout, cap), detached; (B, T).
 
     learner_logprobs: log-probs of the sampled tokens under the learner's current (pre-update)
