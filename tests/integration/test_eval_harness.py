@@ -61,7 +61,8 @@ def test_eval_command_end_to_end(model_dir: Path, tmp_path: Path) -> None:
     assert payload["settings"]["data"] == str(data) and payload["settings"]["model"] == str(model_dir)
     samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
     assert len(samples) == 8
-    assert compute_metrics(samples, (1, 2)) == pytest.approx(result.metrics)
+    assert compute_metrics(samples, (1, 2), payload["settings"]["difficulty_keys"]) == pytest.approx(result.metrics)
+    assert result.metrics["by_people/2/n_prompts"] == 2  # knights_knaves' difficulty key
     assert result.samples == []  # streamed to the file, not held
     generated = eval_command(str(model_dir), "knights_knaves", None, limit=3, max_new_tokens=4, device="cpu",
                              progress=False)

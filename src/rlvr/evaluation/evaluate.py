@@ -4,7 +4,8 @@ evaluate() turns examples into prompts with the tokenizer's chat template, asks 
 for n completions per prompt, scores each with the task's verifier and computes the metrics of
 rlvr.evaluation.metrics from the resulting samples. write_eval() stores them as
 `metrics.json` (metrics, sampling settings, timing) and `samples.jsonl` (one line per
-completion); compute_metrics(read samples) gives back the same metrics.
+completion); compute_metrics(read samples, k_values, settings["difficulty_keys"]) gives back the
+same metrics.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typing import Any
 import torch
 
 from rlvr.data.io import iter_examples, write_json_atomic, write_jsonl_atomic
-from rlvr.evaluation.metrics import MetricsAccumulator, compute_metrics
+from rlvr.evaluation.metrics import MetricsAccumulator, compute_metrics, difficulty_keys_of
 from rlvr.models.chat import batch_prompt_ids, decode_completion, eos_token_ids
 from rlvr.models.loading import load_model, load_tokenizer
 from rlvr.models.native import NativeCausalLM, is_supported
@@ -140,6 +141,7 @@ def _settings(task: Task, n: int, temperature: float, top_p: float, top_k: int, 
         "task": task.name, "model": model_path, "n": n, "temperature": temperature, "top_p": top_p,
         "top_k": top_k, "max_new_tokens": max_new_tokens, "seed": seed, "k_values": list(k_values),
         "prompts_per_batch": prompts_per_batch, "response_prefix": task.response_prefix, "n_examples": n_examples,
+        "difficulty_keys": list(difficulty_keys_of(task)),
     }
 
 
@@ -187,7 +189,8 @@ def evaluate(
             on_batch(done, len(examples))
     settings = _settings(task, n, temperature, top_p, top_k, max_new_tokens, seed, k_values, prompts_per_batch,
                          model_path, len(examples))
-    return EvalResult(compute_metrics(samples, k_values), samples, settings, _finish_timing(timing))
+    return EvalResult(compute_metrics(samples, k_values, difficulty_keys_of(task)), samples, settings,
+                      _finish_timing(timing))
 
 
 def _finite(metrics: dict[str, float]) -> dict[str, float | None]:
@@ -366,7 +369,7 @@ def eval_command(
     groups = scored_groups(the_engine, tokenizer, task_obj, examples, n=n, temperature=temperature, top_p=top_p,
                            top_k=top_k, max_new_tokens=max_new_tokens, seed=seed,
                            prompts_per_batch=prompts_per_batch, timing=timing)
-    accumulator = MetricsAccumulator(k_values)
+    accumulator = MetricsAccumulator(k_values, difficulty_keys_of(task_obj))
     kept = stream_samples(groups, accumulator, out, prompts_per_batch if progress else 0)
     if not accumulator.total.prompts:
         raise ValueError(f"no examples to evaluate in {data}")

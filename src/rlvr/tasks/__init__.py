@@ -16,7 +16,7 @@ from typing import Any
 
 from rlvr.errors import RecordError
 from rlvr.tasks._imports import SpecError, import_object, is_spec
-from rlvr.tasks.base import Example, Score, Task
+from rlvr.tasks.base import Example, GenerationOption, Score, Task
 
 # name -> "module:factory"; modules are imported on first use.
 TASKS: dict[str, str] = {
@@ -107,5 +107,5 @@ def class_default(name: str, attribute: str, default: Any) -> Any:
     return getattr(factory(name), attribute, default)
 
 
-__all__ = ["OPTIONAL_TASKS", "ROW_TASKS", "TASKS", "Example", "RecordError", "Score", "Task", "TaskError", "check_task", "get",
-           "registered"]
+__all__ = ["OPTIONAL_TASKS", "ROW_TASKS", "TASKS", "Example", "GenerationOption", "RecordError", "Score", "Task",
+           "TaskError", "check_task", "get", "registered"]

@@ -11,6 +11,8 @@ Optional task members the checks use when present:
   oracle_completion(example) -> str     a completion that earns the maximum reward
                                         (solution_trace(example) is used when that is all there is)
   reward_range -> (min, max)            default (0.0, 1.0): garbage earns min, the oracle max
+and the hooks of rlvr.tasks.base that generic tools read (difficulty_keys, generation_options,
+record_match, text_rows): check_hooks checks the form of each one a task declares.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from rlvr.tasks.base import Example, Score
+from rlvr.tasks.base import Example, GenerationOption, Score
 
 GARBAGE = (
     "",
@@ -182,6 +184,33 @@ def check_records_round_trip(task: Any, examples: Sequence[Example], timeout_sec
                      f"the oracle completion of example {i} read back from its record does not earn {high}")
 
 
+def check_hooks(task: Any, examples: Sequence[Example]) -> None:
+    """The optional hooks a task declares have their documented form (rlvr.tasks.base): difficulty_keys
+    strings; generation_options GenerationOptions with identifier names and int / float / str types;
+    text_rows a bool; record_match an int for any dict, 0 for an empty one and > 0 for the task's own
+    records (to_record of its examples), so `rlvr data stats` recognises the files it writes."""
+    keys = getattr(task, "difficulty_keys", None)
+    if keys is not None:
+        _require(isinstance(keys, (tuple, list)) and all(isinstance(k, str) for k in keys),
+                 f"difficulty_keys {keys!r}: expected a tuple of metadata key names")
+    for option in getattr(task, "generation_options", ()):
+        _require(isinstance(option, GenerationOption), f"generation_options holds {option!r}, not a GenerationOption")
+        _require(option.name.isidentifier(), f"generation option {option.name!r} is not a keyword name")
+        _require(option.type in (int, float, str), f"generation option {option.name!r} has type {option.type!r}, "
+                                                  "expected int, float or str")
+    _require(isinstance(getattr(task, "text_rows", True), bool), "text_rows is not a bool")
+    match = getattr(type(task), "record_match", None)
+    if match is None:
+        return
+    _require(callable(match), "record_match is not callable")
+    empty = match({})
+    _require(type(empty) is int and empty == 0, f"record_match({{}}) returned {empty!r}, expected 0")
+    for i, example in enumerate(examples[:3]):
+        score = match(json.loads(json.dumps(task.to_record(example), default=str)))
+        _require(type(score) is int and score > 0,
+                 f"record_match(to_record(example {i})) returned {score!r}, expected an int > 0 (its own record)")
+
+
 @dataclass(frozen=True)
 class CheckResult:
     name: str
@@ -215,6 +244,7 @@ def run_contract(task: Any, examples: Sequence[Example] | None = None, n: int = 
         ("the oracle after 100 KB is judged", lambda: check_oracle_after_a_hundred_kilobytes(task, rows[0],
                                                                                           timeout_seconds)),
         ("records round-trip", lambda: check_records_round_trip(task, rows[:5], timeout_seconds, has_oracle)),
+        ("the optional hooks have their form", lambda: check_hooks(task, rows)),
     ]
     results += [_run(name, check) for name, check in checks]
     return results

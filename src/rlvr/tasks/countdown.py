@@ -37,7 +37,7 @@ from typing import Any
 
 from rlvr.errors import RecordError
 from rlvr.rewards import check_format, last_answer_block
-from rlvr.tasks.base import Example, Score
+from rlvr.tasks.base import Example, GenerationOption, Score
 
 REWARD_SCHEMES = ("default", "tinyzero")
 NUMBERS_USE = ("exactly_once", "at_most_once")
@@ -289,6 +289,17 @@ class Countdown:
     difficulty_keys = ("numbers",)
     default_difficulty: dict[str, Any] = {}  # examples() defaults to 4 numbers; data files: every row
     corpus_levels: tuple[dict[str, Any], ...] = tuple({"numbers": k} for k in range(3, 7))
+    generation_options = (GenerationOption("numbers", "how many numbers (default: the task's, 4)", int),)
+    text_rows = False  # a row is nums + target: its problem text is the task's prompt
+
+    @staticmethod
+    def record_match(record: dict[str, Any]) -> int:
+        """2 for a TinyZero row (nums + target) or a verl row (ground truth with target and
+        numbers), else 0 (see rlvr.tasks.base)."""
+        truth = record.get("reward_model", {}).get("ground_truth") if isinstance(
+            record.get("reward_model"), dict) else None
+        verl = isinstance(truth, dict) and "target" in truth and "numbers" in truth
+        return 2 if ("nums" in record and "target" in record) or verl else 0
 
     def __init__(
         self,

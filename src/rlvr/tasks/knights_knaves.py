@@ -41,7 +41,7 @@ from typing import Any
 
 from rlvr.errors import RecordError
 from rlvr.rewards import check_format, last_answer_block
-from rlvr.tasks.base import Example, Score
+from rlvr.tasks.base import Example, GenerationOption, Score
 
 Statement = tuple[Any, ...]
 
@@ -386,6 +386,15 @@ class KnightsKnaves:
     default_difficulty: dict[str, Any] = {"people": 3}
     sft_difficulty: dict[str, Any] = {"people": [2, 3, 3, 3]}
     corpus_levels: tuple[dict[str, Any], ...] = tuple({"people": p} for p in range(2, 9))
+    generation_options = (GenerationOption("people", "number(s) of people (default: the task's, 3)", int,
+                                           several=True),)
+
+    @staticmethod
+    def record_match(record: dict[str, Any]) -> int:
+        """2 for a row of the K&K set (quiz) or of Logic-RL's parquet (ground truth with
+        solution_text_format), else 0 (see rlvr.tasks.base)."""
+        truth = _nested(record, "reward_model", "ground_truth")
+        return 2 if "quiz" in record or "solution_text_format" in truth else 0
 
     def __init__(
         self,

@@ -61,7 +61,7 @@ from typing import Any
 from rlvr.errors import RecordError
 from rlvr.rewards import check_format
 from rlvr.tasks._timeout import Outcome, shared_pool
-from rlvr.tasks.base import Example, Score
+from rlvr.tasks.base import Example, GenerationOption, Score
 
 PROMPT_SUFFIX = "Let's think step by step and output the final answer within \\boxed{}."
 REWARD_SCHEMES = ("default", "answer_only")
@@ -516,6 +516,13 @@ class MathTask:
     difficulty_keys = ("level",)
     default_difficulty: dict[str, Any] = {}  # examples() defaults to level 1; data files: every row
     corpus_levels: tuple[dict[str, Any], ...] = tuple({"level": level} for level in (1, 2, 3))
+    generation_options = (GenerationOption("level", "level 1..3 of the generated problems (default: 1)", int),)
+
+    @staticmethod
+    def record_match(record: dict[str, Any]) -> int:
+        """1 for a row with a problem / question or verl's reward_model: the common fields of math
+        sets, which other tasks' rows may have too (see rlvr.tasks.base); else 0."""
+        return 1 if any(key in record for key in ("problem", "question", "reward_model")) else 0
 
     def __init__(
         self,

@@ -34,6 +34,12 @@ class MixedTask:
         self.routes = dict(routes)
         self.response_prefix = next(iter(prefixes.values()))
 
+    @property
+    def difficulty_keys(self) -> tuple[str, ...] | None:
+        """The sources' tasks' difficulty keys, in route order (None when none declares any)."""
+        keys = [key for task in self.routes.values() for key in (getattr(task, "difficulty_keys", None) or ())]
+        return tuple(dict.fromkeys(keys)) or None
+
     def route(self, example: Example) -> Any:
         return self.routes[example.metadata["data_source"]]
 
