@@ -223,10 +223,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     task, options, config = task_from_args(args)
     max_new_tokens = args.max_new_tokens or (config.eval.max_new_tokens if config is not None else 1024)
-    result = eval_command(args.model, task, args.data, args.out, n=args.n, k=args.k,
+    chosen: Any = task
+    template = ""
+    if config is not None:  # the recipe's prompts, rendered as its run renders them
+        from rlvr.trainers.pipeline import build_task
+
+        config.data.task_options = options
+        chosen, template = build_task(config), config.data.prompt_template
+    result = eval_command(args.model, chosen, args.data, args.out, n=args.n, k=args.k,
                           temperature=args.temperature, top_p=args.top_p, max_new_tokens=max_new_tokens,
                           seed=args.seed, limit=args.limit, device=args.device, dtype=args.dtype,
-                          task_options=options, engine=args.engine)
+                          task_options=options, engine=args.engine, prompt_template=template)
     print(format_summary(result))
     return 0
 

@@ -96,6 +96,38 @@ def test_eval_cli_takes_the_task_and_its_options_from_a_recipe(model_dir: Path, 
         main(["eval", "--model", str(model_dir)])
 
 
+def test_eval_with_a_recipe_renders_prompts_with_its_prompt_template(model_dir: Path, tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """`rlvr eval --recipe` prompts a model as the recipe's run does: data.prompt_template becomes the
+    tokenizer's chat template (here over the model's own chat template, which would render otherwise)."""
+    from rlvr.cli import main
+    from rlvr.config import dump_yaml, load_config
+    from rlvr.models import load_tokenizer
+    from rlvr.rollout.torch_engine import TorchEngine
+
+    template = "User: {question}\nAssistant: <think>"
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(dump_yaml(load_config(Path(__file__).parents[2] / "recipes" / "kk-tiny.yaml", [
+        'data.prompt_template="User: {question}\\nAssistant: <think>"', "data.task_options={response_prefix: '<think>', system_prompt: ''}"])))
+    seen: list[list[int]] = []
+    generate_ids = TorchEngine.generate
+
+    def recording(self, prompt_ids, params):  # type: ignore[no-untyped-def]
+        seen.extend(prompt_ids)
+        return generate_ids(self, prompt_ids, params)
+
+    monkeypatch.setattr(TorchEngine, "generate", recording)
+    out = tmp_path / "eval"
+    assert main(["eval", "--model", str(model_dir), "--recipe", str(recipe), "--limit", "2", "--max-new-tokens",
+                 "2", "--device", "cpu", "--out", str(out)]) == 0
+    tokenizer = load_tokenizer(model_dir)
+    assert tokenizer.chat_template  # the model has its own, which the recipe's run does not use
+    samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    rendered = [template.format(question=s["prompt"]) for s in samples]
+    assert seen == [tokenizer(text, add_special_tokens=False)["input_ids"] for text in rendered]
+    assert read_eval(out)["settings"]["prompt_template"] == template
+
+
 def test_filter_command_with_a_model(model_dir: Path, tmp_path: Path) -> None:
     data = tmp_path / "pool.jsonl"
     generate("knights_knaves", 4, seed=5, out=data, people=2)
