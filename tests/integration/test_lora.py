@@ -62,6 +62,20 @@ def lora_policy(model_dir: Path, impl: str, r: int = 8):
     return policy, apply_lora(policy.model, r, 2.0 * r, 0.0, TARGETS, model_dir)
 
 
+def adapted_layers(model) -> set[str]:
+    """The last names of the Linear layers that carry an adapter."""
+    return {name.split(".lora_A")[0].rsplit(".", 1)[-1] for name, _ in model.named_parameters() if ".lora_A" in name}
+
+
+@pytest.mark.parametrize("impl", ["native", "hf"])
+def test_the_adapters_go_on_the_target_modules_named(tiny_model_dir, impl):
+    """model.lora.target_modules decides the adapted layers (not peft's per-architecture default)."""
+    policy = load_policy(tiny_model_dir, impl, "float32", CPU)
+    assert adapted_layers(apply_lora(policy.model, 4, 8.0, 0.0, ["k_proj", "down_proj"], tiny_model_dir)) == \
+        {"k_proj", "down_proj"}
+    assert adapted_layers(lora_policy(tiny_model_dir, impl)[1]) == set(TARGETS)
+
+
 def frozen_and_adapters(model) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     return ({k: v for k, v in state.items() if ".lora_" not in k}, {k: v for k, v in state.items() if ".lora_" in k})
@@ -121,6 +135,7 @@ def test_lora_rl_moves_only_the_adapters_and_learns(tiny_model_dir, tmp_path, on
         "logging.samples_every=0", "logging.progress=false",
     ])
     policy, model = lora_policy(base_dir, "native", r=16)
+    assert adapted_layers(model) == set(TARGETS)
     frozen, adapters = frozen_and_adapters(model)
     task = Vowels()
     eos = eos_token_ids(policy.tokenizer)

@@ -95,8 +95,10 @@ def apply_lora(model: nn.Module, r: int, alpha: float, dropout: float, target_mo
 
     check_targets(model, target_modules)
     transformers_model = hasattr(model, "can_generate")  # a PreTrainedModel, not rlvr's native one
-    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout,  # type: ignore[arg-type]  # alpha / r: any number target_modules=list(target_modules),
-                        bias="none", task_type="CAUSAL_LM" if transformers_model else None)
+    # lora_alpha is typed int in peft; rlvr's alpha may be any number (the scale is alpha / r)
+    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout,  # type: ignore[arg-type]
+                        target_modules=list(target_modules), bias="none",
+                        task_type="CAUSAL_LM" if transformers_model else None)
     wrapped = get_peft_model(model, config)
     wrapped.peft_config["default"].base_model_name_or_path = str(Path(base_path).resolve())
     return wrapped
