@@ -26,7 +26,7 @@ import torch
 from rlvr.data.io import iter_examples, write_json_atomic, write_jsonl_atomic
 from rlvr.evaluation.metrics import MetricsAccumulator, compute_metrics, difficulty_keys_of
 from rlvr.models.chat import batch_prompt_ids, decode_completion, eos_token_ids, set_prompt_template
-from rlvr.models.loading import load_model, load_tokenizer
+from rlvr.models.loading import ModelLoadError, adapter_base, load_model, load_tokenizer
 from rlvr.models.native import NativeCausalLM, is_supported
 from rlvr.rollout.base import RolloutEngine, SamplingParams
 from rlvr.rollout.torch_engine import TorchEngine
@@ -251,6 +251,9 @@ def load_vllm_engine(model_dir: str | Path, dtype: str = "float32", rows: int = 
     """(VLLMEngine, tokenizer) for a local model directory: rows completions in flight, sequences of
     up to 1024 prompt tokens + max_new_tokens; stops on the same ids as load_engine's TorchEngine."""
     require_vllm()
+    if adapter_base(model_dir) is not None:
+        raise ModelLoadError(f"{model_dir} is an adapter-only LoRA checkpoint, which vLLM does not load as a model: "
+                             "evaluate its merged/ directory (checkpoint.merge_lora) or use --engine torch")
     tokenizer = load_tokenizer(model_dir)
     vllm_dtype = "float32" if dtype == "auto" else dtype
     engine = VLLMEngine(str(model_dir), eos_token_ids(tokenizer, str(model_dir)), dtype=vllm_dtype,

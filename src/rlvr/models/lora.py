@@ -177,3 +177,23 @@ def save_merged(model: Any, out: Path) -> None:
 
 def is_adapter_dir(directory: Path) -> bool:
     return (directory / ADAPTER_CONFIG).is_file()
+
+
+def merge_adapter(model: nn.Module, directory: Path) -> nn.Module:
+    """A transformers `model` (the base) with the saved adapter of `directory` folded into its
+    weights: a plain model, no peft layers left. LoRAError when peft is missing, the adapter file is
+    absent, or its tensors do not all fit the model (another base or architecture)."""
+    if not peft_available():
+        raise LoRAError(f"{directory} is a LoRA adapter; loading it needs peft, which is not installed ({INSTALL})")
+    if not (directory / ADAPTER_WEIGHTS).is_file():
+        raise LoRAError(f"{directory} has {ADAPTER_CONFIG} but no {ADAPTER_WEIGHTS}")
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig.from_pretrained(str(directory))
+    config.inference_mode = False
+    wrapped = get_peft_model(model, config)  # type: ignore[arg-type]
+    try:
+        load_adapter(directory, wrapped)
+    except RuntimeError as error:  # a tensor of another size (another base model)
+        raise LoRAError(f"{directory / ADAPTER_WEIGHTS} does not fit its base model: {error}") from None
+    return wrapped.merge_and_unload()  # type: ignore[no-any-return]

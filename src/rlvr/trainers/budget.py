@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -26,6 +25,7 @@ from rlvr import tasks
 from rlvr.config import RunConfig, stage_value
 from rlvr.models import prompt_ids
 from rlvr.models.factory import PRESETS, count_params
+from rlvr.models.loading import ModelLoadError, model_config_dir
 from rlvr.models.tokenizer import DEFAULT_VOCAB_SIZE
 
 GiB = 1024**3
@@ -44,13 +44,13 @@ class ModelShape:
 
 
 def model_shape(config: RunConfig) -> ModelShape | None:
-    """The shape of the recipe's model: model.path's config.json, else the preset (at the default
-    vocabulary size of `rlvr model init`); None when neither can be read."""
+    """The shape of the recipe's model: model.path's config.json (an adapter checkpoint's: its base
+    model's), else the preset (at the default vocabulary size of `rlvr model init`); None when
+    neither can be read."""
     if config.model.path:
-        path = Path(config.model.path) / "config.json"
         try:
-            raw = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
+            raw = json.loads((model_config_dir(config.model.path) / "config.json").read_text())
+        except (OSError, json.JSONDecodeError, ModelLoadError):
             return None
         raw = raw.get("text_config", raw)
         try:
