@@ -296,6 +296,21 @@ def _read_input(task: tasks.Task, key: str, path: str, limit: int | None = None)
     return rows
 
 
+def check_model_path(config: RunConfig) -> None:
+    """model.path, when set, is a local directory; an adapter-only LoRA checkpoint's base model is here."""
+    if not config.model.path:
+        return
+    if not Path(config.model.path).is_dir():
+        raise ConfigError(f"config key model.path: {config.model.path} is not a directory (rlvr loads local HF "
+                          f"directories)", key="model.path")
+    from rlvr.models.loading import ModelLoadError, adapter_base
+
+    try:
+        adapter_base(config.model.path)
+    except ModelLoadError as err:
+        raise ConfigError(f"config key model.path: {err}", key="model.path") from None
+
+
 def check_inputs(config: RunConfig) -> Inputs:
     """Build the task and read every input the run names (model directory, data files), checking
     each, before anything is written or computed; errors name the key, the file and the line."""
@@ -312,16 +327,7 @@ def check_inputs(config: RunConfig) -> Inputs:
         check_vllm(config)
     if config.distributed == "ray" and config.ray.address and config.rl.enabled and config.rl.steps > 0:
         check_ray_cluster(config)
-    if config.model.path and not Path(config.model.path).is_dir():
-        raise ConfigError(f"config key model.path: {config.model.path} is not a directory (rlvr loads local HF "
-                          f"directories)", key="model.path")
-    if config.model.path:  # an adapter-only LoRA checkpoint needs its base model here
-        from rlvr.models.loading import ModelLoadError, adapter_base
-
-        try:
-            adapter_base(config.model.path)
-        except ModelLoadError as err:
-            raise ConfigError(f"config key model.path: {err}", key="model.path") from None
+    check_model_path(config)
     check_lora(config)
     if data.require_files:
         for key in ("train_file", "eval_file"):
