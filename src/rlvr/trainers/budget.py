@@ -8,8 +8,10 @@ The memory figure is an estimate, not a measurement: the KV cache of every seque
 (TorchEngine decodes all prompts_per_step x group_size rows at once), the decode step's
 vocabulary-sized buffers, one update micro-batch's activations kept for the backward pass
 (rl.micro_batch_tokens completion tokens, capped by what a mini-batch can hold), and weights,
-gradients and AdamW state (plus a frozen reference with rl.kl_coef > 0). It errs high on
-activations (every layer's intermediate tensors counted, attention scores materialised).
+gradients and AdamW state (plus a frozen reference with rl.kl_coef > 0). Under model.lora only the
+adapters (r x (in + out) per targeted projection) have gradients and AdamW state; the frozen base
+weights are held once. It errs high on activations (every layer's intermediate tensors counted,
+attention scores materialised).
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ class ModelShape:
     intermediate: int
     vocab: int
     params: int
+    head_dim: int = 0  # 0: hidden // heads
 
 
 def model_shape(config: RunConfig) -> ModelShape | None:
@@ -64,7 +67,7 @@ def model_shape(config: RunConfig) -> ModelShape | None:
         head_dim = int(raw.get("head_dim") or hidden // heads)
         per_layer = hidden * head_dim * (2 * heads + 2 * kv) + 3 * hidden * inter
         params = layers * per_layer + vocab * hidden * (1 if tied else 2)
-        return ModelShape(layers, hidden, heads, kv, inter, vocab, params)
+        return ModelShape(layers, hidden, heads, kv, inter, vocab, params, head_dim)
 
     preset = PRESETS.get(config.model.preset)
     if preset is None:
@@ -98,6 +101,31 @@ def rl_stage_sizes(config: RunConfig) -> dict[str, int]:
     return out
 
 
+def lora_params(config: RunConfig, shape: ModelShape) -> int:
+    """Adapter parameters of model.lora on `shape`: r x (in + out) for each target projection of
+    each layer (the Qwen2 / Llama names; a target of another name counts nothing); 0 without LoRA."""
+    lora = config.model.lora
+    if lora is None:
+        return 0
+    head_dim = shape.head_dim or shape.hidden // shape.heads
+    q, kv = shape.heads * head_dim, shape.kv_heads * head_dim
+    sizes = {"q_proj": (shape.hidden, q), "k_proj": (shape.hidden, kv), "v_proj": (shape.hidden, kv),
+             "o_proj": (q, shape.hidden), "gate_proj": (shape.hidden, shape.intermediate),
+             "up_proj": (shape.hidden, shape.intermediate), "down_proj": (shape.intermediate, shape.hidden)}
+    per_layer = sum(lora.r * sum(sizes[t]) for t in dict.fromkeys(lora.target_modules) if t in sizes)
+    return shape.layers * per_layer
+
+
+def parameter_state_bytes(config: RunConfig, shape: ModelShape) -> int:
+    """fp32 weights, gradients and AdamW m and v of what trains, the frozen rest once, and a frozen
+    reference copy of everything with rl.kl_coef > 0."""
+    adapters = lora_params(config, shape)
+    trained = adapters if config.model.lora is not None else shape.params
+    frozen = shape.params if config.model.lora is not None else 0
+    reference = (shape.params + adapters) if config.rl.kl_coef > 0 else 0
+    return 4 * (4 * trained + frozen + reference)
+
+
 def rl_memory(config: RunConfig, shape: ModelShape, prompt_tokens: int) -> dict[str, int]:
     """Estimated peak bytes of the RL stage by part (see the module docstring); "total" sums them."""
     rl = config.rl
@@ -115,9 +143,8 @@ def rl_memory(config: RunConfig, shape: ModelShape, prompt_tokens: int) -> dict[
     sequences = max(1, min(rows // rl.mini_batches, tokens // max(1, max_new // 2)))
     attention = 4 * 2 * shape.layers * shape.heads * sequences * max_new * capacity  # scores + probabilities
     activations = tokens * shape.layers * per_token_layer + attention + 3 * tokens * shape.vocab * 4
-    states = shape.params * 4 * (4 + (1 if rl.kl_coef > 0 else 0))  # weights, grads, AdamW m and v (+ reference)
     parts = {"kv_cache": kv, "decode_buffers": decode, "update_activations": activations,
-             "weights_and_optimizer": states}
+             "weights_and_optimizer": parameter_state_bytes(config, shape)}
     parts["total"] = sum(parts.values())
     return parts
 
@@ -181,8 +208,9 @@ def budget_lines(config: RunConfig, tokenizer: Any = None) -> tuple[list[str], s
     prompt, counted = prompt_tokens_bound(config, tokenizer)
     parts = rl_memory(config, shape, prompt)
     memory = device_memory(config.device)
+    adapters = f", {lora_params(config, shape) / 1e6:.2f}M of LoRA adapters trained" if config.model.lora else ""
     lines.append(f"rl_memory_estimate: {parts['total'] / GiB:.2f} GiB (" +
                  ", ".join(f"{k} {v / GiB:.2f}" for k, v in parts.items() if k != "total") +
-                 f"; prompts of at most {prompt} {counted}; {shape.params / 1e6:.1f}M parameters)"
+                 f"; prompts of at most {prompt} {counted}; {shape.params / 1e6:.1f}M parameters{adapters})"
                  + (f" of {memory[0] / GiB:.1f} GiB {memory[1]}" if memory else ""))
     return lines, memory_warning(config, parts, memory)
