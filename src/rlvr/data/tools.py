@@ -110,7 +110,7 @@ def guess_task(record: dict[str, Any]) -> str | None:
             continue
         try:
             match = tasks.class_default(name, "record_match", None)
-        except Exception:  # noqa: BLE001 - another package's import failure must not stop `data stats`
+        except Exception:  # another package's import failure must not stop `data stats`
             continue
         score = int(match(record)) if callable(match) else 0
         if score > best_score:

@@ -113,7 +113,8 @@ def maj_at_k(answers: Sequence[str | None], corrects: Sequence[bool], k: int) ->
     if not 1 <= k <= n:
         raise ValueError(f"maj@k needs 1 <= k <= n samples per prompt, got k={k}, n={n}")
     blocks = n // k
-    scores = [majority_vote_score(answers[b * k:(b + 1) * k], corrects[b * k:(b + 1) * k]) for b in range(blocks)]
+    scores = [majority_vote_score(answers[b * k:(b + 1) * k], corrects[b * k:(b + 1) * k])
+              for b in range(blocks)]
     return sum(scores) / blocks
 
 
@@ -241,7 +242,8 @@ class MetricsAccumulator:
             prefix = f"by_{key}/{value}/"
             values = sums.accuracy()
             response = sums.responses()
-            values.update({name: response[name] for name in ("format_error_rate", "truncation_rate", "length/mean")})
+            values.update({name: response[name]
+                           for name in ("format_error_rate", "truncation_rate", "length/mean")})
             metrics.update({prefix + name: v for name, v in values.items()})
         return metrics
 
@@ -251,7 +253,8 @@ def _key_value(value: Any) -> str:
     return str(value).replace("/", "_").strip() or "none"
 
 
-def source_metrics(sources: Sequence[Any], rewards: Sequence[float], correct: Sequence[bool]) -> dict[str, float]:
+def source_metrics(sources: Sequence[Any], rewards: Sequence[float],
+                   correct: Sequence[bool]) -> dict[str, float]:
     """Per data source of a batch (one entry per sequence; None: no source): reward/<source>/mean,
     accuracy/<source> and batch_share/<source> (its fraction of the sequences). {} when no
     sequence has a source. Source names become key segments as in the eval breakdowns ('/' -> '_')."""

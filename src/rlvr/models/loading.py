@@ -87,8 +87,8 @@ def adapter_base(path: str | Path) -> Path | None:
         raise ModelLoadError(f"{file}:{error.lineno}: not valid JSON ({error.msg})") from None
     base = raw.get(BASE_KEY) if isinstance(raw, dict) else None
     if not isinstance(base, str) or not base:
-        raise ModelLoadError(f"{file} is a LoRA adapter without its base model: key {BASE_KEY!r} is missing or "
-                             "empty (set it to the base model's local directory)")
+        raise ModelLoadError(f"{file} is a LoRA adapter without its base model: key {BASE_KEY!r} is missing "
+                             "or empty (set it to the base model's local directory)")
     directory = Path(base).expanduser()
     if not directory.is_absolute() and not directory.is_dir() and (file.parent / directory).is_dir():
         directory = file.parent / directory

@@ -39,11 +39,9 @@ class LoRAError(ValueError):
 
 
 def peft_available() -> bool:
-    try:
-        import peft  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    import importlib.util
+
+    return importlib.util.find_spec("peft") is not None
 
 
 def is_lora(model: Any) -> bool:
@@ -133,7 +131,8 @@ def load_adapter(directory: Path, model: Any) -> None:
 
     path = directory / ADAPTER_WEIGHTS
     if not path.is_file():
-        raise LoRAError(f"{directory} holds no LoRA adapter ({ADAPTER_WEIGHTS}); the run trains one (model.lora)")
+        raise LoRAError(f"{directory} holds no LoRA adapter ({ADAPTER_WEIGHTS}); "
+                        "the run trains one (model.lora)")
     saved = load_file(str(path))
     own = get_peft_model_state_dict(model)
     if set(saved) != set(own):
@@ -184,7 +183,8 @@ def merge_adapter(model: nn.Module, directory: Path) -> nn.Module:
     weights: a plain model, no peft layers left. LoRAError when peft is missing, the adapter file is
     absent, or its tensors do not all fit the model (another base or architecture)."""
     if not peft_available():
-        raise LoRAError(f"{directory} is a LoRA adapter; loading it needs peft, which is not installed ({INSTALL})")
+        raise LoRAError(f"{directory} is a LoRA adapter; loading it needs peft, which is not installed "
+                        f"({INSTALL})")
     if not (directory / ADAPTER_WEIGHTS).is_file():
         raise LoRAError(f"{directory} has {ADAPTER_CONFIG} but no {ADAPTER_WEIGHTS}")
     from peft import LoraConfig, get_peft_model

@@ -76,7 +76,7 @@ def bounded_score(task: Any, text: str, example: Example, timeout_seconds: float
     def call() -> None:
         try:
             outcome["score"] = task.score(text, example)
-        except BaseException as error:  # noqa: BLE001 - the contract forbids every exception
+        except BaseException as error:  # the contract forbids every exception
             outcome["error"] = error
 
     with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(printed):
@@ -92,9 +92,11 @@ def bounded_score(task: Any, text: str, example: Example, timeout_seconds: float
         raise ContractError(f"score printed {printed.getvalue()[:80]!r} on {_describe(text)}")
     score = outcome["score"]
     if not isinstance(score, Score):
-        raise ContractError(f"score returned a {type(score).__name__}, expected rlvr.tasks.Score, on {_describe(text)}")
+        raise ContractError(f"score returned a {type(score).__name__}, expected rlvr.tasks.Score, "
+                            f"on {_describe(text)}")
     if not isinstance(score.reward, float) or not math.isfinite(score.reward):
-        raise ContractError(f"score's reward is {score.reward!r}, expected a finite float, on {_describe(text)}")
+        raise ContractError(f"score's reward is {score.reward!r}, expected a finite float, "
+                            f"on {_describe(text)}")
     return score
 
 
@@ -121,10 +123,12 @@ def check_examples_are_pure(task: Any, seed: int = 11) -> None:
     _require(len(first) == 6 and all(isinstance(e, Example) for e in first),
              f"examples(6, seed={seed}) returned {len(first)} items, expected 6 Examples")
     _require(task.examples(6, seed=seed) == first, "examples(6, seed) differs between two calls")
-    _require(task.examples(3, seed=seed) == first[:3], "examples(3, seed) is not the first 3 of examples(6, seed)")
+    _require(task.examples(3, seed=seed) == first[:3],
+             "examples(3, seed) is not the first 3 of examples(6, seed)")
     prompts = [e.prompt for e in first]
     _require(len(set(prompts)) == len(prompts), "different indices gave the same problem")
-    _require([e.prompt for e in task.examples(6, seed=seed + 1)] != prompts, "another seed gave the same problems")
+    _require([e.prompt for e in task.examples(6, seed=seed + 1)] != prompts,
+             "another seed gave the same problems")
 
 
 def check_messages(task: Any, examples: Sequence[Example]) -> None:
@@ -133,7 +137,8 @@ def check_messages(task: Any, examples: Sequence[Example]) -> None:
         messages = task.messages(example)
         _require(bool(messages) and all(isinstance(m, dict) and set(m) == {"role", "content"}
                                         and isinstance(m["content"], str) for m in messages),
-                 f"messages() returned {messages!r:.120}, expected [{{role, content}}, ...] with str contents")
+                 f"messages() returned {messages!r:.120}, expected [{{role, content}}, ...] "
+                 "with str contents")
         _require(messages[-1]["role"] == "user" and example.prompt in messages[-1]["content"],
                  "the last message is not a user turn holding example.prompt")
 
@@ -148,17 +153,20 @@ def check_oracle_earns_the_maximum(task: Any, examples: Sequence[Example],
                  f"{(score.correct, score.format_ok, score.reward)}, expected (True, True, {high})")
 
 
-def check_garbage_earns_the_minimum(task: Any, examples: Sequence[Example], texts: Sequence[str] = GARBAGE + HUNDRED_KB,
+def check_garbage_earns_the_minimum(task: Any, examples: Sequence[Example],
+                                    texts: Sequence[str] = GARBAGE + HUNDRED_KB,
                                     timeout_seconds: float = TIMEOUT_SECONDS) -> None:
     low = reward_range(task)[0]
     for text in texts:
         for example in examples:
             score = bounded_score(task, text, example, timeout_seconds)
             _require(score.correct is False, f"{_describe(text)} was judged correct")
-            _require(score.reward == low, f"{_describe(text)} earned {score.reward}, expected the minimum {low}")
+            _require(score.reward == low,
+                     f"{_describe(text)} earned {score.reward}, expected the minimum {low}")
 
 
-def check_oracle_after_a_hundred_kilobytes(task: Any, example: Example, timeout_seconds: float = TIMEOUT_SECONDS) -> None:
+def check_oracle_after_a_hundred_kilobytes(task: Any, example: Example,
+                                           timeout_seconds: float = TIMEOUT_SECONDS) -> None:
     """`correct` judges the answer alone, wherever it starts."""
     text = "x " * 50_000 + oracle(task, example)
     score = bounded_score(task, text, example, timeout_seconds)
@@ -176,9 +184,9 @@ def check_records_round_trip(task: Any, examples: Sequence[Example], timeout_sec
             raise ContractError(f"to_record(example {i}) is not JSON-serialisable: {error}") from None
         again = task.from_record(record)
         _require(again.prompt == example.prompt, f"from_record(to_record(example {i})) has another prompt")
-        _require(json.dumps(again.answer, sort_keys=True, default=str) == json.dumps(example.answer, sort_keys=True,
-                                                                                     default=str),
-                 f"from_record(to_record(example {i})) has another answer")
+        same_answer = (json.dumps(again.answer, sort_keys=True, default=str)
+                       == json.dumps(example.answer, sort_keys=True, default=str))
+        _require(same_answer, f"from_record(to_record(example {i})) has another answer")
         if with_oracle:
             _require(bounded_score(task, oracle(task, again), again, timeout_seconds).reward == high,
                      f"the oracle completion of example {i} read back from its record does not earn {high}")
@@ -194,10 +202,11 @@ def check_hooks(task: Any, examples: Sequence[Example]) -> None:
         _require(isinstance(keys, (tuple, list)) and all(isinstance(k, str) for k in keys),
                  f"difficulty_keys {keys!r}: expected a tuple of metadata key names")
     for option in getattr(task, "generation_options", ()):
-        _require(isinstance(option, GenerationOption), f"generation_options holds {option!r}, not a GenerationOption")
+        _require(isinstance(option, GenerationOption),
+                 f"generation_options holds {option!r}, not a GenerationOption")
         _require(option.name.isidentifier(), f"generation option {option.name!r} is not a keyword name")
-        _require(option.type in (int, float, str), f"generation option {option.name!r} has type {option.type!r}, "
-                                                  "expected int, float or str")
+        _require(option.type in (int, float, str),
+                 f"generation option {option.name!r} has type {option.type!r}, expected int, float or str")
     _require(isinstance(getattr(task, "text_rows", True), bool), "text_rows is not a bool")
     match = getattr(type(task), "record_match", None)
     if match is None:
@@ -208,7 +217,8 @@ def check_hooks(task: Any, examples: Sequence[Example]) -> None:
     for i, example in enumerate(examples[:3]):
         score = match(json.loads(json.dumps(task.to_record(example), default=str)))
         _require(type(score) is int and score > 0,
-                 f"record_match(to_record(example {i})) returned {score!r}, expected an int > 0 (its own record)")
+                 f"record_match(to_record(example {i})) returned {score!r}, expected an int > 0 "
+                 "(its own record)")
 
 
 @dataclass(frozen=True)
@@ -230,10 +240,12 @@ def run_contract(task: Any, examples: Sequence[Example] | None = None, n: int = 
     if examples is None:
         try:
             examples = task.examples(n, seed=1)
-        except Exception as error:  # noqa: BLE001 - reported, the rest cannot run
-            return [*results, CheckResult("examples", "fail", f"examples({n}, seed=1) raised {type(error).__name__}: "
-                                          f"{error} (a task without a generator: check it on rows, --data FILE)")]
-        results.append(_run("examples are a pure function of (seed, index)", lambda: check_examples_are_pure(task)))
+        except Exception as error:  # reported, the rest cannot run
+            message = (f"examples({n}, seed=1) raised {type(error).__name__}: {error} (a task without a "
+                       "generator: check it on rows, --data FILE)")
+            return [*results, CheckResult("examples", "fail", message)]
+        results.append(_run("examples are a pure function of (seed, index)",
+                            lambda: check_examples_are_pure(task)))
     rows = list(examples)
     has_oracle = any(callable(getattr(task, m, None)) for m in ("oracle_completion", "solution_trace"))
     checks: list[tuple[str, Callable[[], None]]] = [
@@ -255,7 +267,7 @@ def _run(name: str, check: Callable[[], None]) -> CheckResult:
         check()
     except NoOracle as reason:
         return CheckResult(name, "skip", str(reason))
-    except Exception as error:  # noqa: BLE001 - any failure of the task's code fails its check
+    except Exception as error:  # any failure of the task's code fails its check
         message = str(error) if isinstance(error, ContractError) else f"{type(error).__name__}: {error}"
         return CheckResult(name, "fail", message)
     return CheckResult(name, "pass")

@@ -331,7 +331,8 @@ class Countdown:
         """n solvable problems with `numbers` (3..6) numbers; example i is a pure function of
         (seed, i, numbers, max_number, max_target)."""
         if difficulty:
-            raise ValueError(f"unknown difficulty option(s) {sorted(difficulty)} for countdown; valid: numbers")
+            raise ValueError(f"unknown difficulty option(s) {sorted(difficulty)} for countdown; "
+                             "valid: numbers")
         if type(numbers) is not int or not MIN_NUMBERS <= numbers <= MAX_NUMBERS:
             raise ValueError(f"numbers must be an int in {MIN_NUMBERS}..{MAX_NUMBERS}, got {numbers!r}")
         return [self._example(seed, index, numbers) for index in range(n)]
@@ -412,8 +413,8 @@ class Countdown:
         elif "target" in truth:
             target, target_field = truth["target"], "reward_model.ground_truth.target"
         else:
-            raise RecordError("countdown record: missing field 'target' (or verl's 'reward_model.ground_truth."
-                              "target')")
+            raise RecordError("countdown record: missing field 'target' "
+                              "(or verl's 'reward_model.ground_truth.target')")
         numbers = [_as_int(x, nums_field) for x in _as_list(nums, nums_field)]
         if not numbers:
             raise RecordError(f"countdown record: field {nums_field!r} is empty")
@@ -467,7 +468,8 @@ def _as_list(value: Any, field: str) -> list[Any]:
     try:
         return list(value)  # parquet gives numpy arrays
     except TypeError:
-        raise RecordError(f"countdown record: field {field!r} must be a list of integers, got {value!r:.80}") from None
+        raise RecordError(f"countdown record: field {field!r} must be a list of integers, "
+                          f"got {value!r:.80}") from None
 
 
 def _as_int(value: Any, field: str) -> int:

@@ -133,7 +133,8 @@ def rl_memory(config: RunConfig, shape: ModelShape, prompt_tokens: int) -> dict[
     max_new = max([rl.max_new_tokens] + [int(s.value) for s in rl.max_new_tokens_stages])
     rows = rl.prompts_per_step * group
     head_dim = shape.hidden // shape.heads
-    kv_bytes = 2 if config.model.engine_dtype == "bfloat16" or config.model.dtype in ("bfloat16", "float16") else 4
+    half = config.model.engine_dtype == "bfloat16" or config.model.dtype in ("bfloat16", "float16")
+    kv_bytes = 2 if half else 4
     capacity = prompt_tokens + max_new
     kv = 2 * shape.layers * shape.kv_heads * head_dim * capacity * rows * kv_bytes
     decode = rows * shape.vocab * 4 * 4  # logits, log-softmax, probabilities, cumulative sums
@@ -172,11 +173,11 @@ def memory_warning(config: RunConfig, parts: dict[str, int], memory: tuple[int, 
         return None
     rl = config.rl
     detail = ", ".join(f"{k} {v / GiB:.2f} GiB" for k, v in parts.items() if k != "total")
-    return (f"warning: the RL batch of this recipe needs about {parts['total'] / GiB:.1f} GiB ({detail}), more than "
-            f"{MEMORY_SHARE:.0%} of the {memory[0] / GiB:.1f} GiB of {memory[1]}: rl.prompts_per_step x "
-            f"rl.group_size = {rl.prompts_per_step * rl.group_size} sequences decode at once with up to "
-            f"rl.max_new_tokens = {rl.max_new_tokens} tokens each; lower those, or rl.micro_batch_tokens "
-            f"({rl.micro_batch_tokens}) for the update")
+    return (f"warning: the RL batch of this recipe needs about {parts['total'] / GiB:.1f} GiB ({detail}), "
+            f"more than {MEMORY_SHARE:.0%} of the {memory[0] / GiB:.1f} GiB of {memory[1]}: "
+            f"rl.prompts_per_step x rl.group_size = {rl.prompts_per_step * rl.group_size} sequences "
+            f"decode at once with up to rl.max_new_tokens = {rl.max_new_tokens} tokens each; lower those, "
+            f"or rl.micro_batch_tokens ({rl.micro_batch_tokens}) for the update")
 
 
 def prompt_tokens_bound(config: RunConfig, tokenizer: Any = None) -> tuple[int, str]:
@@ -188,13 +189,14 @@ def prompt_tokens_bound(config: RunConfig, tokenizer: Any = None) -> tuple[int, 
 
     try:
         task = tasks.get(config.data.task, **config.data.task_options)
-        examples = task.examples(16, seed=config.seed, **config.data.difficulty)
-    except Exception:  # noqa: BLE001 - a task that needs files or options here: fall back to a guess
+        examples = task.examples(16, seed=config.seed, **(config.data.difficulty or {}))
+    except Exception:  # a task that needs files or options here: fall back to a guess
         return 512, "a guess of 512 (the task's prompts could not be generated here)"
     if not examples:
         return 512, "a guess of 512 (the task generated no prompts)"
     if tokenizer is not None:
-        return max(len(prompt_ids(tokenizer, task.messages(ex), task.response_prefix)) for ex in examples), "tokens"
+        longest = max(len(prompt_ids(tokenizer, task.messages(ex), task.response_prefix)) for ex in examples)
+        return longest, "tokens"
     chars = max(sum(len(str(m.get("content", ""))) for m in task.messages(ex)) + 32 for ex in examples)
     return chars, "characters (an upper bound on tokens)"
 
@@ -208,7 +210,8 @@ def budget_lines(config: RunConfig, tokenizer: Any = None) -> tuple[list[str], s
     prompt, counted = prompt_tokens_bound(config, tokenizer)
     parts = rl_memory(config, shape, prompt)
     memory = device_memory(config.device)
-    adapters = f", {lora_params(config, shape) / 1e6:.2f}M of LoRA adapters trained" if config.model.lora else ""
+    adapters = (f", {lora_params(config, shape) / 1e6:.2f}M of LoRA adapters trained"
+                if config.model.lora else "")
     lines.append(f"rl_memory_estimate: {parts['total'] / GiB:.2f} GiB (" +
                  ", ".join(f"{k} {v / GiB:.2f}" for k, v in parts.items() if k != "total") +
                  f"; prompts of at most {prompt} {counted}; {shape.params / 1e6:.1f}M parameters{adapters})"
