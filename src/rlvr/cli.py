@@ -126,15 +126,43 @@ def cmd_model_init(args: argparse.Namespace) -> int:
     return 0
 
 
+def generation_flags() -> dict[str, tuple[Any, list[str]]]:
+    """Each generation option (base.GenerationOption) of rlvr's own tasks -> (the option, the tasks
+    declaring it): the task flags of `rlvr data gen` (--people, --numbers, --level, ...)."""
+    from rlvr import tasks
+
+    flags: dict[str, tuple[Any, list[str]]] = {}
+    for name in (*tasks.TASKS, *tasks.OPTIONAL_TASKS):
+        for option in tasks.class_default(name, "generation_options", ()):
+            flags.setdefault(option.name, (option, []))[1].append(name)
+    return flags
+
+
+def task_flag_values(args: argparse.Namespace, task: str) -> dict[str, Any]:
+    """The task flags given on the command line, as difficulty keywords; a flag of another task is
+    an error naming the flags `task` has (and --difficulty for the rest)."""
+    from rlvr import tasks
+
+    own = {option.name for option in tasks.class_default(task, "generation_options", ())}
+    values: dict[str, Any] = {}
+    for name, (_, owners) in generation_flags().items():
+        value = getattr(args, f"gen_{name}", None)
+        if value is None:
+            continue
+        if name not in own:
+            flags = ", ".join(f"--{n.replace('_', '-')}" for n in sorted(own)) or "none"
+            raise SystemExit(f"rlvr: error: --{name.replace('_', '-')} is a generation option of "
+                             f"{', '.join(owners)}; task {task}'s flags: {flags} (any other difficulty keyword: "
+                             "--difficulty key=value)")
+        values[name] = value[0] if isinstance(value, list) and len(value) == 1 else value
+    return values
+
+
 def cmd_data_gen(args: argparse.Namespace) -> int:
     from rlvr.data.tools import generate
 
     task, options, _ = task_from_args(args)
-    difficulty = _kv(args.difficulty)
-    if args.people is not None:
-        difficulty["people"] = args.people if len(args.people) > 1 else args.people[0]
-    if args.numbers is not None:
-        difficulty["numbers"] = args.numbers
+    difficulty = {**_kv(args.difficulty), **task_flag_values(args, task)}
     path = generate(task, args.n, args.seed, Path(args.out), task_options=options, **difficulty)
     print(f"wrote {args.n} {task} problems to {path}")
     return 0
@@ -195,10 +223,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     task, options, config = task_from_args(args)
     max_new_tokens = args.max_new_tokens or (config.eval.max_new_tokens if config is not None else 1024)
-    result = eval_command(args.model, task, args.data, args.out, n=args.n, k=args.k,
+    chosen: Any = task
+    template = ""
+    if config is not None:  # the recipe's prompts, rendered as its run renders them
+        from rlvr.trainers.pipeline import build_task
+
+        config.data.task_options = options
+        chosen, template = build_task(config), config.data.prompt_template
+    result = eval_command(args.model, chosen, args.data, args.out, n=args.n, k=args.k,
                           temperature=args.temperature, top_p=args.top_p, max_new_tokens=max_new_tokens,
                           seed=args.seed, limit=args.limit, device=args.device, dtype=args.dtype,
-                          task_options=options, engine=args.engine)
+                          task_options=options, engine=args.engine, prompt_template=template)
     print(format_summary(result))
     return 0
 
@@ -360,13 +395,17 @@ def add_tool_commands(sub: Any) -> None:
 def add_data_commands(sub: Any) -> None:
     """data gen, stats, filter, dedup, mix."""
     data = sub.add_parser("data", help="data tools").add_subparsers(dest="data_command", required=True)
-    p = data.add_parser("gen", help="generate problems of a task", formatter_class=_HelpFormatter)
+    p = data.add_parser("gen", help="generate problems of a task", formatter_class=_HelpFormatter,
+                        description="Write --n problems of a task. The task flags below are the tasks' own\n"
+                                    "generation options (a task's generation_options); any other difficulty\n"
+                                    "keyword of the task's generator: --difficulty key=value.")
     add_task_arguments(p, " (required unless --recipe)")
     p.add_argument("--n", type=int, required=True, help="problems to write")
     p.add_argument("--seed", type=int, default=0, help="generator seed (problem i comes from seed + i)")
-    p.add_argument("--people", type=int, nargs="+", default=None,
-                   help="knights_knaves: number(s) of people (default: the task's, 3)")
-    p.add_argument("--numbers", type=int, default=None, help="countdown: how many numbers (default: the task's)")
+    for name, (option, owners) in generation_flags().items():
+        p.add_argument(f"--{name.replace('_', '-')}", dest=f"gen_{name}", type=option.type, default=None,
+                       nargs="+" if option.several else None, metavar=name.upper(),
+                       help=f"{', '.join(owners)}: {option.help}")
     p.add_argument("--difficulty", nargs="*", default=None, help="other difficulty keywords as key=value (default: none)")
     p.add_argument("--out", required=True, help="output .jsonl or .parquet")
     p.set_defaults(func=cmd_data_gen)

@@ -64,7 +64,8 @@ def test_eval_command_end_to_end(model_dir: Path, tmp_path: Path) -> None:
     assert payload["settings"]["data"] == str(data) and payload["settings"]["model"] == str(model_dir)
     samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
     assert len(samples) == 8
-    assert compute_metrics(samples, (1, 2)) == pytest.approx(result.metrics)
+    assert compute_metrics(samples, (1, 2), payload["settings"]["difficulty_keys"]) == pytest.approx(result.metrics)
+    assert result.metrics["by_people/2/n_prompts"] == 2  # knights_knaves' difficulty key
     assert result.samples == []  # streamed to the file, not held
     generated = eval_command(str(model_dir), "knights_knaves", None, limit=3, max_new_tokens=4, device="cpu",
                              progress=False)
@@ -98,6 +99,38 @@ def test_eval_cli_takes_the_task_and_its_options_from_a_recipe(model_dir: Path, 
         main(["eval", "--model", str(model_dir), "--recipe", str(recipe), "--task", "math"])
     with pytest.raises(SystemExit, match="--task or --recipe"):
         main(["eval", "--model", str(model_dir)])
+
+
+def test_eval_with_a_recipe_renders_prompts_with_its_prompt_template(model_dir: Path, tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """`rlvr eval --recipe` prompts a model as the recipe's run does: data.prompt_template becomes the
+    tokenizer's chat template (here over the model's own chat template, which would render otherwise)."""
+    from rlvr.cli import main
+    from rlvr.config import dump_yaml, load_config
+    from rlvr.models import load_tokenizer
+    from rlvr.rollout.torch_engine import TorchEngine
+
+    template = "User: {question}\nAssistant: <think>"
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(dump_yaml(load_config(Path(__file__).parents[2] / "recipes" / "kk-tiny.yaml", [
+        'data.prompt_template="User: {question}\\nAssistant: <think>"', "data.task_options={response_prefix: '<think>', system_prompt: ''}"])))
+    seen: list[list[int]] = []
+    generate_ids = TorchEngine.generate
+
+    def recording(self, prompt_ids, params):  # type: ignore[no-untyped-def]
+        seen.extend(prompt_ids)
+        return generate_ids(self, prompt_ids, params)
+
+    monkeypatch.setattr(TorchEngine, "generate", recording)
+    out = tmp_path / "eval"
+    assert main(["eval", "--model", str(model_dir), "--recipe", str(recipe), "--limit", "2", "--max-new-tokens",
+                 "2", "--device", "cpu", "--out", str(out)]) == 0
+    tokenizer = load_tokenizer(model_dir)
+    assert tokenizer.chat_template  # the model has its own, which the recipe's run does not use
+    samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    rendered = [template.format(question=s["prompt"]) for s in samples]
+    assert seen == [tokenizer(text, add_special_tokens=False)["input_ids"] for text in rendered]
+    assert read_eval(out)["settings"]["prompt_template"] == template
 
 
 def test_filter_command_with_a_model(model_dir: Path, tmp_path: Path) -> None:

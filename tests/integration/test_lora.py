@@ -62,6 +62,20 @@ def lora_policy(model_dir: Path, impl: str, r: int = 8):
     return policy, apply_lora(policy.model, r, 2.0 * r, 0.0, TARGETS, model_dir)
 
 
+def adapted_layers(model) -> set[str]:
+    """The last names of the Linear layers that carry an adapter."""
+    return {name.split(".lora_A")[0].rsplit(".", 1)[-1] for name, _ in model.named_parameters() if ".lora_A" in name}
+
+
+@pytest.mark.parametrize("impl", ["native", "hf"])
+def test_the_adapters_go_on_the_target_modules_named(tiny_model_dir, impl):
+    """model.lora.target_modules decides the adapted layers (not peft's per-architecture default)."""
+    policy = load_policy(tiny_model_dir, impl, "float32", CPU)
+    assert adapted_layers(apply_lora(policy.model, 4, 8.0, 0.0, ["k_proj", "down_proj"], tiny_model_dir)) == \
+        {"k_proj", "down_proj"}
+    assert adapted_layers(lora_policy(tiny_model_dir, impl)[1]) == set(TARGETS)
+
+
 def frozen_and_adapters(model) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     return ({k: v for k, v in state.items() if ".lora_" not in k},
@@ -124,6 +138,7 @@ def test_lora_rl_moves_only_the_adapters_and_learns(tiny_model_dir, tmp_path):
         "rl.autocast=bfloat16", "checkpoint.every=0", "logging.samples_every=0", "logging.progress=false",
     ])
     policy, model = lora_policy(base_dir, "native", r=16)
+    assert adapted_layers(model) == set(TARGETS)
     frozen, adapters = frozen_and_adapters(model)
     task = Vowels()
     eos = eos_token_ids(policy.tokenizer)
@@ -271,3 +286,80 @@ def test_the_critic_of_a_lora_policy_starts_from_its_merged_weights(tiny_model_d
     assert torch.equal(state[name], merged[name])
     assert all(p.requires_grad for p in critic.model.parameters())
     assert any("lora_B" in n for n, _ in model.named_parameters())  # the policy keeps its adapters
+
+
+@pytest.fixture
+def adapter_checkpoint(tiny_model_dir, tmp_path):
+    """An adapter-only checkpoint (no checkpoint.merge_lora) of the tiny model with a nonzero adapter,
+    and the same adapter merged into a plain HF directory."""
+    from rlvr.models import load_tokenizer
+    from rlvr.models.lora import save_merged
+    from rlvr.trainers.checkpoint import save_checkpoint
+
+    torch.manual_seed(0)
+    _, model = lora_policy(tiny_model_dir, "native")
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0.0, 0.3)
+    tokenizer = load_tokenizer(tiny_model_dir)
+    checkpoint = save_checkpoint(tmp_path / "ckpts", 1, model, tokenizer, {}, keep_last=1)
+    assert not (checkpoint / "config.json").exists()
+    merged = tmp_path / "merged"
+    save_merged(model, merged)
+    tokenizer.save_pretrained(str(merged))
+    return checkpoint, merged
+
+
+def test_an_adapter_checkpoint_loads_as_its_base_with_the_adapter_merged(adapter_checkpoint, tiny_model_dir, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from rlvr.evaluation import eval_command
+    from rlvr.models import load_model
+
+    checkpoint, merged = adapter_checkpoint
+    ids = torch.tensor([[3, 17, 25, 40, 41, 9, 12]])
+    with torch.no_grad():
+        loaded = load_model(checkpoint)(ids).logits
+        want = AutoModelForCausalLM.from_pretrained(str(merged)).eval()(ids).logits
+        base = load_model(tiny_model_dir)(ids).logits
+    assert not any("lora" in name for name, _ in load_model(checkpoint).named_parameters())
+    assert (loaded - want).abs().max() < 1e-5 and (loaded - base).abs().max() > 1e-2
+    # `rlvr eval --model CHECKPOINT` samples the adapted model, as from its merged directory
+    results = [eval_command(str(path), "knights_knaves", None, limit=3, max_new_tokens=12, device="cpu",
+                            progress=False) for path in (checkpoint, merged)]
+    assert [s["completion"] for s in results[0].samples] == [s["completion"] for s in results[1].samples]
+
+
+def test_a_run_starts_from_an_adapter_checkpoint_given_as_model_path(adapter_checkpoint, tmp_path):
+    from rlvr.models.native import read_weights
+
+    checkpoint, merged = adapter_checkpoint
+    out = tmp_path / "run"
+    run(load_config("recipes/kk-tiny.yaml", [
+        f"model.path={checkpoint}", f"out_dir={out}", "threads=1", "logging.progress=false", "sft.enabled=false",
+        "data.train_size=32", "data.eval_size=2", "rl.steps=1", "rl.prompts_per_step=2", "rl.group_size=2",
+        "rl.mini_batches=1", "rl.max_new_tokens=4", "eval.max_new_tokens=4", "eval.samples=0", "eval.every=0",
+        "checkpoint.every=0", "logging.samples_every=0", "model.lora.r=4",
+    ]))
+    start = read_weights(out / "model_merged")
+    assert all(torch.equal(tensor, read_weights(merged)[name]) for name, tensor in start.items())
+    saved = json.loads((out / "checkpoints/rl/step_000001/adapter_config.json").read_text())
+    assert saved["base_model_name_or_path"] == str((out / "model_merged").resolve())  # the new adapter's base
+
+
+def test_an_adapter_checkpoint_without_its_base_stops_at_start_up(adapter_checkpoint, tmp_path):
+    checkpoint, _ = adapter_checkpoint
+    config_file = checkpoint / "adapter_config.json"
+    adapter = json.loads(config_file.read_text())
+    out = tmp_path / "run"
+    cases = [({**adapter, "base_model_name_or_path": str(tmp_path / "gone")},
+              r"config key model.path: .*adapter_config.json: the adapter's base model '.*gone' \(key "
+              r"base_model_name_or_path\) is not a local directory"),
+             ({k: v for k, v in adapter.items() if k != "base_model_name_or_path"},
+              r"adapter_config.json is a LoRA adapter without its base model: key 'base_model_name_or_path' is missing")]
+    for content, message in cases:
+        config_file.write_text(json.dumps(content))
+        with pytest.raises(ConfigError, match=message):
+            run(load_config("recipes/kk-tiny.yaml", [f"model.path={checkpoint}", f"out_dir={out}"]))
+        assert not out.exists()

@@ -62,6 +62,17 @@ def test_records_round_trip(task: Task) -> None:
     contract.check_records_round_trip(task, task.examples(5, seed=4))
 
 
+def test_the_optional_hooks_have_their_form(task: Task) -> None:
+    contract.check_hooks(task, task.examples(3, seed=5))
+
+
+def test_the_tasks_own_records_are_recognised_as_its_own(task: Task) -> None:
+    """`rlvr data stats` without --task names the task of a file that `rlvr data gen` wrote."""
+    from rlvr.data.tools import guess_task
+
+    assert all(guess_task(task.to_record(e)) == task.name for e in task.examples(3, seed=6))
+
+
 def test_a_registered_task_whose_module_does_not_import_fails(tmp_path) -> None:
     """The contract must fail, not skip, for a task that cannot be imported (pytest run on this file)."""
     (tmp_path / "broken_task.py").write_text("raise ImportError('a dependency is missing')\n")

@@ -27,7 +27,7 @@ def test_the_task_contract_holds_on_reasoning_gym_datasets(dataset):
     task = rlvr.tasks.get("reasoning_gym", dataset=dataset)
     results = contract.run_contract(task, n=3)
     assert [(r.name, r.status, r.message) for r in results if r.status != "pass"] == []
-    assert len(results) == 7
+    assert len(results) == 8
 
 
 def test_difficulty_options_reach_the_dataset_and_its_scorer_judges():

@@ -39,6 +39,34 @@ def test_memory_estimate_grows_with_the_batch_and_warns_past_the_memory() -> Non
     assert budget.memory_warning(big, parts, None) is None  # memory unknown: nothing to compare with
 
 
+def test_under_lora_only_the_adapters_have_gradients_and_optimizer_state(tmp_path) -> None:
+    """A 7B-shaped model (Qwen2.5-7B's config): full training holds weights, gradients, AdamW m and v
+    (16 bytes a parameter); LoRA holds the frozen weights once and those four for the adapters."""
+    import json
+
+    (tmp_path / "config.json").write_text(json.dumps({
+        "hidden_size": 3584, "num_hidden_layers": 28, "num_attention_heads": 28, "num_key_value_heads": 4,
+        "intermediate_size": 18944, "vocab_size": 152064, "tie_word_embeddings": False}))
+    full = load_config("recipes/kk-tiny.yaml", [f"model.path={tmp_path}"])
+    shape = budget.model_shape(full)
+    assert shape is not None and 7.0e9 < shape.params < 7.7e9
+    lora = load_config("recipes/kk-tiny.yaml", [f"model.path={tmp_path}", "model.lora.r=16"])
+    # r x (in + out) per projection: q 3584+3584, k and v 3584+512, o 3584+3584, gate and up
+    # 3584+18944, down 18944+3584 -> 16 x 100352 per layer
+    adapters = 28 * 16 * (2 * 7168 + 2 * 4096 + 3 * 22528)
+    assert budget.lora_params(lora, shape) == adapters
+    assert budget.lora_params(full, shape) == 0
+    state = {name: budget.rl_memory(c, shape, 60)["weights_and_optimizer"] for name, c in (("full", full),
+                                                                                        ("lora", lora))}
+    assert state["full"] == 16 * shape.params and state["lora"] == 4 * shape.params + 16 * adapters
+    kl = load_config("recipes/kk-tiny.yaml", [f"model.path={tmp_path}", "model.lora.r=16", "rl.kl_coef=0.01"])
+    assert budget.rl_memory(kl, shape, 60)["weights_and_optimizer"] == state["lora"] + 4 * (shape.params + adapters)
+    only_q = load_config("recipes/kk-tiny.yaml", [f"model.path={tmp_path}", "model.lora.target_modules=[q_proj]"])
+    assert budget.lora_params(only_q, shape) == 28 * 16 * 7168
+    lines, _ = budget.budget_lines(lora)
+    assert f"{adapters / 1e6:.2f}M of LoRA adapters trained" in lines[-1]
+
+
 def test_rlvr_config_prints_the_stage_and_warns_on_a_batch_too_big() -> None:
     def config(*overrides: str) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-m", "rlvr.cli", "config",

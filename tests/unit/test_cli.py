@@ -79,6 +79,20 @@ def test_data_gen_with_a_recipe_writes_the_recipes_puzzles(tmp_path):
     assert [r["quiz"] for r in rows] != [ex.prompt for ex in plain]
 
 
+def test_data_gen_flags_are_the_tasks_generation_options(tmp_path, capsys):
+    out = tmp_path / "m.jsonl"
+    assert main(["data", "gen", "--task", "math", "--level", "2", "--n", "2", "--out", str(out)]) == 0
+    assert [json.loads(line)["level"] for line in out.read_text().splitlines()] == [2, 2]
+    assert main(["data", "gen", "--task", "knights_knaves", "--people", "2", "4", "--n", "2", "--out", str(out)]) == 0
+    assert [len(json.loads(line)["names"]) for line in out.read_text().splitlines()] == [2, 4]
+    with pytest.raises(SystemExit, match="--people is a generation option of knights_knaves; task countdown's "
+                                         "flags: --numbers"):
+        main(["data", "gen", "--task", "countdown", "--people", "3", "--n", "1", "--out", str(out)])
+    with pytest.raises(SystemExit):
+        main(["data", "gen", "--help"])
+    assert "countdown: how many numbers" in capsys.readouterr().out
+
+
 def test_data_stats_counts_prompt_tokens_as_the_model_sees_them(tiny_model_dir, tmp_path, capsys):
     from rlvr.models import prompt_ids
 

@@ -159,6 +159,19 @@ def test_dedup_reads_the_task_prompt_and_fields(tmp_path: Path) -> None:
     assert summary["records_out"] == 20
 
 
+def test_dedup_reads_benchmark_rows_without_text_through_the_task(tmp_path: Path) -> None:
+    """Countdown rows (nums + target) hold no problem text (text_rows False): benchmark rows are
+    compared by the task's prompt too, so a repeated puzzle is contamination."""
+    countdown = tasks.get("countdown")
+    records = [countdown.to_record(e) for e in countdown.examples(6, seed=1)]
+    bench = write_jsonl(tmp_path / "bench.jsonl", [{"nums": records[2]["nums"], "target": records[2]["target"]}])
+    data = write_jsonl(tmp_path / "train.jsonl", records)
+    summary = dedup(data, tmp_path / "out.jsonl", against=[bench], task="countdown")
+    assert summary["contaminated"] == 1 and summary["records_out"] == 5
+    with pytest.raises(DataError, match=r"bench\.jsonl:1: no problem text"):  # by field, no text to compare
+        dedup(data, tmp_path / "out.jsonl", against=[bench], task=tasks.get("math"))
+
+
 def test_dedup_errors_name_the_line(tmp_path: Path) -> None:
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"problem": "a"}\n{"problem": "b"\n', encoding="utf-8")

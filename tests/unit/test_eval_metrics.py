@@ -111,7 +111,7 @@ def test_compute_metrics_by_hand() -> None:
         _sample(1, 2, False, "C", 60, metadata=kk4, text="Wait, let me check. Wait."),
         _sample(1, 3, False, "D", 70, metadata=kk4),
     ]
-    m = compute_metrics(samples, k_values=(1, 2, 4))
+    m = compute_metrics(samples, k_values=(1, 2, 4), difficulty_keys=("people",))
     assert m["avg@n"] == pytest.approx((3 / 4 + 0) / 2)
     assert m["pass@1"] == pytest.approx(m["avg@n"])
     assert m["pass@2"] == pytest.approx((pass_at_k(4, 3, 2) + 0) / 2)
@@ -134,6 +134,9 @@ def test_compute_metrics_by_hand() -> None:
     assert m["by_source/a/pass@2"] == pytest.approx(1.0)
     assert m["by_source/b/n_prompts"] == 1
     assert breakdown_table(m, "people") == {"3": pytest.approx(0.75), "4": 0.0}
+    # "people" is knights_knaves' difficulty key, not a generic one: without it, by source only.
+    generic = compute_metrics(samples, k_values=(1, 2, 4))
+    assert not any(k.startswith("by_people/") for k in generic) and generic["by_source/b/n_prompts"] == 1
 
 
 def test_compute_metrics_orders_difficulties_numerically_and_omits_undefined_means() -> None:
@@ -266,7 +269,8 @@ def test_evaluate_bookkeeping(kk_setup, tmp_path) -> None:
     lines = (out / "samples.jsonl").read_text().splitlines()
     assert len(lines) == 12
     # Every figure can be recomputed from the samples file.
-    again = compute_metrics([json.loads(line) for line in lines], k_values=(1, 2, 4))
+    assert payload["settings"]["difficulty_keys"] == ["people", "difficulty", "level"]  # the task's first
+    again = compute_metrics([json.loads(line) for line in lines], (1, 2, 4), payload["settings"]["difficulty_keys"])
     assert again == pytest.approx(m)
     assert not list(out.glob("*.tmp"))
 

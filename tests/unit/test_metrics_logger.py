@@ -12,7 +12,7 @@ import types
 import pytest
 
 from rlvr.config import load_config, to_dict
-from rlvr.trainers.common import MetricsLogger
+from rlvr.trainers.common import MetricsLogger, samples_markdown
 
 
 class FakeWandb(types.ModuleType):
@@ -127,6 +127,35 @@ def test_samples_go_to_tensorboard_as_text(tmp_path, monkeypatch):
     assert lines[0] == "| reward | correct | prompt | completion |"
     assert lines[2] == "| 1 | True | Who is a knight?<br>A \\| B | &lt;think&gt;A&lt;/think&gt; |"
     assert lines[3].startswith("| -0.5 | False | Q2 | xxx") and "[... 1000 more characters]" in lines[3]
+
+
+def test_the_real_tensorboard_writer_gets_scalars_samples_and_config(tmp_path):
+    """torch.utils.tensorboard's SummaryWriter, read back from its event file with tensorboard's
+    EventAccumulator: every numeric metric per step under PHASE/name, the samples and config as text."""
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    logger = MetricsLogger(tmp_path, tensorboard=True, config={"seed": 3, "rl": {"lr": 1e-6}})
+    logger.log({"phase": "rl", "step": 1, "reward/mean": 0.5, "accuracy": 0.25, "done": True, "note": "x"})
+    logger.log({"phase": "rl", "step": 2, "reward/mean": 0.75, "accuracy": 0.5})
+    logger.log({"phase": "sft", "step": 1, "sft/loss": 2.5})
+    logger.log_samples(2, ROWS)
+    logger.close()
+    events = EventAccumulator(str(tmp_path / "tensorboard"), size_guidance={"scalars": 0, "tensors": 0})
+    events.Reload()
+    assert sorted(events.Tags()["scalars"]) == ["rl/accuracy", "rl/reward/mean", "rl/step", "sft/sft/loss", "sft/step"]
+    assert [(e.step, e.value) for e in events.Scalars("rl/reward/mean")] == [(1, 0.5), (2, 0.75)]
+    assert [(e.step, e.value) for e in events.Scalars("sft/sft/loss")] == [(1, 2.5)]
+
+    def text(tag: str) -> list[tuple[int, str]]:
+        return [(e.step, e.tensor_proto.string_val[0].decode()) for e in events.Tensors(f"{tag}/text_summary")]
+
+    [(step, table)] = text("samples/completions")
+    assert step == 2 and table == samples_markdown(ROWS)
+    assert "&lt;think&gt;A&lt;/think&gt;" in table
+    [(step, config)] = text("config")
+    assert step == 0 and json.loads("\n".join(line[4:] for line in config.splitlines())) == {"seed": 3,
+                                                                                             "rl": {"lr": 1e-6}}
 
 
 def test_a_run_passes_its_resolved_config_to_wandb(tiny_model_dir, tmp_path, monkeypatch):

@@ -82,7 +82,8 @@ def make_run(run: Path) -> Path:
     for name, accuracy in (("before_rl_greedy", {3: 0.25, 4: 0.5}), ("after_rl_greedy", {3: 0.75, 4: 0.5})):
         samples = _eval_samples(accuracy)
         settings = {"n": 1, "temperature": 0.0, "top_p": 1.0, "max_new_tokens": 256, "seed": 0, "task": "kk"}
-        write_eval(EvalResult(compute_metrics(samples), samples, settings, {}), run / "eval" / name)
+        write_eval(EvalResult(compute_metrics(samples, difficulty_keys=("people",)), samples, settings, {}),
+                   run / "eval" / name)
     (run / "summary.json").write_text(json.dumps({"accuracy_greedy_after": 0.625,
                                                   "wall_s": {"sft": 10, "rl": 20}}))
     return run

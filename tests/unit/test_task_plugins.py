@@ -35,6 +35,35 @@ def test_a_file_spec_a_module_spec_and_an_entry_point_build_the_task(tmp_path, m
         rlvr.tasks.get("broken")
     config = load_config(overrides=["data.task=echo"])  # the config accepts the entry point's name
     assert config.data.difficulty == {"length": 1} == config.data.eval_difficulty == config.sft.difficulty
+    # `rlvr data stats` recognises the entry point's rows by its record_match (the broken one is passed over).
+    from rlvr.data.tools import guess_task
+
+    assert guess_task({"prompt": "Repeat: apple 0", "answer": "apple 0"}) == "echo"
+    assert guess_task({"prompt": "2+2?"}) is None
+
+
+def test_check_task_names_a_malformed_hook():
+    from rlvr.tasks.base import GenerationOption
+
+    echo = rlvr.tasks.factory(SPEC)
+
+    class Blind(echo):  # type: ignore[misc, valid-type]
+        record_match = staticmethod(lambda record: 0)
+
+    class Untyped(echo):  # type: ignore[misc, valid-type]
+        generation_options = (GenerationOption("length", "words", list),)
+
+    class Loose(echo):  # type: ignore[misc, valid-type]
+        record_match = staticmethod(lambda record: True)
+
+    cases = {Blind: r"record_match\(to_record\(example 0\)\) returned 0, expected an int > 0",
+             Untyped: "generation option 'length' has type <class 'list'>",
+             Loose: r"record_match\(\{\}\) returned True, expected 0"}
+    for cls, message in cases.items():
+        results = {r.name: r for r in contract.run_contract(cls(), n=2)}
+        hooks = results["the optional hooks have their form"]
+        assert hooks.status == "fail", cls
+        assert __import__("re").search(message, hooks.message), hooks.message
 
 
 def test_what_is_not_a_task_fails_with_one_message_naming_it(tmp_path):
@@ -81,7 +110,8 @@ def test_check_inputs_refuses_a_spec_that_builds_no_task():
 def test_check_task_passes_a_good_task(capsys):
     assert main(["check-task", SPEC]) == 0
     out = capsys.readouterr().out
-    assert out.count("PASS") == 7 and f"task {SPEC}: the contract holds (7 checks passed)" in out
+    assert out.count("PASS") == 8 and f"task {SPEC}: the contract holds (8 checks passed)" in out
+    assert "PASS  the optional hooks have their form" in out
 
 
 @pytest.mark.parametrize("flaw, check, why", [

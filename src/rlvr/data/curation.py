@@ -483,8 +483,9 @@ def dedup(
 
 def _bench_task(task: Any, field: str | None) -> Any:
     """Benchmark rows are read by field (AIME / MATH-500 rows as published), except for a task
-    whose rows hold no plain problem text (countdown: nums + target): those go through the task."""
-    if field is None and task is not None and getattr(task, "name", "") == "countdown":
+    whose rows hold no problem text (its `text_rows` is False, e.g. countdown's nums + target):
+    those go through the task."""
+    if field is None and task is not None and not getattr(task, "text_rows", True):
         return task
     return None
 

@@ -47,8 +47,8 @@ def _kind(path: Path) -> tuple[str, bool]:
     if suffix in ARROW_SUFFIXES and not gzipped:
         return "arrow", False
     valid = ", ".join(JSON_SUFFIXES + PARQUET_SUFFIXES + ARROW_SUFFIXES)
-    raise DataError(f"{path}: unknown data file type {''.join(path.suffixes)!r}; expected one of {valid} (JSON may "
-                    "be .gz) or a datasets save_to_disk directory")
+    raise DataError(f"{path}: unknown data file type {''.join(path.suffixes)!r}; expected one of {valid} "
+                    "(JSON may be .gz) or a datasets save_to_disk directory")
 
 
 def read_numbered(path: str | os.PathLike[str]) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -117,7 +117,8 @@ def _read_json_array(path: Path, handle: IO[bytes]) -> Iterator[tuple[int, dict[
         raise DataError(f"{path}:{line}: invalid JSON array: {error}") from None
     for number, record in enumerate(items, start=1):
         if not isinstance(record, dict):
-            raise DataError(f"{path}: item {number} of the array is a {type(record).__name__}, expected an object")
+            raise DataError(f"{path}: item {number} of the array is a {type(record).__name__}, "
+                            "expected an object")
         yield number, record
 
 
@@ -153,9 +154,10 @@ def _dataset_shards(directory: Path) -> list[Path]:
         shards = sorted(directory.glob("*.arrow"))
     missing = [p.name for p in shards if not p.is_file()]
     if not shards or missing:
-        raise DataError(f"{directory}: " + (f"shards {missing} named in state.json are missing" if missing else
-                                            "a directory without .arrow files; expected a datasets save_to_disk "
-                                            "directory (data-00000-of-00001.arrow, state.json) or a data file"))
+        problem = (f"shards {missing} named in state.json are missing" if missing else
+                   "a directory without .arrow files; expected a datasets save_to_disk directory "
+                   "(data-00000-of-00001.arrow, state.json) or a data file")
+        raise DataError(f"{directory}: {problem}")
     return shards
 
 
@@ -165,7 +167,8 @@ def _read_arrow_shards(path: Path, shards: list[Path]) -> Iterator[tuple[int, di
     try:
         import pyarrow as pa
     except ImportError:
-        raise ImportError(f"reading {path} needs pyarrow; install it with: pip install 'rlvr[pyarrow]'") from None
+        raise ImportError(f"reading {path} needs pyarrow; install it with: "
+                          "pip install 'rlvr[pyarrow]'") from None
     number = 0
     for shard in shards:
         try:

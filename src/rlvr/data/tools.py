@@ -14,6 +14,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from rlvr import tasks
 from rlvr.data.io import iter_examples, read_records, write_records_atomic
 from rlvr.tasks import get
 
@@ -61,9 +62,9 @@ def stats(path: str | os.PathLike[str], task_name: str | None = None, *,
           task_options: dict[str, Any] | None = None) -> dict[str, Any]:
     """Statistics of a data file, read through a task's from_record (so bad records are reported).
 
-    task_name None: guessed from the first record's fields (quiz -> knights_knaves, nums + target
-    -> countdown, problem / question / reward_model -> math); with no guess, raw records are
-    measured, the prompt taken from the first of quiz / problem / question / prompt.
+    task_name None: guessed from the first record's fields (guess_task: the tasks' record_match);
+    with no guess, raw records are measured, the prompt taken from the first of quiz / problem /
+    question / prompt.
     Returns {"path", "task", "count", "prompt_chars", "prompt_words", "difficulty"} where the
     length entries are summarize() dicts and difficulty maps a key to {value: count}.
     """
@@ -100,16 +101,21 @@ def stats(path: str | os.PathLike[str], task_name: str | None = None, *,
 
 
 def guess_task(record: dict[str, Any]) -> str | None:
-    """The registered task whose public schema `record` has, or None."""
-    truth = record.get("reward_model", {})
-    truth = truth.get("ground_truth") if isinstance(truth, dict) else None
-    if "quiz" in record or (isinstance(truth, dict) and "solution_text_format" in truth):
-        return "knights_knaves"
-    if "nums" in record and "target" in record:
-        return "countdown"
-    if "problem" in record or "question" in record or "reward_model" in record:
-        return "math"
-    return None
+    """The registered task whose record_match(record) is highest (ties: the first registered), or
+    None when none matches. Row tasks (generic, mixed) are never guessed; a task whose module does
+    not load (an entry point of a broken package) is passed over."""
+    best, best_score = None, 0
+    for name in tasks.registered():
+        if name in tasks.ROW_TASKS:
+            continue
+        try:
+            match = tasks.class_default(name, "record_match", None)
+        except Exception:  # another package's import failure must not stop `data stats`
+            continue
+        score = int(match(record)) if callable(match) else 0
+        if score > best_score:
+            best, best_score = name, score
+    return best
 
 
 def _difficulty(task: Any, metadata: dict[str, Any]) -> dict[str, Any]:

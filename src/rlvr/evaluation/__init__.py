@@ -2,7 +2,7 @@
 
 evaluate(engine, tokenizer, task, examples, ...) -> EvalResult   sample, score, summarise
 write_eval(result, out_dir)                                    metrics.json + samples.jsonl
-compute_metrics(samples, k_values)                             the same metrics from samples
+compute_metrics(samples, k_values, keys)                       the same metrics from samples
 write_report(run_dir)                                          run_dir/report.html (+ plots/)
 """
 

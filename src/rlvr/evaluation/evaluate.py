@@ -4,7 +4,8 @@ evaluate() turns examples into prompts with the tokenizer's chat template, asks 
 for n completions per prompt, scores each with the task's verifier and computes the metrics of
 rlvr.evaluation.metrics from the resulting samples. write_eval() stores them as
 `metrics.json` (metrics, sampling settings, timing) and `samples.jsonl` (one line per
-completion); compute_metrics(read samples) gives back the same metrics.
+completion); compute_metrics(read samples, k_values, settings["difficulty_keys"]) gives back the
+same metrics.
 """
 
 from __future__ import annotations
@@ -23,9 +24,9 @@ from typing import Any
 import torch
 
 from rlvr.data.io import iter_examples, write_json_atomic, write_jsonl_atomic
-from rlvr.evaluation.metrics import MetricsAccumulator, compute_metrics
-from rlvr.models.chat import batch_prompt_ids, decode_completion, eos_token_ids
-from rlvr.models.loading import load_model, load_tokenizer
+from rlvr.evaluation.metrics import MetricsAccumulator, compute_metrics, difficulty_keys_of
+from rlvr.models.chat import batch_prompt_ids, decode_completion, eos_token_ids, set_prompt_template
+from rlvr.models.loading import ModelLoadError, adapter_base, load_model, load_tokenizer
 from rlvr.models.native import NativeCausalLM, is_supported
 from rlvr.rollout.base import RolloutEngine, SamplingParams
 from rlvr.rollout.torch_engine import TorchEngine
@@ -126,7 +127,8 @@ def scored_groups(
             example = chunk[local]
             text = decode_completion(tokenizer, rollout.token_ids)
             score = task.score(text, example)
-            groups[local].append(_sample_record(start + local, len(groups[local]), example, text, rollout, score))
+            record = _sample_record(start + local, len(groups[local]), example, text, rollout, score)
+            groups[local].append(record)
             timing["generated_tokens"] = timing.get("generated_tokens", 0.0) + len(rollout.token_ids)
         timing["generate_s"] = timing.get("generate_s", 0.0) + t1 - t0
         timing["score_s"] = timing.get("score_s", 0.0) + time.perf_counter() - t1
@@ -134,12 +136,14 @@ def scored_groups(
         yield from groups
 
 
-def _settings(task: Task, n: int, temperature: float, top_p: float, top_k: int, max_new_tokens: int, seed: int,
-              k_values: Sequence[int], prompts_per_batch: int, model_path: str | None, n_examples: int) -> dict[str, Any]:
+def _settings(task: Task, n: int, temperature: float, top_p: float, top_k: int, max_new_tokens: int,
+              seed: int, k_values: Sequence[int], prompts_per_batch: int, model_path: str | None,
+              n_examples: int) -> dict[str, Any]:
     return {
         "task": task.name, "model": model_path, "n": n, "temperature": temperature, "top_p": top_p,
         "top_k": top_k, "max_new_tokens": max_new_tokens, "seed": seed, "k_values": list(k_values),
-        "prompts_per_batch": prompts_per_batch, "response_prefix": task.response_prefix, "n_examples": n_examples,
+        "prompts_per_batch": prompts_per_batch, "response_prefix": task.response_prefix,
+        "n_examples": n_examples, "difficulty_keys": list(difficulty_keys_of(task)),
     }
 
 
@@ -185,9 +189,10 @@ def evaluate(
         samples += group
         if on_batch is not None and (done % prompts_per_batch == 0 or done == len(examples)):
             on_batch(done, len(examples))
-    settings = _settings(task, n, temperature, top_p, top_k, max_new_tokens, seed, k_values, prompts_per_batch,
-                         model_path, len(examples))
-    return EvalResult(compute_metrics(samples, k_values), samples, settings, _finish_timing(timing))
+    settings = _settings(task, n, temperature, top_p, top_k, max_new_tokens, seed, k_values,
+                         prompts_per_batch, model_path, len(examples))
+    return EvalResult(compute_metrics(samples, k_values, difficulty_keys_of(task)), samples, settings,
+                      _finish_timing(timing))
 
 
 def _finite(metrics: dict[str, float]) -> dict[str, float | None]:
@@ -239,7 +244,8 @@ def load_engine(
         model = NativeCausalLM.from_hf(model).eval()
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop_ids[0]
     engine = TorchEngine(model, stop_ids, pad_token_id=pad, device=device,
-                         decode_fn=lambda ids: decode_completion(tokenizer, ids), max_batch_size=max_batch_size)
+                         decode_fn=lambda ids: decode_completion(tokenizer, ids),
+                         max_batch_size=max_batch_size)
     return engine, tokenizer
 
 
@@ -248,6 +254,10 @@ def load_vllm_engine(model_dir: str | Path, dtype: str = "float32", rows: int = 
     """(VLLMEngine, tokenizer) for a local model directory: rows completions in flight, sequences of
     up to 1024 prompt tokens + max_new_tokens; stops on the same ids as load_engine's TorchEngine."""
     require_vllm()
+    if adapter_base(model_dir) is not None:
+        raise ModelLoadError(f"{model_dir} is an adapter-only LoRA checkpoint, which vLLM does not load as a "
+                             "model: evaluate its merged/ directory (checkpoint.merge_lora) or use "
+                             "--engine torch")
     tokenizer = load_tokenizer(model_dir)
     vllm_dtype = "float32" if dtype == "auto" else dtype
     engine = VLLMEngine(str(model_dir), eos_token_ids(tokenizer, str(model_dir)), dtype=vllm_dtype,
@@ -322,7 +332,7 @@ def stream_samples(groups: Iterable[list[dict[str, Any]]], accumulator: MetricsA
 
 def eval_command(
     model: str,
-    task: str,
+    task: str | Task,
     data: str | None,
     out: str | None = None,
     *,
@@ -341,9 +351,14 @@ def eval_command(
     progress: bool = True,
     data_seed: int = 12345,
     engine: str = "torch",
+    prompt_template: str = "",
 ) -> EvalResult:
     """`rlvr eval`: evaluate a local model on a data file of `task`; writes out/ when given.
 
+    task: a task name (built with task_options) or a built Task (`rlvr eval --recipe`: the run's
+    own, rlvr.trainers.pipeline.build_task). prompt_template: a recipe's data.prompt_template,
+    installed as the tokenizer's chat template as a run installs it (set_prompt_template), so the
+    model sees the prompts of its training run.
     Streams (stream_samples): the data file is read a batch at a time and samples go straight to
     out/samples.jsonl, with the metrics accumulated on the way, so the returned EvalResult's
     samples list is empty when `out` is given (read them from the file) and full otherwise.
@@ -352,7 +367,7 @@ def eval_command(
     with problem + answer for task "math"); limit: evaluate the first `limit` rows only.
     data None: `limit` (default 256) problems generated by the task with seed `data_seed`.
     """
-    task_obj = get(task, **(task_options or {}))
+    task_obj = get(task, **(task_options or {})) if isinstance(task, str) else task
     k_values = parse_k(k)
     temperature, top_p = sampling_defaults(n, temperature, top_p)
     check_sampling(n, temperature, k_values)
@@ -362,16 +377,19 @@ def eval_command(
                                                  max_new_tokens=max_new_tokens)
     else:
         the_engine, tokenizer = load_engine(model, device=device, dtype=dtype)
+    if prompt_template:
+        set_prompt_template(tokenizer, prompt_template, task_obj.response_prefix)
     timing: dict[str, float] = {}
-    groups = scored_groups(the_engine, tokenizer, task_obj, examples, n=n, temperature=temperature, top_p=top_p,
-                           top_k=top_k, max_new_tokens=max_new_tokens, seed=seed,
+    groups = scored_groups(the_engine, tokenizer, task_obj, examples, n=n, temperature=temperature,
+                           top_p=top_p, top_k=top_k, max_new_tokens=max_new_tokens, seed=seed,
                            prompts_per_batch=prompts_per_batch, timing=timing)
-    accumulator = MetricsAccumulator(k_values)
+    accumulator = MetricsAccumulator(k_values, difficulty_keys_of(task_obj))
     kept = stream_samples(groups, accumulator, out, prompts_per_batch if progress else 0)
     if not accumulator.total.prompts:
         raise ValueError(f"no examples to evaluate in {data}")
-    settings = _settings(task_obj, n, temperature, top_p, top_k, max_new_tokens, seed, k_values, prompts_per_batch,
-                         str(model), accumulator.total.prompts)
+    settings = _settings(task_obj, n, temperature, top_p, top_k, max_new_tokens, seed, k_values,
+                         prompts_per_batch, str(model), accumulator.total.prompts)
+    settings["prompt_template"] = prompt_template
     settings["data"] = str(data) if data is not None else f"generated (seed {data_seed})"
     result = EvalResult(accumulator.result(), kept, settings, _finish_timing(timing))
     if out is not None:
@@ -387,7 +405,8 @@ def format_summary(result: EvalResult) -> str:
         f"top_p {s['top_p']}  max_new_tokens {s['max_new_tokens']}  seed {s['seed']}",
         "  " + "  ".join(f"{key} {m[key]:.3f}" for key in m if key.startswith(("avg@", "pass@", "maj@"))),
         f"  truncation {m['truncation_rate']:.3f}  format errors {m['format_error_rate']:.3f}  "
-        f"length mean {m['length/mean']:.1f}  reflection words/response {m['reflection_words_per_response']:.2f}",
+        f"length mean {m['length/mean']:.1f}  "
+        f"reflection words/response {m['reflection_words_per_response']:.2f}",
     ]
     for name in sorted({key.split("/")[0] for key in m if key.startswith("by_")}):
         cells = [f"{key.split('/')[1]}: {value:.3f}" for key, value in m.items()

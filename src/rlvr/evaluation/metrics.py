@@ -31,9 +31,9 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-# Metadata keys that name a difficulty, in order of preference ("people" for Knights and Knaves,
-# "level" for MATH's "Level 1".."Level 5", a generic "difficulty" otherwise).
-DIFFICULTY_KEYS = ("people", "difficulty", "level")
+# Metadata keys that name a difficulty in data files of any task ("difficulty", MATH's "level":
+# "Level 1".."Level 5"); a task's own difficulty_keys come first (difficulty_keys_of).
+GENERIC_DIFFICULTY_KEYS = ("difficulty", "level")
 SOURCE_KEY = "source"
 
 # Reflection phrases counted per response: the "aha" signals of the R1 reports. Each entry is
@@ -113,7 +113,8 @@ def maj_at_k(answers: Sequence[str | None], corrects: Sequence[bool], k: int) ->
     if not 1 <= k <= n:
         raise ValueError(f"maj@k needs 1 <= k <= n samples per prompt, got k={k}, n={n}")
     blocks = n // k
-    scores = [majority_vote_score(answers[b * k:(b + 1) * k], corrects[b * k:(b + 1) * k]) for b in range(blocks)]
+    scores = [majority_vote_score(answers[b * k:(b + 1) * k], corrects[b * k:(b + 1) * k])
+              for b in range(blocks)]
     return sum(scores) / blocks
 
 
@@ -207,8 +208,9 @@ class MetricsAccumulator:
     too large to keep their samples in memory. add(group) takes one prompt's n samples in
     sample order; every prompt must have the same n."""
 
-    def __init__(self, k_values: Sequence[int] = (1,)) -> None:
+    def __init__(self, k_values: Sequence[int] = (1,), difficulty_keys: Sequence[str] | None = None) -> None:
         self.k_values = tuple(k_values)
+        self.difficulty_keys = tuple(GENERIC_DIFFICULTY_KEYS if difficulty_keys is None else difficulty_keys)
         self.n: int | None = None
         self.total = _Sums(self.k_values)
         self.parts: dict[tuple[str, str], _Sums] = {}
@@ -225,7 +227,7 @@ class MetricsAccumulator:
         lengths = [float(s["n_tokens"]) for s in group]
         reflections = [reflection_counts(str(s.get("completion", ""))) for s in group]
         self.total.add(corrects, votes, lengths, group, reflections)
-        for pair in breakdown_keys(group[0].get("metadata") or {}):
+        for pair in breakdown_keys(group[0].get("metadata") or {}, self.difficulty_keys):
             if pair not in self.parts:
                 self.parts[pair] = _Sums(self.k_values)
             self.parts[pair].add(corrects, votes, lengths, group, reflections)
@@ -240,7 +242,8 @@ class MetricsAccumulator:
             prefix = f"by_{key}/{value}/"
             values = sums.accuracy()
             response = sums.responses()
-            values.update({name: response[name] for name in ("format_error_rate", "truncation_rate", "length/mean")})
+            values.update({name: response[name]
+                           for name in ("format_error_rate", "truncation_rate", "length/mean")})
             metrics.update({prefix + name: v for name, v in values.items()})
         return metrics
 
@@ -250,7 +253,8 @@ def _key_value(value: Any) -> str:
     return str(value).replace("/", "_").strip() or "none"
 
 
-def source_metrics(sources: Sequence[Any], rewards: Sequence[float], correct: Sequence[bool]) -> dict[str, float]:
+def source_metrics(sources: Sequence[Any], rewards: Sequence[float],
+                   correct: Sequence[bool]) -> dict[str, float]:
     """Per data source of a batch (one entry per sequence; None: no source): reward/<source>/mean,
     accuracy/<source> and batch_share/<source> (its fraction of the sequences). {} when no
     sequence has a source. Source names become key segments as in the eval breakdowns ('/' -> '_')."""
@@ -266,10 +270,19 @@ def source_metrics(sources: Sequence[Any], rewards: Sequence[float], correct: Se
     return out
 
 
-def breakdown_keys(metadata: Mapping[str, Any]) -> list[tuple[str, str]]:
-    """(key, value) pairs a prompt is broken down by: its first difficulty key and its source."""
+def difficulty_keys_of(task: Any) -> tuple[str, ...]:
+    """The keys evaluation breaks accuracy down by: the task's difficulty_keys (e.g. knights_knaves'
+    "people"), then GENERIC_DIFFICULTY_KEYS."""
+    own = tuple(getattr(task, "difficulty_keys", None) or ())
+    return tuple(dict.fromkeys((*own, *GENERIC_DIFFICULTY_KEYS)))
+
+
+def breakdown_keys(metadata: Mapping[str, Any],
+                   difficulty_keys: Sequence[str] = GENERIC_DIFFICULTY_KEYS) -> list[tuple[str, str]]:
+    """(key, value) pairs a prompt is broken down by: the first of difficulty_keys its metadata has,
+    and its source."""
     pairs = []
-    for key in DIFFICULTY_KEYS:
+    for key in difficulty_keys:
         if metadata.get(key) is not None:
             pairs.append((key, _key_value(metadata[key])))
             break
@@ -278,17 +291,20 @@ def breakdown_keys(metadata: Mapping[str, Any]) -> list[tuple[str, str]]:
     return pairs
 
 
-def compute_metrics(samples: Iterable[Mapping[str, Any]], k_values: Sequence[int] = (1,)) -> dict[str, float]:
+def compute_metrics(samples: Iterable[Mapping[str, Any]], k_values: Sequence[int] = (1,),
+                    difficulty_keys: Sequence[str] | None = None) -> dict[str, float]:
     """All evaluation metrics from scored samples; a flat dict of floats.
 
     Overall keys: avg@n, pass@{k}, maj@{k} for each k, n_prompts, n_samples, reward_mean,
     truncation_rate, format_error_rate, length/{mean,min,max,correct_mean,wrong_mean},
     reflection_words_per_response, reflection_response_ratio, reflection/{word}_per_response.
-    Breakdowns: by_{people|difficulty|level}/{value}/... and by_source/{value}/... with avg@n,
-    pass@k, maj@k, n_prompts, format_error_rate, truncation_rate and length/mean.
+    Breakdowns: by_{key}/{value}/... for the first of difficulty_keys (default
+    GENERIC_DIFFICULTY_KEYS; an eval's metrics.json records the keys it used in settings) a prompt's
+    metadata has, and by_source/{value}/..., with avg@n, pass@k, maj@k, n_prompts,
+    format_error_rate, truncation_rate and length/mean.
     """
     groups = group_by_prompt(samples)
-    accumulator = MetricsAccumulator(k_values)
+    accumulator = MetricsAccumulator(k_values, difficulty_keys)
     for index in sorted(groups):
         accumulator.add(groups[index])
     return accumulator.result()

@@ -225,7 +225,8 @@ def curve_panel(rows_by_phase: Mapping[str, Sequence[Mapping[str, Any]]]) -> Pan
                  stage_markers(rows_by_phase.get("rl", [])), x_label="RL steps done")
 
 
-def training_panels(rows_by_phase: Mapping[str, Sequence[Mapping[str, Any]]]) -> tuple[list[Panel], list[Panel]]:
+def training_panels(rows_by_phase: Mapping[str, Sequence[Mapping[str, Any]]]
+                    ) -> tuple[list[Panel], list[Panel]]:
     """(main panels: the learning curve, then PANELS order; extra panels for the remaining keys
     grouped by prefix)."""
     main: list[Panel] = []
@@ -343,7 +344,8 @@ def svg_line_chart(panel: Panel, width: int = 440, height: int = 250, max_points
     for tick in nice_ticks(y_low, y_high, 6):
         y = py(tick)
         out.append(f'<line x1="{left}" x2="{left + plot_w}" y1="{y:.1f}" y2="{y:.1f}" class="grid"/>'
-                   f'<text x="{left - 4}" y="{y + 3:.1f}" text-anchor="end" class="tick">{format_number(tick)}</text>')
+                   f'<text x="{left - 4}" y="{y + 3:.1f}" text-anchor="end" class="tick">'
+                   f'{format_number(tick)}</text>')
     for tick in nice_ticks(x_low, x_high, integer=True):  # x counts steps
         x = px(tick)
         out.append(f'<text x="{x:.1f}" y="{top + plot_h + 13}" text-anchor="middle" class="tick xt">'
@@ -435,7 +437,8 @@ def svg_bar_chart(title: str, categories: Sequence[str], series: Sequence[tuple[
         return top + (1 - (y - y_low) / (y_high - y_low)) * plot_h
 
     for tick in nice_ticks(y_low, y_high):
-        out.append(f'<line x1="{left}" x2="{left + plot_w}" y1="{py(tick):.1f}" y2="{py(tick):.1f}" class="grid"/>'
+        out.append(f'<line x1="{left}" x2="{left + plot_w}" y1="{py(tick):.1f}" y2="{py(tick):.1f}" '
+                   'class="grid"/>'
                    f'<text x="{left - 4}" y="{py(tick) + 3:.1f}" text-anchor="end" class="tick">'
                    f'{format_number(tick)}</text>')
     group_w = plot_w / max(len(categories), 1)
@@ -504,13 +507,15 @@ def write_pngs(panels: Sequence[Panel], directory: Path) -> list[Path]:
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:0 auto;max-width:1400px;
 padding:16px 24px;color:#222;background:#fff}
-h1{font-size:22px;margin:4px 0}h2{font-size:18px;border-bottom:1px solid #ddd;padding-bottom:4px;margin-top:28px}
+h1{font-size:22px;margin:4px 0}
+h2{font-size:18px;border-bottom:1px solid #ddd;padding-bottom:4px;margin-top:28px}
 h3{font-size:15px;margin:16px 0 6px}.sub{color:#666;font-size:13px}
 .cards{display:flex;flex-wrap:wrap;gap:10px;margin:12px 0}
 .card{border:1px solid #ddd;border-radius:6px;padding:8px 12px;min-width:120px}
 .card b{display:block;font-size:20px}.card span{color:#666;font-size:12px}
 .grid-charts{display:grid;grid-template-columns:repeat(auto-fill,minmax(min(100%,440px),1fr));gap:8px}
-svg{background:#fff;border:1px solid #eee;border-radius:4px;font-family:inherit;display:block;width:100%;height:auto}
+svg{background:#fff;border:1px solid #eee;border-radius:4px;font-family:inherit;display:block;width:100%;
+height:auto}
 svg .t{font-size:13px;font-weight:600;fill:#222}svg .tick{font-size:10px;fill:#555}
 svg .legend{font-size:10px;fill:#333}svg .frame{fill:none;stroke:#bbb}svg .grid{stroke:#eee}
 svg .marker{stroke:#888;stroke-dasharray:4 3}svg .mlabel{font-size:9px;fill:#666}
@@ -537,7 +542,8 @@ def _cell(value: Any) -> str:
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[Any]], left_columns: int = 1) -> str:
-    head = "".join(f'<th class="{"l" if i < left_columns else ""}">{_esc(h)}</th>' for i, h in enumerate(header))
+    head = "".join(f'<th class="{"l" if i < left_columns else ""}">{_esc(h)}</th>'
+                   for i, h in enumerate(header))
     body = []
     for row in rows:
         cells = []
@@ -621,9 +627,10 @@ def is_placebo_control(run: Run) -> bool:
     return isinstance(rl, dict) and rl.get("shuffle_rewards") is True
 
 
-_CONTROL_NOTE = ("<p class=control><b>Placebo control run</b> (rl.shuffle_rewards): each group's rewards were "
-                 "permuted among its samples before the advantages, so the RL update had the noise of a real "
-                 "run and none of its signal. Its RL gain is the drift to compare a real run's gain with.</p>")
+_CONTROL_NOTE = ("<p class=control><b>Placebo control run</b> (rl.shuffle_rewards): each group's rewards "
+                 "were permuted among its samples before the advantages, so the RL update had the noise of a "
+                 "real run and none of its signal. Its RL gain is the drift to compare a real run's gain "
+                 "with.</p>")
 
 
 def _timing_section(rows: Sequence[Mapping[str, Any]]) -> str:
@@ -637,7 +644,8 @@ def _timing_section(rows: Sequence[Mapping[str, Any]]) -> str:
         values = _series(rows, key)[1]
         share = f"{100 * totals[key] / whole:.1f}%" if whole else "–"
         table_rows.append((key[len("timing_s/"):], sum(values) / len(values), totals[key], share))
-    return "<h3>Time per phase (RL)</h3>" + _table(["phase", "mean s / step", "total s", "share of step"], table_rows)
+    header = ["phase", "mean s / step", "total s", "share of step"]
+    return "<h3>Time per phase (RL)</h3>" + _table(header, table_rows)
 
 
 def _eval_section(run: Run) -> str:
@@ -675,7 +683,8 @@ EVAL_COLUMNS = (("truncation_rate", "truncated"), ("format_error_rate", "format 
 
 def accuracy_keys(evals: Mapping[str, Mapping[str, Any]]) -> list[str]:
     """avg@n, then pass@k and maj@k by k, over every eval (an eval without one shows a dash)."""
-    found = {k for payload in evals.values() for k in payload["metrics"] if re.fullmatch(r"(pass|maj)@\d+", k)}
+    found = {k for payload in evals.values() for k in payload["metrics"]
+             if re.fullmatch(r"(pass|maj)@\d+", k)}
     by_k = sorted(found, key=lambda k: (k.split("@")[0] != "pass", int(k.split("@")[1])))
     return ["avg@n", *by_k]
 
@@ -688,8 +697,8 @@ def eval_table(evals: Mapping[str, Mapping[str, Any]]) -> str:
         m, s = payload["metrics"], payload.get("settings", {})
         setting = (f"n={s.get('n')} T={s.get('temperature')} top_p={s.get('top_p')} "
                    f"max_new_tokens={s.get('max_new_tokens')} seed={s.get('seed')}")
-        rows.append([name, m.get("n_prompts"), *(m.get(k) for k in keys), *(m.get(k) for k, _ in EVAL_COLUMNS),
-                     (_esc(setting), "l")])
+        rows.append([name, m.get("n_prompts"), *(m.get(k) for k in keys),
+                     *(m.get(k) for k, _ in EVAL_COLUMNS), (_esc(setting), "l")])
     header = ["eval", "prompts", *keys, *(label for _, label in EVAL_COLUMNS), "settings"]
     return _table(header, rows)
 
@@ -699,7 +708,8 @@ def _before_after_pairs(names: Sequence[str]) -> list[tuple[str, str]]:
             if n.startswith("before_") and "after_" + n[len("before_"):] in names]
 
 
-def _breakdowns(evals: Mapping[str, Mapping[str, Any]]) -> dict[str, tuple[list[str], list[tuple[str, list]]]]:
+def _breakdowns(evals: Mapping[str, Mapping[str, Any]]
+                ) -> dict[str, tuple[list[str], list[tuple[str, list]]]]:
     """{breakdown key: (values, [(eval name, avg@n per value)])} over every eval."""
     keys = sorted({name.split("/")[0][3:] for payload in evals.values() for name in payload["metrics"]
                    if name.startswith("by_")})
@@ -782,7 +792,8 @@ def render_html(run: Run, main: Sequence[Panel], extra: Sequence[Panel], pngs: S
     title = f"{run_name(run)}: rlvr run report"
     now = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
     parts = [f"<!DOCTYPE html><html lang=en><head><meta charset=utf-8><title>{_esc(title)}</title>"
-             f"<meta name=viewport content='width=device-width,initial-scale=1'><style>{_CSS}</style></head><body>",
+             "<meta name=viewport content='width=device-width,initial-scale=1'>"
+             f"<style>{_CSS}</style></head><body>",
              f"<h1>{_esc(title)}</h1><div class=sub>{_esc(run.directory)} · report written {now}</div>",
              _CONTROL_NOTE if is_placebo_control(run) else "", _cards(run)]
     if run.warnings:
@@ -791,7 +802,8 @@ def render_html(run: Run, main: Sequence[Panel], extra: Sequence[Panel], pngs: S
         parts.append(f'<details class="warn" open><summary>{len(run.warnings)} warning(s)</summary>'
                      f"<ul>{items}{more}</ul></details>")
     if main:
-        parts.append("<h2>Training</h2><div class=grid-charts>" + "".join(svg_line_chart(p) for p in main) + "</div>")
+        charts = "".join(svg_line_chart(p) for p in main)
+        parts.append("<h2>Training</h2><div class=grid-charts>" + charts + "</div>")
         markers = stage_markers(run.rows.get("rl", []))
         if markers:
             parts.append("<p class=sub>Dashed lines: " + ", ".join(f"{_esc(label)} from step {int(x)}"
@@ -807,7 +819,8 @@ def render_html(run: Run, main: Sequence[Panel], extra: Sequence[Panel], pngs: S
     if run.config_text is not None:
         parts.append(f"<h2>Config</h2><pre>{_esc(run.config_text)}</pre>")
     if pngs:
-        parts.append("<p class=sub>PNG plots: " + ", ".join(_esc(p.name) for p in pngs) + f" in {_esc(pngs[0].parent)}</p>")
+        names = ", ".join(_esc(p.name) for p in pngs)
+        parts.append(f"<p class=sub>PNG plots: {names} in {_esc(pngs[0].parent)}</p>")
     parts.append("</body></html>")
     return "".join(parts)
 

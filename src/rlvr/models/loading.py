@@ -4,11 +4,18 @@ rlvr never downloads: every path must be a directory on this machine (one writte
 `rlvr model init`, a trainer checkpoint, or a Qwen2.5 / Llama directory you fetched yourself).
 Problems are reported before transformers sees the path, naming the directory and the file that
 was expected, so that a typo does not turn into a stack trace about the hub.
+
+An adapter-only LoRA checkpoint (adapter_config.json + adapter_model.safetensors, what rlvr's
+checkpoints hold without checkpoint.merge_lora) loads as a model too: the base directory its
+adapter_config.json names (base_model_name_or_path) is loaded and the adapter merged into it
+(adapter_base, load_model, merged_model_dir; peft needed).
 """
 
 from __future__ import annotations
 
+import json
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +32,9 @@ WEIGHT_FILES = (
 )
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
 DTYPES = ("float32", "bfloat16", "float16", "auto")
+
+ADAPTER_CONFIG = "adapter_config.json"
+BASE_KEY = "base_model_name_or_path"
 
 # "Org/Name" or "Org/Name-7B": one slash, no leading "." or "/", no "~": looks like a hub id.
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -63,12 +73,51 @@ def check_model_dir(path: str | Path, need_weights: bool = True, need_tokenizer:
     return directory
 
 
+def adapter_base(path: str | Path) -> Path | None:
+    """The base model directory of an adapter-only LoRA checkpoint at `path` (its adapter_config.json's
+    base_model_name_or_path, relative paths read from the checkpoint), checked to be a local model
+    directory with weights; None when `path` holds no adapter_config.json. ModelLoadError names the
+    file and the key when the base is missing or not here."""
+    file = Path(str(path)).expanduser() / ADAPTER_CONFIG
+    if not file.is_file():
+        return None
+    try:
+        raw = json.loads(file.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise ModelLoadError(f"{file}:{error.lineno}: not valid JSON ({error.msg})") from None
+    base = raw.get(BASE_KEY) if isinstance(raw, dict) else None
+    if not isinstance(base, str) or not base:
+        raise ModelLoadError(f"{file} is a LoRA adapter without its base model: key {BASE_KEY!r} is missing "
+                             "or empty (set it to the base model's local directory)")
+    directory = Path(base).expanduser()
+    if not directory.is_absolute() and not directory.is_dir() and (file.parent / directory).is_dir():
+        directory = file.parent / directory
+    if not directory.is_dir():
+        raise ModelLoadError(f"{file}: the adapter's base model {base!r} (key {BASE_KEY}) is not a local "
+                             "directory; rlvr never downloads: put the base model there, or set the key to "
+                             "where it is")
+    try:
+        return check_model_dir(directory, need_weights=True)
+    except ModelLoadError as error:
+        raise ModelLoadError(f"{file}: the adapter's base model (key {BASE_KEY}): {error}") from None
+
+
+def model_config_dir(path: str | Path) -> Path:
+    """The directory whose config.json describes the model at `path`: the base of an adapter-only
+    LoRA checkpoint (adapter_base), else `path` itself."""
+    return adapter_base(path) or Path(str(path)).expanduser()
+
+
 def _tokenizer_dir(path: str | Path) -> Path:
-    """Tokenizer directories need no config.json or weights, only tokenizer files."""
+    """Tokenizer directories need no config.json or weights, only tokenizer files (an adapter
+    checkpoint without them: its base model's)."""
     text = str(path)
     directory = Path(text).expanduser()
     if directory.is_dir() and any((directory / name).is_file() for name in TOKENIZER_FILES):
         return directory
+    base = adapter_base(directory) if directory.is_dir() else None
+    if base is not None:
+        return _tokenizer_dir(base)
     return check_model_dir(path, need_weights=False, need_tokenizer=True)
 
 
@@ -114,15 +163,40 @@ def load_model(path: str | Path, dtype: str = "float32", device: str = "cpu") ->
 
     dtype: 'float32' (CPU default: bf16 matmuls are slower than fp32 on most CPUs for small
     models), 'bfloat16', 'float16', or 'auto' (the dtype recorded in config.json).
+    An adapter-only LoRA checkpoint: its base model with the adapter merged in (a plain model).
     """
     from transformers import AutoModelForCausalLM
 
-    directory = check_model_dir(path, need_weights=True)
+    base = adapter_base(path)
+    directory = base if base is not None else check_model_dir(path, need_weights=True)
     torch_dtype = resolve_dtype(dtype)
     try:
         model: Any = AutoModelForCausalLM.from_pretrained(
             str(directory), local_files_only=True, **{_dtype_keyword(): torch_dtype}
         )
     except (OSError, ValueError, KeyError) as error:
-        raise ModelLoadError(f"could not load the model in {str(path)!r}: {error}") from error
+        raise ModelLoadError(f"could not load the model in {str(directory)!r}: {error}") from error
+    if base is not None:
+        from rlvr.models.lora import LoRAError, merge_adapter
+
+        try:
+            model = merge_adapter(model, Path(str(path)).expanduser())
+        except LoRAError as error:
+            raise ModelLoadError(str(error)) from None
     return model.to(device).eval()
+
+
+def merged_model_dir(path: str | Path, out: Path) -> Path:
+    """`path` itself when it is a model directory; for an adapter-only LoRA checkpoint, a plain HF
+    model directory at `out` (config, merged weights, tokenizer), written once (atomically) and
+    reused: what a run given such a checkpoint as model.path trains and samples from."""
+    if adapter_base(path) is None:
+        return Path(str(path)).expanduser()
+    if (out / "config.json").is_file():
+        return out
+    temp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(temp, ignore_errors=True)
+    load_model(path).save_pretrained(str(temp))
+    load_tokenizer(path).save_pretrained(str(temp))
+    temp.replace(out)
+    return out

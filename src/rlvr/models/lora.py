@@ -39,11 +39,9 @@ class LoRAError(ValueError):
 
 
 def peft_available() -> bool:
-    try:
-        import peft  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    import importlib.util
+
+    return importlib.util.find_spec("peft") is not None
 
 
 def is_lora(model: Any) -> bool:
@@ -95,8 +93,10 @@ def apply_lora(model: nn.Module, r: int, alpha: float, dropout: float, target_mo
 
     check_targets(model, target_modules)
     transformers_model = hasattr(model, "can_generate")  # a PreTrainedModel, not rlvr's native one
-    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout,  # type: ignore[arg-type]  # alpha / r: any number target_modules=list(target_modules),
-                        bias="none", task_type="CAUSAL_LM" if transformers_model else None)
+    # lora_alpha is typed int in peft; rlvr's alpha may be any number (the scale is alpha / r)
+    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout,  # type: ignore[arg-type]
+                        target_modules=list(target_modules), bias="none",
+                        task_type="CAUSAL_LM" if transformers_model else None)
     wrapped = get_peft_model(model, config)
     wrapped.peft_config["default"].base_model_name_or_path = str(Path(base_path).resolve())
     return wrapped
@@ -131,7 +131,8 @@ def load_adapter(directory: Path, model: Any) -> None:
 
     path = directory / ADAPTER_WEIGHTS
     if not path.is_file():
-        raise LoRAError(f"{directory} holds no LoRA adapter ({ADAPTER_WEIGHTS}); the run trains one (model.lora)")
+        raise LoRAError(f"{directory} holds no LoRA adapter ({ADAPTER_WEIGHTS}); "
+                        "the run trains one (model.lora)")
     saved = load_file(str(path))
     own = get_peft_model_state_dict(model)
     if set(saved) != set(own):
@@ -175,3 +176,24 @@ def save_merged(model: Any, out: Path) -> None:
 
 def is_adapter_dir(directory: Path) -> bool:
     return (directory / ADAPTER_CONFIG).is_file()
+
+
+def merge_adapter(model: nn.Module, directory: Path) -> nn.Module:
+    """A transformers `model` (the base) with the saved adapter of `directory` folded into its
+    weights: a plain model, no peft layers left. LoRAError when peft is missing, the adapter file is
+    absent, or its tensors do not all fit the model (another base or architecture)."""
+    if not peft_available():
+        raise LoRAError(f"{directory} is a LoRA adapter; loading it needs peft, which is not installed "
+                        f"({INSTALL})")
+    if not (directory / ADAPTER_WEIGHTS).is_file():
+        raise LoRAError(f"{directory} has {ADAPTER_CONFIG} but no {ADAPTER_WEIGHTS}")
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig.from_pretrained(str(directory))
+    config.inference_mode = False
+    wrapped = get_peft_model(model, config)  # type: ignore[arg-type]
+    try:
+        load_adapter(directory, wrapped)
+    except RuntimeError as error:  # a tensor of another size (another base model)
+        raise LoRAError(f"{directory / ADAPTER_WEIGHTS} does not fit its base model: {error}") from None
+    return wrapped.merge_and_unload()  # type: ignore[no-any-return]

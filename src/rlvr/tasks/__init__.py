@@ -16,7 +16,7 @@ from typing import Any
 
 from rlvr.errors import RecordError
 from rlvr.tasks._imports import SpecError, import_object, is_spec
-from rlvr.tasks.base import Example, Score, Task
+from rlvr.tasks.base import Example, GenerationOption, Score, Task
 
 # name -> "module:factory"; modules are imported on first use.
 TASKS: dict[str, str] = {
@@ -26,7 +26,8 @@ TASKS: dict[str, str] = {
 }
 # Tasks without a generator (rows from data files, rewards from reward functions): not in TASKS,
 # whose every entry keeps the generating-task contract of rlvr.tasks.contract.
-ROW_TASKS: dict[str, str] = {"generic": "rlvr.tasks.generic:GenericTask", "mixed": "rlvr.tasks.mixed:MixedTask"}
+ROW_TASKS: dict[str, str] = {"generic": "rlvr.tasks.generic:GenericTask",
+                             "mixed": "rlvr.tasks.mixed:MixedTask"}
 # Tasks on optional packages (not in TASKS: the contract test over TASKS runs without them;
 # tests/tasks/test_reasoning_gym.py checks each when its package is installed).
 OPTIONAL_TASKS: dict[str, str] = {"reasoning_gym": "rlvr.tasks.reasoning_gym:ReasoningGymTask"}
@@ -78,7 +79,8 @@ def factory(name: str) -> Any:
 def check_task(task: Any, name: str) -> None:
     """Raise TaskError naming every Task member `task` lacks (or has of the wrong kind)."""
     missing = [m for m in (*ATTRIBUTES, *METHODS) if not hasattr(task, m)]
-    wrong = [f"{m} is not a str" for m in ATTRIBUTES if hasattr(task, m) and not isinstance(getattr(task, m), str)]
+    wrong = [f"{m} is not a str" for m in ATTRIBUTES
+             if hasattr(task, m) and not isinstance(getattr(task, m), str)]
     wrong += [f"{m} is not callable" for m in METHODS if hasattr(task, m) and not callable(getattr(task, m))]
     if missing or wrong:
         problems = ([f"missing {', '.join(missing)}"] if missing else []) + wrong
@@ -93,7 +95,8 @@ def get(name: str, **options: Any) -> Task:
     not a Task, is a TaskError naming it. A bad option is the factory's own TypeError/ValueError."""
     build = factory(name)
     if not callable(build):
-        raise TaskError(f"task {name!r} is a {type(build).__name__}, expected a class or a function returning a Task")
+        raise TaskError(f"task {name!r} is a {type(build).__name__}, expected a class or a function "
+                        "returning a Task")
     try:
         task = build(**options)
     except ImportError as error:  # a task on an optional package that is not installed
@@ -107,5 +110,5 @@ def class_default(name: str, attribute: str, default: Any) -> Any:
     return getattr(factory(name), attribute, default)
 
 
-__all__ = ["OPTIONAL_TASKS", "ROW_TASKS", "TASKS", "Example", "RecordError", "Score", "Task", "TaskError", "check_task", "get",
-           "registered"]
+__all__ = ["OPTIONAL_TASKS", "ROW_TASKS", "TASKS", "Example", "GenerationOption", "RecordError", "Score",
+           "Task", "TaskError", "check_task", "get", "registered"]

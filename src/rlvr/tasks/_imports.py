@@ -39,7 +39,8 @@ def import_object(spec: str, what: str = "object", noun: str = "attribute") -> A
     except SpecError:
         raise
     except Exception as error:  # any import failure of user code: one message naming it
-        raise SpecError(f"{what} {spec!r}: {location} does not import: {type(error).__name__}: {error}") from None
+        raise SpecError(f"{what} {spec!r}: {location} does not import: "
+                        f"{type(error).__name__}: {error}") from None
     if not hasattr(module, name):
         raise SpecError(f"{what} {spec!r}: {location} has no {noun} {name!r}")
     return getattr(module, name)

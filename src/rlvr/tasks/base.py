@@ -2,6 +2,25 @@
 
 A task is a plug-in: generator + solver + prompt + verifier in one module. It is deterministic
 per (seed, index) and its scorer is total: `score` never raises, prints or hangs.
+
+Besides the Task protocol's members, a task class may declare what generic tools would otherwise
+have to know about it (each optional; the default in brackets):
+
+  difficulty_keys: tuple[str, ...]       metadata keys that name a difficulty: `rlvr data stats`
+                                         counts them, evaluation breaks accuracy down by the first
+                                         one an example has [every scalar metadata entry / the
+                                         generic keys "difficulty", "level"]
+  generation_options: tuple[GenerationOption, ...]
+                                         difficulty keywords of examples() that `rlvr data gen`
+                                         offers as flags, e.g. --people [none: --difficulty k=v]
+  record_match(record) -> int            a static method: how surely a data row is this task's
+                                         (0 not at all, 1 by common fields such as `problem`, 2 by
+                                         fields of the task's own schema); `rlvr data stats` without
+                                         --task picks the highest [0: never guessed]
+  text_rows: bool                        rows carry their problem as text (a field such as
+                                         `problem`); False: only the task's prompt has it (countdown's
+                                         nums + target), so `rlvr data dedup` reads benchmark rows
+                                         through the task [True]
 """
 
 from __future__ import annotations
@@ -39,6 +58,22 @@ class Score:
     format_ok: bool
     parts: dict[str, float] = field(default_factory=dict)
     extracted: str | None = None  # the answer text the verifier judged (for samples files)
+
+
+@dataclass(frozen=True)
+class GenerationOption:
+    """A difficulty keyword of `task.examples` that `rlvr data gen` offers as the flag --NAME.
+
+    name:    the keyword (the flag spells `_` as `-`).
+    help:    the flag's help text (say the task's default).
+    type:    int, float or str: what each value on the command line is parsed as.
+    several: the flag takes one or more values (a list; one value is passed on as a scalar).
+    """
+
+    name: str
+    help: str
+    type: type = int
+    several: bool = False
 
 
 @runtime_checkable

@@ -11,6 +11,8 @@ Optional task members the checks use when present:
   oracle_completion(example) -> str     a completion that earns the maximum reward
                                         (solution_trace(example) is used when that is all there is)
   reward_range -> (min, max)            default (0.0, 1.0): garbage earns min, the oracle max
+and the hooks of rlvr.tasks.base that generic tools read (difficulty_keys, generation_options,
+record_match, text_rows): check_hooks checks the form of each one a task declares.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from rlvr.tasks.base import Example, Score
+from rlvr.tasks.base import Example, GenerationOption, Score
 
 GARBAGE = (
     "",
@@ -74,7 +76,7 @@ def bounded_score(task: Any, text: str, example: Example, timeout_seconds: float
     def call() -> None:
         try:
             outcome["score"] = task.score(text, example)
-        except BaseException as error:  # noqa: BLE001 - the contract forbids every exception
+        except BaseException as error:  # the contract forbids every exception
             outcome["error"] = error
 
     with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(printed):
@@ -90,9 +92,11 @@ def bounded_score(task: Any, text: str, example: Example, timeout_seconds: float
         raise ContractError(f"score printed {printed.getvalue()[:80]!r} on {_describe(text)}")
     score = outcome["score"]
     if not isinstance(score, Score):
-        raise ContractError(f"score returned a {type(score).__name__}, expected rlvr.tasks.Score, on {_describe(text)}")
+        raise ContractError(f"score returned a {type(score).__name__}, expected rlvr.tasks.Score, "
+                            f"on {_describe(text)}")
     if not isinstance(score.reward, float) or not math.isfinite(score.reward):
-        raise ContractError(f"score's reward is {score.reward!r}, expected a finite float, on {_describe(text)}")
+        raise ContractError(f"score's reward is {score.reward!r}, expected a finite float, "
+                            f"on {_describe(text)}")
     return score
 
 
@@ -119,10 +123,12 @@ def check_examples_are_pure(task: Any, seed: int = 11) -> None:
     _require(len(first) == 6 and all(isinstance(e, Example) for e in first),
              f"examples(6, seed={seed}) returned {len(first)} items, expected 6 Examples")
     _require(task.examples(6, seed=seed) == first, "examples(6, seed) differs between two calls")
-    _require(task.examples(3, seed=seed) == first[:3], "examples(3, seed) is not the first 3 of examples(6, seed)")
+    _require(task.examples(3, seed=seed) == first[:3],
+             "examples(3, seed) is not the first 3 of examples(6, seed)")
     prompts = [e.prompt for e in first]
     _require(len(set(prompts)) == len(prompts), "different indices gave the same problem")
-    _require([e.prompt for e in task.examples(6, seed=seed + 1)] != prompts, "another seed gave the same problems")
+    _require([e.prompt for e in task.examples(6, seed=seed + 1)] != prompts,
+             "another seed gave the same problems")
 
 
 def check_messages(task: Any, examples: Sequence[Example]) -> None:
@@ -131,7 +137,8 @@ def check_messages(task: Any, examples: Sequence[Example]) -> None:
         messages = task.messages(example)
         _require(bool(messages) and all(isinstance(m, dict) and set(m) == {"role", "content"}
                                         and isinstance(m["content"], str) for m in messages),
-                 f"messages() returned {messages!r:.120}, expected [{{role, content}}, ...] with str contents")
+                 f"messages() returned {messages!r:.120}, expected [{{role, content}}, ...] "
+                 "with str contents")
         _require(messages[-1]["role"] == "user" and example.prompt in messages[-1]["content"],
                  "the last message is not a user turn holding example.prompt")
 
@@ -146,17 +153,20 @@ def check_oracle_earns_the_maximum(task: Any, examples: Sequence[Example],
                  f"{(score.correct, score.format_ok, score.reward)}, expected (True, True, {high})")
 
 
-def check_garbage_earns_the_minimum(task: Any, examples: Sequence[Example], texts: Sequence[str] = GARBAGE + HUNDRED_KB,
+def check_garbage_earns_the_minimum(task: Any, examples: Sequence[Example],
+                                    texts: Sequence[str] = GARBAGE + HUNDRED_KB,
                                     timeout_seconds: float = TIMEOUT_SECONDS) -> None:
     low = reward_range(task)[0]
     for text in texts:
         for example in examples:
             score = bounded_score(task, text, example, timeout_seconds)
             _require(score.correct is False, f"{_describe(text)} was judged correct")
-            _require(score.reward == low, f"{_describe(text)} earned {score.reward}, expected the minimum {low}")
+            _require(score.reward == low,
+                     f"{_describe(text)} earned {score.reward}, expected the minimum {low}")
 
 
-def check_oracle_after_a_hundred_kilobytes(task: Any, example: Example, timeout_seconds: float = TIMEOUT_SECONDS) -> None:
+def check_oracle_after_a_hundred_kilobytes(task: Any, example: Example,
+                                           timeout_seconds: float = TIMEOUT_SECONDS) -> None:
     """`correct` judges the answer alone, wherever it starts."""
     text = "x " * 50_000 + oracle(task, example)
     score = bounded_score(task, text, example, timeout_seconds)
@@ -174,12 +184,41 @@ def check_records_round_trip(task: Any, examples: Sequence[Example], timeout_sec
             raise ContractError(f"to_record(example {i}) is not JSON-serialisable: {error}") from None
         again = task.from_record(record)
         _require(again.prompt == example.prompt, f"from_record(to_record(example {i})) has another prompt")
-        _require(json.dumps(again.answer, sort_keys=True, default=str) == json.dumps(example.answer, sort_keys=True,
-                                                                                     default=str),
-                 f"from_record(to_record(example {i})) has another answer")
+        same_answer = (json.dumps(again.answer, sort_keys=True, default=str)
+                       == json.dumps(example.answer, sort_keys=True, default=str))
+        _require(same_answer, f"from_record(to_record(example {i})) has another answer")
         if with_oracle:
             _require(bounded_score(task, oracle(task, again), again, timeout_seconds).reward == high,
                      f"the oracle completion of example {i} read back from its record does not earn {high}")
+
+
+def check_hooks(task: Any, examples: Sequence[Example]) -> None:
+    """The optional hooks a task declares have their documented form (rlvr.tasks.base): difficulty_keys
+    strings; generation_options GenerationOptions with identifier names and int / float / str types;
+    text_rows a bool; record_match an int for any dict, 0 for an empty one and > 0 for the task's own
+    records (to_record of its examples), so `rlvr data stats` recognises the files it writes."""
+    keys = getattr(task, "difficulty_keys", None)
+    if keys is not None:
+        _require(isinstance(keys, (tuple, list)) and all(isinstance(k, str) for k in keys),
+                 f"difficulty_keys {keys!r}: expected a tuple of metadata key names")
+    for option in getattr(task, "generation_options", ()):
+        _require(isinstance(option, GenerationOption),
+                 f"generation_options holds {option!r}, not a GenerationOption")
+        _require(option.name.isidentifier(), f"generation option {option.name!r} is not a keyword name")
+        _require(option.type in (int, float, str),
+                 f"generation option {option.name!r} has type {option.type!r}, expected int, float or str")
+    _require(isinstance(getattr(task, "text_rows", True), bool), "text_rows is not a bool")
+    match = getattr(type(task), "record_match", None)
+    if match is None:
+        return
+    _require(callable(match), "record_match is not callable")
+    empty = match({})
+    _require(type(empty) is int and empty == 0, f"record_match({{}}) returned {empty!r}, expected 0")
+    for i, example in enumerate(examples[:3]):
+        score = match(json.loads(json.dumps(task.to_record(example), default=str)))
+        _require(type(score) is int and score > 0,
+                 f"record_match(to_record(example {i})) returned {score!r}, expected an int > 0 "
+                 "(its own record)")
 
 
 @dataclass(frozen=True)
@@ -201,10 +240,12 @@ def run_contract(task: Any, examples: Sequence[Example] | None = None, n: int = 
     if examples is None:
         try:
             examples = task.examples(n, seed=1)
-        except Exception as error:  # noqa: BLE001 - reported, the rest cannot run
-            return [*results, CheckResult("examples", "fail", f"examples({n}, seed=1) raised {type(error).__name__}: "
-                                          f"{error} (a task without a generator: check it on rows, --data FILE)")]
-        results.append(_run("examples are a pure function of (seed, index)", lambda: check_examples_are_pure(task)))
+        except Exception as error:  # reported, the rest cannot run
+            message = (f"examples({n}, seed=1) raised {type(error).__name__}: {error} (a task without a "
+                       "generator: check it on rows, --data FILE)")
+            return [*results, CheckResult("examples", "fail", message)]
+        results.append(_run("examples are a pure function of (seed, index)",
+                            lambda: check_examples_are_pure(task)))
     rows = list(examples)
     has_oracle = any(callable(getattr(task, m, None)) for m in ("oracle_completion", "solution_trace"))
     checks: list[tuple[str, Callable[[], None]]] = [
@@ -215,6 +256,7 @@ def run_contract(task: Any, examples: Sequence[Example] | None = None, n: int = 
         ("the oracle after 100 KB is judged", lambda: check_oracle_after_a_hundred_kilobytes(task, rows[0],
                                                                                           timeout_seconds)),
         ("records round-trip", lambda: check_records_round_trip(task, rows[:5], timeout_seconds, has_oracle)),
+        ("the optional hooks have their form", lambda: check_hooks(task, rows)),
     ]
     results += [_run(name, check) for name, check in checks]
     return results
@@ -225,7 +267,7 @@ def _run(name: str, check: Callable[[], None]) -> CheckResult:
         check()
     except NoOracle as reason:
         return CheckResult(name, "skip", str(reason))
-    except Exception as error:  # noqa: BLE001 - any failure of the task's code fails its check
+    except Exception as error:  # any failure of the task's code fails its check
         message = str(error) if isinstance(error, ContractError) else f"{type(error).__name__}: {error}"
         return CheckResult(name, "fail", message)
     return CheckResult(name, "pass")

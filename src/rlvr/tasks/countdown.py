@@ -37,7 +37,7 @@ from typing import Any
 
 from rlvr.errors import RecordError
 from rlvr.rewards import check_format, last_answer_block
-from rlvr.tasks.base import Example, Score
+from rlvr.tasks.base import Example, GenerationOption, Score
 
 REWARD_SCHEMES = ("default", "tinyzero")
 NUMBERS_USE = ("exactly_once", "at_most_once")
@@ -289,6 +289,17 @@ class Countdown:
     difficulty_keys = ("numbers",)
     default_difficulty: dict[str, Any] = {}  # examples() defaults to 4 numbers; data files: every row
     corpus_levels: tuple[dict[str, Any], ...] = tuple({"numbers": k} for k in range(3, 7))
+    generation_options = (GenerationOption("numbers", "how many numbers (default: the task's, 4)", int),)
+    text_rows = False  # a row is nums + target: its problem text is the task's prompt
+
+    @staticmethod
+    def record_match(record: dict[str, Any]) -> int:
+        """2 for a TinyZero row (nums + target) or a verl row (ground truth with target and
+        numbers), else 0 (see rlvr.tasks.base)."""
+        truth = record.get("reward_model", {}).get("ground_truth") if isinstance(
+            record.get("reward_model"), dict) else None
+        verl = isinstance(truth, dict) and "target" in truth and "numbers" in truth
+        return 2 if ("nums" in record and "target" in record) or verl else 0
 
     def __init__(
         self,
@@ -320,7 +331,8 @@ class Countdown:
         """n solvable problems with `numbers` (3..6) numbers; example i is a pure function of
         (seed, i, numbers, max_number, max_target)."""
         if difficulty:
-            raise ValueError(f"unknown difficulty option(s) {sorted(difficulty)} for countdown; valid: numbers")
+            raise ValueError(f"unknown difficulty option(s) {sorted(difficulty)} for countdown; "
+                             "valid: numbers")
         if type(numbers) is not int or not MIN_NUMBERS <= numbers <= MAX_NUMBERS:
             raise ValueError(f"numbers must be an int in {MIN_NUMBERS}..{MAX_NUMBERS}, got {numbers!r}")
         return [self._example(seed, index, numbers) for index in range(n)]
@@ -401,8 +413,8 @@ class Countdown:
         elif "target" in truth:
             target, target_field = truth["target"], "reward_model.ground_truth.target"
         else:
-            raise RecordError("countdown record: missing field 'target' (or verl's 'reward_model.ground_truth."
-                              "target')")
+            raise RecordError("countdown record: missing field 'target' "
+                              "(or verl's 'reward_model.ground_truth.target')")
         numbers = [_as_int(x, nums_field) for x in _as_list(nums, nums_field)]
         if not numbers:
             raise RecordError(f"countdown record: field {nums_field!r} is empty")
@@ -456,7 +468,8 @@ def _as_list(value: Any, field: str) -> list[Any]:
     try:
         return list(value)  # parquet gives numpy arrays
     except TypeError:
-        raise RecordError(f"countdown record: field {field!r} must be a list of integers, got {value!r:.80}") from None
+        raise RecordError(f"countdown record: field {field!r} must be a list of integers, "
+                          f"got {value!r:.80}") from None
 
 
 def _as_int(value: Any, field: str) -> int:

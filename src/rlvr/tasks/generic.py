@@ -27,15 +27,15 @@ class GenericTask:
     def __init__(self, response_prefix: str = "") -> None:
         self.response_prefix = response_prefix
 
-    def examples(self, n: int, seed: int, **difficulty: Any) -> list[Example]:
+    def examples(self, n: int, seed: int, **difficulty: Any) -> list[Example]:  # noqa: ARG002 - the protocol's
         raise RecordError("task generic has no generator: set data.train_file and data.eval_file")
 
     def messages(self, example: Example) -> list[dict[str, str]]:
         chat = example.metadata.get("prompt_messages")
         return list(chat) if chat else [{"role": "user", "content": example.prompt}]
 
-    def score(self, completion: str, example: Example) -> Score:
-        return Score(0.0, False, True)
+    def score(self, completion: str, example: Example) -> Score:  # noqa: ARG002 - the protocol's signature
+        return Score(0.0, False, True)  # rows are scored by reward functions alone (WithRewardFunctions)
 
     def from_record(self, record: dict[str, Any]) -> Example:
         prompt = record.get("prompt")
@@ -99,9 +99,9 @@ class RowPrompts:
             return example  # type: ignore[no-any-return]
         marker = next((m for m in CHAT_MARKERS if any(m in turn["content"] for turn in chat)), None)
         if marker is not None:
-            raise RecordError(f"field 'prompt': the chat list's text already holds chat-template markers ({marker!r}); "
-                              "rlvr would template it twice. Set data.row_prompt=task to prompt with the task's own "
-                              "messages (the question is read from the row)")
+            raise RecordError(f"field 'prompt': the chat list's text already holds chat-template markers "
+                              f"({marker!r}); rlvr would template it twice. Set data.row_prompt=task to "
+                              "prompt with the task's own messages (the question is read from the row)")
         return Example(example.prompt, example.answer, {**example.metadata, "prompt_messages": chat})
 
     def messages(self, example: Example) -> list[dict[str, str]]:

@@ -41,7 +41,7 @@ from typing import Any
 
 from rlvr.errors import RecordError
 from rlvr.rewards import check_format, last_answer_block
-from rlvr.tasks.base import Example, Score
+from rlvr.tasks.base import Example, GenerationOption, Score
 
 Statement = tuple[Any, ...]
 
@@ -85,12 +85,14 @@ _SYSTEM = (
     "(1) NAME is a knight or (1) NAME is a knave."
 )
 _OPS = ("leaf", "not", "and", "or", "->", "<=>")
-_MAX_DRAWS = 100_000  # draws before giving up; measured mean draws per unique puzzle: 2.2 (2 people) to 2.7 (8)
+# Draws before giving up; measured mean draws per unique puzzle: 2.2 (2 people) to 2.7 (8).
+_MAX_DRAWS = 100_000
 
 # ASCII-only matching: look-alike letters (Cyrillic "а", the Kelvin sign) never count as "knight".
 _ROLE_WORD = re.compile(r"knight|knave", re.IGNORECASE | re.ASCII)
 _NAME_OK = re.compile(r"[A-Za-z][A-Za-z'-]*")
-_TEXT_FORMAT_LINE = re.compile(r"\(\s*\d+\s*\)\s*(\S+)\s+is\s+an?\s+(knight|knave)\b", re.IGNORECASE | re.ASCII)
+_TEXT_FORMAT_LINE = re.compile(r"\(\s*\d+\s*\)\s*(\S+)\s+is\s+an?\s+(knight|knave)\b",
+                               re.IGNORECASE | re.ASCII)
 _QUIZ_IN_PROMPT = re.compile(r"A very special island.*?So who is a knight and who is a knave\?", re.DOTALL)
 
 
@@ -386,6 +388,15 @@ class KnightsKnaves:
     default_difficulty: dict[str, Any] = {"people": 3}
     sft_difficulty: dict[str, Any] = {"people": [2, 3, 3, 3]}
     corpus_levels: tuple[dict[str, Any], ...] = tuple({"people": p} for p in range(2, 9))
+    generation_options = (GenerationOption("people", "number(s) of people (default: the task's, 3)", int,
+                                           several=True),)
+
+    @staticmethod
+    def record_match(record: dict[str, Any]) -> int:
+        """2 for a row of the K&K set (quiz) or of Logic-RL's parquet (ground truth with
+        solution_text_format), else 0 (see rlvr.tasks.base)."""
+        truth = _nested(record, "reward_model", "ground_truth")
+        return 2 if "quiz" in record or "solution_text_format" in truth else 0
 
     def __init__(
         self,
@@ -418,7 +429,8 @@ class KnightsKnaves:
 
     # -- generation ---------------------------------------------------------------------------
 
-    def examples(self, n: int, seed: int, people: int | Sequence[int] = 3, **difficulty: Any) -> list[Example]:
+    def examples(self, n: int, seed: int, people: int | Sequence[int] = 3,
+                 **difficulty: Any) -> list[Example]:
         """n puzzles; example i is a pure function of (seed, i, its people count).
 
         people: an int in 2..8, or a sequence of them: example i has people[i % len(people)].
@@ -426,12 +438,15 @@ class KnightsKnaves:
         if n < 0:
             raise ValueError(f"n must be >= 0, got {n}")
         if difficulty:
-            raise ValueError(f"unknown difficulty option(s) {sorted(difficulty)} for {self.name}; valid: people")
+            raise ValueError(f"unknown difficulty option(s) {sorted(difficulty)} for {self.name}; "
+                             "valid: people")
         sizes: list[Any] = list(people) if isinstance(people, (list, tuple)) else [people]
         if not sizes or any(type(k) is not int or not MIN_PEOPLE <= k <= MAX_PEOPLE for k in sizes):
-            raise ValueError(f"people must be an int in {MIN_PEOPLE}..{MAX_PEOPLE} or a list of them, got {people!r}")
+            raise ValueError(f"people must be an int in {MIN_PEOPLE}..{MAX_PEOPLE} or a list of them, "
+                             f"got {people!r}")
         if max(sizes) > len(self.names):
-            raise ValueError(f"{max(sizes)} people need at least as many names; the pool has {len(self.names)}")
+            raise ValueError(f"{max(sizes)} people need at least as many names; "
+                             f"the pool has {len(self.names)}")
         return [self._example(seed, index, sizes[index % len(sizes)]) for index in range(n)]
 
     def _example(self, seed: int, index: int, people: int) -> Example:
@@ -440,7 +455,8 @@ class KnightsKnaves:
         statements, solution = sample_puzzle(rng, people)
         names = rng.sample(self.names, people)
         prompt = self._render(statements, names, rng)
-        metadata = {"people": people, "seed": seed, "index": index, "source": "generated", "statements": statements}
+        metadata = {"people": people, "seed": seed, "index": index, "source": "generated",
+                    "statements": statements}
         return Example(prompt=prompt, answer={"names": names, "solution": solution}, metadata=metadata)
 
     def _render(self, statements: Sequence[Statement], names: Sequence[str], rng: random.Random) -> str:
@@ -501,14 +517,16 @@ class KnightsKnaves:
             for name, role, statement in zip(names, assignment, statements):
                 value = evaluate(statement, assignment)
                 verdict = "ok" if value == role else "contradiction"
-                steps = (_steps(statement, names, assignment, top=True) + " so") if self.trace == "stepwise" else ""
+                stepwise = self.trace == "stepwise"
+                steps = (_steps(statement, names, assignment, top=True) + " so") if stepwise else ""
                 lines.append(f" {name} {_role(role)} says{steps} {_truth(value)} {verdict}.")
                 if verdict != "ok":
                     break
             else:
                 break
         if list(assignment) != list(example.answer["solution"]):
-            raise ValueError(f"the statements' first consistent assignment {list(assignment)} is not the answer")
+            raise ValueError(f"the statements' first consistent assignment {list(assignment)} "
+                             "is not the answer")
         think = "\n".join(lines)
         full = f"<think>\n{think}\n</think>\n<answer>\n{format_answer(names, assignment)}\n</answer>"
         return _after_prefix(full, self.response_prefix)
@@ -585,7 +603,8 @@ class KnightsKnaves:
                 raise RecordError(f"{where}: field 'statements': {error}") from None
             solutions = solve(statements)
             if len(solutions) != 1:
-                raise RecordError(f"{where}: field 'statements' has {len(solutions)} solutions, expected exactly 1")
+                raise RecordError(f"{where}: field 'statements' has {len(solutions)} solutions, "
+                                  "expected exactly 1")
             if solutions[0] != solution:
                 raise RecordError(
                     f"{where}: field 'solution' is {solution} but field 'statements' has the unique "

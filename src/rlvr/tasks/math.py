@@ -61,7 +61,7 @@ from typing import Any
 from rlvr.errors import RecordError
 from rlvr.rewards import check_format
 from rlvr.tasks._timeout import Outcome, shared_pool
-from rlvr.tasks.base import Example, Score
+from rlvr.tasks.base import Example, GenerationOption, Score
 
 PROMPT_SUFFIX = "Let's think step by step and output the final answer within \\boxed{}."
 REWARD_SCHEMES = ("default", "answer_only")
@@ -401,7 +401,8 @@ def guard(candidate: str, max_chars: int) -> str | None:
         # a^(b^c) has about b^c * log10(a) digits: compare logs, never compute b^c.
         if int(a) > 1 and int(b) > 1:
             exponent = int(c) if len(c) < 300 else math.inf
-            if exponent * math.log10(int(b)) + math.log10(max(math.log10(int(a)), 0.1)) > math.log10(_MAX_DIGITS):
+            digits = exponent * math.log10(int(b)) + math.log10(max(math.log10(int(a)), 0.1))
+            if digits > math.log10(_MAX_DIGITS):
                 return "power tower"
     for a, b in _POW.findall(candidate):
         if int(a) > 1 and _log10(b) + math.log10(math.log10(int(a))) > math.log10(_MAX_DIGITS):
@@ -432,8 +433,8 @@ def _configs() -> tuple[list[Any], list[Any]]:
 
     # Units off on both sides: canonical() strips unit words; math-verify's rewrite drops letters
     # ("2h" -> 2, "6ab" -> 6), which would make "2" match "2h".
-    gold_normalisation = NormalizationConfig(basic_latex=True, units=False, malformed_operators=False, nits=True,
-                                             boxed="all", equations=True)
+    gold_normalisation = NormalizationConfig(basic_latex=True, units=False, malformed_operators=False,
+                                             nits=True, boxed="all", equations=True)
     gold = [LatexExtractionConfig(normalization_config=gold_normalisation), ExprExtractionConfig()]
     pred_normalisation = NormalizationConfig(
         basic_latex=True, units=False, malformed_operators=False, nits=False, boxed="all", equations=False
@@ -458,7 +459,8 @@ def _parse_gold(gold: str, alarm_seconds: int | None) -> list[Any]:
 
 
 def grade_request(request: dict[str, Any]) -> dict[str, Any]:
-    """Worker side: {"gold", "pred", "alarm_seconds", "gold_places", "gold_value"} -> {"correct", "extracted"}.
+    """Worker side: {"gold", "pred", "alarm_seconds", "gold_places", "gold_value"} ->
+    {"correct", "extracted"}.
 
     alarm_seconds > 0 turns on math-verify's own signal timeouts (the worker's main thread), which
     stop slow Python-level sympy work without a restart; the caller's deadline is the hard bound.
@@ -516,6 +518,14 @@ class MathTask:
     difficulty_keys = ("level",)
     default_difficulty: dict[str, Any] = {}  # examples() defaults to level 1; data files: every row
     corpus_levels: tuple[dict[str, Any], ...] = tuple({"level": level} for level in (1, 2, 3))
+    generation_options = (GenerationOption("level", "level 1..3 of the generated problems (default: 1)",
+                                           int),)
+
+    @staticmethod
+    def record_match(record: dict[str, Any]) -> int:
+        """1 for a row with a problem / question or verl's reward_model: the common fields of math
+        sets, which other tasks' rows may have too (see rlvr.tasks.base); else 0."""
+        return 1 if any(key in record for key in ("problem", "question", "reward_model")) else 0
 
     def __init__(
         self,
@@ -633,7 +643,8 @@ class MathTask:
             "gold_places": places if places is not None and places >= 2 else None,
             "gold_value": gold_n,
         }
-        outcome: Outcome = shared_pool(_HANDLER, self.grader_workers, _WARMUP).call(request, self.timeout_seconds)
+        pool = shared_pool(_HANDLER, self.grader_workers, _WARMUP)
+        outcome: Outcome = pool.call(request, self.timeout_seconds)
         if outcome.status != "ok" or outcome.value is None:
             return False, outcome.status == "timeout", outcome.status == "error", candidate if boxed else None
         extracted = candidate if boxed else outcome.value.get("extracted")
@@ -798,7 +809,8 @@ def _level1(rng: random.Random) -> tuple[str, str, Fraction, str]:
     bill = next(b for b in (20, 50, 100) if b >= count * price)
     prompt = (f"{name} buys {count} {item} at {price} dollars each and pays with a {bill}-dollar bill. "
               f"How many dollars of change does {name} get?")
-    steps = f"The {item} cost {count} * {price} = {count * price} dollars; {bill} - {count * price} = {bill - count * price}."
+    cost = count * price
+    steps = f"The {item} cost {count} * {price} = {cost} dollars; {bill} - {cost} = {bill - cost}."
     return kind, prompt, Fraction(bill - count * price), steps
 
 

@@ -29,16 +29,24 @@ class MixedTask:
             raise ValueError("task mixed needs at least one source (data.sources)")
         prefixes = {name: task.response_prefix for name, task in routes.items()}
         if len(set(prefixes.values())) > 1:
-            raise ValueError(f"the sources' tasks pre-fill different response prefixes {prefixes}; a run has one "
-                             "prompt pre-fill: give them the same task_options.response_prefix")
+            raise ValueError(f"the sources' tasks pre-fill different response prefixes {prefixes}; a run "
+                             "has one prompt pre-fill: give them the same task_options.response_prefix")
         self.routes = dict(routes)
         self.response_prefix = next(iter(prefixes.values()))
+
+    @property
+    def difficulty_keys(self) -> tuple[str, ...] | None:
+        """The sources' tasks' difficulty keys, in route order (None when none declares any)."""
+        keys = [key for task in self.routes.values()
+                for key in (getattr(task, "difficulty_keys", None) or ())]
+        return tuple(dict.fromkeys(keys)) or None
 
     def route(self, example: Example) -> Any:
         return self.routes[example.metadata["data_source"]]
 
-    def examples(self, n: int, seed: int, **difficulty: Any) -> list[Example]:
-        raise RecordError("task mixed has no generator: its rows come from data.train_file and data.eval_file")
+    def examples(self, n: int, seed: int, **difficulty: Any) -> list[Example]:  # noqa: ARG002 - the protocol's
+        raise RecordError("task mixed has no generator: its rows come from data.train_file and "
+                          "data.eval_file")
 
     def messages(self, example: Example) -> list[dict[str, str]]:
         return list(self.route(example).messages(example))
@@ -56,7 +64,8 @@ class MixedTask:
             raise RecordError(f"data_source {source!r} has no task or reward: add it to data.sources "
                               f"(configured: {configured})")
         example = self.routes[source].from_record(record)
-        return dataclasses.replace(example, metadata={**example.metadata, "data_source": source, "source": source})
+        metadata = {**example.metadata, "data_source": source, "source": source}
+        return dataclasses.replace(example, metadata=metadata)
 
     def to_record(self, example: Example) -> dict[str, Any]:
         return {**self.route(example).to_record(example), "data_source": example.metadata["data_source"]}

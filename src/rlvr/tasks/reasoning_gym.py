@@ -65,8 +65,8 @@ class ReasoningGymTask:
     reward_range = (0.0, 1.0)
 
     def __init__(self, dataset: str = "", config: dict[str, Any] | None = None, response_prefix: str = "",
-                 reward_scheme: str = "default", system_prompt: str | None = None, timeout_seconds: float = 5.0,
-                 grader_workers: int = 2) -> None:
+                 reward_scheme: str = "default", system_prompt: str | None = None,
+                 timeout_seconds: float = 5.0, grader_workers: int = 2) -> None:
         names = dataset_names()
         if dataset not in names:
             import difflib
@@ -93,7 +93,8 @@ class ReasoningGymTask:
 
     def _example(self, entry: dict[str, Any], seed: int, index: int, difficulty: dict[str, Any]) -> Example:
         metadata = {"dataset": self.dataset, "index": index, "seed": seed, "source": "generated",
-                    "rg_metadata": json.loads(json.dumps(entry.get("metadata", {}), default=str)), **difficulty}
+                    "rg_metadata": json.loads(json.dumps(entry.get("metadata", {}), default=str)),
+                    **difficulty}
         return Example(str(entry["question"]), str(entry["answer"]), metadata)
 
     def messages(self, example: Example) -> list[dict[str, str]]:

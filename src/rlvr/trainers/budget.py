@@ -8,8 +8,10 @@ The memory figure is an estimate, not a measurement: the KV cache of every seque
 (TorchEngine decodes all prompts_per_step x group_size rows at once), the decode step's
 vocabulary-sized buffers, one update micro-batch's activations kept for the backward pass
 (rl.micro_batch_tokens completion tokens, capped by what a mini-batch can hold), and weights,
-gradients and AdamW state (plus a frozen reference with rl.kl_coef > 0). It errs high on
-activations (every layer's intermediate tensors counted, attention scores materialised).
+gradients and AdamW state (plus a frozen reference with rl.kl_coef > 0). Under model.lora only the
+adapters (r x (in + out) per targeted projection) have gradients and AdamW state; the frozen base
+weights are held once. It errs high on activations (every layer's intermediate tensors counted,
+attention scores materialised).
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -26,6 +27,7 @@ from rlvr import tasks
 from rlvr.config import RunConfig, stage_value
 from rlvr.models import prompt_ids
 from rlvr.models.factory import PRESETS, count_params
+from rlvr.models.loading import ModelLoadError, model_config_dir
 from rlvr.models.tokenizer import DEFAULT_VOCAB_SIZE
 
 GiB = 1024**3
@@ -41,16 +43,17 @@ class ModelShape:
     intermediate: int
     vocab: int
     params: int
+    head_dim: int = 0  # 0: hidden // heads
 
 
 def model_shape(config: RunConfig) -> ModelShape | None:
-    """The shape of the recipe's model: model.path's config.json, else the preset (at the default
-    vocabulary size of `rlvr model init`); None when neither can be read."""
+    """The shape of the recipe's model: model.path's config.json (an adapter checkpoint's: its base
+    model's), else the preset (at the default vocabulary size of `rlvr model init`); None when
+    neither can be read."""
     if config.model.path:
-        path = Path(config.model.path) / "config.json"
         try:
-            raw = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
+            raw = json.loads((model_config_dir(config.model.path) / "config.json").read_text())
+        except (OSError, json.JSONDecodeError, ModelLoadError):
             return None
         raw = raw.get("text_config", raw)
         try:
@@ -64,7 +67,7 @@ def model_shape(config: RunConfig) -> ModelShape | None:
         head_dim = int(raw.get("head_dim") or hidden // heads)
         per_layer = hidden * head_dim * (2 * heads + 2 * kv) + 3 * hidden * inter
         params = layers * per_layer + vocab * hidden * (1 if tied else 2)
-        return ModelShape(layers, hidden, heads, kv, inter, vocab, params)
+        return ModelShape(layers, hidden, heads, kv, inter, vocab, params, head_dim)
 
     preset = PRESETS.get(config.model.preset)
     if preset is None:
@@ -98,6 +101,31 @@ def rl_stage_sizes(config: RunConfig) -> dict[str, int]:
     return out
 
 
+def lora_params(config: RunConfig, shape: ModelShape) -> int:
+    """Adapter parameters of model.lora on `shape`: r x (in + out) for each target projection of
+    each layer (the Qwen2 / Llama names; a target of another name counts nothing); 0 without LoRA."""
+    lora = config.model.lora
+    if lora is None:
+        return 0
+    head_dim = shape.head_dim or shape.hidden // shape.heads
+    q, kv = shape.heads * head_dim, shape.kv_heads * head_dim
+    sizes = {"q_proj": (shape.hidden, q), "k_proj": (shape.hidden, kv), "v_proj": (shape.hidden, kv),
+             "o_proj": (q, shape.hidden), "gate_proj": (shape.hidden, shape.intermediate),
+             "up_proj": (shape.hidden, shape.intermediate), "down_proj": (shape.intermediate, shape.hidden)}
+    per_layer = sum(lora.r * sum(sizes[t]) for t in dict.fromkeys(lora.target_modules) if t in sizes)
+    return shape.layers * per_layer
+
+
+def parameter_state_bytes(config: RunConfig, shape: ModelShape) -> int:
+    """fp32 weights, gradients and AdamW m and v of what trains, the frozen rest once, and a frozen
+    reference copy of everything with rl.kl_coef > 0."""
+    adapters = lora_params(config, shape)
+    trained = adapters if config.model.lora is not None else shape.params
+    frozen = shape.params if config.model.lora is not None else 0
+    reference = (shape.params + adapters) if config.rl.kl_coef > 0 else 0
+    return 4 * (4 * trained + frozen + reference)
+
+
 def rl_memory(config: RunConfig, shape: ModelShape, prompt_tokens: int) -> dict[str, int]:
     """Estimated peak bytes of the RL stage by part (see the module docstring); "total" sums them."""
     rl = config.rl
@@ -105,7 +133,8 @@ def rl_memory(config: RunConfig, shape: ModelShape, prompt_tokens: int) -> dict[
     max_new = max([rl.max_new_tokens] + [int(s.value) for s in rl.max_new_tokens_stages])
     rows = rl.prompts_per_step * group
     head_dim = shape.hidden // shape.heads
-    kv_bytes = 2 if config.model.engine_dtype == "bfloat16" or config.model.dtype in ("bfloat16", "float16") else 4
+    half = config.model.engine_dtype == "bfloat16" or config.model.dtype in ("bfloat16", "float16")
+    kv_bytes = 2 if half else 4
     capacity = prompt_tokens + max_new
     kv = 2 * shape.layers * shape.kv_heads * head_dim * capacity * rows * kv_bytes
     decode = rows * shape.vocab * 4 * 4  # logits, log-softmax, probabilities, cumulative sums
@@ -115,9 +144,8 @@ def rl_memory(config: RunConfig, shape: ModelShape, prompt_tokens: int) -> dict[
     sequences = max(1, min(rows // rl.mini_batches, tokens // max(1, max_new // 2)))
     attention = 4 * 2 * shape.layers * shape.heads * sequences * max_new * capacity  # scores + probabilities
     activations = tokens * shape.layers * per_token_layer + attention + 3 * tokens * shape.vocab * 4
-    states = shape.params * 4 * (4 + (1 if rl.kl_coef > 0 else 0))  # weights, grads, AdamW m and v (+ reference)
     parts = {"kv_cache": kv, "decode_buffers": decode, "update_activations": activations,
-             "weights_and_optimizer": states}
+             "weights_and_optimizer": parameter_state_bytes(config, shape)}
     parts["total"] = sum(parts.values())
     return parts
 
@@ -145,11 +173,11 @@ def memory_warning(config: RunConfig, parts: dict[str, int], memory: tuple[int, 
         return None
     rl = config.rl
     detail = ", ".join(f"{k} {v / GiB:.2f} GiB" for k, v in parts.items() if k != "total")
-    return (f"warning: the RL batch of this recipe needs about {parts['total'] / GiB:.1f} GiB ({detail}), more than "
-            f"{MEMORY_SHARE:.0%} of the {memory[0] / GiB:.1f} GiB of {memory[1]}: rl.prompts_per_step x "
-            f"rl.group_size = {rl.prompts_per_step * rl.group_size} sequences decode at once with up to "
-            f"rl.max_new_tokens = {rl.max_new_tokens} tokens each; lower those, or rl.micro_batch_tokens "
-            f"({rl.micro_batch_tokens}) for the update")
+    return (f"warning: the RL batch of this recipe needs about {parts['total'] / GiB:.1f} GiB ({detail}), "
+            f"more than {MEMORY_SHARE:.0%} of the {memory[0] / GiB:.1f} GiB of {memory[1]}: "
+            f"rl.prompts_per_step x rl.group_size = {rl.prompts_per_step * rl.group_size} sequences "
+            f"decode at once with up to rl.max_new_tokens = {rl.max_new_tokens} tokens each; lower those, "
+            f"or rl.micro_batch_tokens ({rl.micro_batch_tokens}) for the update")
 
 
 def prompt_tokens_bound(config: RunConfig, tokenizer: Any = None) -> tuple[int, str]:
@@ -161,13 +189,14 @@ def prompt_tokens_bound(config: RunConfig, tokenizer: Any = None) -> tuple[int, 
 
     try:
         task = tasks.get(config.data.task, **config.data.task_options)
-        examples = task.examples(16, seed=config.seed, **config.data.difficulty)
-    except Exception:  # noqa: BLE001 - a task that needs files or options here: fall back to a guess
+        examples = task.examples(16, seed=config.seed, **(config.data.difficulty or {}))
+    except Exception:  # a task that needs files or options here: fall back to a guess
         return 512, "a guess of 512 (the task's prompts could not be generated here)"
     if not examples:
         return 512, "a guess of 512 (the task generated no prompts)"
     if tokenizer is not None:
-        return max(len(prompt_ids(tokenizer, task.messages(ex), task.response_prefix)) for ex in examples), "tokens"
+        longest = max(len(prompt_ids(tokenizer, task.messages(ex), task.response_prefix)) for ex in examples)
+        return longest, "tokens"
     chars = max(sum(len(str(m.get("content", ""))) for m in task.messages(ex)) + 32 for ex in examples)
     return chars, "characters (an upper bound on tokens)"
 
@@ -181,8 +210,10 @@ def budget_lines(config: RunConfig, tokenizer: Any = None) -> tuple[list[str], s
     prompt, counted = prompt_tokens_bound(config, tokenizer)
     parts = rl_memory(config, shape, prompt)
     memory = device_memory(config.device)
+    adapters = (f", {lora_params(config, shape) / 1e6:.2f}M of LoRA adapters trained"
+                if config.model.lora else "")
     lines.append(f"rl_memory_estimate: {parts['total'] / GiB:.2f} GiB (" +
                  ", ".join(f"{k} {v / GiB:.2f}" for k, v in parts.items() if k != "total") +
-                 f"; prompts of at most {prompt} {counted}; {shape.params / 1e6:.1f}M parameters)"
+                 f"; prompts of at most {prompt} {counted}; {shape.params / 1e6:.1f}M parameters{adapters})"
                  + (f" of {memory[0] / GiB:.1f} GiB {memory[1]}" if memory else ""))
     return lines, memory_warning(config, parts, memory)

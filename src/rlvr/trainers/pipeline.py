@@ -153,7 +153,9 @@ def check_lora(config: RunConfig) -> None:
     if config.model.path:
         from transformers import AutoConfig
 
-        hf_config = AutoConfig.from_pretrained(config.model.path, local_files_only=True)
+        from rlvr.models.loading import model_config_dir
+
+        hf_config = AutoConfig.from_pretrained(str(model_config_dir(config.model.path)), local_files_only=True)
     else:
         from rlvr.models.factory import PRESETS, TYPICAL_VOCAB_SIZE, model_config
 
@@ -294,6 +296,21 @@ def _read_input(task: tasks.Task, key: str, path: str, limit: int | None = None)
     return rows
 
 
+def check_model_path(config: RunConfig) -> None:
+    """model.path, when set, is a local directory; an adapter-only LoRA checkpoint's base model is here."""
+    if not config.model.path:
+        return
+    if not Path(config.model.path).is_dir():
+        raise ConfigError(f"config key model.path: {config.model.path} is not a directory (rlvr loads local HF "
+                          f"directories)", key="model.path")
+    from rlvr.models.loading import ModelLoadError, adapter_base
+
+    try:
+        adapter_base(config.model.path)
+    except ModelLoadError as err:
+        raise ConfigError(f"config key model.path: {err}", key="model.path") from None
+
+
 def check_inputs(config: RunConfig) -> Inputs:
     """Build the task and read every input the run names (model directory, data files), checking
     each, before anything is written or computed; errors name the key, the file and the line."""
@@ -310,9 +327,7 @@ def check_inputs(config: RunConfig) -> Inputs:
         check_vllm(config)
     if config.distributed == "ray" and config.ray.address and config.rl.enabled and config.rl.steps > 0:
         check_ray_cluster(config)
-    if config.model.path and not Path(config.model.path).is_dir():
-        raise ConfigError(f"config key model.path: {config.model.path} is not a directory (rlvr loads local HF "
-                          f"directories)", key="model.path")
+    check_model_path(config)
     check_lora(config)
     if data.require_files:
         for key in ("train_file", "eval_file"):
@@ -613,8 +628,10 @@ def add_wall_time(run_dir: Path, seconds: float) -> dict[str, Any]:
 def run_policy(config: RunConfig, run_dir: Path, device: torch.device, task: tasks.Task) -> Policy:
     """The run's policy: the model directory (built, or model.path) loaded, with data.prompt_template
     set on its tokenizer (checkpoints save it with the tokenizer), checked for vLLM when it samples."""
-    policy = with_lora(load_policy(build_model_dir(config, run_dir), config.model.impl, config.model.dtype,
-                                   device), config)
+    from rlvr.models.loading import merged_model_dir  # an adapter-only LoRA checkpoint: merged onto its base
+
+    model_dir = merged_model_dir(build_model_dir(config, run_dir), run_dir / "model_merged")
+    policy = with_lora(load_policy(model_dir, config.model.impl, config.model.dtype, device), config)
     if config.data.prompt_template:  # a base model's prompt format
         from rlvr.models.chat import set_prompt_template
 
