@@ -109,10 +109,10 @@ def toy_setup(prompts_per_step: int):
 
 def test_group_gradients_average_to_the_trainers_gradient_of_the_whole_batch():
     model, engine, pool, prompt_cache, cfg = toy_setup(prompts_per_step=4)
-    kw = dict(device=torch.device("cpu"), packed=True, seed=0, eos_ids=(1,), default_difficulty={})
+    sampler = rl.Sampler(engine, Tokens(), EvenFirstToken(), pool, prompt_cache, (1,))
+    kw = dict(device=torch.device("cpu"), packed=True, seed=0, default_difficulty={})
     stats: dict[str, float] = {}
-    per_group = list(rl_group_gradients(model, engine, Tokens(), EvenFirstToken(), pool, prompt_cache, cfg,
-                                        groups=4, stats=stats, **kw))
+    per_group = list(rl_group_gradients(model, sampler, cfg, groups=4, stats=stats, **kw))
     assert len(per_group) == 4
     assert 0.0 < stats["accuracy"] < 1.0
     assert any(g.abs().sum() > 0 for g in per_group)
@@ -120,7 +120,7 @@ def test_group_gradients_average_to_the_trainers_gradient_of_the_whole_batch():
 
     # The same step-0 batch through the trainer as one mini-batch, with an optimizer that records.
     knobs = rl.knobs_at(cfg, 0, {})
-    batch, _ = rl.collect(engine, Tokens(), EvenFirstToken(), pool, prompt_cache, knobs, cfg, (1,), 0, 0)
+    batch, _ = rl.collect(sampler, knobs, cfg, 0, 0)
     seen: list[torch.Tensor] = []
     params = list(model.parameters())
 
@@ -129,8 +129,8 @@ def test_group_gradients_average_to_the_trainers_gradient_of_the_whole_batch():
             seen.append(flat_grad(params))
 
     model.train()
-    rl.update_policy(model, None, Recorder(params, lr=0.0), batch, dataclasses.replace(cfg, mini_batches=1),
-                     knobs, torch.device("cpu"), True, 0, 0)
+    rl.update_policy(rl.Learner(model, Recorder(params, lr=0.0), torch.device("cpu"), True), batch,
+                     dataclasses.replace(cfg, mini_batches=1), knobs, 0, 0)
     whole = seen[0]
     assert whole.abs().sum() > 0
     torch.testing.assert_close(torch.stack(per_group).mean(0), whole, rtol=1e-4, atol=1e-7)
@@ -138,8 +138,8 @@ def test_group_gradients_average_to_the_trainers_gradient_of_the_whole_batch():
 
 def test_group_count_need_not_be_a_multiple_of_the_batch():
     model, engine, pool, prompt_cache, cfg = toy_setup(prompts_per_step=4)
-    grads = list(rl_group_gradients(model, engine, Tokens(), EvenFirstToken(), pool, prompt_cache, cfg, groups=6,
-                                    device=torch.device("cpu"), packed=True, seed=0, eos_ids=(1,),
+    sampler = rl.Sampler(engine, Tokens(), EvenFirstToken(), pool, prompt_cache, (1,))
+    grads = list(rl_group_gradients(model, sampler, cfg, groups=6, device=torch.device("cpu"), packed=True, seed=0,
                                     default_difficulty={}))
     assert len(grads) == 6
 

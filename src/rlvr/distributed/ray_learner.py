@@ -1,8 +1,8 @@
 """Learner ranks as Ray actors: the RL loop hands each step's update to them.
 
     learner = RayLearnerGroup(policy_model, cfg.rl, num_learners=2, strategy="fsdp", packed=True)
-    metrics = learner.update(batch, knobs, step, seed)   # in place of rl.update_policy(policy, ...)
-    engine.load_weights(learner.state_dict())            # whole weights, gathered from the shards
+    metrics = learner.update(batch, cfg.rl, knobs, step, seed)   # in place of rl.update_policy(...)
+    engine.load_weights(learner.state_dict())                    # whole weights, gathered from the shards
 
 Each rank is an actor holding a copy of the policy (sharded with FSDP2, or replicated), an AdamW
 optimizer built as the trainer builds it, and a frozen reference copy when cfg.kl_coef > 0. The
@@ -10,7 +10,7 @@ ranks join one torch.distributed group (gloo on CPU, nccl on GPU) whose rendezvo
 0's node, so the ranks may sit on different nodes. update() sends the step's RolloutBatch to every
 rank and runs rlvr.trainers.rl.update_policy there (the very function the single-process loop
 runs); with more than one rank its optimizer steps are `dp_minibatch_step` (rlvr.distributed.learner),
-passed through update_policy's `step_fn` argument.
+passed as update_policy's `step_fn` (a rlvr.trainers.rl.StepFn).
 """
 
 from __future__ import annotations
@@ -30,12 +30,7 @@ from rlvr.distributed.learner import (
     shard_model,
 )
 from rlvr.distributed.ray_engine import ensure_ray, node_info
-
-
-def make_optimizer(model: torch.nn.Module, cfg: Any) -> torch.optim.Optimizer:
-    """The RL loop's optimizer (rlvr.trainers.rl.train_rl builds the same one)."""
-    return torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(cfg.adam_betas[0], cfg.adam_betas[1]),
-                             weight_decay=cfg.weight_decay)
+from rlvr.trainers.rl import Learner, new_optimizer, update_policy
 
 
 class LearnerRank:
@@ -67,17 +62,15 @@ class LearnerRank:
             init_process_group(self.dp.rank, self.dp.world_size, master_addr, master_port,
                                default_backend(self.device))
         self.policy = shard_model(self.policy, self.dp)
-        self.optimizer = make_optimizer(self.policy, self.cfg)
+        self.optimizer = new_optimizer(self.policy, self.cfg)
 
     def update(self, batch: Any, cfg: Any, knobs: Any, step: int, seed: int) -> dict[str, float]:
-        from rlvr.trainers.rl import update_policy
-
         assert self.optimizer is not None, "LearnerRank.setup must run before update"
-        extra: dict[str, Any] = {"step_fn": make_step_fn(self.dp)} if self.dp.world_size > 1 else {}
+        learner = Learner(self.policy, self.optimizer, self.device, self.packed, self.ref)
+        step_fn = make_step_fn(self.dp) if self.dp.world_size > 1 else None
         self.policy.train()
         try:
-            return update_policy(self.policy, self.ref, self.optimizer, batch, cfg, knobs, self.device,
-                                 self.packed, step, seed, **extra)
+            return update_policy(learner, batch, cfg, knobs, step, seed, step_fn)
         finally:
             self.policy.eval()
 
@@ -179,4 +172,4 @@ class RayLearnerGroup:
         self.ranks = []
 
 
-__all__ = ["LearnerRank", "RayLearnerGroup", "make_optimizer"]
+__all__ = ["LearnerRank", "RayLearnerGroup"]

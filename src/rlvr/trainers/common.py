@@ -250,6 +250,58 @@ def per_sequence(values: torch.Tensor, where: Sequence[tuple[int, int, int]], st
 
 
 # ---------------------------------------------------------------------------------------------
+# Optimizer steps
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+def fill_missing_gradients(model: torch.nn.Module) -> None:
+    """A zero gradient for every trainable parameter that got none (a step with no active row), so
+    that the optimizer steps as it would on a zero loss (AdamW's momentum still moves the weights)."""
+    for p in model.parameters():
+        if p.requires_grad and p.grad is None:
+            p.grad = torch.zeros_like(p)
+
+
+def clip_and_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                  grad_clip: float) -> tuple[float, float]:
+    """Fill missing gradients, clip the global norm (grad_clip 0: no clipping), step when the norm is
+    finite, zero the gradients. Returns (gradient norm before clipping, 1.0 if the step was skipped
+    else 0.0). The norm of a sharded (FSDP2) model is a DTensor: its full value is taken."""
+    fill_missing_gradients(model)
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip or float("inf"))
+    full_tensor = getattr(grad_norm, "full_tensor", None)
+    if full_tensor is not None:
+        grad_norm = full_tensor()
+    skipped = 0.0
+    if torch.isfinite(grad_norm):
+        optimizer.step()
+    else:
+        skipped = 1.0
+    optimizer.zero_grad(set_to_none=True)
+    return float(grad_norm), skipped
+
+
+class RunningMeans:
+    """The mean of each statistic over the optimizer steps that report it (keys in first-seen order)."""
+
+    def __init__(self) -> None:
+        self._sums: dict[str, float] = {}
+        self._counts: dict[str, int] = {}
+
+    def add(self, values: dict[str, float]) -> None:
+        for k, v in values.items():
+            self._sums[k] = self._sums.get(k, 0.0) + v
+            self._counts[k] = self._counts.get(k, 0) + 1
+
+    def means(self) -> dict[str, float]:
+        return {k: v / self._counts[k] for k, v in self._sums.items()}
+
+
+# ---------------------------------------------------------------------------------------------
 # Logging
 
 

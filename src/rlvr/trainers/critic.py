@@ -26,8 +26,8 @@ and the config refuses that combination.
 from __future__ import annotations
 
 import copy
-import math
-from collections.abc import Iterator, Sequence
+import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,8 +38,16 @@ from torch import nn
 from rlvr import algorithms
 from rlvr.config import CriticConfig, RLConfig
 from rlvr.errors import ConfigError
-from rlvr.trainers.common import autocast_context, micro_batches
-from rlvr.trainers.rl import RolloutBatch, _grouped, _grouped_forward, _whole_forward, forward_lengths
+from rlvr.models import lora
+from rlvr.trainers.common import RunningMeans, autocast_context, clip_and_step, micro_batches, set_lr
+from rlvr.trainers.sequences import (
+    RolloutBatch,
+    forward_lengths,
+    grouped_forward,
+    mini_batch_indices,
+    shares_prompts,
+    whole_forward,
+)
 
 
 def value_model(lm: nn.Module, seed: int) -> nn.Module:
@@ -67,8 +75,6 @@ def value_model(lm: nn.Module, seed: int) -> nn.Module:
 def check_critic_dir(path: str, policy_config: Any) -> Path:
     """The directory of critic.path, refused (ConfigError) unless it is an HF model directory whose
     vocabulary size is the policy's: the critic reads the policy's token ids."""
-    import json
-
     directory = Path(path)
     config_file = directory / "config.json"
     if not config_file.is_file():
@@ -85,13 +91,13 @@ def sequence_values(model: nn.Module, batch: RolloutBatch, index: Sequence[int],
                     packed: bool, token_budget: int, autocast: str = "none") -> torch.Tensor:
     """Values (len(index), width) float32 of the completions of sequences `index`, 0 on padding.
 
-    The same forward as the policy's log-probs (rl.sequence_values: prompts shared within a
+    The same forward as the policy's log-probs (sequences.sequence_values: prompts shared within a
     micro-batch on rlvr's native model), with the value head's output in place of log-probs.
     Differentiable when called with grad enabled.
     """
     index = list(index)
     out = torch.zeros((len(index), width), device=device)
-    forward = _grouped_forward if _grouped(model, packed) else _whole_forward
+    forward = grouped_forward if shares_prompts(model, packed) else whole_forward
     for mb in micro_batches(forward_lengths(model, batch, index, packed), token_budget):
         with autocast_context(device, autocast):
             head, _, place = forward(model, batch, [index[k] for k in mb], width, device, packed)
@@ -117,20 +123,6 @@ def value_statistics(values: torch.Tensor, returns: torch.Tensor, mask: torch.Te
     return out
 
 
-def mini_batch_indices(batch: RolloutBatch, ppo_epochs: int, mini_batches: int,
-                       rng: np.random.Generator) -> Iterator[list[int]]:
-    """Sequence indices of each optimizer step: whole groups, split as rl.update_policy splits them."""
-    groups = sorted(set(batch.group_ids))
-    per_mb = math.ceil(len(groups) / mini_batches)
-    for epoch in range(ppo_epochs):
-        order = rng.permutation(len(groups)) if epoch > 0 or mini_batches > 1 else np.arange(len(groups))
-        for m in range(mini_batches):
-            chosen = {groups[i] for i in order[m * per_mb : (m + 1) * per_mb]}
-            index = [i for i in range(len(batch)) if batch.group_ids[i] in chosen]
-            if index:
-                yield index
-
-
 class Critic:
     """The value model with its own AdamW (see the module docstring)."""
 
@@ -154,22 +146,18 @@ class Critic:
                rl_cfg: RLConfig, device: torch.device, step: int, seed: int) -> dict[str, float]:
         """rl.ppo_epochs x rl.mini_batches critic steps on the batch; returns their mean metrics."""
         rng = np.random.default_rng([seed, step, 23])
-        sums: dict[str, float] = {}
-        counts: dict[str, int] = {}
+        means = RunningMeans()
         self.model.train()
         for index in mini_batch_indices(batch, rl_cfg.ppo_epochs, rl_cfg.mini_batches, rng):
-            for k, v in self._step(batch, index, old_values, returns, mask, rl_cfg, device).items():
-                sums[k] = sums.get(k, 0.0) + v
-                counts[k] = counts.get(k, 0) + 1
+            means.add(self._step(batch, index, old_values, returns, mask, rl_cfg, device))
         self.model.eval()
-        return {k: v / counts[k] for k, v in sums.items()}
+        return means.means()
 
     def _step(self, batch: RolloutBatch, index: list[int], old_values: torch.Tensor, returns: torch.Tensor,
               mask: torch.Tensor, rl_cfg: RLConfig, device: torch.device) -> dict[str, float]:
         """One AdamW step on the token-mean value loss of sequences `index`, over micro-batches."""
         cfg = self.cfg
-        for group in self.optimizer.param_groups:
-            group["lr"] = cfg.lr
+        set_lr(self.optimizer, cfg.lr)
         width = mask.shape[1]
         total = float(mask[index].sum())
         sums = {"critic/vf_loss": 0.0, "critic/vf_clipfrac": 0.0, "critic/vpred_mean": 0.0}
@@ -187,17 +175,8 @@ class Critic:
             sums["critic/vf_loss"] += weight * float(loss.detach())
             sums["critic/vf_clipfrac"] += weight * float(stats["vf_clipfrac"])
             sums["critic/vpred_mean"] += weight * float(stats["vpred_mean"])
-        for p in self.model.parameters():  # a parameter without a gradient steps as on a zero one
-            if p.requires_grad and p.grad is None:
-                p.grad = torch.zeros_like(p)
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip or float("inf"))
-        skipped = 0.0
-        if torch.isfinite(grad_norm):
-            self.optimizer.step()
-        else:
-            skipped = 1.0
-        self.optimizer.zero_grad(set_to_none=True)
-        return {**sums, "critic/grad_norm": float(grad_norm), "critic/lr": cfg.lr, "critic/skipped_updates": skipped}
+        grad_norm, skipped = clip_and_step(self.model, self.optimizer, cfg.grad_clip)
+        return {**sums, "critic/grad_norm": grad_norm, "critic/lr": cfg.lr, "critic/skipped_updates": skipped}
 
     def state_dict(self) -> dict[str, Any]:
         """Weights and optimizer state, for the RL checkpoint's trainer_state.pt."""
@@ -208,16 +187,9 @@ class Critic:
         self.optimizer.load_state_dict(state["optimizer"])
 
 
-def build_critic(cfg: CriticConfig, policy: nn.Module, packed: bool, device: torch.device, impl: str,
-                 dtype: str, seed: int) -> Critic:
-    """The critic of a run: from critic.path when set (loaded like the policy), else from `policy`
-    (a LoRA policy: its merged weights; the critic trains all of its own)."""
-    from rlvr.models import lora
-
-    lm, lm_packed = (lora.merged_copy(policy) if lora.is_lora(policy) else policy), packed
-    if cfg.path:
-        from rlvr.trainers.pipeline import load_policy
-
-        loaded = load_policy(check_critic_dir(cfg.path, getattr(policy, "config", None)), impl, dtype, device)
-        lm, lm_packed = loaded.model, loaded.packed
-    return Critic(value_model(lm, seed + 30_011), cfg, lm_packed)
+def build_critic(cfg: CriticConfig, lm: nn.Module, packed: bool, seed: int) -> Critic:
+    """The critic of a run: a value head on causal LM `lm`, the policy (a LoRA policy: its merged
+    weights; the critic trains all of its own) or the model of critic.path, which the caller loads
+    as it loads the policy, after check_critic_dir; packed: lm is rlvr's native model."""
+    base = lora.merged_copy(lm) if lora.is_lora(lm) else lm
+    return Critic(value_model(base, seed + 30_011), cfg, packed)

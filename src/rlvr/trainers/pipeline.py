@@ -43,8 +43,8 @@ from rlvr.tasks.generic import WithRewardFunctions
 from rlvr.tasks.reward_functions import RewardFunctionError, load_reward_function
 from rlvr.trainers.budget import budget_lines
 from rlvr.trainers.common import MetricsLogger, cpu_threads, setup_torch
-from rlvr.trainers.critic import build_critic, check_critic_dir
-from rlvr.trainers.rl import ProblemPool, train_rl
+from rlvr.trainers.critic import Critic, build_critic, check_critic_dir
+from rlvr.trainers.rl import ProblemPool, RLRun, Sampler, train_rl
 from rlvr.trainers.sft import train_sft
 
 if TYPE_CHECKING:
@@ -685,22 +685,16 @@ def _run(config: RunConfig, inputs: Inputs, run_dir: Path) -> dict[str, Any]:
     before = evaluate_both("before_rl", policy, engine, task, held_out, config, run_dir)
     log(f"before RL: {_describe(before, config)}")
 
-    rl_summary: dict[str, Any] = {}
     pool = ProblemPool(training_source(config, task, banned, inputs.train_rows, fits), seed=config.seed,
                        weights=source_weights(config))
-    train_engine, learner, closers, placement = training_engine(config, policy, engine, eos_ids, decode_dtype)
-    critic = None
-    if config.critic.enabled:
-        critic = build_critic(config.critic, policy.model, policy.packed, device, config.model.impl,
-                              config.model.dtype, config.seed)
+    train_engine, learner_ranks, closers, placement = training_engine(config, policy, engine, eos_ids, decode_dtype)
+    critic = start_critic(config, policy, device) if config.critic.enabled else None
+    run = RLRun(policy.model, Sampler(train_engine, policy.tokenizer, task, pool, prompt_cache, eos_ids), run_dir,
+                logger, device, policy.packed, config.seed, config.data.difficulty,
+                engine_shares_weights=train_engine is engine, learner_ranks=learner_ranks, critic=critic,
+                eval_fn=curve_eval(engine, policy, task, held_out, config), eval_every=config.eval.every)
     try:
-        rl_summary = train_rl(policy.model, policy.tokenizer, train_engine, task, pool, prompt_cache, config.rl,
-                              run_dir=run_dir, logger=logger, device=device, packed=policy.packed,
-                              seed=config.seed, eos_ids=eos_ids, default_difficulty=config.data.difficulty,
-                              checkpoint=config.checkpoint, logging=config.logging,
-                              engine_shares_weights=train_engine is engine, learner=learner,
-                              eval_fn=curve_eval(engine, policy, task, held_out, config),
-                              eval_every=config.eval.every, critic=critic)
+        rl_summary = train_rl(run, config.rl, config.checkpoint, config.logging)
     finally:
         for close in closers:
             close()
@@ -711,6 +705,16 @@ def _run(config: RunConfig, inputs: Inputs, run_dir: Path) -> dict[str, Any]:
     logger.close()
 
     return {**make_summary(config, before, after, held_out, time.perf_counter() - t_start, rl_summary), **sft_info}
+
+
+def start_critic(config: RunConfig, policy: Policy, device: torch.device) -> Critic:
+    """rl.advantage=gae's value model: a value head on the policy, or on the model of critic.path."""
+    lm, packed = policy.model, policy.packed
+    if config.critic.path:
+        loaded = load_policy(check_critic_dir(config.critic.path, getattr(policy.model, "config", None)),
+                             config.model.impl, config.model.dtype, device)
+        lm, packed = loaded.model, loaded.packed
+    return build_critic(config.critic, lm, packed, config.seed)
 
 
 def engine_workers(config: RunConfig) -> int:
