@@ -158,7 +158,7 @@ def cmd_data_stats(args: argparse.Namespace) -> int:
 
 
 def cmd_data_filter(args: argparse.Namespace) -> int:
-    from rlvr.data.curation import filter_command
+    from rlvr.evaluation.pass_rate import filter_command
 
     task, options, config = task_from_args(args)
     max_new_tokens = args.max_new_tokens or (config.rl.max_new_tokens if config is not None else 1024)
@@ -206,7 +206,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_noise(args: argparse.Namespace) -> int:
     from rlvr.config import load_config
     from rlvr.data.io import write_json_atomic
-    from rlvr.trainers.noise import describe, measure
+    from rlvr.diagnostics.noise import describe, measure
 
     config = load_config(args.recipe, args.overrides)
     result = measure(config, groups=args.groups, sft_examples=args.sft_examples)

@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from rlvr.config import RLConfig
+from rlvr.diagnostics.noise import NoiseAccumulator, flat_grad, rl_group_gradients, sft_example_gradients
 from rlvr.models.native import NativeCausalLM
 from rlvr.rollout.torch_engine import TorchEngine
 from rlvr.tasks.base import Example, Score
 from rlvr.trainers import rl
-from rlvr.trainers.noise import NoiseAccumulator, flat_grad, rl_group_gradients, sft_example_gradients
 
 CFG = dict(vocab_size=40, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
            intermediate_size=64, tie_word_embeddings=True, max_position_embeddings=256)
@@ -162,7 +162,7 @@ def test_sft_example_gradient_is_the_token_mean_nll_gradient():
 
 
 def test_signal_share_of_a_batch():
-    from rlvr.trainers.noise import signal_share
+    from rlvr.diagnostics.noise import signal_share
 
     assert signal_share(8, 792) == pytest.approx(0.01)
     assert signal_share(50, 50) == pytest.approx(0.5)

@@ -804,11 +804,3 @@ def mix(
         ],
         "seed": seed,
     }
-
-
-def filter_command(*args: Any, **kwargs: Any) -> dict[str, Any]:
-    """`rlvr data filter`: rlvr.evaluation.pass_rate.filter_command. Only cli.py still imports it
-    from here; once it imports rlvr.evaluation.pass_rate, delete this (data must not import evaluation)."""
-    from rlvr.evaluation.pass_rate import filter_command as command
-
-    return command(*args, **kwargs)
