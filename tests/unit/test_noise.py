@@ -197,3 +197,24 @@ def test_rlvr_noise_command_end_to_end(tiny_model_dir, tmp_path, capsys):
     assert "signal share" in capsys.readouterr().out
     assert main(["noise", recipe, *small]) == 2  # no model.path: one clear error, nothing written
     assert "pass model.path=DIR" in capsys.readouterr().err
+
+
+def test_noise_of_a_lora_recipe_takes_the_gradients_of_the_adapters(tiny_model_dir, tmp_path):
+    """`rlvr noise` with model.lora builds the policy as the trainer does: peft adapters around the
+    checkpoint, and the gradients measured are those of the adapter parameters (what a LoRA run's
+    optimizer steps), not of the frozen base."""
+    pytest.importorskip("peft")
+    from rlvr.config import load_config
+    from rlvr.diagnostics.noise import measure
+    from rlvr.trainers.pipeline import load_policy, with_lora
+
+    config = load_config("recipes/kk-tiny.yaml", [
+        f"model.path={tiny_model_dir}", f"out_dir={tmp_path}", "model.lora.r=4", "threads=1", "data.train_size=32",
+        "rl.prompts_per_step=2", "rl.mini_batches=2", "rl.group_size=4", "rl.max_new_tokens=8", "sft.autocast=none"])
+    result = measure(config, groups=2, sft_examples=2, progress=lambda _: None)
+    base = load_policy(tiny_model_dir, "auto", "float32", torch.device("cpu")).model
+    adapted = with_lora(load_policy(tiny_model_dir, "auto", "float32", torch.device("cpu")), config).model
+    adapters = sum(p.numel() for n, p in adapted.named_parameters() if p.requires_grad and "lora_" in n)
+    assert 0 < adapters < sum(p.numel() for p in base.parameters())
+    assert result["parameters"] == adapters
+    assert result["sft"]["per_example"]["mean_sq"] > 0  # the SFT loss reaches the adapters (lora_B)

@@ -11,6 +11,9 @@ prompts, group size, temperature, reward) from the checkpoint, and takes each gr
 through the trainer's own advantage and loss code (update_policy with one group per mini-batch,
 stepping no optimizer); then the gradients of `--sft-examples` of the task's solution traces
 (the SFT loss, token-mean over one example). Memory is O(parameters): only running sums are kept.
+The model is built as the trainer builds it (pipeline.run_policy): with model.lora, peft adapters
+around the checkpoint, and the gradients are those of the adapter parameters, the ones a LoRA
+run's optimizer steps.
 
 "Adam-normalised" divides every coordinate by its root mean square over the units, as Adam's
 second-moment estimate would once it has seen them: the signal share an Adam step sees.
@@ -37,8 +40,8 @@ from rlvr.trainers import rl
 from rlvr.trainers.common import setup_torch
 from rlvr.trainers.pipeline import (
     Policy,
-    build_model_dir,
-    load_policy,
+    check_lora,
+    run_policy,
     solution_target,
     trace_pairs,
     training_source,
@@ -251,15 +254,15 @@ def measure(config: RunConfig, groups: int, sft_examples: int, progress: Callabl
     if not config.model.path:
         raise ConfigError("rlvr noise measures a trained checkpoint: pass model.path=DIR (e.g. a run's "
                           "checkpoints/sft/step_000500)")
+    check_lora(config)
     device = setup_torch(config.seed, config.threads, config.device)
     task = tasks.get(config.data.task, **config.data.task_options)
-    model_dir = build_model_dir(config, Path(config.out_dir))
-    policy = load_policy(model_dir, config.model.impl, config.model.dtype, device)
+    policy = run_policy(config, Path(config.out_dir), device, task)  # with model.lora: its adapters train
     eos_ids = eos_token_ids(policy.tokenizer)
     engine = TorchEngine(policy.model, eos_token_ids=eos_ids, pad_token_id=policy.tokenizer.pad_token_id or 0,
                          device=str(device))
     dim = sum(p.numel() for p in policy.model.parameters() if p.requires_grad)
-    result: dict[str, Any] = {"model": str(model_dir), "parameters": dim, "groups": groups,
+    result: dict[str, Any] = {"model": str(policy.path), "parameters": dim, "groups": groups,
                               "group_size": config.rl.group_size, "temperature": config.rl.temperature,
                               "advantage": config.rl.advantage, "loss_agg": config.rl.loss_agg,
                               "prompts_per_step": config.rl.prompts_per_step,
