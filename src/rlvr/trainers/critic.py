@@ -39,6 +39,7 @@ from rlvr import algorithms
 from rlvr.config import CriticConfig, RLConfig
 from rlvr.errors import ConfigError
 from rlvr.models import lora
+from rlvr.trainers import metric_names as M
 from rlvr.trainers.common import RunningMeans, autocast_context, clip_and_step, micro_batches, set_lr
 from rlvr.trainers.sequences import (
     RolloutBatch,
@@ -116,10 +117,10 @@ def value_statistics(values: torch.Tensor, returns: torch.Tensor, mask: torch.Te
     v, r = values[valid].double(), returns[valid].double()
     if v.numel() == 0:
         return {}
-    out = {"critic/values/mean": float(v.mean()), "critic/returns/mean": float(r.mean())}
+    out = {M.CRITIC_VALUES_MEAN: float(v.mean()), M.CRITIC_RETURNS_MEAN: float(r.mean())}
     var = float(r.var(unbiased=False)) if r.numel() > 1 else 0.0
     if var > 0:
-        out["critic/vf_explained_var"] = 1.0 - float((r - v).var(unbiased=False)) / var
+        out[M.CRITIC_VF_EXPLAINED_VAR] = 1.0 - float((r - v).var(unbiased=False)) / var
     return out
 
 
@@ -160,7 +161,7 @@ class Critic:
         set_lr(self.optimizer, cfg.lr)
         width = mask.shape[1]
         total = float(mask[index].sum())
-        sums = {"critic/vf_loss": 0.0, "critic/vf_clipfrac": 0.0, "critic/vpred_mean": 0.0}
+        sums = {M.CRITIC_VF_LOSS: 0.0, M.CRITIC_VF_CLIPFRAC: 0.0, M.CRITIC_VPRED_MEAN: 0.0}
         for mb in micro_batches(forward_lengths(self.model, batch, index, self.packed), rl_cfg.micro_batch_tokens):
             rows = [index[k] for k in mb]
             new = sequence_values(self.model, batch, rows, width, device, self.packed, 1 << 62, rl_cfg.autocast)
@@ -169,14 +170,14 @@ class Critic:
                                                 clip=cfg.value_clip)
             if not torch.isfinite(loss):
                 self.optimizer.zero_grad(set_to_none=True)
-                return {"critic/skipped_updates": 1.0, "critic/lr": cfg.lr}
+                return {M.CRITIC_SKIPPED_UPDATES: 1.0, M.CRITIC_LR: cfg.lr}
             weight = float(m.sum()) / max(total, 1.0)  # token-mean over the mini-batch
             (loss * weight).backward()
-            sums["critic/vf_loss"] += weight * float(loss.detach())
-            sums["critic/vf_clipfrac"] += weight * float(stats["vf_clipfrac"])
-            sums["critic/vpred_mean"] += weight * float(stats["vpred_mean"])
+            sums[M.CRITIC_VF_LOSS] += weight * float(loss.detach())
+            sums[M.CRITIC_VF_CLIPFRAC] += weight * float(stats["vf_clipfrac"])
+            sums[M.CRITIC_VPRED_MEAN] += weight * float(stats["vpred_mean"])
         grad_norm, skipped = clip_and_step(self.model, self.optimizer, cfg.grad_clip)
-        return {**sums, "critic/grad_norm": grad_norm, "critic/lr": cfg.lr, "critic/skipped_updates": skipped}
+        return {**sums, M.CRITIC_GRAD_NORM: grad_norm, M.CRITIC_LR: cfg.lr, M.CRITIC_SKIPPED_UPDATES: skipped}
 
     def state_dict(self) -> dict[str, Any]:
         """Weights and optimizer state, for the RL checkpoint's trainer_state.pt."""

@@ -41,6 +41,7 @@ from rlvr.rollout.torch_engine import TorchEngine
 from rlvr.rollout.vllm_engine import INSTALL, VLLMEngine, vllm_available
 from rlvr.tasks.generic import WithRewardFunctions
 from rlvr.tasks.reward_functions import RewardFunctionError, load_reward_function
+from rlvr.trainers import metric_names as M
 from rlvr.trainers.budget import budget_lines
 from rlvr.trainers.common import MetricsLogger, cpu_threads, setup_torch
 from rlvr.trainers.critic import Critic, build_critic, check_critic_dir
@@ -533,18 +534,17 @@ def evaluate_both(stage: str, policy: Policy, engine: Any, task: tasks.Task, exa
     return out
 
 
-def in_loop_eval(prefix: str, engine: Any, policy: Policy, task: tasks.Task, examples: list[tasks.Example],
-                 config: RunConfig):
-    """A step -> metrics function: greedy accuracy on the first 64 held-out problems (logged only,
-    never used to pick a checkpoint)."""
+def in_loop_eval(engine: Any, policy: Policy, task: tasks.Task, examples: list[tasks.Example], config: RunConfig):
+    """A step -> metrics function for SFT (sft.eval_every): greedy accuracy on the first 64 held-out
+    problems (logged only, never used to pick a checkpoint)."""
     subset = examples[:64]
 
     def fn(step: int) -> dict[str, float]:
         result = evaluate(engine, policy.tokenizer, task, subset, n=1, temperature=0.0,
                           max_new_tokens=config.eval.max_new_tokens, seed=config.seed, k_values=(1,),
                           prompts_per_batch=config.eval.prompts_per_batch)
-        return {f"{prefix}/greedy_accuracy": float(result.metrics["avg@n"]),
-                f"{prefix}/format_error_rate": float(result.metrics["format_error_rate"])}
+        return {M.SFT_EVAL_GREEDY_ACCURACY: float(result.metrics["avg@n"]),
+                M.SFT_EVAL_FORMAT_ERROR_RATE: float(result.metrics["format_error_rate"])}
 
     return fn
 
@@ -564,11 +564,12 @@ def curve_eval(engine: Any, policy: Policy, task: tasks.Task, examples: list[tas
         result = evaluate(engine, policy.tokenizer, task, subset, n=n, temperature=temperature,
                           top_p=ev.top_p if temperature > 0 else 1.0, max_new_tokens=ev.max_new_tokens,
                           seed=config.seed + 30_011, k_values=(1,), prompts_per_batch=ev.prompts_per_batch)
-        by_source = {f"eval/{name}/sampled_accuracy": value for name, value in per_source(result.metrics, config).items()}
-        return {"eval/sampled_accuracy": float(result.metrics["avg@n"]),
-                "eval/format_error_rate": float(result.metrics["format_error_rate"]),
-                "eval/response_length": float(result.metrics.get("length/mean", float("nan"))),
-                "eval/samples": float(len(subset) * n), "timing_s/eval": time.perf_counter() - t0, **by_source}
+        by_source = {M.EVAL_SOURCE_SAMPLED_ACCURACY.replace("<source>", name): value
+                     for name, value in per_source(result.metrics, config).items()}
+        return {M.EVAL_SAMPLED_ACCURACY: float(result.metrics["avg@n"]),
+                M.EVAL_FORMAT_ERROR_RATE: float(result.metrics["format_error_rate"]),
+                M.EVAL_RESPONSE_LENGTH: float(result.metrics.get("length/mean", float("nan"))),
+                M.EVAL_SAMPLES: float(len(subset) * n), M.TIMING_EVAL: time.perf_counter() - t0, **by_source}
 
     return fn
 
@@ -673,7 +674,7 @@ def _run(config: RunConfig, inputs: Inputs, run_dir: Path) -> dict[str, Any]:
         train_sft(policy.model, policy.tokenizer, examples, config.sft, run_dir=run_dir, logger=logger,
                   device=device, packed=policy.packed, seed=config.seed, checkpoint=config.checkpoint,
                   progress=config.logging.progress,
-                  eval_fn=in_loop_eval("sft_eval", engine, policy, task, held_out, config))
+                  eval_fn=in_loop_eval(engine, policy, task, held_out, config))
 
     if not (config.rl.enabled and config.rl.steps > 0):  # `rlvr sft`, or an evaluation of the model only
         stage = "after_sft" if config.sft.enabled else "model"

@@ -44,6 +44,7 @@ from rlvr.rollout.partial import logprob_mismatch, truncated_importance_weights
 from rlvr.tasks import Example, Task
 from rlvr.tasks.generic import failure_metrics, reward_failures
 from rlvr.trainers import checkpoint as ckpt
+from rlvr.trainers import metric_names as M
 from rlvr.trainers.common import (
     MetricsLogger,
     Progress,
@@ -184,12 +185,12 @@ def train_rl(run: RLRun, cfg: RLConfig, checkpoint: CheckpointConfig, logging: L
         metrics = rl_step(run, learner, cfg, step, dump_samples_to=run.run_dir if dump else None)
         t_eval = curve_point(run, done, cfg.steps)
         if t_eval:
-            metrics["timing_s/eval"] = t_eval
-        metrics["timing_s/step"] = time.perf_counter() - t_step
+            metrics[M.TIMING_EVAL] = t_eval
+        metrics[M.TIMING_STEP] = time.perf_counter() - t_step
         run.logger.log(metrics)
-        bar.update(step, reward=metrics["reward/mean"], acc=metrics["accuracy"],
-                   len=metrics["response_length/mean"])
-        collapsed = guard.update(metrics["accuracy"], cfg.collapse_patience)
+        bar.update(step, reward=metrics[M.REWARD_MEAN], acc=metrics[M.ACCURACY],
+                   len=metrics[M.RESPONSE_LENGTH_MEAN])
+        collapsed = guard.update(metrics[M.ACCURACY], cfg.collapse_patience)
         if (checkpoint.every and done % checkpoint.every == 0) or done == cfg.steps or collapsed:
             save_rl_checkpoint(run, learner, stage_dir, done, guard, checkpoint)
         if collapsed:
@@ -269,8 +270,8 @@ def rl_step(run: RLRun, learner: Learner, cfg: RLConfig, step: int,
         run.sampler.engine.load_weights(hf_state_dict(policy))  # a LoRA policy: adapters merged in
     t_sync = time.perf_counter() - t0
     metrics.update({
-        "timing_s/gen": t_gen, "timing_s/update": t_update, "timing_s/sync": t_sync,
-        "perf/gen_tokens_per_s": gen_tokens / max(t_gen, 1e-9),
+        M.TIMING_GEN: t_gen, M.TIMING_UPDATE: t_update, M.TIMING_SYNC: t_sync,
+        M.GEN_TOKENS_PER_S: gen_tokens / max(t_gen, 1e-9),
     })
     if dump_samples_to is not None:  # and to W&B / TensorBoard
         run.logger.log_samples(step + 1, dump_samples(dump_samples_to, step + 1, batch))
@@ -315,7 +316,7 @@ def collect(sampler: Sampler, knobs: Knobs, cfg: RLConfig, seed: int,
     examples = sampler.pool.draw(knobs.difficulty, cfg.prompts_per_step, step)
     first = generate_and_score(sampler, examples, knobs, cfg, seed=seed * 1_000_003 + step)
     if cfg.zero_variance != "dynamic_sampling":
-        return first, {"dynamic_sampling/rounds": 0.0}
+        return first, {M.DYNAMIC_SAMPLING_ROUNDS: 0.0}
     batch, dropped, rounds, current = RolloutBatch(), 0, 0, first
     while True:
         rewards = torch.tensor(current.rewards)
@@ -330,8 +331,8 @@ def collect(sampler: Sampler, knobs: Knobs, cfg: RLConfig, seed: int,
         rounds += 1
         examples = sampler.pool.draw(knobs.difficulty, cfg.prompts_per_step, step, round_=rounds)
         current = generate_and_score(sampler, examples, knobs, cfg, seed=seed * 1_000_003 + step + 7919 * rounds)
-    return batch, {"dynamic_sampling/rounds": float(rounds), "dynamic_sampling/dropped_groups": float(dropped),
-                   "dynamic_sampling/kept_groups": float(len(set(batch.group_ids)))}
+    return batch, {M.DYNAMIC_SAMPLING_ROUNDS: float(rounds), M.DYNAMIC_SAMPLING_DROPPED_GROUPS: float(dropped),
+                   M.DYNAMIC_SAMPLING_KEPT_GROUPS: float(len(set(batch.group_ids)))}
 
 
 def generate_and_score(sampler: Sampler, examples: list[Example], knobs: Knobs, cfg: RLConfig,
@@ -393,25 +394,25 @@ def batch_metrics(batch: RolloutBatch, knobs: Knobs) -> dict[str, float]:
     lengths = torch.tensor([len(c) for c in batch.completion_ids], dtype=torch.float32)
     groups = algorithms.group_stats(rewards, torch.tensor(batch.correct), torch.tensor(batch.group_ids))
     out = {
-        "reward/mean": float(rewards.mean()),
-        "reward/std": float(rewards.std()) if len(rewards) > 1 else 0.0,
-        "accuracy": float(correct.mean()),
+        M.REWARD_MEAN: float(rewards.mean()),
+        M.REWARD_STD: float(rewards.std()) if len(rewards) > 1 else 0.0,
+        M.ACCURACY: float(correct.mean()),
         "format_error_ratio": 1.0 - float(np.mean(batch.format_ok)),
-        "response_length/mean": float(lengths.mean()),
-        "response_length/min": float(lengths.min()),
-        "response_length/max": float(lengths.max()),
-        "response_length/clip_ratio": float(np.mean([f == "length" for f in batch.finish_reasons])),
-        "prompt_length/mean": float(np.mean([len(p) for p in batch.prompt_ids])),
-        "rollout/temperature": knobs.temperature,
-        "rollout/max_new_tokens": float(knobs.max_new_tokens),
-        "rollout/group_size": float(knobs.group_size),
-        "curriculum/stage": float(knobs.stage),
+        M.RESPONSE_LENGTH_MEAN: float(lengths.mean()),
+        M.RESPONSE_LENGTH_MIN: float(lengths.min()),
+        M.RESPONSE_LENGTH_MAX: float(lengths.max()),
+        M.RESPONSE_LENGTH_CLIP_RATIO: float(np.mean([f == "length" for f in batch.finish_reasons])),
+        M.PROMPT_LENGTH_MEAN: float(np.mean([len(p) for p in batch.prompt_ids])),
+        M.ROLLOUT_TEMPERATURE: knobs.temperature,
+        M.ROLLOUT_MAX_NEW_TOKENS: float(knobs.max_new_tokens),
+        M.ROLLOUT_GROUP_SIZE: float(knobs.group_size),
+        M.CURRICULUM_STAGE: float(knobs.stage),
     }
     out.update({k: float(v) for k, v in groups.items()})
     out.update(source_metrics([ex.metadata.get("data_source") for ex in batch.examples], batch.rewards, batch.correct))
     for name in sorted({k for p in batch.parts for k in p}):
         values = [p[name] for p in batch.parts if name in p]
-        out[f"rewards/{name}/mean"] = float(np.mean(values))
+        out[M.reward_part_mean(name)] = float(np.mean(values))
     return out
 
 
@@ -468,7 +469,7 @@ def update_policy(learner: Learner, batch: RolloutBatch, cfg: RLConfig, knobs: K
     stats: dict[str, float] = {}
     before = logprobs_before_update(learner, batch, cfg, knobs, width, need_old and not engine_shares_weights)
     if before.current is not None:
-        stats["actor/logprob_mismatch"] = float(((before.current - before.behaviour).abs() * mask).sum()
+        stats[M.ACTOR_LOGPROB_MISMATCH] = float(((before.current - before.behaviour).abs() * mask).sum()
                                                 / mask.sum().clamp(min=1))
     # old log-probs: the learner's own when computed (the proximal policy with tis_cap), else the engine's
     old_lp = (before.current if before.current is not None else before.behaviour) if need_old else None
@@ -481,10 +482,10 @@ def update_policy(learner: Learner, batch: RolloutBatch, cfg: RLConfig, knobs: K
         # at the weights the engine sampled from, measures the learner/engine mismatch.
         stats.update(optimizer_steps(learner, data, cfg, knobs, step, seed, step_fn or minibatch_step,
                                      measure_mismatch=before.current is None and old_lp is not None))
-    stats["critic/advantages/mean"] = float(advantages[mask.bool()].mean()) if mask.any() else 0.0
-    stats["critic/advantages/max"] = float(advantages[mask.bool()].max()) if mask.any() else 0.0
-    stats["critic/advantages/min"] = float(advantages[mask.bool()].min()) if mask.any() else 0.0
-    stats["actor/loss_tokens"] = float(loss_mask.sum())
+    stats[M.ADVANTAGES_MEAN] = float(advantages[mask.bool()].mean()) if mask.any() else 0.0
+    stats[M.ADVANTAGES_MAX] = float(advantages[mask.bool()].max()) if mask.any() else 0.0
+    stats[M.ADVANTAGES_MIN] = float(advantages[mask.bool()].min()) if mask.any() else 0.0
+    stats[M.ACTOR_LOSS_TOKENS] = float(loss_mask.sum())
     return stats
 
 
@@ -542,7 +543,7 @@ def step_advantages(batch: RolloutBatch, before: LogprobsBeforeUpdate, mask: tor
     if cfg.kl_in_reward and ref_lp is not None:
         assert cur is not None
         kl = algorithms.kl_penalty(cur, ref_lp, cfg.kl_kind) * mask
-        stats["actor/reward_kl"] = float((kl.sum() / mask.sum().clamp(min=1)).item())
+        stats[M.ACTOR_REWARD_KL] = float((kl.sum() / mask.sum().clamp(min=1)).item())
         if cfg.advantage in ("reinforce_pp", "gae"):
             adv_options.update(kl=kl, kl_coef=cfg.kl_coef)
         else:
@@ -584,11 +585,11 @@ def optimizer_steps(learner: Learner, data: StepData, cfg: RLConfig, knobs: Knob
     rng = np.random.default_rng([seed, step, 17])
     for n, index in enumerate(mini_batch_indices(data.batch, cfg.ppo_epochs, cfg.mini_batches, rng)):
         mb_stats = step_fn(learner, data, index, cfg, knobs)
-        mismatch = mb_stats.pop("actor/logprob_mismatch", None)
+        mismatch = mb_stats.pop(M.ACTOR_LOGPROB_MISMATCH, None)
         if n == 0 and measure_mismatch and mismatch is not None:
             active = gradient_rows(index, data, cfg)
             if float(data.loss_mask[active].sum()) > 0:
-                out["actor/logprob_mismatch"] = mismatch
+                out[M.ACTOR_LOGPROB_MISMATCH] = mismatch
         means.add(mb_stats)
     out.update(means.means())
     return out
@@ -632,7 +633,7 @@ def minibatch_step(learner: Learner, data: StepData, index: Sequence[int], cfg: 
                 p.grad = g if p.grad is None else p.grad + g
     grad_norm, skipped = clip_and_step(policy, optimizer, cfg.grad_clip)
     return {**sums.statistics(active_share(cfg.loss_agg, data.loss_mask, active, total_mask)),
-            "actor/grad_norm": grad_norm, "actor/lr": knobs.lr, "actor/skipped_updates": skipped}
+            M.ACTOR_GRAD_NORM: grad_norm, M.ACTOR_LR: knobs.lr, M.ACTOR_SKIPPED_UPDATES: skipped}
 
 
 def micro_batch_gradients(learner: Learner, params: list[torch.nn.Parameter], data: StepData,
@@ -679,7 +680,7 @@ def worker_parts(batches: list[list[int]], lengths: Sequence[int], workers: int)
 
 def skipped_step(knobs: Knobs) -> dict[str, float]:
     """The metrics of an optimizer step skipped for a non-finite loss."""
-    return {"actor/skipped_updates": 1.0, "actor/grad_norm": float("nan"), "actor/lr": knobs.lr}
+    return {M.ACTOR_SKIPPED_UPDATES: 1.0, M.ACTOR_GRAD_NORM: float("nan"), M.ACTOR_LR: knobs.lr}
 
 
 def gradient_rows(index: Sequence[int], data: StepData, cfg: RLConfig) -> list[int]:
@@ -798,12 +799,12 @@ class StepSums:
         """The step's metrics. The losses are exact as accumulated (an inactive row adds zero).
         Entropy, clip fractions and ppo_kl describe the rows that ran, whose aggregation weight is
         `share` (active_share): rescaled to sum to one over them, left out when none ran."""
-        out = {"actor/pg_loss": self.pg_loss, "actor/kl_loss": self.kl_loss}
+        out = {M.ACTOR_PG_LOSS: self.pg_loss, M.ACTOR_KL_LOSS: self.kl_loss}
         if share > 0:
-            out.update({"actor/entropy": self.entropy / share, "actor/pg_clipfrac": self.pg_clipfrac / share,
-                        "actor/pg_clipfrac_lower": self.pg_clipfrac_lower / share,
-                        "actor/ppo_kl": self.ppo_kl / share})
-        out["actor/logprob_mismatch"] = self.mismatch / max(self.mismatch_tokens, 1.0)
+            out.update({M.ACTOR_ENTROPY: self.entropy / share, M.ACTOR_PG_CLIPFRAC: self.pg_clipfrac / share,
+                        M.ACTOR_PG_CLIPFRAC_LOWER: self.pg_clipfrac_lower / share,
+                        M.ACTOR_PPO_KL: self.ppo_kl / share})
+        out[M.ACTOR_LOGPROB_MISMATCH] = self.mismatch / max(self.mismatch_tokens, 1.0)
         return out
 
 

@@ -27,6 +27,7 @@ import torch
 from rlvr.algorithms import token_logprobs_from_logits
 from rlvr.config import CheckpointConfig, SFTConfig
 from rlvr.trainers import checkpoint as ckpt
+from rlvr.trainers import metric_names as M
 from rlvr.trainers.common import (
     MetricsLogger,
     Progress,
@@ -160,17 +161,17 @@ def train_sft(
         optimizer.zero_grad(set_to_none=True)
         seconds = time.perf_counter() - t0
         last = {
-            "phase": "sft", "step": step + 1, "sft/loss": total_loss / n_tokens, "sft/lr": lr,
-            "sft/grad_norm": float(grad_norm), "sft/tokens_per_s": sum(map(len, sequences)) / seconds,
-            "sft/completion_tokens": n_tokens, "sft/truncated_fraction": sum(ex.truncated for ex in chosen) / len(chosen),
-            "timing_s/step": seconds,
+            "phase": "sft", "step": step + 1, M.SFT_LOSS: total_loss / n_tokens, M.SFT_LR: lr,
+            M.SFT_GRAD_NORM: float(grad_norm), M.SFT_TOKENS_PER_S: sum(map(len, sequences)) / seconds,
+            M.SFT_COMPLETION_TOKENS: n_tokens, M.SFT_TRUNCATED_FRACTION: sum(ex.truncated for ex in chosen) / len(chosen),
+            M.TIMING_STEP: seconds,
         }
         if eval_fn is not None and cfg.eval_every and (step + 1) % cfg.eval_every == 0 and step + 1 < cfg.steps:
             model.eval()
             last.update(eval_fn(step + 1))
             model.train()
         logger.log(last)
-        bar.update(step, loss=last["sft/loss"], lr=lr, tok_s=float(int(last["sft/tokens_per_s"])))
+        bar.update(step, loss=last[M.SFT_LOSS], lr=lr, tok_s=float(int(last[M.SFT_TOKENS_PER_S])))
         done = step + 1
         if (checkpoint.every and done % checkpoint.every == 0) or done == cfg.steps:
             ckpt.save_checkpoint(stage_dir, done, model, tokenizer,
