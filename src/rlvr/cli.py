@@ -142,18 +142,21 @@ def cmd_data_gen(args: argparse.Namespace) -> int:
 
 def cmd_data_stats(args: argparse.Namespace) -> int:
     from rlvr.data.curation import stats
+    from rlvr.models import load_tokenizer
+    from rlvr.trainers.pipeline import recipe_tokenizer
 
     task: str | None = None
     options: dict[str, Any] = {}
+    config = None
     if args.task or args.recipe:
-        task, options, _ = task_from_args(args)
+        task, options, config = task_from_args(args)
     tokenizer = None
     if args.tokenizer:
-        from rlvr.models import load_tokenizer
-
         tokenizer = load_tokenizer(args.tokenizer)
+    elif config is not None:  # the run's tokenizer, as `rlvr run` builds it
+        tokenizer = recipe_tokenizer(config)
     print(json.dumps(stats(args.file, samples=args.samples, task=task, tokenizer=tokenizer,
-                           task_options=options, recipe=args.recipe), indent=2))
+                           task_options=options, config=config), indent=2))
     return 0
 
 

@@ -32,11 +32,12 @@ from typing import IO, Any
 
 import numpy as np
 
-from rlvr.data.io import read_numbered, write_jsonl_atomic
+from rlvr.data.conversations import is_conversation, read_conversations, token_lengths
+from rlvr.data.io import read_numbered, read_records, write_jsonl_atomic
 from rlvr.data.tools import stats as data_stats
 from rlvr.data.tools import summarize
 from rlvr.errors import DataError
-from rlvr.models import prompt_ids
+from rlvr.models import eos_token_ids, load_tokenizer, prompt_ids
 from rlvr.tasks import get
 
 PathLike = str | os.PathLike[str]
@@ -592,7 +593,7 @@ def stats(
     task: str | None = None,
     tokenizer: Any = None,
     task_options: dict[str, Any] | None = None,
-    recipe: PathLike | None = None,
+    config: Any = None,
 ) -> dict[str, Any]:
     """Length statistics of a data file and / or Light-R1's context advice from a samples file.
 
@@ -600,15 +601,19 @@ def stats(
     answer lengths in characters (the first of ANSWER_FIELDS, or reward_model.ground_truth)
     and, with a tokenizer, prompt and answer lengths in tokens. An SFT file (rows of messages,
     prompt + completion or ShareGPT conversations): conversation_stats. samples: context_advice.
-    tokenizer: a tokenizer or a model directory. recipe: a recipe or a run's config.yaml; its run's
-    tokenizer (unless one is given) and task (with its task options unless task_options is given)
-    measure the file, and lengths are compared with its sft.max_seq_len and rl.max_new_tokens.
+    tokenizer: a tokenizer or a model directory. config: a run's config (`--recipe`: a recipe or a
+    run's config.yaml, loaded by the caller, who also passes its run's tokenizer,
+    rlvr.trainers.pipeline.recipe_tokenizer); its task (with its task options unless task_options
+    is given) measures the file, and lengths are compared with its sft.max_seq_len and rl.max_new_tokens.
     A problem's prompt is counted as the model sees it when the task is known (the task's messages
     through the tokenizer's chat template, response prefix included), else as the record's text.
     """
     if data is None and samples is None:
         raise ValueError("stats needs a data file, a samples file, or both")
-    config, task, tokenizer = _stats_context(recipe, task, tokenizer)
+    if config is not None:
+        task = task or config.data.task
+    if isinstance(tokenizer, str | os.PathLike):
+        tokenizer = load_tokenizer(tokenizer)
     result: dict[str, Any] = {}
     if data is not None and _is_sft_file(data):
         result.update(conversation_stats(data, tokenizer, config))
@@ -643,28 +648,7 @@ def stats(
     return result
 
 
-def _stats_context(recipe: PathLike | None, task: str | None, tokenizer: Any) -> tuple[Any, str | None, Any]:
-    """(the recipe's config or None, the task, a loaded tokenizer or None) of `stats`."""
-    config = None
-    if recipe is not None:
-        from rlvr.config import load_config
-        from rlvr.trainers.pipeline import recipe_tokenizer  # the run's tokenizer, as `rlvr run` builds it
-
-        config = load_config(recipe, [])
-        task = task or config.data.task
-        if tokenizer is None:
-            tokenizer = recipe_tokenizer(config)
-    if isinstance(tokenizer, str | os.PathLike):
-        from rlvr.models import load_tokenizer
-
-        tokenizer = load_tokenizer(tokenizer)
-    return config, task, tokenizer
-
-
 def _is_sft_file(path: PathLike) -> bool:
-    from rlvr.data.conversations import is_conversation
-    from rlvr.data.io import read_records
-
     first = next(read_records(path), None)
     return first is not None and is_conversation(first)
 
@@ -676,9 +660,6 @@ def conversation_stats(path: PathLike, tokenizer: Any, config: Any = None) -> di
     writes) and the whole sequence, each as mean / min / max / p50 / p90 / p95 / p99. The context
     advice of Light-R1 and DeepScaleR reads these: a context (sft.max_seq_len, rl.max_new_tokens)
     that the long tail fits in. With a run's config, the share of rows over its limits."""
-    from rlvr.data.conversations import read_conversations, token_lengths
-    from rlvr.data.tools import summarize
-
     rows = read_conversations(path)
     result: dict[str, Any] = {"path": str(path), "layout": "conversations", "count": len(rows)}
     turns = [[m["content"] for m in r.messages if m["role"] == "assistant"] for r in rows]
@@ -686,8 +667,6 @@ def conversation_stats(path: PathLike, tokenizer: Any, config: Any = None) -> di
     result["completion_chars"] = summarize([sum(map(len, t)) for t in turns])
     if tokenizer is None:
         return result
-    from rlvr.models import eos_token_ids
-
     lengths = token_lengths(tokenizer, rows, eos_token_ids(tokenizer))
     for name in ("prompt", "completion", "sequence"):
         result[f"{name}_tokens"] = summarize(lengths[name])

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from rlvr.errors import CheckpointError
-from rlvr.models import eos_token_ids
+from rlvr.models import eos_token_ids, lora
 from rlvr.models.native import read_weights
 
 STATE_FILE = "trainer_state.pt"
@@ -50,8 +50,6 @@ def save_model_dir(model: torch.nn.Module, tokenizer: Any, out: Path, merge_lora
     generation_config.json names every end-of-turn id rlvr stops on, so that transformers, vLLM
     and TRL stop a checkpoint's generations where rlvr does.
     """
-    from rlvr.models import lora
-
     if lora.is_lora(model):
         lora.save_adapter(model, out)
         if merge_lora:
@@ -126,8 +124,6 @@ def check_compatible(checkpoint: Path, model_config: Any) -> None:
 def load_checkpoint(checkpoint: Path, model: torch.nn.Module, model_config: Any) -> dict[str, Any]:
     """Load weights (a LoRA model: its adapter) into `model` and return the trainer state (RNG
     states restored)."""
-    from rlvr.models import lora
-
     if lora.is_lora(model):
         try:
             lora.load_adapter(checkpoint, model)

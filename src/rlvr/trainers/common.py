@@ -205,8 +205,6 @@ def cpu_bf16_matmul_is_fast() -> bool:
     once per process on 256 x 256 x 256, best of 3; the two differ by 4x or 80x, so noise from
     other jobs does not decide it). Logs the fallback when it is not."""
     if "cpu" not in _BF16_FAST:
-        import time
-
         def best(dtype: torch.dtype) -> float:
             a = torch.randn(256, 256).to(dtype)
             torch.matmul(a, a)  # warm-up: kernel selection, first-touch allocation

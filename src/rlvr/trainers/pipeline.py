@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import yaml
@@ -20,11 +21,13 @@ from transformers import AutoConfig
 
 from rlvr import tasks
 from rlvr.config import RunConfig, dump_yaml, from_dict, to_dict
+from rlvr.data.conversations import Conversation, read_conversations, tokenize
 from rlvr.data.io import load_examples, write_json_atomic, write_jsonl_atomic
-from rlvr.distributed import describe_placement, make_engine, make_learner
+from rlvr.distributed import connect, describe_placement, make_engine, make_learner
 from rlvr.distributed import placement as ray_placement
 from rlvr.errors import ConfigError, DataError, RunDirError
 from rlvr.evaluation import evaluate, write_eval
+from rlvr.evaluation.metrics import breakdown_table
 from rlvr.evaluation.report import write_report
 from rlvr.models import (
     batch_prompt_ids,
@@ -32,25 +35,25 @@ from rlvr.models import (
     init_model,
     load_model,
     load_tokenizer,
+    lora,
     native,
     prompt_ids,
 )
+from rlvr.models.chat import PromptTemplateError, set_prompt_template, template_as_jinja
+from rlvr.models.factory import PRESETS, TYPICAL_VOCAB_SIZE, model_config
 from rlvr.models.lora import hf_state_dict
 from rlvr.rollout.partial import PartialRollouts
 from rlvr.rollout.torch_engine import TorchEngine
-from rlvr.rollout.vllm_engine import INSTALL, VLLMEngine, vllm_available
-from rlvr.tasks.generic import WithRewardFunctions
+from rlvr.rollout.vllm_engine import INSTALL, VLLMEngine, check_supported, vllm_available
+from rlvr.tasks.generic import RowPrompts, WithRewardFunctions
+from rlvr.tasks.mixed import MixedTask
 from rlvr.tasks.reward_functions import RewardFunctionError, load_reward_function
 from rlvr.trainers import metric_names as M
 from rlvr.trainers.budget import budget_lines
 from rlvr.trainers.common import MetricsLogger, cpu_threads, setup_torch
 from rlvr.trainers.critic import Critic, build_critic, check_critic_dir
 from rlvr.trainers.rl import ProblemPool, RLRun, Sampler, train_rl
-from rlvr.trainers.sft import train_sft
-
-if TYPE_CHECKING:
-    from rlvr.data.conversations import Conversation
-    from rlvr.trainers.sft import SFTExample
+from rlvr.trainers.sft import SFTExample, train_sft, truncate
 
 
 def log(message: str) -> None:
@@ -134,8 +137,6 @@ def with_lora(policy: Policy, config: RunConfig) -> Policy:
     cfg = config.model.lora
     if cfg is None:
         return policy
-    from rlvr.models import lora
-
     model = lora.apply_lora(policy.model, cfg.r, cfg.alpha, cfg.dropout, cfg.target_modules, policy.path)
     return dataclasses.replace(policy, model=model)
 
@@ -146,18 +147,12 @@ def check_lora(config: RunConfig) -> None:
     cfg = config.model.lora
     if cfg is None:
         return
-    from rlvr.models import lora
-
     if not lora.peft_available():
         raise ConfigError(f"config key model.lora: LoRA needs peft, which is not installed ({lora.INSTALL})",
                           key="model.lora")
     if config.model.path:
-        from transformers import AutoConfig
-
         hf_config = AutoConfig.from_pretrained(config.model.path, local_files_only=True)
     else:
-        from rlvr.models.factory import PRESETS, TYPICAL_VOCAB_SIZE, model_config
-
         hf_config = model_config(PRESETS[config.model.preset], TYPICAL_VOCAB_SIZE, pad_id=0, eos_id=1)
     try:
         lora.check_targets(lora.skeleton(hf_config, config.model.impl), cfg.target_modules)
@@ -189,10 +184,6 @@ def recipe_tokenizer(config: RunConfig) -> Any:
     """The tokenizer a run of `config` uses, without writing its run directory: model.path's, the
     run's model_init when it was built, else the preset's, built offline in a temporary directory
     exactly as `rlvr run` builds it (`rlvr data stats --recipe`)."""
-    import tempfile
-
-    from rlvr.models import load_tokenizer
-
     built = Path(config.out_dir) / "model_init"
     if not config.model.path and (built / "config.json").is_file():
         return load_tokenizer(built)
@@ -224,8 +215,6 @@ def with_reward_functions(task: tasks.Task, reward: Any, specs: list[tuple[str, 
 
 def _get_task(name: str, options: dict[str, Any], prefix: str, row_prompt: str = "keep") -> tasks.Task:
     """The task `name`; with row_prompt keep, rows' chat prompts are used as given (RowPrompts)."""
-    from rlvr.tasks.generic import RowPrompts
-
     try:
         task = tasks.get(name, **options)
     except tasks.TaskError as err:  # a spec that does not import, or builds no Task
@@ -240,8 +229,6 @@ def _get_task(name: str, options: dict[str, Any], prefix: str, row_prompt: str =
 def build_task(config: RunConfig) -> tasks.Task:
     """The run's task with its reward functions; `mixed`: one task per data source (data.sources),
     each with the source's own functions, and the run-wide reward.function(s) over all of them."""
-    from rlvr.tasks.mixed import MixedTask
-
     data = config.data
     if data.task != "mixed":
         return with_reward_functions(_get_task(data.task, data.task_options, "data", data.row_prompt), config.reward)
@@ -301,8 +288,6 @@ def check_inputs(config: RunConfig) -> Inputs:
     data = config.data
     task = build_task(config)
     if data.prompt_template:
-        from rlvr.models.chat import PromptTemplateError, template_as_jinja
-
         try:
             template_as_jinja(data.prompt_template, task.response_prefix)
         except PromptTemplateError as err:
@@ -347,8 +332,6 @@ def read_sft_file(config: RunConfig) -> list[Conversation] | None:
     sft = config.sft
     if not (sft.train_file and sft.enabled and sft.steps > 0):
         return None
-    from rlvr.data.conversations import read_conversations
-
     try:
         rows = read_conversations(sft.train_file)
     except (DataError, OSError) as err:
@@ -482,11 +465,7 @@ def sft_examples(config: RunConfig, task: tasks.Task, policy: Policy, eos_ids: t
                  rows: list[Conversation] | None) -> tuple[list[SFTExample], dict[str, Any]]:
     """The SFT stage's sequences (sft.train_file's conversations, else the task's solver traces), cut
     at sft.max_seq_len, and what the summary reports about them."""
-    from rlvr.trainers.sft import SFTExample, truncate
-
     if rows is not None:
-        from rlvr.data.conversations import tokenize
-
         try:
             examples = [SFTExample(ids, trained) for ids, trained in tokenize(policy.tokenizer, rows, eos_ids)]
         except ValueError as error:
@@ -617,12 +596,8 @@ def run_policy(config: RunConfig, run_dir: Path, device: torch.device, task: tas
     policy = with_lora(load_policy(build_model_dir(config, run_dir), config.model.impl, config.model.dtype,
                                    device), config)
     if config.data.prompt_template:  # a base model's prompt format
-        from rlvr.models.chat import set_prompt_template
-
         set_prompt_template(policy.tokenizer, config.data.prompt_template, task.response_prefix)
     if config.model.engine == "vllm":
-        from rlvr.rollout.vllm_engine import check_supported
-
         try:
             check_supported(policy.path)
         except ValueError as error:
@@ -770,8 +745,6 @@ def check_ray_cluster(config: RunConfig) -> None:
     """ray.address set: join that cluster now and check it has the custom resources the actors reserve
     (rlvr.distributed.connect), so a misspelt resource or a node started without it stops the run
     before SFT rather than leaving the RL stage's actors pending."""
-    from rlvr.distributed import connect
-
     try:
         connect(config.ray)
     except RuntimeError as err:
@@ -803,8 +776,6 @@ def vllm_engine(config: RunConfig, policy: Policy, eos_ids: tuple[int, ...]):
 
 def per_source(metrics: dict[str, float], config: RunConfig) -> dict[str, float]:
     """A mixed run's eval accuracy (avg@n) per data source, from the by_source breakdown; {} otherwise."""
-    from rlvr.evaluation.metrics import breakdown_table
-
     return breakdown_table(metrics, "source") if config.data.task == "mixed" else {}
 
 
