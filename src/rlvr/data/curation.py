@@ -449,17 +449,7 @@ def dedup(
     if isinstance(task, str):
         task = get(task)
     index = _Index(method, num_perm, ngram, seed, embedding_model)
-    for bench in dict.fromkeys(str(p) for p in against):
-        for line, _, text in _numbered_texts(bench, field, _bench_task(task, field)):
-            index.add(bench, line, text, reference=True)
-    n_reference = len(index.locations)
-    drops: dict[int, tuple[str, int, float]] = {}
-    for line, _, text in _numbered_texts(data, field, task):
-        repeat = index.add(str(data), line, text, reference=False)
-        if repeat is not None:
-            drops[len(index.locations) - 1] = (repeat[0], repeat[1], 1.0)
-    for row, (match, similarity) in _near_matches(index, set(drops), threshold).items():
-        drops[row] = ("near", match, similarity)
+    drops, n_reference = _first_pass(index, data, against, field, task, threshold)
     duplicates = _write_kept(data, out, field, task, index, drops, n_reference)
     report_path = Path(report) if report is not None else sidecar(out, ".dedup.jsonl")
     write_jsonl_atomic(report_path, (asdict(d) for d in duplicates))
@@ -480,6 +470,25 @@ def dedup(
                      "against": [str(p) for p in against], "field": field,
                      "embedding_model": None if embedding_model is None else str(embedding_model)},
     }
+
+
+def _first_pass(index: _Index, data: PathLike, against: Sequence[PathLike], field: str | None, task: Any,
+                threshold: float) -> tuple[dict[int, tuple[str, int, float]], int]:
+    """Index the benchmark items, then `data`'s records: the rows to drop, {row: (kind, matched row,
+    similarity)} (exact and normalised repeats as they are read, near ones after), and the number of
+    benchmark items (rows below it are benchmark rows)."""
+    for bench in dict.fromkeys(str(p) for p in against):
+        for line, _, text in _numbered_texts(bench, field, _bench_task(task, field)):
+            index.add(bench, line, text, reference=True)
+    n_reference = len(index.locations)
+    drops: dict[int, tuple[str, int, float]] = {}
+    for line, _, text in _numbered_texts(data, field, task):
+        repeat = index.add(str(data), line, text, reference=False)
+        if repeat is not None:
+            drops[len(index.locations) - 1] = (repeat[0], repeat[1], 1.0)
+    for row, (match, similarity) in _near_matches(index, set(drops), threshold).items():
+        drops[row] = ("near", match, similarity)
+    return drops, n_reference
 
 
 def _bench_task(task: Any, field: str | None) -> Any:
@@ -741,18 +750,7 @@ def mix(
     metadata["source"], so evals break down by it), any earlier "source" value moving to
     provenance["original_source"]. names default to the file stems.
     """
-    parsed = [parse_source(s) for s in sources]
-    if not parsed:
-        raise ValueError("mix needs at least one source")
-    if any(w < 0 for _, w in parsed) or not any(w > 0 for _, w in parsed):
-        raise ValueError(f"weights must be >= 0 and not all 0, got {[w for _, w in parsed]}")
-    labels = list(names) if names is not None else [Path(p).name.split(".")[0] for p, _ in parsed]
-    if len(labels) != len(parsed):
-        raise ValueError(f"{len(labels)} names for {len(parsed)} sources")
-    counts = [sum(1 for _ in read_numbered(path)) for path, _ in parsed]
-    for (path, weight), count in zip(parsed, counts):
-        if count == 0 and weight > 0:
-            raise DataError(f"{path}: no records, but it has weight {weight}")
+    parsed, labels, counts = _mix_sources(sources, names)
     taken = _allocate(counts, [w for _, w in parsed], total)
     rng = random.Random(seed)
     streams = [_selected(path, count, take, rng) if take else iter(())
@@ -763,14 +761,7 @@ def mix(
     def mixed() -> Iterator[dict[str, Any]]:
         for i in order:
             line, record = next(streams[i])
-            provenance = {"source": labels[i], "file": parsed[i][0], "line": line}
-            record = dict(record)
-            if set_source:
-                if record.get("source") is not None:
-                    provenance["original_source"] = record["source"]
-                record["source"] = labels[i]
-            record["provenance"] = provenance
-            yield record
+            yield _with_provenance(record, labels[i], parsed[i][0], line, set_source)
 
     write_jsonl_atomic(out, mixed())
     return {
@@ -783,3 +774,33 @@ def mix(
         ],
         "seed": seed,
     }
+
+
+def _mix_sources(sources: Sequence[str | tuple[PathLike, float]],
+                 names: Sequence[str] | None) -> tuple[list[tuple[str, float]], list[str], list[int]]:
+    """The checked sources of a mix: (path, weight) pairs, their names and record counts."""
+    parsed = [parse_source(s) for s in sources]
+    if not parsed:
+        raise ValueError("mix needs at least one source")
+    if any(w < 0 for _, w in parsed) or not any(w > 0 for _, w in parsed):
+        raise ValueError(f"weights must be >= 0 and not all 0, got {[w for _, w in parsed]}")
+    labels = list(names) if names is not None else [Path(p).name.split(".")[0] for p, _ in parsed]
+    if len(labels) != len(parsed):
+        raise ValueError(f"{len(labels)} names for {len(parsed)} sources")
+    counts = [sum(1 for _ in read_numbered(path)) for path, _ in parsed]
+    for (path, weight), count in zip(parsed, counts):
+        if count == 0 and weight > 0:
+            raise DataError(f"{path}: no records, but it has weight {weight}")
+    return parsed, labels, counts
+
+
+def _with_provenance(record: dict[str, Any], label: str, path: str, line: int, set_source: bool) -> dict[str, Any]:
+    """A copy of `record` with "provenance" (and, with set_source, "source": label; see mix)."""
+    provenance: dict[str, Any] = {"source": label, "file": path, "line": line}
+    record = dict(record)
+    if set_source:
+        if record.get("source") is not None:
+            provenance["original_source"] = record["source"]
+        record["source"] = label
+    record["provenance"] = provenance
+    return record

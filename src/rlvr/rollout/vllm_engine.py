@@ -155,6 +155,21 @@ def kv_cache_bytes(config: Mapping[str, Any], tokens: int, dtype: torch.dtype) -
     return per_token * tokens
 
 
+def _start_llm(kwargs: dict[str, Any], threads: int | None) -> Any:
+    """vllm.LLM(**kwargs), with `threads` torch threads while it starts (the CPU backend). vLLM's CPU
+    worker replaces torch.set_num_threads with a no-op for its own process; in this process
+    (colocated) the learner still owns the thread count, so the function is put back."""
+    import vllm
+
+    set_threads = torch.set_num_threads
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        return vllm.LLM(**kwargs)
+    finally:
+        torch.set_num_threads = set_threads  # type: ignore[assignment]
+
+
 class VLLMEngine:
     """RolloutEngine on vLLM (see the module docstring).
 
@@ -201,8 +216,6 @@ class VLLMEngine:
             os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
         from vllm.platforms import current_platform
 
-        import vllm
-
         config = check_supported(model_path)
         self.on_cpu = bool(current_platform.is_cpu())
         self.colocated = colocated and tensor_parallel_size == 1
@@ -235,30 +248,28 @@ class VLLMEngine:
             if enable_sleep_mode:
                 raise ValueError("VLLMEngine: sleep mode needs a GPU (vLLM's CPU backend has none); "
                                  "leave enable_sleep_mode off on CPU")
-            tokens = max_num_seqs * self.max_model_len
-            kwargs.update(
-                kv_cache_memory_bytes=kv_cache_bytes(config, tokens, self.dtype) + 16 * 2**20,
-                enforce_eager=True,
-                enable_chunked_prefill=False,  # seeded requests crash in chunked prefill on CPU
-                max_num_batched_tokens=max(self.max_model_len, 2048),
-            )
             threads = threads or torch.get_num_threads()
-            if not self.colocated:
-                cpus = sorted(os.sched_getaffinity(0))[:threads]
-                os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", ",".join(str(c) for c in cpus))
+            kwargs.update(self._cpu_arguments(config, max_num_seqs, threads))
         else:
             kwargs.update(gpu_memory_utilization=gpu_memory_utilization, enable_sleep_mode=enable_sleep_mode)
         kwargs.update(extra or {})
-        set_threads = torch.set_num_threads
-        if self.on_cpu and threads:
-            torch.set_num_threads(threads)
-        try:
-            self.llm = vllm.LLM(**kwargs)
-        finally:
-            # vLLM's CPU worker replaces torch.set_num_threads with a no-op for its own process; in
-            # this process (colocated) the learner still owns the thread count.
-            torch.set_num_threads = set_threads  # type: ignore[assignment]
+        self.llm = _start_llm(kwargs, threads if self.on_cpu else None)
         self.last_stats: dict[str, float] = {}
+
+    def _cpu_arguments(self, config: Mapping[str, Any], max_num_seqs: int, threads: int) -> dict[str, Any]:
+        """vllm.LLM settings of the CPU backend: a KV cache sized for max_num_seqs x max_model_len
+        tokens, eager mode, no chunked prefill; with vLLM's own processes, their OpenMP threads bound
+        to the first `threads` CPUs this process may use."""
+        if not self.colocated:
+            cpus = sorted(os.sched_getaffinity(0))[:threads]
+            os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", ",".join(str(c) for c in cpus))
+        tokens = max_num_seqs * self.max_model_len
+        return dict(
+            kv_cache_memory_bytes=kv_cache_bytes(config, tokens, self.dtype) + 16 * 2**20,
+            enforce_eager=True,
+            enable_chunked_prefill=False,  # seeded requests crash in chunked prefill on CPU
+            max_num_batched_tokens=max(self.max_model_len, 2048),
+        )
 
     # ---------------------------------------------------------------- generation
 

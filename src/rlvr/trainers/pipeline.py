@@ -607,6 +607,48 @@ def run_policy(config: RunConfig, run_dir: Path, device: torch.device, task: tas
 
 def _run(config: RunConfig, inputs: Inputs, run_dir: Path) -> dict[str, Any]:
     t_start = time.perf_counter()
+    run = prepare(config, inputs, run_dir)
+    sft_info = sft_stage(run) if config.sft.enabled else {}
+    if not (config.rl.enabled and config.rl.steps > 0):  # `rlvr sft`, or an evaluation of the model only
+        stage = "after_sft" if config.sft.enabled else "model"
+        final = evaluate_both(stage, run.policy, run.engine, inputs.task, run.held_out, config, run_dir)
+        log(f"{stage.replace('_', ' ')}: {_describe(final, config)}")
+        run.logger.close()
+        return {**stage_summary(config, stage, final, run.held_out), **sft_info}
+
+    before = evaluate_both("before_rl", run.policy, run.engine, inputs.task, run.held_out, config, run_dir)
+    log(f"before RL: {_describe(before, config)}")
+    rl_summary = rl_stage(run)
+    after = evaluate_both("after_rl", run.policy, run.engine, inputs.task, run.held_out, config, run_dir)
+    log(f"after RL: {_describe(after, config)}")
+    run.logger.close()
+    return {**make_summary(config, before, after, run.held_out, time.perf_counter() - t_start, rl_summary),
+            **sft_info}
+
+
+@dataclass
+class RunParts:
+    """What the stages of one run share: the policy and its in-process engine (the evaluations', and by
+    default the rollouts'), the logger, the held-out problems (banned: their prompts, never trained on)
+    and the cached prompt ids (fits: whether a prompt fits data.max_prompt_tokens, None without a limit)."""
+
+    config: RunConfig
+    inputs: Inputs
+    run_dir: Path
+    device: torch.device
+    policy: Policy
+    engine: TorchEngine
+    decode_dtype: torch.dtype | None
+    logger: MetricsLogger
+    held_out: list[tasks.Example]
+    banned: set[str]
+    prompt_cache: Callable[[tasks.Example], list[int]]
+    fits: Callable[[tasks.Example], bool] | None
+
+
+def prepare(config: RunConfig, inputs: Inputs, run_dir: Path) -> RunParts:
+    """Seed and thread settings, the held-out set, the policy (checked and described, with the recipe's
+    memory budget), the metrics logger and the in-process engine."""
     device = setup_torch(config.seed, config.threads, config.device)
     log(f"device: {device}, {torch.get_num_threads()} torch CPU threads (threads={config.threads})")
     for key, value in config.derived_sizes().items():
@@ -617,13 +659,7 @@ def _run(config: RunConfig, inputs: Inputs, run_dir: Path) -> dict[str, Any]:
     log(f"held-out set: {len(held_out)} problems ({config.data.eval_difficulty})")
 
     policy = run_policy(config, run_dir, device, task)
-    n_params = sum(p.numel() for p in policy.model.parameters())
-    log(f"model: {policy.path} ({n_params / 1e6:.2f}M parameters, {'native' if policy.packed else 'transformers'})")
-    if config.model.lora is not None:
-        trained = sum(p.numel() for p in policy.model.parameters() if p.requires_grad)
-        log(f"LoRA r={config.model.lora.r} on {', '.join(config.model.lora.target_modules)}: "
-            f"{trained / 1e6:.3f}M trainable parameters")
-    eos_ids = eos_token_ids(policy.tokenizer)
+    describe_policy(config, policy)
     prompt_cache, fits = prompt_tokens(policy.tokenizer, task, config.data.max_prompt_tokens)
     if fits is not None:
         held_out = within_prompt_limit(held_out, fits, config.data.max_prompt_tokens, "held-out problems")
@@ -638,49 +674,60 @@ def _run(config: RunConfig, inputs: Inputs, run_dir: Path) -> dict[str, Any]:
     logger = MetricsLogger(run_dir, config.logging.tensorboard, config.logging.wandb, config.logging.wandb_project,
                            config=to_dict(config))
     decode_dtype = engine_dtype(config, policy)
-    engine = TorchEngine(policy.model, eos_token_ids=eos_ids, pad_token_id=policy.tokenizer.pad_token_id or 0,
-                         device=str(device), dtype=decode_dtype, workers=engine_workers(config))
+    engine = TorchEngine(policy.model, eos_token_ids=eos_token_ids(policy.tokenizer),
+                         pad_token_id=policy.tokenizer.pad_token_id or 0, device=str(device), dtype=decode_dtype,
+                         workers=engine_workers(config))
+    return RunParts(config, inputs, run_dir, device, policy, engine, decode_dtype, logger, held_out, banned,
+                    prompt_cache, fits)
 
-    sft_info: dict[str, Any] = {}
-    if config.sft.enabled:
-        t0 = time.perf_counter()
-        examples, sft_info = sft_examples(config, task, policy, eos_ids, banned, inputs.sft_rows)
-        log(f"SFT: {len(examples)} sequences ({time.perf_counter() - t0:.1f}s to build), {config.sft.steps} steps")
-        train_sft(policy.model, policy.tokenizer, examples, config.sft, run_dir=run_dir, logger=logger,
-                  device=device, packed=policy.packed, seed=config.seed, checkpoint=config.checkpoint,
-                  progress=config.logging.progress,
-                  eval_fn=in_loop_eval(engine, policy, task, held_out, config))
 
-    if not (config.rl.enabled and config.rl.steps > 0):  # `rlvr sft`, or an evaluation of the model only
-        stage = "after_sft" if config.sft.enabled else "model"
-        final = evaluate_both(stage, policy, engine, task, held_out, config, run_dir)
-        log(f"{stage.replace('_', ' ')}: {_describe(final, config)}")
-        logger.close()
-        return {**stage_summary(config, stage, final, held_out), **sft_info}
+def describe_policy(config: RunConfig, policy: Policy) -> None:
+    """Log the model's size and implementation (and with LoRA, its trainable parameters)."""
+    n_params = sum(p.numel() for p in policy.model.parameters())
+    log(f"model: {policy.path} ({n_params / 1e6:.2f}M parameters, {'native' if policy.packed else 'transformers'})")
+    if config.model.lora is not None:
+        trained = sum(p.numel() for p in policy.model.parameters() if p.requires_grad)
+        log(f"LoRA r={config.model.lora.r} on {', '.join(config.model.lora.target_modules)}: "
+            f"{trained / 1e6:.3f}M trainable parameters")
 
-    before = evaluate_both("before_rl", policy, engine, task, held_out, config, run_dir)
-    log(f"before RL: {_describe(before, config)}")
 
-    pool = ProblemPool(training_source(config, task, banned, inputs.train_rows, fits), seed=config.seed,
+def sft_stage(run: RunParts) -> dict[str, Any]:
+    """Cold-start SFT (rlvr.trainers.sft.train_sft) on the run's SFT data; returns what the summary
+    reports about that data."""
+    config, policy = run.config, run.policy
+    t0 = time.perf_counter()
+    examples, sft_info = sft_examples(config, run.inputs.task, policy, eos_token_ids(policy.tokenizer), run.banned,
+                                      run.inputs.sft_rows)
+    log(f"SFT: {len(examples)} sequences ({time.perf_counter() - t0:.1f}s to build), {config.sft.steps} steps")
+    train_sft(policy.model, policy.tokenizer, examples, config.sft, run_dir=run.run_dir, logger=run.logger,
+              device=run.device, packed=policy.packed, seed=config.seed, checkpoint=config.checkpoint,
+              progress=config.logging.progress,
+              eval_fn=in_loop_eval(run.engine, policy, run.inputs.task, run.held_out, config))
+    return sft_info
+
+
+def rl_stage(run: RunParts) -> dict[str, Any]:
+    """The RL stage (rlvr.trainers.rl.train_rl) on the run's problems, none of them held out; the
+    in-process engine draws the learning curve and, unless the recipe names another, the rollouts."""
+    config, policy, task = run.config, run.policy, run.inputs.task
+    eos_ids = eos_token_ids(policy.tokenizer)
+    pool = ProblemPool(training_source(config, task, run.banned, run.inputs.train_rows, run.fits), seed=config.seed,
                        weights=source_weights(config))
-    train_engine, learner_ranks, closers, placement = training_engine(config, policy, engine, eos_ids, decode_dtype)
-    critic = start_critic(config, policy, device) if config.critic.enabled else None
-    run = RLRun(policy.model, Sampler(train_engine, policy.tokenizer, task, pool, prompt_cache, eos_ids), run_dir,
-                logger, device, policy.packed, config.seed, config.data.difficulty,
-                engine_shares_weights=train_engine is engine, learner_ranks=learner_ranks, critic=critic,
-                eval_fn=curve_eval(engine, policy, task, held_out, config), eval_every=config.eval.every)
+    train_engine, learner_ranks, closers, placement = training_engine(config, policy, run.engine, eos_ids,
+                                                                      run.decode_dtype)
+    critic = start_critic(config, policy, run.device) if config.critic.enabled else None
+    rl_run = RLRun(policy.model, Sampler(train_engine, policy.tokenizer, task, pool, run.prompt_cache, eos_ids),
+                   run.run_dir, run.logger, run.device, policy.packed, config.seed, config.data.difficulty,
+                   engine_shares_weights=train_engine is run.engine, learner_ranks=learner_ranks, critic=critic,
+                   eval_fn=curve_eval(run.engine, policy, task, run.held_out, config), eval_every=config.eval.every)
     try:
-        rl_summary = train_rl(run, config.rl, config.checkpoint, config.logging)
+        rl_summary = train_rl(rl_run, config.rl, config.checkpoint, config.logging)
     finally:
         for close in closers:
             close()
     if placement:
         rl_summary["placement"] = placement
-    after = evaluate_both("after_rl", policy, engine, task, held_out, config, run_dir)
-    log(f"after RL: {_describe(after, config)}")
-    logger.close()
-
-    return {**make_summary(config, before, after, held_out, time.perf_counter() - t_start, rl_summary), **sft_info}
+    return rl_summary
 
 
 def start_critic(config: RunConfig, policy: Policy, device: torch.device) -> Critic:
