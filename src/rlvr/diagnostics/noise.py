@@ -160,8 +160,9 @@ def rl_group_gradients(policy: torch.nn.Module, sampler: rl.Sampler, cfg: RLConf
             trimmed.extend(batch, keep)
             batch = trimmed
         totals.add(batch, len(keep))
-        rl.update_policy(learner, batch, dataclasses.replace(one_epoch, mini_batches=len(keep)), knobs, step, seed,
-                         step_fn=record, engine_shares_weights=True)
+        one_group_each = dataclasses.replace(one_epoch, mini_batches=len(keep))
+        rl.update_policy(learner, batch, one_group_each, knobs, step, seed, step_fn=record,
+                         engine_shares_weights=True)
         totals.zero_variance_groups += record.empty
         yield from record.gradients
         record.gradients.clear()
@@ -194,8 +195,9 @@ class GradientRecorder:
         self.empty += not active
         if active:
             on_policy = dataclasses.replace(data, old_logprobs=None, ref_logprobs=None)
-            new_lp, _ = sequence_values(policy, data.batch, active, data.width, knobs.temperature, learner.device,
-                                        learner.packed, token_budget=cfg.micro_batch_tokens, autocast=cfg.autocast)
+            new_lp, _ = sequence_values(policy, data.batch, active, data.width, knobs.temperature,
+                                        learner.device, learner.packed, token_budget=cfg.micro_batch_tokens,
+                                        autocast=cfg.autocast)
             loss = rl.micro_batch_loss(new_lp, None, on_policy, active, data.loss_mask[index], cfg, knobs,
                                        rl.StepSums())
             if loss is None:
@@ -231,14 +233,16 @@ class SampleTotals:
 
 
 def sft_example_gradients(policy: torch.nn.Module, pairs: Sequence[tuple[list[int], list[int]]],
-                          device: torch.device, packed: bool, autocast: str = "none") -> Iterable[torch.Tensor]:
+                          device: torch.device, packed: bool,
+                          autocast: str = "none") -> Iterable[torch.Tensor]:
     """Yield the gradient of each (prompt, completion) pair's SFT loss: the token-mean NLL of its
     completion, the unit whose batch mean is the SFT step's gradient when examples are equally long."""
     params = [p for p in policy.parameters() if p.requires_grad]
     policy.train()
     for prompt, completion in pairs:
         policy.zero_grad(set_to_none=True)
-        loss_sum, n_tokens = sft_loss(policy, [prompt + completion], [len(prompt)], [[0]], device, packed, autocast)
+        loss_sum, n_tokens = sft_loss(policy, [prompt + completion], [len(prompt)], [[0]], device, packed,
+                                      autocast)
         (loss_sum / max(n_tokens, 1)).backward()
         yield flat_grad(params)
     policy.zero_grad(set_to_none=True)
@@ -291,8 +295,9 @@ def rl_noise(config: RunConfig, policy: Policy, sampler: rl.Sampler, groups: int
     Adam-normalised), and the accumulator of the group gradients."""
     acc = NoiseAccumulator(sum(p.numel() for p in policy.model.parameters() if p.requires_grad))
     stats: dict[str, float] = {}
-    for g in rl_group_gradients(policy.model, sampler, config.rl, groups=groups, device=device, packed=policy.packed,
-                                seed=config.seed, default_difficulty=config.data.difficulty, stats=stats):
+    for g in rl_group_gradients(policy.model, sampler, config.rl, groups=groups, device=device,
+                                packed=policy.packed, seed=config.seed,
+                                default_difficulty=config.data.difficulty or {}, stats=stats):
         acc.add(g)
     return {**stats, "per_group": acc.scale().as_dict(),
             "per_group_adam_normalised": acc.scale(adam_normalised=True).as_dict()}, acc
@@ -306,7 +311,7 @@ def sft_noise(config: RunConfig, policy: Policy, sampler: rl.Sampler, examples: 
     target = solution_target(task)
     if target is None:
         raise ValueError(f"task {task.name!r} has no solution traces; use --sft-examples 0")
-    drawn = sampler.pool.draw(config.data.difficulty, examples, step=10**6)
+    drawn = sampler.pool.draw(config.data.difficulty or {}, examples, step=10**6)
     pairs = trace_pairs(task, policy.tokenizer, drawn, eos_token_ids(policy.tokenizer)[0], target)
     sft = NoiseAccumulator(rl_mean.numel())
     for g in sft_example_gradients(policy.model, pairs, device, policy.packed, config.sft.autocast):
@@ -333,14 +338,16 @@ def describe(result: dict[str, Any]) -> str:
 
     rl_part = result["rl"]
     lines = [f"{result['model']}: {result['parameters']} parameters",
-             f"RL ({result['advantage']}, {result['group_size']} samples per group, T={result['temperature']}): "
+             f"RL ({result['advantage']}, {result['group_size']} samples per group, "
+             f"T={result['temperature']}): "
              f"accuracy {rl_part['accuracy']:.3f}, equal-reward groups {rl_part['zero_variance_ratio']:.2f}",
              line("per group", rl_part["per_group"], "groups"),
              line("per group, Adam-normalised", rl_part["per_group_adam_normalised"], "groups")]
     b = result["rl"]["per_group_adam_normalised"]["b_noise"]
     per_step = result["prompts_per_step"]
     per_update = per_step / result["mini_batches"]
-    lines.append(f"  signal share (Adam-normalised): a step of {per_step} groups {signal_share(per_step, b):.1%}, "
+    lines.append(f"  signal share (Adam-normalised): a step of {per_step} groups "
+                 f"{signal_share(per_step, b):.1%}, "
                  f"an optimizer step of {per_update:g} {signal_share(per_update, b):.1%}")
     if "sft" in result:
         sft = result["sft"]

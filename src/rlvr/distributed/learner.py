@@ -102,7 +102,8 @@ def decoder_layers(model: nn.Module) -> Sequence[nn.Module]:
     backbone = getattr(model, "model", None)
     layers = getattr(backbone, "layers", None)
     if layers is None:
-        raise ValueError(f"{type(model).__name__}: expected decoder layers at model.model.layers (Qwen2/Llama layout)")
+        raise ValueError(f"{type(model).__name__}: expected decoder layers at model.model.layers "
+                         "(Qwen2/Llama layout)")
     return layers
 
 
@@ -216,8 +217,9 @@ def plan_micro_batches(lengths: Sequence[int], token_budget: int, world_size: in
 # Forward passes on packed micro-batches
 
 
-def micro_batch_values(model: nn.Module, sequences: Sequence[Sequence[int]], starts: Sequence[int], width: int,
-                       temperature: float, device: torch.device, packed: bool, with_entropy: bool = False,
+def micro_batch_values(model: nn.Module, sequences: Sequence[Sequence[int]], starts: Sequence[int],
+                       width: int, temperature: float, device: torch.device, packed: bool,
+                       with_entropy: bool = False,
                        entropy_grad: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Completion log-probs (and entropies) of `sequences`, (b, width) each, from one forward pass.
 
@@ -229,7 +231,8 @@ def micro_batch_values(model: nn.Module, sequences: Sequence[Sequence[int]], sta
     rows = pack_rows(lengths, max(lengths)) if packed else [[k] for k in range(len(sequences))]
     sub = build_batch(sequences, starts, rows)
     logits = forward_logits(model, sub, device, packed)  # (R, L, V)
-    lp = per_sequence(token_logprobs_from_logits(logits, sub.target_ids.to(device), temperature), sub.where, starts, width)
+    token_lp = token_logprobs_from_logits(logits, sub.target_ids.to(device), temperature)
+    lp = per_sequence(token_lp, sub.where, starts, width)
     ent = None
     if with_entropy:
         with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
@@ -309,8 +312,8 @@ def dp_minibatch_step(learner: Learner, data: StepData, index: Sequence[int], cf
             "actor/grad_norm": grad_norm, "actor/lr": knobs.lr, "actor/skipped_updates": skipped}
 
 
-def _backward_share(learner: Learner, data: StepData, index: list[int], total_mask: torch.Tensor, cfg: RLConfig,
-                    knobs: Knobs, dp: DataParallel) -> tuple[StepSums, float]:
+def _backward_share(learner: Learner, data: StepData, index: list[int], total_mask: torch.Tensor,
+                    cfg: RLConfig, knobs: Knobs, dp: DataParallel) -> tuple[StepSums, float]:
     """This rank's forward/backward passes over its micro-batches of the plan (plan_micro_batches),
     as many as every other rank's; returns its statistics and 1.0 if a loss was not finite (its
     later micro-batches then only keep FSDP's collectives paired)."""
@@ -320,7 +323,8 @@ def _backward_share(learner: Learner, data: StepData, index: list[int], total_ma
     sums, nonfinite = StepSums(), 0.0
     fsdp = dp.strategy == "fsdp" and dp.world_size > 1
     scale = float(dp.world_size) if fsdp else 1.0  # FSDP averages gradients over ranks; we want the sum
-    plan = plan_micro_batches([len(s) for s in sequences], cfg.micro_batch_tokens, dp.world_size, padded=not packed)
+    plan = plan_micro_batches([len(s) for s in sequences], cfg.micro_batch_tokens, dp.world_size,
+                              padded=not packed)
     mine = plan[dp.rank]
     for m_i, mb in enumerate(mine):
         _set_gradient_sync(policy, m_i == len(mine) - 1)  # reduce-scatter once, after the last backward
@@ -347,7 +351,8 @@ def _backward_share(learner: Learner, data: StepData, index: list[int], total_ma
 def make_step_fn(dp: DataParallel) -> StepFn:
     """A StepFn (rlvr.trainers.rl) that runs `dp_minibatch_step` on this rank."""
 
-    def step(learner: Learner, data: StepData, index: Sequence[int], cfg: RLConfig, knobs: Knobs) -> dict[str, float]:
+    def step(learner: Learner, data: StepData, index: Sequence[int], cfg: RLConfig,
+             knobs: Knobs) -> dict[str, float]:
         return dp_minibatch_step(learner, data, index, cfg, knobs, dp=dp)
 
     return step

@@ -83,13 +83,15 @@ class LearnerRank:
         assert self.optimizer is not None
         return self.optimizer.state_dict()
 
-    def load_state(self, model_state: dict[str, torch.Tensor], optimizer_state: dict[str, Any] | None) -> None:
+    def load_state(self, model_state: dict[str, torch.Tensor],
+                   optimizer_state: dict[str, Any] | None) -> None:
         """Resume: whole weights into (the shards of) the policy, and this rank's optimizer state."""
         from torch.distributed.tensor import DTensor, distribute_tensor  # seconds to import; resume only
 
         own = self.policy.state_dict()
         with torch.no_grad():
-            for name in sorted(model_state):  # the same order on every rank: distribute_tensor is a collective
+            # the same order on every rank: distribute_tensor is a collective
+            for name in sorted(model_state):
                 target, value = own[name], model_state[name]
                 if isinstance(target, DTensor):
                     shard = distribute_tensor(value.to(target.dtype), target.device_mesh, target.placements)
@@ -116,8 +118,9 @@ class RayLearnerGroup:
     with that resource take ranks).
     """
 
-    def __init__(self, model: torch.nn.Module, cfg: Any, *, num_learners: int = 1, strategy: Strategy = "fsdp",
-                 packed: bool = True, gradient_checkpointing: bool = False, cpus_per_learner: float = 1.0,
+    def __init__(self, model: torch.nn.Module, cfg: Any, *, num_learners: int = 1,
+                 strategy: Strategy = "fsdp", packed: bool = True, gradient_checkpointing: bool = False,
+                 cpus_per_learner: float = 1.0,
                  gpus_per_learner: float = 0.0, resources_per_learner: dict[str, float] | None = None,
                  threads_per_learner: int = 1, address: str = "") -> None:
         if num_learners < 1:
@@ -152,11 +155,13 @@ class RayLearnerGroup:
         """Each rank's optimizer state (a shard's under FSDP), rank order."""
         return self._ray.get([r.optimizer_state_dict.remote() for r in self.ranks])
 
-    def load_state(self, model_state: dict[str, torch.Tensor], optimizer_states: list[dict] | None = None) -> None:
+    def load_state(self, model_state: dict[str, torch.Tensor],
+                   optimizer_states: list[dict] | None = None) -> None:
         ref = self._ray.put(model_state)
         states: list[dict | None] = list(optimizer_states) if optimizer_states else [None] * len(self.ranks)
         if len(states) != len(self.ranks):
-            raise ValueError(f"RayLearnerGroup.load_state: {len(states)} optimizer states for {len(self.ranks)} ranks")
+            raise ValueError(f"RayLearnerGroup.load_state: {len(states)} optimizer states for "
+                             f"{len(self.ranks)} ranks")
         self._ray.get([r.load_state.remote(ref, s) for r, s in zip(self.ranks, states)])
 
     def describe(self) -> list[dict[str, Any]]:

@@ -105,7 +105,8 @@ class RlvrWorkerExtension:
         from vllm.distributed.utils import StatelessProcessGroup
 
         rank = get_world_group().rank + rank_offset
-        group = StatelessProcessGroup.create(host=master_address, port=master_port, rank=rank, world_size=world_size)
+        group = StatelessProcessGroup.create(host=master_address, port=master_port, rank=rank,
+                                             world_size=world_size)
         self.rlvr_comm = PyNcclCommunicator(group, device=self.device)  # type: ignore[attr-defined]
 
     def rlvr_receive_weights(self, metadata: list[tuple[str, str, tuple[int, ...]]]) -> int:
@@ -142,7 +143,8 @@ def check_supported(model_path: str | Path) -> dict[str, Any]:
     supported = set(ModelRegistry.get_supported_archs())
     if not archs or not any(a in supported for a in archs):
         raise ValueError(f"VLLMEngine: {model_path} is a {', '.join(archs) or 'model without architectures'} "
-                         "checkpoint, which vLLM does not support; use model.engine=torch (or --engine torch)")
+                         "checkpoint, which vLLM does not support; use model.engine=torch "
+                         "(or --engine torch)")
     return config
 
 
@@ -151,7 +153,8 @@ def kv_cache_bytes(config: Mapping[str, Any], tokens: int, dtype: torch.dtype) -
     heads = int(config["num_attention_heads"])
     head_dim = int(config.get("head_dim") or int(config["hidden_size"]) // heads)
     kv_heads = int(config.get("num_key_value_heads") or heads)
-    per_token = 2 * int(config["num_hidden_layers"]) * kv_heads * head_dim * torch.empty((), dtype=dtype).element_size()
+    element = torch.empty((), dtype=dtype).element_size()
+    per_token = 2 * int(config["num_hidden_layers"]) * kv_heads * head_dim * element
     return per_token * tokens
 
 
@@ -309,8 +312,9 @@ class VLLMEngine:
             if len(ids) == 0:
                 raise ValueError(f"VLLMEngine.generate: prompt {p} is empty")
             if len(ids) + params.max_new_tokens > self.max_model_len:
-                raise ValueError(f"VLLMEngine.generate: prompt {p} has {len(ids)} tokens; with max_new_tokens "
-                                 f"{params.max_new_tokens} that exceeds the engine's max_model_len {self.max_model_len}")
+                raise ValueError(f"VLLMEngine.generate: prompt {p} has {len(ids)} tokens; with "
+                                 f"max_new_tokens {params.max_new_tokens} that exceeds the engine's "
+                                 f"max_model_len {self.max_model_len}")
             if params.seed is None:
                 requests.append(TokensPrompt(prompt_token_ids=list(ids)))
                 sampling.append(self.sampling_params(params, params.n, None))
@@ -341,7 +345,8 @@ class VLLMEngine:
                 rollouts.append(Rollout(p, list(prompt_ids[p]), token_ids, logprobs, reason,
                                         metadata={"sample_index": sample}))
             if len(out.outputs) != per_prompt:
-                raise RuntimeError(f"VLLMEngine: vLLM returned {len(out.outputs)} completions, expected {per_prompt}")
+                raise RuntimeError(f"VLLMEngine: vLLM returned {len(out.outputs)} completions, "
+                                   f"expected {per_prompt}")
         return rollouts
 
     # ---------------------------------------------------------------- weights and memory
@@ -362,7 +367,8 @@ class VLLMEngine:
         payload: Any = items
         if not self.colocated:  # tensors do not survive vLLM's inter-process messages; bytes do
 
-            payload = safetensors.torch.save({name: t.cpu().clone() for name, t in items})  # clone: no shared storage
+            # clone: no shared storage
+            payload = safetensors.torch.save({name: t.cpu().clone() for name, t in items})
         self.llm.collective_rpc("rlvr_reload_weights", args=(payload,))
         self._reset_prefix_cache()
 
@@ -421,7 +427,8 @@ class WeightBroadcaster:
         from vllm.distributed.device_communicators.pynccl import PyNcclCommunicator
         from vllm.distributed.utils import StatelessProcessGroup
 
-        group = StatelessProcessGroup.create(host=master_address, port=master_port, rank=0, world_size=world_size)
+        group = StatelessProcessGroup.create(host=master_address, port=master_port, rank=0,
+                                             world_size=world_size)
         self.comm = PyNcclCommunicator(group, device=torch.device(device))
         self.device = torch.device(device)
 
@@ -436,5 +443,5 @@ class WeightBroadcaster:
         torch.cuda.synchronize()
 
 
-__all__ = ["INSTALL", "RlvrWorkerExtension", "VLLMEngine", "WeightBroadcaster", "check_supported", "require_vllm",
-           "vllm_available"]
+__all__ = ["INSTALL", "RlvrWorkerExtension", "VLLMEngine", "WeightBroadcaster", "check_supported",
+           "require_vllm", "vllm_available"]

@@ -50,8 +50,10 @@ def setup_torch(seed: int, threads: int = 0, device: str = "auto") -> torch.devi
     return torch.device(device)
 
 
-def lr_at(step: int, total_steps: int, peak: float, warmup_steps: int, schedule: str, min_ratio: float) -> float:
-    """Learning rate at `step` (0-based): linear warm-up, then constant / cosine / linear decay to min_ratio * peak."""
+def lr_at(step: int, total_steps: int, peak: float, warmup_steps: int, schedule: str,
+          min_ratio: float) -> float:
+    """Learning rate at `step` (0-based): linear warm-up, then constant / cosine / linear decay to
+    min_ratio * peak."""
     if warmup_steps > 0 and step < warmup_steps:
         return peak * (step + 1) / warmup_steps
     if schedule == "constant" or total_steps <= warmup_steps + 1:
@@ -218,8 +220,8 @@ def cpu_bf16_matmul_is_fast() -> bool:
         fp32, bf16 = best(torch.float32), best(torch.bfloat16)
         _BF16_FAST["cpu"] = bf16 <= 1.5 * fp32
         if not _BF16_FAST["cpu"]:
-            print(f"[rlvr] bf16 matmuls are {bf16 / fp32:.0f}x slower than float32 on this CPU (no AVX512-BF16 or "
-                  "AMX): autocast=bfloat16 runs in float32", flush=True)
+            print(f"[rlvr] bf16 matmuls are {bf16 / fp32:.0f}x slower than float32 on this CPU (no "
+                  "AVX512-BF16 or AMX): autocast=bfloat16 runs in float32", flush=True)
     return _BF16_FAST["cpu"]
 
 
@@ -227,7 +229,8 @@ def forward_logits(model: torch.nn.Module, batch: Batch, device: torch.device, p
     """Logits (R, L, V) of `batch`; packed rows need the native model (segment-aware attention)."""
     ids = batch.input_ids.to(device)
     if packed:
-        return model(ids, position_ids=batch.position_ids.to(device), segment_ids=batch.segment_ids.to(device))
+        return model(ids, position_ids=batch.position_ids.to(device),
+                     segment_ids=batch.segment_ids.to(device))
     # Right padding with causal attention: real tokens never see the padding that follows them.
     out = model(ids)
     return out.logits if hasattr(out, "logits") else out
@@ -381,8 +384,10 @@ class MetricsLogger:
             self._tb.add_text("samples/completions", samples_markdown(rows), step)
         if self._wandb is not None and rows:
             columns = ["step", "prompt", "completion", "reward", "correct"]
-            data = [[step, str(r["prompt"]), str(r["completion"]), float(r["reward"]), bool(r["correct"])] for r in rows]
-            self._wandb.log({"samples/completions": self._wandb_module.Table(columns=columns, data=data)}, step=step)
+            data = [[step, str(r["prompt"]), str(r["completion"]), float(r["reward"]), bool(r["correct"])]
+                    for r in rows]
+            table = self._wandb_module.Table(columns=columns, data=data)
+            self._wandb.log({"samples/completions": table}, step=step)
 
     def truncate_after(self, phase: str, step: int) -> None:
         """Drop lines of `phase` with step > `step` (a resumed run rewrites them; step 0: all of them)."""

@@ -58,12 +58,12 @@ def value_model(lm: nn.Module, seed: int) -> nn.Module:
     RNG is drawn, so building a critic does not shift any other random stream), its bias 0. The
     LM's forward and completion_logits then return values (.., 1) where they returned logits.
     """
-    if not isinstance(getattr(lm, "lm_head", None), nn.Linear):
+    lm_head = getattr(lm, "lm_head", None)
+    if not isinstance(lm_head, nn.Linear):
         raise ConfigError(f"critic: {type(lm).__name__} has no linear lm_head to replace by a value head")
     model = copy.deepcopy(lm)
-    old_head = model.lm_head
-    hidden = old_head.in_features
-    param = old_head.weight
+    hidden = lm_head.in_features
+    param = lm_head.weight
     head = nn.Linear(hidden, 1, bias=True, device=param.device, dtype=param.dtype)
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -79,17 +79,19 @@ def check_critic_dir(path: str, policy_config: Any) -> Path:
     directory = Path(path)
     config_file = directory / "config.json"
     if not config_file.is_file():
-        raise ConfigError(f"config key critic.path: {directory} is not an HF model directory (no config.json)")
+        raise ConfigError(f"config key critic.path: {directory} is not an HF model directory "
+                          "(no config.json)")
     vocab = json.loads(config_file.read_text()).get("vocab_size")
     want = getattr(policy_config, "vocab_size", None)
     if want is not None and vocab != want:
-        raise ConfigError(f"config key critic.path: {directory} has vocab_size {vocab}, the policy {want}; the "
-                          "critic must read the policy's tokens")
+        raise ConfigError(f"config key critic.path: {directory} has vocab_size {vocab}, the policy {want}; "
+                          "the critic must read the policy's tokens")
     return directory
 
 
-def sequence_values(model: nn.Module, batch: RolloutBatch, index: Sequence[int], width: int, device: torch.device,
-                    packed: bool, token_budget: int, autocast: str = "none") -> torch.Tensor:
+def sequence_values(model: nn.Module, batch: RolloutBatch, index: Sequence[int], width: int,
+                    device: torch.device, packed: bool, token_budget: int,
+                    autocast: str = "none") -> torch.Tensor:
     """Values (len(index), width) float32 of the completions of sequences `index`, 0 on padding.
 
     The same forward as the policy's log-probs (sequences.sequence_values: prompts shared within a
@@ -162,9 +164,11 @@ class Critic:
         width = mask.shape[1]
         total = float(mask[index].sum())
         sums = {M.CRITIC_VF_LOSS: 0.0, M.CRITIC_VF_CLIPFRAC: 0.0, M.CRITIC_VPRED_MEAN: 0.0}
-        for mb in micro_batches(forward_lengths(self.model, batch, index, self.packed), rl_cfg.micro_batch_tokens):
+        lengths = forward_lengths(self.model, batch, index, self.packed)
+        for mb in micro_batches(lengths, rl_cfg.micro_batch_tokens):
             rows = [index[k] for k in mb]
-            new = sequence_values(self.model, batch, rows, width, device, self.packed, 1 << 62, rl_cfg.autocast)
+            new = sequence_values(self.model, batch, rows, width, device, self.packed, 1 << 62,
+                                  rl_cfg.autocast)
             m = mask[rows].to(device)
             loss, stats = algorithms.value_loss(new, old_values[rows].to(device), returns[rows].to(device), m,
                                                 clip=cfg.value_clip)

@@ -61,8 +61,8 @@ ADVANTAGES_MEAN = "critic/advantages/mean"
 ADVANTAGES_MAX = "critic/advantages/max"
 ADVANTAGES_MIN = "critic/advantages/min"
 TIS = ("rollout/tis_weight_mean", "rollout/tis_truncated_fraction")
-ENGINE_MISMATCH = ("rollout/logprob_abs_diff_mean", "rollout/logprob_abs_diff_max", "rollout/prob_abs_diff_mean",
-                   "rollout/kl_k3")
+ENGINE_MISMATCH = ("rollout/logprob_abs_diff_mean", "rollout/logprob_abs_diff_max",
+                   "rollout/prob_abs_diff_mean", "rollout/kl_k3")
 # with a critic (rl.advantage=gae, rlvr.trainers.critic)
 CRITIC_VF_LOSS = "critic/vf_loss"
 CRITIC_VF_CLIPFRAC = "critic/vf_clipfrac"
@@ -100,11 +100,13 @@ SFT_TRUNCATED_FRACTION = "sft/truncated_fraction"
 SFT_EVAL_GREEDY_ACCURACY = "sft_eval/greedy_accuracy"
 SFT_EVAL_FORMAT_ERROR_RATE = "sft_eval/format_error_rate"
 
-PATTERNS = (REWARD_PART_MEAN, SOURCE_REWARD_MEAN, SOURCE_ACCURACY, SOURCE_BATCH_SHARE, EVAL_SOURCE_SAMPLED_ACCURACY)
+PATTERNS = (REWARD_PART_MEAN, SOURCE_REWARD_MEAN, SOURCE_ACCURACY, SOURCE_BATCH_SHARE,
+            EVAL_SOURCE_SAMPLED_ACCURACY)
 """Names with a placeholder (<part>, <source>): one name per value."""
 NAMES = tuple(sorted({value for key, value in globals().items()
                       if key.isupper() and isinstance(value, str) and value not in PATTERNS}
-                     | set(GROUP_STATS) | set(REWARD_FAILURES) | set(PARTIAL) | set(TIS) | set(ENGINE_MISMATCH)))
+                     | set(GROUP_STATS) | set(REWARD_FAILURES) | set(PARTIAL) | set(TIS)
+                     | set(ENGINE_MISMATCH)))
 """Every fixed name, sorted."""
 
 _PATTERN_RE = [re.compile("^" + re.sub(r"<[a-z]+>", "[^/]+", re.escape(p)) + "$") for p in PATTERNS]

@@ -53,7 +53,7 @@ from rlvr.trainers.budget import budget_lines
 from rlvr.trainers.common import MetricsLogger, cpu_threads, setup_torch
 from rlvr.trainers.critic import Critic, build_critic, check_critic_dir
 from rlvr.trainers.rl import ProblemPool, RLRun, Sampler, train_rl
-from rlvr.trainers.sft import SFTExample, train_sft, truncate
+from rlvr.trainers.sft import SFTExample, SFTRun, train_sft, truncate
 
 
 def log(message: str) -> None:
@@ -69,7 +69,8 @@ def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
         return {prefix: tree}
     out: dict[str, Any] = {}
     for key, value in tree.items():
-        out.update(_flat(value, f"{prefix}{key}.") if isinstance(value, dict) and value else {f"{prefix}{key}": value})
+        nested = isinstance(value, dict) and value
+        out.update(_flat(value, f"{prefix}{key}.") if nested else {f"{prefix}{key}": value})
     return out
 
 
@@ -97,12 +98,13 @@ def prepare_run_dir(config: RunConfig) -> Path:
         differ = config_differences(saved.read_text(), config)
         if differ:
             raise RunDirError(
-                f"run directory {run_dir} already holds a different run: {'; '.join(differ)}. Pass out_dir=... "
-                f"for a new run, or the same recipe and overrides to resume it"
+                f"run directory {run_dir} already holds a different run: {'; '.join(differ)}. Pass "
+                f"out_dir=... for a new run, or the same recipe and overrides to resume it"
             )
         log(f"resuming the run in {run_dir}")
     elif run_dir.exists() and any(run_dir.iterdir()):
-        raise RunDirError(f"run directory {run_dir} exists, is not empty and holds no config.yaml; choose another out_dir")
+        raise RunDirError(f"run directory {run_dir} exists, is not empty and holds no config.yaml; choose "
+                          "another out_dir")
     run_dir.mkdir(parents=True, exist_ok=True)
     tmp = saved.with_suffix(".tmp")
     tmp.write_text(text)
@@ -157,14 +159,16 @@ def check_lora(config: RunConfig) -> None:
     try:
         lora.check_targets(lora.skeleton(hf_config, config.model.impl), cfg.target_modules)
     except lora.LoRAError as error:
-        raise ConfigError(f"config key model.lora.target_modules: {error}", key="model.lora.target_modules") from None
+        raise ConfigError(f"config key model.lora.target_modules: {error}",
+                          key="model.lora.target_modules") from None
 
 
 def build_model_dir(config: RunConfig, run_dir: Path) -> Path:
     if config.model.path:
         path = Path(config.model.path)
         if not path.is_dir():
-            raise ConfigError(f"config key model.path: {path} is not a directory (rlvr loads local HF directories)")
+            raise ConfigError(f"config key model.path: {path} is not a directory (rlvr loads local HF "
+                              "directories)")
         return path
 
     path = run_dir / "model_init"
@@ -177,7 +181,8 @@ def build_model_dir(config: RunConfig, run_dir: Path) -> Path:
 
 def reward_specs(section: Any) -> list[tuple[str, float]]:
     """(spec, weight) of a section's `function` (weight 1) and `functions` (reward, a data source)."""
-    return ([(section.function, 1.0)] if section.function else []) + [(f.function, f.weight) for f in section.functions]
+    single = [(section.function, 1.0)] if section.function else []
+    return single + [(f.function, f.weight) for f in section.functions]
 
 
 def recipe_tokenizer(config: RunConfig) -> Any:
@@ -206,8 +211,8 @@ def with_reward_functions(task: tasks.Task, reward: Any, specs: list[tuple[str, 
                               + ("" if key == "reward" else f" (or {key}.function / functions)"), key=key)
         return task
     try:
-        loaded = [(load_reward_function(spec, reward.timeout_seconds, reward.error_reward, report=log), weight)
-                  for spec, weight in specs]
+        loaded = [(load_reward_function(spec, reward.timeout_seconds, reward.error_reward, report=log),
+                   weight) for spec, weight in specs]
     except RewardFunctionError as error:
         raise ConfigError(f"config key {key}: {error}", key=key) from None
     return WithRewardFunctions(task, loaded)  # type: ignore[return-value]
@@ -231,14 +236,15 @@ def build_task(config: RunConfig) -> tasks.Task:
     each with the source's own functions, and the run-wide reward.function(s) over all of them."""
     data = config.data
     if data.task != "mixed":
-        return with_reward_functions(_get_task(data.task, data.task_options, "data", data.row_prompt), config.reward)
+        task = _get_task(data.task, data.task_options, "data", data.row_prompt)
+        return with_reward_functions(task, config.reward)
     run_wide = bool(reward_specs(config.reward))
     routes = {}
     for name, source in data.sources.items():
         key = f"data.sources.{name}"
-        routes[name] = with_reward_functions(_get_task(source.task, source.task_options, key, data.row_prompt),
-                                             config.reward,
-                                             reward_specs(source), key, generic_ok=run_wide)
+        routed = _get_task(source.task, source.task_options, key, data.row_prompt)
+        routes[name] = with_reward_functions(routed, config.reward, reward_specs(source), key,
+                                             generic_ok=run_wide)
     try:
         task = MixedTask(routes)
     except ValueError as err:
@@ -297,8 +303,8 @@ def check_inputs(config: RunConfig) -> Inputs:
     if config.distributed == "ray" and config.ray.address and config.rl.enabled and config.rl.steps > 0:
         check_ray_cluster(config)
     if config.model.path and not Path(config.model.path).is_dir():
-        raise ConfigError(f"config key model.path: {config.model.path} is not a directory (rlvr loads local HF "
-                          f"directories)", key="model.path")
+        raise ConfigError(f"config key model.path: {config.model.path} is not a directory (rlvr loads "
+                          f"local HF directories)", key="model.path")
     check_lora(config)
     if data.require_files:
         for key in ("train_file", "eval_file"):
@@ -307,7 +313,8 @@ def check_inputs(config: RunConfig) -> Inputs:
                                   f"(data.require_files=true), so pass data.{key}=FILE", key=f"data.{key}")
     rl = config.rl
     check_generated_difficulties(config, task)
-    eval_rows = _read_input(task, "data.eval_file", data.eval_file, data.eval_size) if data.eval_file else None
+    eval_rows = (_read_input(task, "data.eval_file", data.eval_file, data.eval_size)
+                 if data.eval_file else None)
     train_rows = None
     if data.train_file and rl.enabled and rl.steps > 0:
         train_rows = _read_input(task, "data.train_file", data.train_file)
@@ -321,8 +328,9 @@ def check_inputs(config: RunConfig) -> Inputs:
         present = {ex.metadata.get("data_source") for ex in train_rows}
         for name in data.sources:
             if name not in present:
-                raise ConfigError(f"config key data.sources.{name}: {data.train_file} has no row of data_source "
-                                  f"{name!r} (its sources: {', '.join(sorted(map(str, present)))})",
+                raise ConfigError(f"config key data.sources.{name}: {data.train_file} has no row of "
+                                  f"data_source {name!r} (its sources: "
+                                  f"{', '.join(sorted(map(str, present)))})",
                                   key=f"data.sources.{name}")
     return Inputs(task, train_rows, eval_rows, read_sft_file(config))
 
@@ -337,7 +345,8 @@ def read_sft_file(config: RunConfig) -> list[Conversation] | None:
     except (DataError, OSError) as err:
         raise ConfigError(f"config key sft.train_file: {err}", key="sft.train_file") from None
     if not rows:
-        raise ConfigError(f"config key sft.train_file: {sft.train_file} holds no conversations", key="sft.train_file")
+        raise ConfigError(f"config key sft.train_file: {sft.train_file} holds no conversations",
+                          key="sft.train_file")
     return rows
 
 
@@ -370,7 +379,7 @@ def held_out_examples(config: RunConfig, task: tasks.Task, run_dir: Path,
     cached = run_dir / "data" / "eval.jsonl"
     if cached.exists():
         return load_examples(task, cached)
-    examples = task.examples(data.eval_size, seed=config.seed + 10_007, **data.eval_difficulty)
+    examples = task.examples(data.eval_size, seed=config.seed + 10_007, **(data.eval_difficulty or {}))
     write_jsonl_atomic(cached, [task.to_record(ex) for ex in examples])
     return examples
 
@@ -396,8 +405,8 @@ def training_source(config: RunConfig, task: tasks.Task, banned: set[str],
         rows = [ex for ex in loaded if ex.prompt not in banned]
         if fits is not None:
             kept = [ex for ex in rows if fits(ex)]
-            log(f"data.max_prompt_tokens {data.max_prompt_tokens}: left out {len(rows) - len(kept)} of {len(rows)} "
-                f"training problems of {data.train_file} with a longer prompt")
+            log(f"data.max_prompt_tokens {data.max_prompt_tokens}: left out {len(rows) - len(kept)} of "
+                f"{len(rows)} training problems of {data.train_file} with a longer prompt")
             rows = kept
 
     def source(difficulty: dict[str, Any]) -> list[tasks.Example]:
@@ -453,21 +462,24 @@ def sft_pairs(config: RunConfig, task: tasks.Task, tokenizer: Any, eos_id: int, 
     """(prompt ids, target completion ids + EOS) for cold-start SFT, tokenized in batches."""
     target = solution_target(task)
     if target is None:
-        raise ConfigError(f"sft.enabled: task {task.name!r} has no solution traces to imitate; set sft.enabled=false")
-    examples = task.examples(config.sft.data_size, seed=config.seed + 20_011, **config.sft.difficulty)
+        raise ConfigError(f"sft.enabled: task {task.name!r} has no solution traces to imitate; set "
+                          "sft.enabled=false")
+    examples = task.examples(config.sft.data_size, seed=config.seed + 20_011, **(config.sft.difficulty or {}))
     examples = [ex for ex in examples if ex.prompt not in banned]
     pairs = trace_pairs(task, tokenizer, examples, eos_id, target)
     limit = config.data.max_prompt_tokens
     return [(p, c) for p, c in pairs if len(p) <= limit] if limit else pairs
 
 
-def sft_examples(config: RunConfig, task: tasks.Task, policy: Policy, eos_ids: tuple[int, ...], banned: set[str],
+def sft_examples(config: RunConfig, task: tasks.Task, policy: Policy, eos_ids: tuple[int, ...],
+                 banned: set[str],
                  rows: list[Conversation] | None) -> tuple[list[SFTExample], dict[str, Any]]:
     """The SFT stage's sequences (sft.train_file's conversations, else the task's solver traces), cut
     at sft.max_seq_len, and what the summary reports about them."""
     if rows is not None:
         try:
-            examples = [SFTExample(ids, trained) for ids, trained in tokenize(policy.tokenizer, rows, eos_ids)]
+            examples = [SFTExample(ids, trained)
+                        for ids, trained in tokenize(policy.tokenizer, rows, eos_ids)]
         except ValueError as error:
             raise ConfigError(f"config key sft.train_file: {error}", key="sft.train_file") from None
         source = f"{len(examples)} conversations of {config.sft.train_file}"
@@ -475,11 +487,12 @@ def sft_examples(config: RunConfig, task: tasks.Task, policy: Policy, eos_ids: t
         pairs = sft_pairs(config, task, policy.tokenizer, eos_ids[0], banned)
         examples = [SFTExample.from_pair(p, c) for p, c in pairs]
         source = f"{len(examples)} traces"
-    max_len = config.sft.max_seq_len or int(getattr(policy.model.config, "max_position_embeddings", 0) or 1 << 30)
+    model_limit = int(getattr(policy.model.config, "max_position_embeddings", 0) or 1 << 30)
+    max_len = config.sft.max_seq_len or model_limit
     kept, dropped = truncate(examples, max_len)
     if not kept:
-        raise ConfigError(f"config key sft.max_seq_len: every SFT sequence's prompt fills {max_len} tokens; nothing "
-                          "is left to train on", key="sft.max_seq_len")
+        raise ConfigError(f"config key sft.max_seq_len: every SFT sequence's prompt fills {max_len} tokens; "
+                          "nothing is left to train on", key="sft.max_seq_len")
     cut = sum(ex.truncated for ex in kept) + dropped
     log(f"SFT data: {source}; {cut} ({cut / len(examples):.1%}) longer than {max_len} tokens were cut"
         + (f", {dropped} of them dropped (no assistant token left)" if dropped else ""))
@@ -513,12 +526,13 @@ def evaluate_both(stage: str, policy: Policy, engine: Any, task: tasks.Task, exa
     return out
 
 
-def in_loop_eval(engine: Any, policy: Policy, task: tasks.Task, examples: list[tasks.Example], config: RunConfig):
+def in_loop_eval(engine: Any, policy: Policy, task: tasks.Task, examples: list[tasks.Example],
+                 config: RunConfig) -> Callable[[int], dict[str, float]]:
     """A step -> metrics function for SFT (sft.eval_every): greedy accuracy on the first 64 held-out
     problems (logged only, never used to pick a checkpoint)."""
     subset = examples[:64]
 
-    def fn(step: int) -> dict[str, float]:
+    def fn(_step: int) -> dict[str, float]:  # eval_fn(step): only the current weights matter
         result = evaluate(engine, policy.tokenizer, task, subset, n=1, temperature=0.0,
                           max_new_tokens=config.eval.max_new_tokens, seed=config.seed, k_values=(1,),
                           prompts_per_batch=config.eval.prompts_per_batch)
@@ -528,7 +542,8 @@ def in_loop_eval(engine: Any, policy: Policy, task: tasks.Task, examples: list[t
     return fn
 
 
-def curve_eval(engine: Any, policy: Policy, task: tasks.Task, examples: list[tasks.Example], config: RunConfig):
+def curve_eval(engine: Any, policy: Policy, task: tasks.Task, examples: list[tasks.Example],
+               config: RunConfig) -> Callable[[int], dict[str, float]]:
     """A step -> metrics function: one point of the RL learning curve (eval.every): sampled accuracy
     on the first eval.curve_size held-out problems, eval.curve_samples samples each at
     eval.temperature. Every point samples with the same seed, so two points differ by the policy
@@ -538,7 +553,7 @@ def curve_eval(engine: Any, policy: Policy, task: tasks.Task, examples: list[tas
     temperature = ev.temperature if ev.temperature > 0 else 0.0
     n = ev.curve_samples if temperature > 0 else 1
 
-    def fn(step: int) -> dict[str, float]:
+    def fn(_step: int) -> dict[str, float]:  # eval_fn(step): only the current weights matter
         t0 = time.perf_counter()
         result = evaluate(engine, policy.tokenizer, task, subset, n=n, temperature=temperature,
                           top_p=ev.top_p if temperature > 0 else 1.0, max_new_tokens=ev.max_new_tokens,
@@ -671,12 +686,13 @@ def prepare(config: RunConfig, inputs: Inputs, run_dir: Path) -> RunParts:
         log(line)
     if warning:
         log(warning)
-    logger = MetricsLogger(run_dir, config.logging.tensorboard, config.logging.wandb, config.logging.wandb_project,
+    logging = config.logging
+    logger = MetricsLogger(run_dir, logging.tensorboard, logging.wandb, logging.wandb_project,
                            config=to_dict(config))
     decode_dtype = engine_dtype(config, policy)
     engine = TorchEngine(policy.model, eos_token_ids=eos_token_ids(policy.tokenizer),
-                         pad_token_id=policy.tokenizer.pad_token_id or 0, device=str(device), dtype=decode_dtype,
-                         workers=engine_workers(config))
+                         pad_token_id=policy.tokenizer.pad_token_id or 0, device=str(device),
+                         dtype=decode_dtype, workers=engine_workers(config))
     return RunParts(config, inputs, run_dir, device, policy, engine, decode_dtype, logger, held_out, banned,
                     prompt_cache, fits)
 
@@ -684,7 +700,8 @@ def prepare(config: RunConfig, inputs: Inputs, run_dir: Path) -> RunParts:
 def describe_policy(config: RunConfig, policy: Policy) -> None:
     """Log the model's size and implementation (and with LoRA, its trainable parameters)."""
     n_params = sum(p.numel() for p in policy.model.parameters())
-    log(f"model: {policy.path} ({n_params / 1e6:.2f}M parameters, {'native' if policy.packed else 'transformers'})")
+    impl = "native" if policy.packed else "transformers"
+    log(f"model: {policy.path} ({n_params / 1e6:.2f}M parameters, {impl})")
     if config.model.lora is not None:
         trained = sum(p.numel() for p in policy.model.parameters() if p.requires_grad)
         log(f"LoRA r={config.model.lora.r} on {', '.join(config.model.lora.target_modules)}: "
@@ -696,13 +713,14 @@ def sft_stage(run: RunParts) -> dict[str, Any]:
     reports about that data."""
     config, policy = run.config, run.policy
     t0 = time.perf_counter()
-    examples, sft_info = sft_examples(config, run.inputs.task, policy, eos_token_ids(policy.tokenizer), run.banned,
-                                      run.inputs.sft_rows)
-    log(f"SFT: {len(examples)} sequences ({time.perf_counter() - t0:.1f}s to build), {config.sft.steps} steps")
-    train_sft(policy.model, policy.tokenizer, examples, config.sft, run_dir=run.run_dir, logger=run.logger,
-              device=run.device, packed=policy.packed, seed=config.seed, checkpoint=config.checkpoint,
-              progress=config.logging.progress,
-              eval_fn=in_loop_eval(run.engine, policy, run.inputs.task, run.held_out, config))
+    examples, sft_info = sft_examples(config, run.inputs.task, policy, eos_token_ids(policy.tokenizer),
+                                      run.banned, run.inputs.sft_rows)
+    log(f"SFT: {len(examples)} sequences ({time.perf_counter() - t0:.1f}s to build), "
+        f"{config.sft.steps} steps")
+    sft_run = SFTRun(policy.model, policy.tokenizer, run.run_dir, run.logger, run.device, policy.packed,
+                     config.seed,
+                     eval_fn=in_loop_eval(run.engine, policy, run.inputs.task, run.held_out, config))
+    train_sft(sft_run, examples, config.sft, config.checkpoint, config.logging)
     return sft_info
 
 
@@ -711,15 +729,17 @@ def rl_stage(run: RunParts) -> dict[str, Any]:
     in-process engine draws the learning curve and, unless the recipe names another, the rollouts."""
     config, policy, task = run.config, run.policy, run.inputs.task
     eos_ids = eos_token_ids(policy.tokenizer)
-    pool = ProblemPool(training_source(config, task, run.banned, run.inputs.train_rows, run.fits), seed=config.seed,
-                       weights=source_weights(config))
+    pool = ProblemPool(training_source(config, task, run.banned, run.inputs.train_rows, run.fits),
+                       seed=config.seed, weights=source_weights(config))
     train_engine, learner_ranks, closers, placement = training_engine(config, policy, run.engine, eos_ids,
                                                                       run.decode_dtype)
     critic = start_critic(config, policy, run.device) if config.critic.enabled else None
-    rl_run = RLRun(policy.model, Sampler(train_engine, policy.tokenizer, task, pool, run.prompt_cache, eos_ids),
-                   run.run_dir, run.logger, run.device, policy.packed, config.seed, config.data.difficulty,
-                   engine_shares_weights=train_engine is run.engine, learner_ranks=learner_ranks, critic=critic,
-                   eval_fn=curve_eval(run.engine, policy, task, run.held_out, config), eval_every=config.eval.every)
+    sampler = Sampler(train_engine, policy.tokenizer, task, pool, run.prompt_cache, eos_ids)
+    rl_run = RLRun(policy.model, sampler, run.run_dir, run.logger, run.device, policy.packed, config.seed,
+                   config.data.difficulty or {}, engine_shares_weights=train_engine is run.engine,
+                   learner_ranks=learner_ranks, critic=critic,
+                   eval_fn=curve_eval(run.engine, policy, task, run.held_out, config),
+                   eval_every=config.eval.every)
     try:
         rl_summary = train_rl(rl_run, config.rl, config.checkpoint, config.logging)
     finally:
@@ -752,7 +772,8 @@ def engine_dtype(config: RunConfig, policy: Policy) -> torch.dtype | None:
         return getattr(torch, config.model.engine_dtype)
     if config.model.engine_dtype != "float32":
         raise ConfigError(f"model.engine_dtype={config.model.engine_dtype} needs rlvr's native model, but "
-                          f"{policy.path} runs on transformers; set model.dtype instead (the engine decodes in it)")
+                          f"{policy.path} runs on transformers; set model.dtype instead (the engine decodes "
+                          "in it)")
     return None
 
 
@@ -770,8 +791,9 @@ def training_engine(config: RunConfig, policy: Policy, engine: Any, eos_ids: tup
         closers.append(train_engine.shutdown)
     if config.distributed == "ray":
         ray_cfg = config.ray
-        if ray_cfg.rollout_engine == "torch" and decode_dtype is not None and "dtype" not in ray_cfg.engine_options:
-            ray_cfg = dataclasses.replace(ray_cfg, engine_options={**ray_cfg.engine_options, "dtype": decode_dtype})
+        options = ray_cfg.engine_options
+        if ray_cfg.rollout_engine == "torch" and decode_dtype is not None and "dtype" not in options:
+            ray_cfg = dataclasses.replace(ray_cfg, engine_options={**options, "dtype": decode_dtype})
         if ray_cfg.rollout_engine == "vllm" and "max_model_len" not in ray_cfg.engine_options:
             ray_cfg = dataclasses.replace(ray_cfg, engine_options={**ray_cfg.engine_options,
                                                                    "max_model_len": config.context_tokens()})
@@ -836,7 +858,8 @@ def _describe(results: dict[str, dict[str, float]], config: RunConfig) -> str:
         parts.append(f"greedy accuracy {accuracy(results['greedy']):.3f}{sources(results['greedy'])}")
     if "sampled" in results:
         n = config.eval.samples
-        parts.append(f"sampled accuracy {accuracy(results['sampled']):.3f} (avg@{n}, T={config.eval.temperature})"
+        parts.append(f"sampled accuracy {accuracy(results['sampled']):.3f} (avg@{n}, "
+                     f"T={config.eval.temperature})"
                      f"{sources(results['sampled'])}")
     return ", ".join(parts)
 

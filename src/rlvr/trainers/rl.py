@@ -150,7 +150,8 @@ class Learner:
 def new_optimizer(model: torch.nn.Module, cfg: RLConfig) -> torch.optim.Optimizer:
     """The RL stage's AdamW over the trainable parameters (with LoRA, the adapters); the learner
     ranks of rlvr.distributed build theirs with it too."""
-    return torch.optim.AdamW(trainable_parameters(model), lr=cfg.lr, betas=(cfg.adam_betas[0], cfg.adam_betas[1]),
+    return torch.optim.AdamW(trainable_parameters(model), lr=cfg.lr,
+                             betas=(cfg.adam_betas[0], cfg.adam_betas[1]),
                              weight_decay=cfg.weight_decay)
 
 
@@ -164,7 +165,8 @@ def new_learner(policy: torch.nn.Module, cfg: RLConfig, device: torch.device, pa
 # The loop
 
 
-def train_rl(run: RLRun, cfg: RLConfig, checkpoint: CheckpointConfig, logging: LoggingConfig) -> dict[str, Any]:
+def train_rl(run: RLRun, cfg: RLConfig, checkpoint: CheckpointConfig,
+             logging: LoggingConfig) -> dict[str, Any]:
     """Run cfg.steps RL steps (resuming from the newest checkpoint); returns a summary dict."""
     if run.critic is not None and run.learner_ranks is not None:
         raise ValueError("train_rl: the data-parallel learner has no critic; run the update in the driver")
@@ -255,7 +257,7 @@ def rl_step(run: RLRun, learner: Learner, cfg: RLConfig, step: int,
     t0 = time.perf_counter()
     policy.train()
     if len(batch) > 0:
-        if run.learner_ranks is not None:  # learner ranks elsewhere (rlvr.distributed): same update, their weights
+        if run.learner_ranks is not None:  # ranks elsewhere (rlvr.distributed): same update, their weights
             metrics.update(run.learner_ranks.update(batch, cfg, knobs, step, run.seed))
             policy.load_state_dict(run.learner_ranks.state_dict())
         else:
@@ -330,8 +332,10 @@ def collect(sampler: Sampler, knobs: Knobs, cfg: RLConfig, seed: int,
             break
         rounds += 1
         examples = sampler.pool.draw(knobs.difficulty, cfg.prompts_per_step, step, round_=rounds)
-        current = generate_and_score(sampler, examples, knobs, cfg, seed=seed * 1_000_003 + step + 7919 * rounds)
-    return batch, {M.DYNAMIC_SAMPLING_ROUNDS: float(rounds), M.DYNAMIC_SAMPLING_DROPPED_GROUPS: float(dropped),
+        current = generate_and_score(sampler, examples, knobs, cfg,
+                                     seed=seed * 1_000_003 + step + 7919 * rounds)
+    return batch, {M.DYNAMIC_SAMPLING_ROUNDS: float(rounds),
+                   M.DYNAMIC_SAMPLING_DROPPED_GROUPS: float(dropped),
                    M.DYNAMIC_SAMPLING_KEPT_GROUPS: float(len(set(batch.group_ids)))}
 
 
@@ -340,7 +344,8 @@ def generate_and_score(sampler: Sampler, examples: list[Example], knobs: Knobs, 
     """Generate group_size completions per example and score them; one group per example."""
     engine, task = sampler.engine, sampler.task
     prompts = [sampler.prompt_cache(ex) for ex in examples]
-    params = SamplingParams(n=knobs.group_size, temperature=knobs.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
+    params = SamplingParams(n=knobs.group_size, temperature=knobs.temperature, top_p=cfg.top_p,
+                            top_k=cfg.top_k,
                             max_new_tokens=knobs.max_new_tokens, stop_token_ids=sampler.eos_ids, seed=seed)
     batch = RolloutBatch()
     if hasattr(engine, "generate_partial"):  # partial rollouts: complete groups, possibly from earlier steps
@@ -409,7 +414,8 @@ def batch_metrics(batch: RolloutBatch, knobs: Knobs) -> dict[str, float]:
         M.CURRICULUM_STAGE: float(knobs.stage),
     }
     out.update({k: float(v) for k, v in groups.items()})
-    out.update(source_metrics([ex.metadata.get("data_source") for ex in batch.examples], batch.rewards, batch.correct))
+    sources = [ex.metadata.get("data_source") for ex in batch.examples]
+    out.update(source_metrics(sources, batch.rewards, batch.correct))
     for name in sorted({k for p in batch.parts for k in p}):
         values = [p[name] for p in batch.parts if name in p]
         out[M.reward_part_mean(name)] = float(np.mean(values))
@@ -571,7 +577,8 @@ def training_rewards(batch: RolloutBatch, cfg: RLConfig, seed: int, step: int) -
     rewards = torch.tensor(batch.rewards, dtype=torch.float32)
     if not cfg.shuffle_rewards:
         return rewards
-    generator = torch.Generator().manual_seed(int(np.random.SeedSequence([seed, step, 31]).generate_state(1)[0]))
+    state = np.random.SeedSequence([seed, step, 31]).generate_state(1)
+    generator = torch.Generator().manual_seed(int(state[0]))
     return algorithms.shuffle_within_groups(rewards, torch.tensor(batch.group_ids), generator)
 
 
@@ -610,8 +617,8 @@ def minibatch_step(learner: Learner, data: StepData, index: Sequence[int], cfg: 
     params = [p for p in policy.parameters() if p.requires_grad]
 
     def gradients(part: list[list[int]]) -> tuple[list[torch.Tensor | None] | None, StepSums]:
-        return micro_batch_gradients(learner, params, data, [[active[k] for k in mb] for mb in part], total_mask,
-                                     cfg, knobs)
+        micro = [[active[k] for k in mb] for mb in part]
+        return micro_batch_gradients(learner, params, data, micro, total_mask, cfg, knobs)
 
     if len(parts) > 1:  # each worker one intra-op thread (see TorchEngine's workers); summed in part order
         threads = torch.get_num_threads()
@@ -653,7 +660,8 @@ def micro_batch_gradients(learner: Learner, params: list[torch.nn.Parameter], da
             return None, sums
         for i, g in enumerate(torch.autograd.grad(total, params, allow_unused=True)):
             if g is not None:
-                grads[i] = g if grads[i] is None else grads[i] + g
+                previous = grads[i]
+                grads[i] = g if previous is None else previous + g
     return grads, sums
 
 
@@ -700,7 +708,8 @@ def gradient_rows(index: Sequence[int], data: StepData, cfg: RLConfig) -> list[i
 
 
 def micro_batch_loss(new_lp: torch.Tensor, new_ent: torch.Tensor | None, data: StepData, rows: Sequence[int],
-                     total_mask: torch.Tensor, cfg: RLConfig, knobs: Knobs, sums: StepSums) -> torch.Tensor | None:
+                     total_mask: torch.Tensor, cfg: RLConfig, knobs: Knobs,
+                     sums: StepSums) -> torch.Tensor | None:
     """The loss of one micro-batch (rows `rows`), scaled by its share of the mini-batch's aggregate.
 
     Policy loss + kl_coef * KL (unless the KL is in the reward) - entropy_coef * entropy; the sum of
@@ -760,7 +769,8 @@ def aggregation_share(mode: str, mask: torch.Tensor, total_mask: torch.Tensor) -
     return rows / max(float((total_mask.sum(-1) > 0).sum()), 1.0)
 
 
-def active_share(mode: str, loss_mask: torch.Tensor, active: Sequence[int], total_mask: torch.Tensor) -> float:
+def active_share(mode: str, loss_mask: torch.Tensor, active: Sequence[int],
+                 total_mask: torch.Tensor) -> float:
     """The share of the rows that ran (`active`) in the step's aggregate (0 when none ran)."""
     return aggregation_share(mode, loss_mask[list(active)], total_mask) if len(active) else 0.0
 

@@ -99,7 +99,8 @@ def shares_prompts(model: torch.nn.Module, packed: bool) -> bool:
     return packed and hasattr(model, "completion_logits")
 
 
-def forward_lengths(model: torch.nn.Module, batch: RolloutBatch, index: Sequence[int], packed: bool) -> list[int]:
+def forward_lengths(model: torch.nn.Module, batch: RolloutBatch, index: Sequence[int],
+                    packed: bool) -> list[int]:
     """What a sequence costs in a micro-batch's token budget: its completion when prompts are shared
     (completion_logits), else prompt + completion."""
     grouped = shares_prompts(model, packed)
