@@ -372,7 +372,7 @@ def add_tool_commands(sub: Any) -> None:
 
 
 def add_data_commands(sub: Any) -> None:
-    """data gen, stats, filter, dedup, mix."""
+    """data gen, stats, and the curation tools (filter, dedup, mix)."""
     data = sub.add_parser("data", help="data tools").add_subparsers(dest="data_command", required=True)
     p = data.add_parser("gen", help="generate problems of a task", formatter_class=_HelpFormatter)
     add_task_arguments(p, " (required unless --recipe)")
@@ -397,6 +397,11 @@ def add_data_commands(sub: Any) -> None:
                         "template included)")
     p.set_defaults(func=cmd_data_stats)
 
+    add_curation_commands(data)
+
+
+def add_curation_commands(data: Any) -> None:
+    """data filter, dedup, mix: the curation tools (rlvr.data.curation, rlvr.evaluation.pass_rate)."""
     p = data.add_parser("filter", help="keep problems whose pass rate under a model is in [low, high]",
                         formatter_class=_HelpFormatter,
                         description="Light-R1's difficulty filter: sample each problem --n times with a "
