@@ -28,7 +28,7 @@ from rlvr import algorithms
 from rlvr.config import RLConfig
 from rlvr.distributed.learner import DataParallel, apply_gradient_checkpointing, dp_minibatch_step
 from rlvr.distributed.shapes import random_model, shape_config
-from rlvr.trainers.rl import Knobs, RolloutBatch
+from rlvr.trainers.rl import Knobs, Learner, RolloutBatch, StepData
 
 # Dense bf16 tensor-core peaks (FLOP/s) from the vendors' data sheets (SXM parts).
 PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12, "4090": 165e12}
@@ -80,8 +80,8 @@ def run_step(model, optimizer, batch, cfg, knobs, device, packed) -> float:
     if device.type == "cuda":
         torch.cuda.synchronize()
     start = time.perf_counter()
-    dp_minibatch_step(model, optimizer, batch, index, width, adv, mask, None, None, cfg,
-                      knobs, device, packed, dp=DataParallel(0, 1, "replicate"))
+    dp_minibatch_step(Learner(model, optimizer, device, packed), StepData(batch, adv, mask), index, cfg, knobs,
+                      dp=DataParallel(0, 1, "replicate"))
     if device.type == "cuda":
         torch.cuda.synchronize()
     return time.perf_counter() - start

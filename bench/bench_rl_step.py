@@ -69,7 +69,16 @@ def main() -> None:
         prompt_tokens,
         training_source,
     )
-    from rlvr.trainers.rl import ProblemPool, collect, gradient_rows, knobs_at, update_policy
+    from rlvr.trainers.rl import (
+        Learner,
+        ProblemPool,
+        Sampler,
+        StepData,
+        collect,
+        gradient_rows,
+        knobs_at,
+        update_policy,
+    )
 
     config = load_config(args.recipe, [f"model.path={args.model_dir}", *args.overrides])
     cfg = config.rl
@@ -83,6 +92,8 @@ def main() -> None:
     prompt_cache, _ = prompt_tokens(policy.tokenizer, task, 0)  # the pipeline's cached prompt ids
 
     optimizer = torch.optim.AdamW(policy.model.parameters(), lr=cfg.lr, betas=(0.9, 0.99))
+    learner = Learner(policy.model, optimizer, device, policy.packed)
+    sampler = Sampler(engine, policy.tokenizer, task, pool, prompt_cache, eos)
     peaks = {"fp32": [matmul_peak(torch.float32)], "bf16": [matmul_peak(torch.bfloat16)]}
     mc = policy.model.config
     rows = []
@@ -90,12 +101,11 @@ def main() -> None:
         knobs = knobs_at(cfg, step, config.data.difficulty)
         policy.model.eval()
         t0 = time.perf_counter()
-        batch, _ = collect(engine, policy.tokenizer, task, pool, prompt_cache, knobs, cfg, eos, config.seed, step)
+        batch, _ = collect(sampler, knobs, cfg, config.seed, step)
         t_gen = time.perf_counter() - t0
         policy.model.train()
         t0 = time.perf_counter()
-        update_policy(policy.model, None, optimizer, batch, cfg, knobs, device, policy.packed, step, config.seed,
-                      engine_shares_weights=True)
+        update_policy(learner, batch, cfg, knobs, step, config.seed, engine_shares_weights=True)
         t_upd = time.perf_counter() - t0
         prompts = [len(p) for p in batch.prompt_ids]
         comps = [len(c) for c in batch.completion_ids]
@@ -111,7 +121,7 @@ def main() -> None:
 
         adv = algorithms.compute_advantages(cfg.advantage, torch.tensor(batch.rewards), torch.tensor(batch.group_ids),
                                             mask)
-        active = gradient_rows(range(len(batch)), adv, mask, cfg, None)
+        active = gradient_rows(range(len(batch)), StepData(batch, adv, mask), cfg)
         upd = 3 * sum(forward_flops(mc, comps[i], prompts[i] + comps[i] / 2) for i in active)
         upd += 3 * len({tuple(batch.prompt_ids[i]) for i in active}) * forward_flops(mc, max(prompts), max(prompts) / 2)
         rows.append((t_gen, t_upd, gen, upd, sum(comps), len(active), len(batch)))

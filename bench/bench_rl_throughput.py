@@ -45,7 +45,15 @@ def run_contender(name: str, overrides: list[str], args: argparse.Namespace, sta
         prompt_tokens,
         training_source,
     )
-    from rlvr.trainers.rl import ProblemPool, collect, knobs_at, update_policy
+    from rlvr.trainers.rl import (
+        Learner,
+        ProblemPool,
+        Sampler,
+        collect,
+        knobs_at,
+        new_optimizer,
+        update_policy,
+    )
 
     config = load_config(args.recipe, [f"model.path={args.model_dir}", *overrides])
     threads = args.threads or config.threads or torch.get_num_threads()
@@ -61,18 +69,17 @@ def run_contender(name: str, overrides: list[str], args: argparse.Namespace, sta
     pool = ProblemPool(training_source(config, task, set()), seed=config.seed)
     prompt_cache, _ = prompt_tokens(policy.tokenizer, task, 0)  # the pipeline's cached prompt ids
 
-    optimizer = torch.optim.AdamW(policy.model.parameters(), lr=cfg.lr, betas=(cfg.adam_betas[0], cfg.adam_betas[1]),
-                                  weight_decay=cfg.weight_decay)
+    learner = Learner(policy.model, new_optimizer(policy.model, cfg), device, policy.packed)
+    sampler = Sampler(engine, policy.tokenizer, task, pool, prompt_cache, eos)
     out = {"gen_s": 0.0, "update_s": 0.0, "cpu_s": 0.0, "samples": 0, "tokens": 0}
     for step in range(first_step, first_step + args.steps):
         knobs = knobs_at(cfg, step, config.data.difficulty)
         policy.model.eval()
         c0, t0 = time.process_time(), time.perf_counter()
-        batch, _ = collect(engine, policy.tokenizer, task, pool, prompt_cache, knobs, cfg, eos, config.seed, step)
+        batch, _ = collect(sampler, knobs, cfg, config.seed, step)
         t1 = time.perf_counter()
         policy.model.train()
-        update_policy(policy.model, None, optimizer, batch, cfg, knobs, device, policy.packed, step, config.seed,
-                      engine_shares_weights=True)
+        update_policy(learner, batch, cfg, knobs, step, config.seed, engine_shares_weights=True)
         t2 = time.perf_counter()
         out["cpu_s"] += time.process_time() - c0
         out["gen_s"] += t1 - t0

@@ -203,23 +203,24 @@ class RlvrContender:
 
     def step(self, round_: int, step: int) -> StepRecord:
         from rlvr.trainers.common import micro_batches
-        from rlvr.trainers.rl import batch_metrics, collect, knobs_at, update_policy
+        from rlvr.trainers.rl import Learner, Sampler, batch_metrics, collect, knobs_at, update_policy
 
         model, cfg = self.policy.model, self.cfg
         t_step = time.perf_counter()
         knobs = knobs_at(cfg, step, {"people": 3})
         model.eval()
-        batch, _ = collect(self.engine, self.policy.tokenizer, self.task, self.pool,
-                           lambda ex: self.ids[ex.prompt], knobs, cfg, self.stop_ids, self.s.seed, step)
+        sampler = Sampler(self.engine, self.policy.tokenizer, self.task, self.pool, lambda ex: self.ids[ex.prompt],
+                          self.stop_ids)
+        batch, _ = collect(sampler, knobs, cfg, self.s.seed, step)
         t_gen = time.perf_counter() - t_step
         batch_metrics(batch, knobs)
         model.train()
-        stats = update_policy(model, None, self.optimizer, batch, cfg, knobs, torch.device("cpu"),
-                              self.policy.packed, step, self.s.seed)
+        stats = update_policy(Learner(model, self.optimizer, torch.device("cpu"), self.policy.packed), batch, cfg,
+                              knobs, step, self.s.seed)
         model.eval()
         seconds = time.perf_counter() - t_step
         lengths = [len(p) + len(c) for p, c in zip(batch.prompt_ids, batch.completion_ids)]
-        # the update (rlvr.trainers.rl.sequence_values with the native model): per micro-batch of
+        # the update (rlvr.trainers.sequences.sequence_values with the native model): per micro-batch of
         # completions, each distinct prompt once (padded to the longest) + completions padded
         completions = [len(c) for c in batch.completion_ids]
         forward = 0

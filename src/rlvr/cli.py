@@ -61,7 +61,8 @@ def task_from_args(args: argparse.Namespace) -> tuple[str, dict[str, Any], Any]:
 
         config = load_config(args.recipe, [])
         if task and task != config.data.task:
-            raise SystemExit(f"rlvr: error: --task {task} but the recipe {args.recipe} trains {config.data.task}")
+            raise SystemExit(f"rlvr: error: --task {task} but the recipe {args.recipe} trains "
+                             f"{config.data.task}")
         task, options = config.data.task, dict(config.data.task_options)
     if not task:
         command = " ".join(c for c in (args.command, getattr(args, "data_command", None)) if c)
@@ -170,23 +171,26 @@ def cmd_data_gen(args: argparse.Namespace) -> int:
 
 def cmd_data_stats(args: argparse.Namespace) -> int:
     from rlvr.data.curation import stats
+    from rlvr.models import load_tokenizer
+    from rlvr.trainers.pipeline import recipe_tokenizer
 
     task: str | None = None
     options: dict[str, Any] = {}
+    config = None
     if args.task or args.recipe:
-        task, options, _ = task_from_args(args)
+        task, options, config = task_from_args(args)
     tokenizer = None
     if args.tokenizer:
-        from rlvr.models import load_tokenizer
-
         tokenizer = load_tokenizer(args.tokenizer)
+    elif config is not None:  # the run's tokenizer, as `rlvr run` builds it
+        tokenizer = recipe_tokenizer(config)
     print(json.dumps(stats(args.file, samples=args.samples, task=task, tokenizer=tokenizer,
-                           task_options=options, recipe=args.recipe), indent=2))
+                           task_options=options, config=config), indent=2))
     return 0
 
 
 def cmd_data_filter(args: argparse.Namespace) -> int:
-    from rlvr.data.curation import filter_command
+    from rlvr.evaluation.pass_rate import filter_command
 
     task, options, config = task_from_args(args)
     max_new_tokens = args.max_new_tokens or (config.rl.max_new_tokens if config is not None else 1024)
@@ -205,8 +209,8 @@ def cmd_data_dedup(args: argparse.Namespace) -> int:
     if args.task or args.recipe:
         name, options, _ = task_from_args(args)
         task = get(name, **options)
-    report = dedup(args.data, args.out, against=tuple(args.against), method=args.method, threshold=args.threshold,
-                   field=args.field, task=task)
+    report = dedup(args.data, args.out, against=tuple(args.against), method=args.method,
+                   threshold=args.threshold, field=args.field, task=task)
     print(json.dumps(report, indent=2))
     return 0
 
@@ -241,7 +245,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_noise(args: argparse.Namespace) -> int:
     from rlvr.config import load_config
     from rlvr.data.io import write_json_atomic
-    from rlvr.trainers.noise import describe, measure
+    from rlvr.diagnostics.noise import describe, measure
 
     config = load_config(args.recipe, args.overrides)
     result = measure(config, groups=args.groups, sft_examples=args.sft_examples)
@@ -277,7 +281,8 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
         text = action.help or ""
-        if not action.option_strings or "default" in text or "required" in text or action.default is argparse.SUPPRESS:
+        says_default = "default" in text or "required" in text
+        if not action.option_strings or says_default or action.default is argparse.SUPPRESS:
             return text
         if action.required:
             return text + " (required)"
@@ -288,7 +293,8 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
         return text + " (default: %(default)s)"
 
 
-RUN_DESCRIPTION = """Run a recipe: data -> model -> cold-start SFT -> eval -> RL -> eval -> summary.json and report.html,
+RUN_DESCRIPTION = """Run a recipe: data -> model -> cold-start SFT -> eval -> RL -> eval -> summary.json \
+and report.html,
 all written to the run directory out_dir (the recipe's; out_dir=DIR picks another).
 
 Resume: running the same command again continues from the newest checkpoint of the unfinished
@@ -300,7 +306,8 @@ key=value overrides go anywhere on the line (rl.lr=1e-6 rl.group_size=16). `rlvr
 """
 
 STAGE_DESCRIPTIONS = {
-    "sft": "Only the SFT stage of a recipe (rl.enabled=false): trains, evaluates the SFT model once and writes\n"
+    "sft": "Only the SFT stage of a recipe (rl.enabled=false): trains, evaluates the SFT model once "
+           "and writes\n"
            "its own summary.json; checkpoints in OUT_DIR/checkpoints/sft/step_NNNNNN. Resume as `rlvr run`.",
     "rl": "Only the RL stage of a recipe (sft.enabled=false), from model.path: e.g. an SFT checkpoint\n"
           "(model.path=runs/sft/checkpoints/sft/step_000500) into a new out_dir. Resume as `rlvr run`.",
@@ -312,7 +319,8 @@ STAGE_DESCRIPTIONS = {
 def add_recipe_commands(sub: Any) -> None:
     """run, sft, rl, config: a recipe and key=value overrides."""
     for name, help_text in (("run", "the whole pipeline of a recipe (data, model, SFT, RL, eval, report)"),
-                            ("sft", "only the SFT stage of a recipe"), ("rl", "only the RL stage of a recipe"),
+                            ("sft", "only the SFT stage of a recipe"),
+                            ("rl", "only the RL stage of a recipe"),
                             ("config", "print the resolved config of a recipe and its derived sizes")):
         p = sub.add_parser(name, help=help_text, description=STAGE_DESCRIPTIONS.get(name, RUN_DESCRIPTION),
                            formatter_class=_HelpFormatter)
@@ -323,7 +331,8 @@ def add_recipe_commands(sub: Any) -> None:
 
 def add_task_arguments(p: argparse.ArgumentParser, required_hint: str = "") -> None:
     """--task / --recipe / --task-option of a command that renders a task's prompts (task_from_args)."""
-    p.add_argument("--task", default=None, help=f"the task, e.g. knights_knaves, math, countdown{required_hint}")
+    p.add_argument("--task", default=None,
+                   help=f"the task, e.g. knights_knaves, math, countdown{required_hint}")
     p.add_argument("--recipe", default=None,
                    help="a recipe or a run's config.yaml: its data.task and data.task_options (the prompts "
                         "its model was trained on)")
@@ -332,9 +341,10 @@ def add_task_arguments(p: argparse.ArgumentParser, required_hint: str = "") -> N
 
 
 def add_eval_command(sub: Any) -> None:
-    p = sub.add_parser("eval", help="evaluate a local model on a task's data file", formatter_class=_HelpFormatter,
-                       description="Sample a local model on problems of a task and report avg@n, pass@k, maj@k, "
-                                   "format errors\nand lengths; with --recipe, the task options and "
+    p = sub.add_parser("eval", help="evaluate a local model on a task's data file",
+                       formatter_class=_HelpFormatter,
+                       description="Sample a local model on problems of a task and report avg@n, pass@k, "
+                                   "maj@k, format errors\nand lengths; with --recipe, the task options and "
                                    "eval.max_new_tokens of that recipe.")
     p.add_argument("--model", required=True, help="local HF model directory (e.g. a run's checkpoint)")
     add_task_arguments(p, " (or take it from --recipe)")
@@ -358,17 +368,21 @@ def add_eval_command(sub: Any) -> None:
 
 def add_tool_commands(sub: Any) -> None:
     """noise, check-task, report, model init."""
-    p = sub.add_parser("noise", help="gradient noise scale of a recipe's RL update (and of SFT) at a checkpoint",
+    p = sub.add_parser("noise",
+                       help="gradient noise scale of a recipe's RL update (and of SFT) at a checkpoint",
                        formatter_class=_HelpFormatter)
     p.add_argument("recipe", help="YAML recipe (its RL settings and task); pass model.path=CHECKPOINT")
-    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. model.path=runs/x/checkpoints/sft/step_000500")
+    p.add_argument("overrides", nargs="*",
+                   help="key=value overrides, e.g. model.path=runs/x/checkpoints/sft/step_000500")
     p.add_argument("--groups", type=int, default=256, help="RL groups to take gradients of")
-    p.add_argument("--sft-examples", type=int, default=256, help="solution traces to take SFT gradients of (0: none)")
+    p.add_argument("--sft-examples", type=int, default=256,
+                   help="solution traces to take SFT gradients of (0: none)")
     p.add_argument("--out", default=None, help="JSON file for the figures")
     p.set_defaults(func=cmd_noise)
 
-    p = sub.add_parser("check-task", help="run the task contract checks (oracle scores the max, garbage the min, "
-                                          "scorer total and bounded in time) on a task", formatter_class=_HelpFormatter)
+    p = sub.add_parser("check-task", help="run the task contract checks (oracle scores the max, garbage the "
+                                          "min, scorer total and bounded in time) on a task",
+                       formatter_class=_HelpFormatter)
     p.add_argument("task", help="a task name or spec: my_pkg.tasks:MyTask, path/to/file.py:MyTask")
     p.add_argument("--task-option", action="append", default=[], help="task option key=value (repeatable)")
     p.add_argument("--data", default=None, help="check on this file's rows (a task without a generator)")
@@ -393,7 +407,7 @@ def add_tool_commands(sub: Any) -> None:
 
 
 def add_data_commands(sub: Any) -> None:
-    """data gen, stats, filter, dedup, mix."""
+    """data gen, stats, and the curation tools (filter, dedup, mix)."""
     data = sub.add_parser("data", help="data tools").add_subparsers(dest="data_command", required=True)
     p = data.add_parser("gen", help="generate problems of a task", formatter_class=_HelpFormatter,
                         description="Write --n problems of a task. The task flags below are the tasks' own\n"
@@ -406,23 +420,31 @@ def add_data_commands(sub: Any) -> None:
         p.add_argument(f"--{name.replace('_', '-')}", dest=f"gen_{name}", type=option.type, default=None,
                        nargs="+" if option.several else None, metavar=name.upper(),
                        help=f"{', '.join(owners)}: {option.help}")
-    p.add_argument("--difficulty", nargs="*", default=None, help="other difficulty keywords as key=value (default: none)")
+    p.add_argument("--difficulty", nargs="*", default=None,
+                   help="other difficulty keywords as key=value (default: none)")
     p.add_argument("--out", required=True, help="output .jsonl or .parquet")
     p.set_defaults(func=cmd_data_gen)
 
-    p = data.add_parser("stats", help="length and difficulty statistics of a data file", formatter_class=_HelpFormatter)
+    p = data.add_parser("stats", help="length and difficulty statistics of a data file",
+                        formatter_class=_HelpFormatter)
     p.add_argument("file", help="JSONL/parquet data file")
     add_task_arguments(p, " (default: guessed from the fields)")
     p.add_argument("--samples", default=None, help="a samples.jsonl: adds Light-R1's context-length advice")
     p.add_argument("--tokenizer", default=None,
-                   help="a model directory: adds token lengths (prompts as the model sees them, chat template included)")
+                   help="a model directory: adds token lengths (prompts as the model sees them, chat "
+                        "template included)")
     p.set_defaults(func=cmd_data_stats)
 
+    add_curation_commands(data)
+
+
+def add_curation_commands(data: Any) -> None:
+    """data filter, dedup, mix: the curation tools (rlvr.data.curation, rlvr.evaluation.pass_rate)."""
     p = data.add_parser("filter", help="keep problems whose pass rate under a model is in [low, high]",
                         formatter_class=_HelpFormatter,
-                        description="Light-R1's difficulty filter: sample each problem --n times with a local model "
-                                    "and keep\nthose whose pass rate is in [--low, --high]. Writes OUT, "
-                                    "OUT's .pass_rates.jsonl and .filter.json.")
+                        description="Light-R1's difficulty filter: sample each problem --n times with a "
+                                    "local model and keep\nthose whose pass rate is in [--low, --high]. "
+                                    "Writes OUT, OUT's .pass_rates.jsonl and .filter.json.")
     p.add_argument("--model", required=True, help="local HF model directory that samples the problems")
     add_task_arguments(p, " (required unless --recipe)")
     p.add_argument("--data", required=True, help="JSONL/parquet problems to filter")
@@ -444,7 +466,8 @@ def add_data_commands(sub: Any) -> None:
     p.add_argument("--against", nargs="*", default=[], help="benchmark files to check contamination against")
     p.add_argument("--field", default=None, help="text field (default: the task's prompt)")
     add_task_arguments(p, " whose prompt is the text compared (default: guessed)")
-    p.add_argument("--threshold", type=float, default=0.8, help="MinHash Jaccard threshold of near duplicates")
+    p.add_argument("--threshold", type=float, default=0.8,
+                   help="MinHash Jaccard threshold of near duplicates")
     p.add_argument("--method", default="minhash", choices=["minhash", "embedding", "none"],
                    help="near-duplicate method (none: exact and normalised only)")
     p.set_defaults(func=cmd_data_dedup)
@@ -452,7 +475,8 @@ def add_data_commands(sub: Any) -> None:
     p = data.add_parser("mix", help="mix sources with weights into one file, keeping provenance",
                         formatter_class=_HelpFormatter)
     p.add_argument("sources", nargs="+", help="FILE[:WEIGHT]")
-    p.add_argument("--total", type=int, default=None, help="rows to write (default: the most without repeats)")
+    p.add_argument("--total", type=int, default=None,
+                   help="rows to write (default: the most without repeats)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
     p.add_argument("--out", required=True, help="output file")
     p.set_defaults(func=cmd_data_mix)
@@ -490,13 +514,14 @@ def main(argv: list[str] | None = None) -> int:
     except USER_ERRORS as err:
         print(f"rlvr: error: {err}", file=sys.stderr)
         return 2
-    except (ValueError, TypeError, OSError) as err:  # a bad argument found deep inside: one line, not a traceback
+    except (ValueError, TypeError, OSError) as err:  # a bad argument deep inside: one line, not a traceback
         if os.environ.get("RLVR_TRACEBACK"):
             raise
         print(f"rlvr: error: {err} (RLVR_TRACEBACK=1 shows where)", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("rlvr: interrupted; run the same command again to resume from the last checkpoint", file=sys.stderr)
+        print("rlvr: interrupted; run the same command again to resume from the last checkpoint",
+              file=sys.stderr)
         return 130
 
 

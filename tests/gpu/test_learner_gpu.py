@@ -22,7 +22,7 @@ from rlvr.distributed.learner import (  # noqa: E402
     shard_model,
 )
 from rlvr.distributed.shapes import random_model  # noqa: E402
-from rlvr.trainers.rl import Knobs, RolloutBatch, minibatch_step  # noqa: E402
+from rlvr.trainers.rl import Knobs, Learner, RolloutBatch, StepData, minibatch_step  # noqa: E402
 
 
 def make_inputs(vocab: int, seed: int = 0):
@@ -51,8 +51,7 @@ def step(model, fn, **extra):
     batch, cfg, knobs, width, adv, mask = make_inputs(model.arch.vocab_size)
     optimizer = torch.optim.SGD(model.parameters(), lr=1.0)  # weights after = before - (clipped) gradient
     index = list(range(len(batch.completion_ids)))
-    fn(model, optimizer, batch, index, width, adv, mask, None, None, cfg, knobs,
-       torch.device("cuda"), True, **extra)
+    fn(Learner(model, optimizer, torch.device("cuda"), True), StepData(batch, adv, mask), index, cfg, knobs, **extra)
     return full_state_dict(model)
 
 

@@ -24,7 +24,7 @@ from rlvr.distributed.learner import (
     shard_model,
 )
 from rlvr.models.native import NativeCausalLM
-from rlvr.trainers.rl import Knobs, RolloutBatch, minibatch_step, padded
+from rlvr.trainers.rl import Knobs, Learner, RolloutBatch, StepData, minibatch_step, padded
 
 CFG = dict(model_type="qwen2", vocab_size=48, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
            num_key_value_heads=2, intermediate_size=64, tie_word_embeddings=True, max_position_embeddings=256)
@@ -98,8 +98,8 @@ def adamw(model: torch.nn.Module) -> torch.optim.Optimizer:
 def run_step(model, optimizer, scenario: str, step_fn, **extra):
     batch, cfg, knobs, width, adv, mask, old_lp, ref_lp = inputs(*SCENARIOS[scenario])
     index = list(range(len(batch.completion_ids)))
-    return step_fn(model, optimizer, batch, index, width, adv, mask, old_lp, ref_lp, cfg, knobs,
-                   torch.device("cpu"), True, **extra)
+    return step_fn(Learner(model, optimizer, torch.device("cpu"), True), StepData(batch, adv, mask, old_lp, ref_lp),
+                   index, cfg, knobs, **extra)
 
 
 def single_process(scenario: str):

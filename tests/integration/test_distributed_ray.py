@@ -30,7 +30,7 @@ from rlvr.rollout import SamplingParams
 from rlvr.rollout.torch_engine import TorchEngine
 from rlvr.tasks import Example, Score
 from rlvr.trainers.common import MetricsLogger
-from rlvr.trainers.rl import ProblemPool, collect, knobs_at, train_rl, update_policy
+from rlvr.trainers.rl import Learner, ProblemPool, RLRun, Sampler, collect, knobs_at, train_rl, update_policy
 
 VOCAB, EOS, TARGET = 16, 1, 7
 CFG = dict(model_type="qwen2", vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
@@ -101,18 +101,18 @@ def run_rl(engine_factory, out: Path, learner_factory=None):
     """train_rl on the toy task; returns the per-step metrics."""
     model = new_model()
     engine, shares = engine_factory(model)
-    extra = {"learner": learner_factory(model)} if learner_factory else {}
+    learner_ranks = learner_factory(model) if learner_factory else None
     task = TargetTokenTask()
     pool = ProblemPool(lambda difficulty: task.examples(64, seed=0), seed=0)
     out.mkdir(parents=True, exist_ok=True)
-    train_rl(model, ToyTokenizer(), engine, task, pool, prompt_ids, RL, run_dir=out,
-             logger=MetricsLogger(out), device=torch.device("cpu"), packed=True, seed=0, eos_ids=(EOS,),
-             default_difficulty={}, checkpoint=CheckpointConfig(every=0),
-             logging=LoggingConfig(progress=False, samples_every=0), engine_shares_weights=shares, **extra)
+    run = RLRun(model, Sampler(engine, ToyTokenizer(), task, pool, prompt_ids, (EOS,)), out, MetricsLogger(out),
+                torch.device("cpu"), packed=True, seed=0, default_difficulty={}, engine_shares_weights=shares,
+                learner_ranks=learner_ranks)
+    train_rl(run, RL, CheckpointConfig(every=0), LoggingConfig(progress=False, samples_every=0))
     if not shares:
         engine.shutdown()
-    if extra:
-        extra["learner"].shutdown()
+    if learner_ranks is not None:
+        learner_ranks.shutdown()
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
@@ -229,7 +229,7 @@ def one_step_batch():
     task = TargetTokenTask()
     pool = ProblemPool(lambda difficulty: task.examples(64, seed=0), seed=0)
     knobs = knobs_at(RL, 0, {})
-    batch, _ = collect(engine, ToyTokenizer(), task, pool, prompt_ids, knobs, RL, (EOS,), 0, 0)
+    batch, _ = collect(Sampler(engine, ToyTokenizer(), task, pool, prompt_ids, (EOS,)), knobs, RL, 0, 0)
     return batch, knobs
 
 
@@ -238,7 +238,7 @@ def in_process_update(batch, knobs, cfg):
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.99),
                                   weight_decay=cfg.weight_decay)
     model.train()
-    stats = update_policy(model, None, optimizer, batch, cfg, knobs, torch.device("cpu"), True, 0, 0)
+    stats = update_policy(Learner(model, optimizer, torch.device("cpu"), True), batch, cfg, knobs, 0, 0)
     return model.state_dict(), stats
 
 

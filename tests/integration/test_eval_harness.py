@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from rlvr import tasks
-from rlvr.data.curation import filter_command, sidecar
+from rlvr.data.curation import sidecar
 from rlvr.data.tools import generate
 from rlvr.evaluation import compute_metrics, eval_command, evaluate, load_engine, read_eval, write_report
+from rlvr.evaluation.pass_rate import filter_command
 from rlvr.models.factory import init_model
 
 

@@ -22,7 +22,8 @@ from rlvr.rollout.torch_engine import TorchEngine
 from rlvr.tasks import Example, Score
 from rlvr.trainers.common import MetricsLogger
 from rlvr.trainers.pipeline import load_policy, run
-from rlvr.trainers.rl import ProblemPool, RolloutBatch, sequence_values, train_rl
+from rlvr.trainers.rl import ProblemPool, RLRun, Sampler, train_rl
+from rlvr.trainers.sequences import RolloutBatch, sequence_values
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 CPU = torch.device("cpu")
@@ -143,11 +144,11 @@ def test_lora_rl_moves_only_the_adapters_and_learns(tiny_model_dir, tmp_path):
     task = Vowels()
     eos = eos_token_ids(policy.tokenizer)
     engine = TorchEngine(model, eos_token_ids=eos, pad_token_id=0)
-    train_rl(model, policy.tokenizer, engine, task, ProblemPool(lambda d: task.examples(64, 0), seed=0),
-             lambda ex: prompt_ids(policy.tokenizer, task.messages(ex)), config.rl, run_dir=tmp_path,
-             logger=MetricsLogger(tmp_path), device=CPU, packed=policy.packed, seed=0, eos_ids=eos,
-             default_difficulty={}, checkpoint=config.checkpoint, logging=config.logging,
-             engine_shares_weights=True)
+    sampler = Sampler(engine, policy.tokenizer, task, ProblemPool(lambda d: task.examples(64, 0), seed=0),
+                      lambda ex: prompt_ids(policy.tokenizer, task.messages(ex)), eos)
+    run = RLRun(model, sampler, tmp_path, MetricsLogger(tmp_path), CPU, packed=policy.packed, seed=0,
+                default_difficulty={}, engine_shares_weights=True)
+    train_rl(run, config.rl, config.checkpoint, config.logging)
     after_frozen, after_adapters = frozen_and_adapters(model)
     assert all(torch.equal(frozen[k], after_frozen[k]) for k in frozen)
     assert all(not torch.equal(adapters[k], after_adapters[k]) for k in adapters if "lora_B" in k)
@@ -169,12 +170,12 @@ def test_the_hf_implementation_trains_only_the_adapters(tiny_model_dir, tmp_path
     frozen, adapters = frozen_and_adapters(model)
     task = Vowels()
     eos = eos_token_ids(policy.tokenizer)
-    train_rl(model, policy.tokenizer, TorchEngine(model, eos_token_ids=eos), task,
-             ProblemPool(lambda d: task.examples(16, 0), seed=0),
-             lambda ex: prompt_ids(policy.tokenizer, task.messages(ex)), config.rl, run_dir=tmp_path,
-             logger=MetricsLogger(tmp_path), device=CPU, packed=False, seed=0, eos_ids=eos,
-             default_difficulty={}, checkpoint=config.checkpoint, logging=config.logging,
-             engine_shares_weights=True)
+    sampler = Sampler(TorchEngine(model, eos_token_ids=eos), policy.tokenizer, task,
+                      ProblemPool(lambda d: task.examples(16, 0), seed=0),
+                      lambda ex: prompt_ids(policy.tokenizer, task.messages(ex)), eos)
+    run = RLRun(model, sampler, tmp_path, MetricsLogger(tmp_path), CPU, packed=False, seed=0,
+                default_difficulty={}, engine_shares_weights=True)
+    train_rl(run, config.rl, config.checkpoint, config.logging)
     after_frozen, after_adapters = frozen_and_adapters(model)
     assert all(torch.equal(frozen[k], after_frozen[k]) for k in frozen)
     assert all(not torch.equal(adapters[k], after_adapters[k]) for k in adapters if "lora_B" in k)
@@ -278,7 +279,7 @@ def test_the_critic_of_a_lora_policy_starts_from_its_merged_weights(tiny_model_d
         for name, p in model.named_parameters():
             if "lora_B" in name:
                 p.normal_(0.0, 0.3)
-    critic = build_critic(CriticConfig(enabled=True), model, policy.packed, CPU, "native", "float32", seed=0)
+    critic = build_critic(CriticConfig(enabled=True), model, policy.packed, seed=0)
     state = critic.model.state_dict()
     assert not any("lora" in k for k in state) and state["lm_head.weight"].shape[0] == 1  # a value head
     merged = merged_state_dict(model)

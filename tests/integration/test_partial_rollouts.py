@@ -17,7 +17,7 @@ from rlvr.rollout.partial import PartialRollouts, logprob_mismatch, truncated_im
 from rlvr.rollout.torch_engine import TorchEngine
 from rlvr.tasks import Example, Score
 from rlvr.trainers.common import MetricsLogger
-from rlvr.trainers.rl import ProblemPool, train_rl
+from rlvr.trainers.rl import ProblemPool, RLRun, Sampler, train_rl
 
 VOCAB, STOP, PROMPT_LEN = 11, 0, 3
 
@@ -279,10 +279,10 @@ def test_rl_loop_with_partial_rollouts_carries_corrects_and_learns(tmp_path: Pat
                    partial_tokens_per_step=2, tis_cap=2.0)  # type: ignore[call-arg]
     task = ShortAnswerTask()
     pool = ProblemPool(lambda difficulty: task.examples(64, seed=0), seed=0)
-    train_rl(model, IdsTokenizer(), engine, task, pool, lambda ex: [int(t) for t in ex.prompt.split()], cfg,
-             run_dir=tmp_path, logger=MetricsLogger(tmp_path), device=torch.device("cpu"),
-             packed=True, seed=0, eos_ids=(1,), default_difficulty={}, checkpoint=CheckpointConfig(every=0),
-             logging=LoggingConfig(progress=False, samples_every=0), engine_shares_weights=False)
+    sampler = Sampler(engine, IdsTokenizer(), task, pool, lambda ex: [int(t) for t in ex.prompt.split()], (1,))
+    run = RLRun(model, sampler, tmp_path, MetricsLogger(tmp_path), torch.device("cpu"), packed=True, seed=0,
+                default_difficulty={}, engine_shares_weights=False)
+    train_rl(run, cfg, CheckpointConfig(every=0), LoggingConfig(progress=False, samples_every=0))
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert max(r["partial/carried_sequences"] for r in rows) > 0
     stale = [r for r in rows if r["partial/staleness_max"] >= 1]

@@ -34,7 +34,7 @@ from rlvr.models import eos_token_ids, prompt_ids
 from rlvr.rollout import SamplingParams
 from rlvr.rollout.torch_engine import TorchEngine
 from rlvr.trainers import pipeline
-from rlvr.trainers.rl import ProblemPool, collect, knobs_at, update_policy
+from rlvr.trainers.rl import Learner, ProblemPool, Sampler, collect, knobs_at, update_policy
 
 RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "kk-tiny.yaml"
 RL_STEPS, SFT_STEPS, WORKERS = 2, 20, 2
@@ -151,9 +151,9 @@ def test_the_learner_actor_step_equals_the_in_process_update_on_the_same_rollout
     engine = WorkerSlices(TorchEngine(policy.model, eos_token_ids=eos_ids,
                                       pad_token_id=policy.tokenizer.pad_token_id or 0), WORKERS)
     knobs = knobs_at(config.rl, 0, config.data.difficulty)
-    batch, _ = collect(engine, policy.tokenizer, task, pool,
-                       lambda ex: prompt_ids(policy.tokenizer, task.messages(ex), task.response_prefix),
-                       knobs, config.rl, eos_ids, config.seed, 0)
+    sampler = Sampler(engine, policy.tokenizer, task, pool,
+                      lambda ex: prompt_ids(policy.tokenizer, task.messages(ex), task.response_prefix), eos_ids)
+    batch, _ = collect(sampler, knobs, config.rl, config.seed, 0)
 
     logged = distributed.rl_rows()[0]  # what the Ray run's step 0 saw and did
     lengths = [len(c) for c in batch.completion_ids]
@@ -166,7 +166,7 @@ def test_the_learner_actor_step_equals_the_in_process_update_on_the_same_rollout
                                   weight_decay=rl.weight_decay)  # as train_rl builds it
     before = {k: v.clone() for k, v in policy.model.state_dict().items()}
     policy.model.train()
-    stats = update_policy(policy.model, None, optimizer, batch, rl, knobs, cpu, policy.packed, 0, config.seed)
+    stats = update_policy(Learner(policy.model, optimizer, cpu, policy.packed), batch, rl, knobs, 0, config.seed)
     assert stats["actor/grad_norm"] > 0
     for key in ("actor/grad_norm", "actor/pg_loss", "actor/entropy", "actor/lr"):
         assert stats[key] == pytest.approx(logged[key], rel=1e-4, abs=1e-6), key

@@ -15,7 +15,7 @@ from rlvr.rollout.torch_engine import TorchEngine
 from rlvr.tasks import Example, Score
 from rlvr.trainers.common import MetricsLogger
 from rlvr.trainers.pipeline import load_policy
-from rlvr.trainers.rl import ProblemPool, train_rl
+from rlvr.trainers.rl import ProblemPool, RLRun, Sampler, train_rl
 
 
 class SayKnight:
@@ -54,12 +54,11 @@ def test_grpo_raises_reward_on_a_toy_task(tiny_model_dir, tmp_path):
     eos = eos_token_ids(policy.tokenizer)
     engine = TorchEngine(policy.model, eos_token_ids=eos, pad_token_id=0)
     logger = MetricsLogger(tmp_path)
-    train_rl(policy.model, policy.tokenizer, engine, task,
-             ProblemPool(lambda d: task.examples(64, 0), seed=0),
-             lambda ex: prompt_ids(policy.tokenizer, task.messages(ex)), config.rl, run_dir=tmp_path,
-             logger=logger, device=torch.device("cpu"), packed=policy.packed, seed=0, eos_ids=eos,
-             default_difficulty={}, checkpoint=config.checkpoint, logging=config.logging,
-             engine_shares_weights=True)
+    sampler = Sampler(engine, policy.tokenizer, task, ProblemPool(lambda d: task.examples(64, 0), seed=0),
+                      lambda ex: prompt_ids(policy.tokenizer, task.messages(ex)), eos)
+    run = RLRun(policy.model, sampler, tmp_path, logger, torch.device("cpu"), packed=policy.packed, seed=0,
+                default_difficulty={}, engine_shares_weights=True)
+    train_rl(run, config.rl, config.checkpoint, config.logging)
     import json
 
     rewards = [json.loads(x)["reward/mean"] for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]

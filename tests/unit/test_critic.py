@@ -12,7 +12,7 @@ from rlvr.config import ConfigError, CriticConfig, RLConfig, load_config
 from rlvr.models.native import NativeCausalLM
 from rlvr.trainers import critic as critic_module
 from rlvr.trainers.critic import Critic, value_model, value_statistics
-from rlvr.trainers.rl import Knobs, RolloutBatch, update_policy
+from rlvr.trainers.rl import Knobs, Learner, RolloutBatch, update_policy
 
 CFG = dict(vocab_size=40, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
            intermediate_size=64, tie_word_embeddings=True, max_position_embeddings=256)
@@ -49,15 +49,14 @@ def test_gae_through_the_trainer_matches_a_hand_computed_trajectory():
             seen["old_values"], seen["returns"] = old_values, returns
             return {"critic/vf_loss": 0.0}
 
-    def record(_policy, _optimizer, _batch, _index, _width, advantages, *_rest):
-        seen["advantages"] = advantages
+    def record(_learner, data, _index, _cfg, _knobs):  # a StepFn
+        seen["advantages"] = data.advantages
         return {}
 
     cfg = RLConfig(advantage="gae", advantage_options={"gamma": 0.9, "lam": 0.8})
     model = NativeCausalLM(CFG)
-    stats = update_policy(model, None, torch.optim.SGD(model.parameters(), lr=0.0), batch,
-                          cfg, KNOBS, CPU, True, 0, 0, step_fn=record,
-                          critic=FixedCritic())  # type: ignore[arg-type]
+    stats = update_policy(Learner(model, torch.optim.SGD(model.parameters(), lr=0.0), CPU, True), batch, cfg, KNOBS,
+                          0, 0, step_fn=record, critic=FixedCritic())  # type: ignore[arg-type]
     # row 0: deltas d2 = 1 - 0.75 = 0.25, d1 = 0 + 0.9 * 0.75 - 0.25 = 0.425, d0 = 0.9 * 0.25 - 0.5 = -0.275;
     #        A2 = 0.25, A1 = 0.425 + 0.72 * 0.25 = 0.605, A0 = -0.275 + 0.72 * 0.605 = 0.1606
     # row 1: d1 = 0 - 0.4 = -0.4, d0 = 0.9 * 0.4 - 0.2 = 0.16; A1 = -0.4, A0 = 0.16 - 0.72 * 0.4 = -0.128
@@ -95,8 +94,8 @@ def test_the_critic_learns_the_value_of_a_toy_task():
     explained = []
     for step in range(30):
         # critic only (the warm-up path): the policy must not move
-        stats = update_policy(policy, None, torch.optim.SGD(policy.parameters(), lr=1.0), toy_batch(gen), cfg,
-                              KNOBS, CPU, True, step, 0, critic=critic, update_actor=False)
+        stats = update_policy(Learner(policy, torch.optim.SGD(policy.parameters(), lr=1.0), CPU, True), toy_batch(gen),
+                              cfg, KNOBS, step, 0, critic=critic, update_actor=False)
         # measured on a fresh batch, before the critic trains on it
         explained.append(stats["critic/vf_explained_var"])
         assert "actor/pg_loss" not in stats and stats["critic/grad_norm"] > 0
@@ -137,18 +136,16 @@ def test_state_dict_round_trip_includes_the_optimizer():
     cfg = RLConfig(advantage="gae", micro_batch_tokens=64)
     a = Critic(value_model(policy, seed=0), CriticConfig(enabled=True, lr=1e-2), packed=True)
     batch = toy_batch(torch.Generator().manual_seed(0))
-    update_policy(policy, None, torch.optim.SGD(policy.parameters(), lr=0.0), batch, cfg,
-                  KNOBS, CPU, True, 0, 0, critic=a, update_actor=False)
+    frozen = Learner(policy, torch.optim.SGD(policy.parameters(), lr=0.0), CPU, True)
+    update_policy(frozen, batch, cfg, KNOBS, 0, 0, critic=a, update_actor=False)
     b = Critic(value_model(policy, seed=5), CriticConfig(enabled=True, lr=1e-2), packed=True)
     buffer = io.BytesIO()  # through torch.save, as the checkpoint's trainer_state.pt
     torch.save(a.state_dict(), buffer)
     buffer.seek(0)
     b.load_state_dict(torch.load(buffer, weights_only=False))
     nxt = toy_batch(torch.Generator().manual_seed(1))
-    sa = update_policy(policy, None, torch.optim.SGD(policy.parameters(), lr=0.0), nxt, cfg,
-                       KNOBS, CPU, True, 1, 0, critic=a, update_actor=False)
-    sb = update_policy(policy, None, torch.optim.SGD(policy.parameters(), lr=0.0), nxt, cfg,
-                       KNOBS, CPU, True, 1, 0, critic=b, update_actor=False)
+    sa = update_policy(frozen, nxt, cfg, KNOBS, 1, 0, critic=a, update_actor=False)
+    sb = update_policy(frozen, nxt, cfg, KNOBS, 1, 0, critic=b, update_actor=False)
     assert sa == sb
     for k, v in a.model.state_dict().items():
         assert torch.equal(v, b.model.state_dict()[k]), k

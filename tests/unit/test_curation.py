@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from rlvr import tasks
+from rlvr.config import load_config
 from rlvr.data.curation import (
     context_advice,
     dedup,
@@ -26,6 +27,7 @@ from rlvr.data.curation import (
 from rlvr.data.io import DataError
 from rlvr.evaluation.pass_rate import filter_by_pass_rate, gold_verifiable
 from rlvr.rollout.base import Rollout, SamplingParams
+from rlvr.trainers.pipeline import recipe_tokenizer
 
 LONG = (
     "A farmer has a rectangular field whose length is three times its width. He walks along the "
@@ -385,9 +387,9 @@ def test_stats_of_an_sft_file_with_a_recipe_use_the_runs_tokenizer(tiny_model_di
                             {"role": "user", "content": "And?"}, {"role": "assistant", "content": "Noah."}]}
     data = write_jsonl(tmp_path / "sft.jsonl", rows)
     recipe = tmp_path / "recipe.yaml"
-    recipe.write_text(f"model: {{path: {tiny_model_dir}}}\nsft: {{max_seq_len: 40}}\nrl: "
-                      f"{{max_new_tokens: 20}}\n")
-    result = stats(data, recipe=recipe)
+    recipe.write_text(f"model: {{path: {tiny_model_dir}}}\nsft: {{max_seq_len: 40}}\nrl: {{max_new_tokens: 20}}\n")
+    config = load_config(recipe)
+    result = stats(data, config=config, tokenizer=recipe_tokenizer(config))  # as `rlvr data stats --recipe`
     tokenizer = load_tokenizer(tiny_model_dir)
     encoded = tokenize(tokenizer, [Conversation(*record_messages(r), "") for r in rows],
                        eos_token_ids(tokenizer))
@@ -415,7 +417,8 @@ def test_stats_of_problems_with_a_recipe_measure_the_rendered_prompt(tiny_model_
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(f"model: {{path: {tiny_model_dir}}}\ndata: {{task: knights_knaves, task_options: "
                       f"{{response_prefix: '<think>'}}}}\n")
-    result = stats(data, recipe=recipe)
+    config = load_config(recipe)
+    result = stats(data, config=config, tokenizer=recipe_tokenizer(config))  # as `rlvr data stats --recipe`
     task, tokenizer = get("knights_knaves", response_prefix="<think>"), load_tokenizer(tiny_model_dir)
     lengths = [len(prompt_ids(tokenizer, task.messages(ex), task.response_prefix))
                for ex in task.examples(5, 0, people=2)]

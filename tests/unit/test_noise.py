@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from rlvr.config import RLConfig
+from rlvr.diagnostics.noise import NoiseAccumulator, flat_grad, rl_group_gradients, sft_example_gradients
 from rlvr.models.native import NativeCausalLM
 from rlvr.rollout.torch_engine import TorchEngine
 from rlvr.tasks.base import Example, Score
 from rlvr.trainers import rl
-from rlvr.trainers.noise import NoiseAccumulator, flat_grad, rl_group_gradients, sft_example_gradients
 
 CFG = dict(vocab_size=40, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
            intermediate_size=64, tie_word_embeddings=True, max_position_embeddings=256)
@@ -110,10 +110,10 @@ def toy_setup(prompts_per_step: int):
 
 def test_group_gradients_average_to_the_trainers_gradient_of_the_whole_batch():
     model, engine, pool, prompt_cache, cfg = toy_setup(prompts_per_step=4)
-    kw = dict(device=torch.device("cpu"), packed=True, seed=0, eos_ids=(1,), default_difficulty={})
+    sampler = rl.Sampler(engine, Tokens(), EvenFirstToken(), pool, prompt_cache, (1,))
+    kw = dict(device=torch.device("cpu"), packed=True, seed=0, default_difficulty={})
     stats: dict[str, float] = {}
-    per_group = list(rl_group_gradients(model, engine, Tokens(), EvenFirstToken(), pool, prompt_cache, cfg,
-                                        groups=4, stats=stats, **kw))
+    per_group = list(rl_group_gradients(model, sampler, cfg, groups=4, stats=stats, **kw))
     assert len(per_group) == 4
     assert 0.0 < stats["accuracy"] < 1.0
     assert any(g.abs().sum() > 0 for g in per_group)
@@ -121,7 +121,7 @@ def test_group_gradients_average_to_the_trainers_gradient_of_the_whole_batch():
 
     # The same step-0 batch through the trainer as one mini-batch, with an optimizer that records.
     knobs = rl.knobs_at(cfg, 0, {})
-    batch, _ = rl.collect(engine, Tokens(), EvenFirstToken(), pool, prompt_cache, knobs, cfg, (1,), 0, 0)
+    batch, _ = rl.collect(sampler, knobs, cfg, 0, 0)
     seen: list[torch.Tensor] = []
     params = list(model.parameters())
 
@@ -130,8 +130,8 @@ def test_group_gradients_average_to_the_trainers_gradient_of_the_whole_batch():
             seen.append(flat_grad(params))
 
     model.train()
-    rl.update_policy(model, None, Recorder(params, lr=0.0), batch, dataclasses.replace(cfg, mini_batches=1),
-                     knobs, torch.device("cpu"), True, 0, 0)
+    rl.update_policy(rl.Learner(model, Recorder(params, lr=0.0), torch.device("cpu"), True), batch,
+                     dataclasses.replace(cfg, mini_batches=1), knobs, 0, 0)
     whole = seen[0]
     assert whole.abs().sum() > 0
     torch.testing.assert_close(torch.stack(per_group).mean(0), whole, rtol=1e-4, atol=1e-7)
@@ -139,9 +139,9 @@ def test_group_gradients_average_to_the_trainers_gradient_of_the_whole_batch():
 
 def test_group_count_need_not_be_a_multiple_of_the_batch():
     model, engine, pool, prompt_cache, cfg = toy_setup(prompts_per_step=4)
-    grads = list(rl_group_gradients(model, engine, Tokens(), EvenFirstToken(), pool,
-                                    prompt_cache, cfg, groups=6, device=torch.device("cpu"), packed=True,
-                                    seed=0, eos_ids=(1,), default_difficulty={}))
+    sampler = rl.Sampler(engine, Tokens(), EvenFirstToken(), pool, prompt_cache, (1,))
+    grads = list(rl_group_gradients(model, sampler, cfg, groups=6, device=torch.device("cpu"), packed=True, seed=0,
+                                    default_difficulty={}))
     assert len(grads) == 6
 
 
@@ -163,7 +163,7 @@ def test_sft_example_gradient_is_the_token_mean_nll_gradient():
 
 
 def test_signal_share_of_a_batch():
-    from rlvr.trainers.noise import signal_share
+    from rlvr.diagnostics.noise import signal_share
 
     assert signal_share(8, 792) == pytest.approx(0.01)
     assert signal_share(50, 50) == pytest.approx(0.5)
@@ -198,3 +198,24 @@ def test_rlvr_noise_command_end_to_end(tiny_model_dir, tmp_path, capsys):
     assert "signal share" in capsys.readouterr().out
     assert main(["noise", recipe, *small]) == 2  # no model.path: one clear error, nothing written
     assert "pass model.path=DIR" in capsys.readouterr().err
+
+
+def test_noise_of_a_lora_recipe_takes_the_gradients_of_the_adapters(tiny_model_dir, tmp_path):
+    """`rlvr noise` with model.lora builds the policy as the trainer does: peft adapters around the
+    checkpoint, and the gradients measured are those of the adapter parameters (what a LoRA run's
+    optimizer steps), not of the frozen base."""
+    pytest.importorskip("peft")
+    from rlvr.config import load_config
+    from rlvr.diagnostics.noise import measure
+    from rlvr.trainers.pipeline import load_policy, with_lora
+
+    config = load_config("recipes/kk-tiny.yaml", [
+        f"model.path={tiny_model_dir}", f"out_dir={tmp_path}", "model.lora.r=4", "threads=1", "data.train_size=32",
+        "rl.prompts_per_step=2", "rl.mini_batches=2", "rl.group_size=4", "rl.max_new_tokens=8", "sft.autocast=none"])
+    result = measure(config, groups=2, sft_examples=2, progress=lambda _: None)
+    base = load_policy(tiny_model_dir, "auto", "float32", torch.device("cpu")).model
+    adapted = with_lora(load_policy(tiny_model_dir, "auto", "float32", torch.device("cpu")), config).model
+    adapters = sum(p.numel() for n, p in adapted.named_parameters() if p.requires_grad and "lora_" in n)
+    assert 0 < adapters < sum(p.numel() for p in base.parameters())
+    assert result["parameters"] == adapters
+    assert result["sft"]["per_example"]["mean_sq"] > 0  # the SFT loss reaches the adapters (lora_B)

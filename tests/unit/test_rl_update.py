@@ -9,7 +9,7 @@ from rlvr import algorithms
 from rlvr.config import RLConfig
 from rlvr.models.native import NativeCausalLM
 from rlvr.trainers import rl
-from rlvr.trainers.rl import Knobs, RolloutBatch, minibatch_step, padded
+from rlvr.trainers.rl import Knobs, Learner, RolloutBatch, StepData, minibatch_step, padded
 
 CFG = dict(vocab_size=40, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
            intermediate_size=64, tie_word_embeddings=True, max_position_embeddings=256)
@@ -53,8 +53,8 @@ def step(batch: RolloutBatch, loss_agg: str, model: NativeCausalLM, optimizer: t
     adv = algorithms.compute_advantages("grpo", torch.tensor(batch.rewards),
                                         torch.tensor(batch.group_ids), mask)
     old_lp = padded(batch.engine_logprobs, width)
-    return minibatch_step(model, optimizer, batch, list(range(len(batch))), width, adv,
-                          mask, old_lp, None, cfg, knobs, torch.device("cpu"), True)
+    return minibatch_step(Learner(model, optimizer, torch.device("cpu"), True), StepData(batch, adv, mask, old_lp),
+                          list(range(len(batch))), cfg, knobs)
 
 
 @pytest.mark.parametrize("loss_agg", ["token-mean", "seq-mean-token-mean"])
@@ -134,7 +134,7 @@ def update(model: NativeCausalLM, batch: RolloutBatch, shares: bool, step_fn=Non
     cfg = RLConfig(micro_batch_tokens=64, **{"mini_batches": 3, **cfg_options})
     knobs = Knobs(difficulty={}, max_new_tokens=16, group_size=4, temperature=1.0, lr=5e-2, stage=0)
     optimizer = torch.optim.AdamW(model.parameters(), lr=5e-2)
-    return rl.update_policy(model, None, optimizer, batch, cfg, knobs, torch.device("cpu"), True, 0, 0,
+    return rl.update_policy(Learner(model, optimizer, torch.device("cpu"), True), batch, cfg, knobs, 0, 0,
                             step_fn=step_fn, engine_shares_weights=shares)
 
 
@@ -146,8 +146,8 @@ def test_old_logprobs_are_recomputed_when_the_engine_does_not_share_weights(shar
     current = learner_logprobs(model, batch)
     seen = []
 
-    def record(_policy, _optimizer, _b, _index, _width, _advantages, _loss_mask, old_lp, *_rest):
-        seen.append(old_lp)
+    def record(_learner, data, _index, _cfg, _knobs):  # a StepFn
+        seen.append(data.old_logprobs)
         return {}
 
     update(model, batch, shares, step_fn=record)
@@ -195,10 +195,9 @@ def test_tis_and_kl_in_reward_share_one_forward_of_the_current_policy(monkeypatc
     cfg = RLConfig(micro_batch_tokens=1 << 20, mini_batches=2, tis_cap=2.0, kl_coef=0.1, kl_in_reward=True,
                    advantage="reinforce_pp")
     knobs = Knobs(difficulty={}, max_new_tokens=16, group_size=4, temperature=1.0, lr=1e-3, stage=0)
-    stats = rl.update_policy(model, ref, torch.optim.AdamW(model.parameters(), lr=1e-3), batch, cfg, knobs,
-                             torch.device("cpu"), True, 0, 0, engine_shares_weights=False)
-    # the current policy before the update: once, for TIS, KL and old lp
-    assert calls.count((True, False)) == 1
+    learner = Learner(model, torch.optim.AdamW(model.parameters(), lr=1e-3), torch.device("cpu"), True, ref)
+    stats = rl.update_policy(learner, batch, cfg, knobs, 0, 0, engine_shares_weights=False)
+    assert calls.count((True, False)) == 1  # the current policy before the update: once, for TIS, KL and old lp
     assert calls.count((False, False)) == 1  # the reference
     assert calls.count((True, True)) == 2  # one training forward per mini-batch
     assert "actor/reward_kl" in stats and "rollout/tis_weight_mean" in stats
@@ -223,8 +222,8 @@ def test_update_workers_give_the_sequential_gradient_and_statistics():
         model = NativeCausalLM(CFG)
         optimizer = GradRecorder(model)
         cfg = RLConfig(micro_batch_tokens=24, update_workers=workers)
-        stats[workers] = minibatch_step(model, optimizer, batch, list(range(len(batch))),
-                                        width, adv, mask, old_lp, None, cfg, knobs, torch.device("cpu"), True)
+        stats[workers] = minibatch_step(Learner(model, optimizer, torch.device("cpu"), True),
+                                        StepData(batch, adv, mask, old_lp), list(range(len(batch))), cfg, knobs)
         seen[workers] = optimizer.seen
     for name, grad in seen[1].items():
         torch.testing.assert_close(seen[3][name], grad, atol=1e-6, rtol=1e-5, msg=name)

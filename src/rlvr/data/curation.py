@@ -32,11 +32,12 @@ from typing import IO, Any
 
 import numpy as np
 
-from rlvr.data.io import read_numbered, write_jsonl_atomic
+from rlvr.data.conversations import is_conversation, read_conversations, token_lengths
+from rlvr.data.io import read_numbered, read_records, write_jsonl_atomic
 from rlvr.data.tools import stats as data_stats
 from rlvr.data.tools import summarize
 from rlvr.errors import DataError
-from rlvr.models import prompt_ids
+from rlvr.models import eos_token_ids, load_tokenizer, prompt_ids
 from rlvr.tasks import get
 
 PathLike = str | os.PathLike[str]
@@ -448,17 +449,7 @@ def dedup(
     if isinstance(task, str):
         task = get(task)
     index = _Index(method, num_perm, ngram, seed, embedding_model)
-    for bench in dict.fromkeys(str(p) for p in against):
-        for line, _, text in _numbered_texts(bench, field, _bench_task(task, field)):
-            index.add(bench, line, text, reference=True)
-    n_reference = len(index.locations)
-    drops: dict[int, tuple[str, int, float]] = {}
-    for line, _, text in _numbered_texts(data, field, task):
-        repeat = index.add(str(data), line, text, reference=False)
-        if repeat is not None:
-            drops[len(index.locations) - 1] = (repeat[0], repeat[1], 1.0)
-    for row, (match, similarity) in _near_matches(index, set(drops), threshold).items():
-        drops[row] = ("near", match, similarity)
+    drops, n_reference = _first_pass(index, data, against, field, task, threshold)
     duplicates = _write_kept(data, out, field, task, index, drops, n_reference)
     report_path = Path(report) if report is not None else sidecar(out, ".dedup.jsonl")
     write_jsonl_atomic(report_path, (asdict(d) for d in duplicates))
@@ -479,6 +470,25 @@ def dedup(
                      "against": [str(p) for p in against], "field": field,
                      "embedding_model": None if embedding_model is None else str(embedding_model)},
     }
+
+
+def _first_pass(index: _Index, data: PathLike, against: Sequence[PathLike], field: str | None, task: Any,
+                threshold: float) -> tuple[dict[int, tuple[str, int, float]], int]:
+    """Index the benchmark items, then `data`'s records: the rows to drop, {row: (kind, matched row,
+    similarity)} (exact and normalised repeats as they are read, near ones after), and the number of
+    benchmark items (rows below it are benchmark rows)."""
+    for bench in dict.fromkeys(str(p) for p in against):
+        for line, _, text in _numbered_texts(bench, field, _bench_task(task, field)):
+            index.add(bench, line, text, reference=True)
+    n_reference = len(index.locations)
+    drops: dict[int, tuple[str, int, float]] = {}
+    for line, _, text in _numbered_texts(data, field, task):
+        repeat = index.add(str(data), line, text, reference=False)
+        if repeat is not None:
+            drops[len(index.locations) - 1] = (repeat[0], repeat[1], 1.0)
+    for row, (match, similarity) in _near_matches(index, set(drops), threshold).items():
+        drops[row] = ("near", match, similarity)
+    return drops, n_reference
 
 
 def _bench_task(task: Any, field: str | None) -> Any:
@@ -593,7 +603,7 @@ def stats(
     task: str | None = None,
     tokenizer: Any = None,
     task_options: dict[str, Any] | None = None,
-    recipe: PathLike | None = None,
+    config: Any = None,
 ) -> dict[str, Any]:
     """Length statistics of a data file and / or Light-R1's context advice from a samples file.
 
@@ -601,15 +611,19 @@ def stats(
     answer lengths in characters (the first of ANSWER_FIELDS, or reward_model.ground_truth)
     and, with a tokenizer, prompt and answer lengths in tokens. An SFT file (rows of messages,
     prompt + completion or ShareGPT conversations): conversation_stats. samples: context_advice.
-    tokenizer: a tokenizer or a model directory. recipe: a recipe or a run's config.yaml; its run's
-    tokenizer (unless one is given) and task (with its task options unless task_options is given)
-    measure the file, and lengths are compared with its sft.max_seq_len and rl.max_new_tokens.
+    tokenizer: a tokenizer or a model directory. config: a run's config (`--recipe`: a recipe or a
+    run's config.yaml, loaded by the caller, who also passes its run's tokenizer,
+    rlvr.trainers.pipeline.recipe_tokenizer); its task (with its task options unless task_options
+    is given) measures the file, and lengths are compared with its sft.max_seq_len and rl.max_new_tokens.
     A problem's prompt is counted as the model sees it when the task is known (the task's messages
     through the tokenizer's chat template, response prefix included), else as the record's text.
     """
     if data is None and samples is None:
         raise ValueError("stats needs a data file, a samples file, or both")
-    config, task, tokenizer = _stats_context(recipe, task, tokenizer)
+    if config is not None:
+        task = task or config.data.task
+    if isinstance(tokenizer, str | os.PathLike):
+        tokenizer = load_tokenizer(tokenizer)
     result: dict[str, Any] = {}
     if data is not None and _is_sft_file(data):
         result.update(conversation_stats(data, tokenizer, config))
@@ -644,28 +658,7 @@ def stats(
     return result
 
 
-def _stats_context(recipe: PathLike | None, task: str | None, tokenizer: Any) -> tuple[Any, str | None, Any]:
-    """(the recipe's config or None, the task, a loaded tokenizer or None) of `stats`."""
-    config = None
-    if recipe is not None:
-        from rlvr.config import load_config
-        from rlvr.trainers.pipeline import recipe_tokenizer  # the run's tokenizer, as `rlvr run` builds it
-
-        config = load_config(recipe, [])
-        task = task or config.data.task
-        if tokenizer is None:
-            tokenizer = recipe_tokenizer(config)
-    if isinstance(tokenizer, str | os.PathLike):
-        from rlvr.models import load_tokenizer
-
-        tokenizer = load_tokenizer(tokenizer)
-    return config, task, tokenizer
-
-
 def _is_sft_file(path: PathLike) -> bool:
-    from rlvr.data.conversations import is_conversation
-    from rlvr.data.io import read_records
-
     first = next(read_records(path), None)
     return first is not None and is_conversation(first)
 
@@ -677,9 +670,6 @@ def conversation_stats(path: PathLike, tokenizer: Any, config: Any = None) -> di
     writes) and the whole sequence, each as mean / min / max / p50 / p90 / p95 / p99. The context
     advice of Light-R1 and DeepScaleR reads these: a context (sft.max_seq_len, rl.max_new_tokens)
     that the long tail fits in. With a run's config, the share of rows over its limits."""
-    from rlvr.data.conversations import read_conversations, token_lengths
-    from rlvr.data.tools import summarize
-
     rows = read_conversations(path)
     result: dict[str, Any] = {"path": str(path), "layout": "conversations", "count": len(rows)}
     turns = [[m["content"] for m in r.messages if m["role"] == "assistant"] for r in rows]
@@ -687,8 +677,6 @@ def conversation_stats(path: PathLike, tokenizer: Any, config: Any = None) -> di
     result["completion_chars"] = summarize([sum(map(len, t)) for t in turns])
     if tokenizer is None:
         return result
-    from rlvr.models import eos_token_ids
-
     lengths = token_lengths(tokenizer, rows, eos_token_ids(tokenizer))
     for name in ("prompt", "completion", "sequence"):
         result[f"{name}_tokens"] = summarize(lengths[name])
@@ -763,18 +751,7 @@ def mix(
     metadata["source"], so evals break down by it), any earlier "source" value moving to
     provenance["original_source"]. names default to the file stems.
     """
-    parsed = [parse_source(s) for s in sources]
-    if not parsed:
-        raise ValueError("mix needs at least one source")
-    if any(w < 0 for _, w in parsed) or not any(w > 0 for _, w in parsed):
-        raise ValueError(f"weights must be >= 0 and not all 0, got {[w for _, w in parsed]}")
-    labels = list(names) if names is not None else [Path(p).name.split(".")[0] for p, _ in parsed]
-    if len(labels) != len(parsed):
-        raise ValueError(f"{len(labels)} names for {len(parsed)} sources")
-    counts = [sum(1 for _ in read_numbered(path)) for path, _ in parsed]
-    for (path, weight), count in zip(parsed, counts):
-        if count == 0 and weight > 0:
-            raise DataError(f"{path}: no records, but it has weight {weight}")
+    parsed, labels, counts = _mix_sources(sources, names)
     taken = _allocate(counts, [w for _, w in parsed], total)
     rng = random.Random(seed)
     streams = [_selected(path, count, take, rng) if take else iter(())
@@ -785,14 +762,7 @@ def mix(
     def mixed() -> Iterator[dict[str, Any]]:
         for i in order:
             line, record = next(streams[i])
-            provenance = {"source": labels[i], "file": parsed[i][0], "line": line}
-            record = dict(record)
-            if set_source:
-                if record.get("source") is not None:
-                    provenance["original_source"] = record["source"]
-                record["source"] = labels[i]
-            record["provenance"] = provenance
-            yield record
+            yield _with_provenance(record, labels[i], parsed[i][0], line, set_source)
 
     write_jsonl_atomic(out, mixed())
     return {
@@ -807,9 +777,31 @@ def mix(
     }
 
 
-def filter_command(*args: Any, **kwargs: Any) -> dict[str, Any]:
-    """`rlvr data filter`: rlvr.evaluation.pass_rate.filter_command. Only cli.py still imports it
-    from here; once it imports rlvr.evaluation.pass_rate, delete this (data must not import evaluation)."""
-    from rlvr.evaluation.pass_rate import filter_command as command
+def _mix_sources(sources: Sequence[str | tuple[PathLike, float]],
+                 names: Sequence[str] | None) -> tuple[list[tuple[str, float]], list[str], list[int]]:
+    """The checked sources of a mix: (path, weight) pairs, their names and record counts."""
+    parsed = [parse_source(s) for s in sources]
+    if not parsed:
+        raise ValueError("mix needs at least one source")
+    if any(w < 0 for _, w in parsed) or not any(w > 0 for _, w in parsed):
+        raise ValueError(f"weights must be >= 0 and not all 0, got {[w for _, w in parsed]}")
+    labels = list(names) if names is not None else [Path(p).name.split(".")[0] for p, _ in parsed]
+    if len(labels) != len(parsed):
+        raise ValueError(f"{len(labels)} names for {len(parsed)} sources")
+    counts = [sum(1 for _ in read_numbered(path)) for path, _ in parsed]
+    for (path, weight), count in zip(parsed, counts):
+        if count == 0 and weight > 0:
+            raise DataError(f"{path}: no records, but it has weight {weight}")
+    return parsed, labels, counts
 
-    return command(*args, **kwargs)
+
+def _with_provenance(record: dict[str, Any], label: str, path: str, line: int, set_source: bool) -> dict[str, Any]:
+    """A copy of `record` with "provenance" (and, with set_source, "source": label; see mix)."""
+    provenance: dict[str, Any] = {"source": label, "file": path, "line": line}
+    record = dict(record)
+    if set_source:
+        if record.get("source") is not None:
+            provenance["original_source"] = record["source"]
+        record["source"] = label
+    record["provenance"] = provenance
+    return record

@@ -62,21 +62,21 @@ def connect(cfg: RayConfig) -> Any:
         if short:
             detail = ", ".join(f"{v:g} {k} reserved, the cluster has {h:g}" for k, (v, h) in short.items())
             raise RuntimeError(
-                f"distributed=ray: the local Ray cluster cannot hold {cfg.num_rollout_workers} rollout workers "
-                f"and {cfg.num_learners} learners ({detail}); lower ray.num_rollout_workers, "
+                f"distributed=ray: the local Ray cluster cannot hold {cfg.num_rollout_workers} rollout "
+                f"workers and {cfg.num_learners} learners ({detail}); lower ray.num_rollout_workers, "
                 f"ray.num_learners, ray.cpus_per_worker / cpus_per_learner, ray.gpus_per_worker / "
                 f"gpus_per_learner or ray.resources_per_worker / resources_per_learner"
             )
         return ray
     missing = [name for name in custom if have.get(name, 0.0) <= 0]
     if missing:
-        keys = sorted({f"ray.resources_per_{kind}" for kind, table in (("worker", cfg.resources_per_worker),
-                                                                        ("learner", cfg.resources_per_learner))
+        tables = (("worker", cfg.resources_per_worker), ("learner", cfg.resources_per_learner))
+        keys = sorted({f"ray.resources_per_{kind}" for kind, table in tables
                        for name in missing if name in table})
         has = ", ".join(f"{k} {v:g}" for k, v in sorted(have.items()) if not k.startswith("node:"))
         raise RuntimeError(
-            f"distributed=ray: {' and '.join(keys)} reserve {', '.join(map(repr, missing))}, which no node of "
-            f"the Ray cluster at {cfg.address!r} has (it has: {has}); start those nodes with "
+            f"distributed=ray: {' and '.join(keys)} reserve {', '.join(map(repr, missing))}, which no node "
+            f"of the Ray cluster at {cfg.address!r} has (it has: {has}); start those nodes with "
             f"`ray start --address=... --resources='{{\"{missing[0]}\": N}}'` or fix the resource name"
         )
     return ray
@@ -138,7 +138,8 @@ def describe_placement(where: dict[str, Any]) -> str:
                           ("learner", where["learners"])):
         for i, entry in enumerate(entries):
             name = role if role == "driver" else f"{role} {i}"
-            nodes.setdefault(f"{entry['node_id'][:12]} ({entry['hostname']}, {entry['node_ip']})", []).append(name)
+            node = f"{entry['node_id'][:12]} ({entry['hostname']}, {entry['node_ip']})"
+            nodes.setdefault(node, []).append(name)
     return "; ".join(f"node {node}: {', '.join(names)}" for node, names in nodes.items())
 
 

@@ -67,7 +67,8 @@ def spawn(fn: Callable[..., Any], world_size: int, *args: Any, backend: str = "g
     """
     port = free_port()
     with tempfile.TemporaryDirectory(prefix="rlvr-spawn-") as out_dir:
-        mp.spawn(_spawn_entry, args=(fn, world_size, port, backend, out_dir, args), nprocs=world_size, join=True)
+        mp.spawn(_spawn_entry, args=(fn, world_size, port, backend, out_dir, args), nprocs=world_size,
+                 join=True)
         results = []
         for rank in range(world_size):
             with open(Path(out_dir) / f"rank{rank}.pkl", "rb") as f:

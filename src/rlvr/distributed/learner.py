@@ -29,21 +29,35 @@ largest activations (3 x intermediate_size per token) and recomputes them in bac
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
 from rlvr.algorithms import entropy_from_logits, token_logprobs_from_logits
+from rlvr.config import RLConfig
 from rlvr.trainers.common import (
     autocast_context,
     build_batch,
+    clip_and_step,
     forward_logits,
     pack_rows,
     per_sequence,
+    set_lr,
+)
+from rlvr.trainers.rl import (
+    Knobs,
+    Learner,
+    StepData,
+    StepFn,
+    StepSums,
+    active_share,
+    gradient_rows,
+    micro_batch_loss,
+    skipped_step,
 )
 
 Strategy = Literal["fsdp", "replicate"]
@@ -88,7 +102,8 @@ def decoder_layers(model: nn.Module) -> Sequence[nn.Module]:
     backbone = getattr(model, "model", None)
     layers = getattr(backbone, "layers", None)
     if layers is None:
-        raise ValueError(f"{type(model).__name__}: expected decoder layers at model.model.layers (Qwen2/Llama layout)")
+        raise ValueError(f"{type(model).__name__}: expected decoder layers at model.model.layers "
+                         "(Qwen2/Llama layout)")
     return layers
 
 
@@ -97,8 +112,9 @@ def apply_gradient_checkpointing(model: nn.Module) -> str:
 
     Call before `shard_model` (checkpointing wraps the layers that FSDP then shards).
     """
-    if hasattr(model, "gradient_checkpointing_enable"):
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    enable = getattr(model, "gradient_checkpointing_enable", None)  # a transformers model
+    if enable is not None:
+        enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         return "every decoder layer (transformers)"
     from torch.distributed._composable import checkpoint  # lazy, as fully_shard in shard_model
 
@@ -201,8 +217,9 @@ def plan_micro_batches(lengths: Sequence[int], token_budget: int, world_size: in
 # Forward passes on packed micro-batches
 
 
-def micro_batch_values(model: nn.Module, sequences: Sequence[Sequence[int]], starts: Sequence[int], width: int,
-                       temperature: float, device: torch.device, packed: bool, with_entropy: bool = False,
+def micro_batch_values(model: nn.Module, sequences: Sequence[Sequence[int]], starts: Sequence[int],
+                       width: int, temperature: float, device: torch.device, packed: bool,
+                       with_entropy: bool = False,
                        entropy_grad: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Completion log-probs (and entropies) of `sequences`, (b, width) each, from one forward pass.
 
@@ -214,7 +231,8 @@ def micro_batch_values(model: nn.Module, sequences: Sequence[Sequence[int]], sta
     rows = pack_rows(lengths, max(lengths)) if packed else [[k] for k in range(len(sequences))]
     sub = build_batch(sequences, starts, rows)
     logits = forward_logits(model, sub, device, packed)  # (R, L, V)
-    lp = per_sequence(token_logprobs_from_logits(logits, sub.target_ids.to(device), temperature), sub.where, starts, width)
+    token_lp = token_logprobs_from_logits(logits, sub.target_ids.to(device), temperature)
+    lp = per_sequence(token_lp, sub.where, starts, width)
     ent = None
     if with_entropy:
         with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
@@ -235,110 +253,107 @@ def _idle_pass(model: nn.Module, device: torch.device, packed: bool, scale: floa
 
 
 def _set_gradient_sync(model: nn.Module, enabled: bool) -> None:
-    if hasattr(model, "set_requires_gradient_sync"):  # an FSDP2 module
-        model.set_requires_gradient_sync(enabled)
+    set_sync = getattr(model, "set_requires_gradient_sync", None)  # an FSDP2 module
+    if set_sync is not None:
+        set_sync(enabled)
 
 
 def _all_reduce_gradients(model: nn.Module) -> None:
     """Sum every parameter's gradient over ranks (replicate strategy), missing gradients as zeros."""
     params = [p for p in model.parameters() if p.requires_grad]
+    grads: list[torch.Tensor] = []
     for p in params:
         if p.grad is None:
             p.grad = torch.zeros_like(p)
-    flat = torch.cat([p.grad.reshape(-1) for p in params])
+        grads.append(p.grad)
+    flat = torch.cat([g.reshape(-1) for g in grads])
     dist.all_reduce(flat, op=dist.ReduceOp.SUM)
     offset = 0
-    for p in params:
-        n = p.numel()
-        p.grad.copy_(flat[offset : offset + n].view_as(p.grad))
+    for g in grads:
+        n = g.numel()
+        g.copy_(flat[offset : offset + n].view_as(g))
         offset += n
 
 
-def _sum_over_ranks(values: dict[str, float], dp: DataParallel) -> dict[str, float]:
+def _sum_over_ranks(values: list[float], dp: DataParallel) -> list[float]:
     if dp.world_size == 1:
         return values
-    keys = sorted(values)
-    t = torch.tensor([values[k] for k in keys], dtype=torch.float64)
+    t = torch.tensor(values, dtype=torch.float64)
     dist.all_reduce(t, op=dist.ReduceOp.SUM)
-    return dict(zip(keys, t.tolist()))
+    return t.tolist()
 
 
 # ---------------------------------------------------------------------------------------------
 # One optimizer step (the data-parallel twin of rlvr.trainers.rl.minibatch_step)
 
 
-def dp_minibatch_step(policy, optimizer, batch, index, width, advantages, loss_mask, old_lp, ref_lp, cfg, knobs,
-                      device, packed, *, dp: DataParallel) -> dict[str, float]:  # noqa: ANN001, C901
-    """One optimizer step on the sequences `index` of `batch`, this rank computing its share.
+def dp_minibatch_step(learner: Learner, data: StepData, index: Sequence[int], cfg: RLConfig, knobs: Knobs, *,
+                      dp: DataParallel) -> dict[str, float]:
+    """One optimizer step on the sequences `index` of data.batch, this rank computing its share.
 
     Arguments and returned metrics are those of rlvr.trainers.rl.minibatch_step (the same loss,
     weighting, KL and entropy terms, clipping and skip rule), so `update_policy` can call either;
     tests check that the gradient and the updated weights equal the single-process step's.
     Every rank must call it with the same arguments.
     """
-    from rlvr.trainers.rl import (
-        fill_missing_gradients,
-        gradient_rows,
-        micro_batch_loss,
-        new_step_sums,
-        step_statistics,
-    )
+    set_lr(learner.optimizer, knobs.lr)
+    total_mask = data.loss_mask[index]
+    index = gradient_rows(index, data, cfg)  # rows with a zero loss are not run
+    sums, nonfinite = _backward_share(learner, data, index, total_mask, cfg, knobs, dp)
+    summed = _sum_over_ranks([*sums.values(), nonfinite], dp)
+    sums, nonfinite = StepSums.from_values(summed[:-1]), summed[-1]
+    if nonfinite:  # as in the single-process step: no update from this mini-batch on any rank
+        learner.optimizer.zero_grad(set_to_none=True)
+        return skipped_step(knobs)
+    if dp.world_size > 1 and dp.strategy != "fsdp":  # replicate: sum the gradients here
+        _all_reduce_gradients(learner.policy)
+    grad_norm, skipped = clip_and_step(learner.policy, learner.optimizer, cfg.grad_clip)
+    return {**sums.statistics(active_share(cfg.loss_agg, data.loss_mask, index, total_mask)),
+            "actor/grad_norm": grad_norm, "actor/lr": knobs.lr, "actor/skipped_updates": skipped}
 
-    for group in optimizer.param_groups:
-        group["lr"] = knobs.lr
-    total_mask = loss_mask[index]
-    index = gradient_rows(index, advantages, loss_mask, cfg, ref_lp)  # rows with a zero loss are not run
+
+def _backward_share(learner: Learner, data: StepData, index: list[int], total_mask: torch.Tensor,
+                    cfg: RLConfig, knobs: Knobs, dp: DataParallel) -> tuple[StepSums, float]:
+    """This rank's forward/backward passes over its micro-batches of the plan (plan_micro_batches),
+    as many as every other rank's; returns its statistics and 1.0 if a loss was not finite (its
+    later micro-batches then only keep FSDP's collectives paired)."""
+    policy, device, packed = learner.policy, learner.device, learner.packed
+    batch = data.batch
     sequences = [batch.prompt_ids[i] + batch.completion_ids[i] for i in index]
-    sums = {**new_step_sums(), "nonfinite": 0.0}
+    sums, nonfinite = StepSums(), 0.0
     fsdp = dp.strategy == "fsdp" and dp.world_size > 1
     scale = float(dp.world_size) if fsdp else 1.0  # FSDP averages gradients over ranks; we want the sum
-    plan = plan_micro_batches([len(s) for s in sequences], cfg.micro_batch_tokens, dp.world_size, padded=not packed)
+    plan = plan_micro_batches([len(s) for s in sequences], cfg.micro_batch_tokens, dp.world_size,
+                              padded=not packed)
     mine = plan[dp.rank]
     for m_i, mb in enumerate(mine):
         _set_gradient_sync(policy, m_i == len(mine) - 1)  # reduce-scatter once, after the last backward
-        if not mb or sums["nonfinite"]:
+        if not mb or nonfinite:
             if fsdp:
                 _idle_pass(policy, device, packed)
             continue
         rows = [index[k] for k in mb]
         with autocast_context(device, cfg.autocast):
             new_lp, new_ent = micro_batch_values(
-                policy, [sequences[k] for k in mb], [len(batch.prompt_ids[i]) for i in rows], width,
+                policy, [sequences[k] for k in mb], [len(batch.prompt_ids[i]) for i in rows], data.width,
                 knobs.temperature, device, packed, with_entropy=True, entropy_grad=cfg.entropy_coef != 0)
-        total = micro_batch_loss(new_lp, new_ent, rows, advantages, loss_mask, total_mask, old_lp, ref_lp, cfg,
-                                 knobs, sums)
+        total = micro_batch_loss(new_lp, new_ent, data, rows, total_mask, cfg, knobs, sums)
         if total is None:
-            sums["nonfinite"] = 1.0
+            nonfinite = 1.0
             if fsdp:  # the other ranks still run this pass's collectives
                 _idle_pass(policy, device, packed)
             continue
         (total * scale).backward()
     _set_gradient_sync(policy, True)
-    sums = _sum_over_ranks(sums, dp)
-    if sums.pop("nonfinite"):  # as in the single-process step: no update from this mini-batch on any rank
-        optimizer.zero_grad(set_to_none=True)
-        return {"actor/skipped_updates": 1.0, "actor/grad_norm": float("nan"), "actor/lr": knobs.lr}
-    if dp.world_size > 1 and not fsdp:
-        _all_reduce_gradients(policy)
-    fill_missing_gradients(policy)
-    grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip or float("inf"))
-    if hasattr(grad_norm, "full_tensor"):
-        grad_norm = grad_norm.full_tensor()
-    skipped = 0.0
-    if torch.isfinite(grad_norm):
-        optimizer.step()
-    else:
-        skipped = 1.0
-    optimizer.zero_grad(set_to_none=True)
-    return {**step_statistics(sums, index, loss_mask, total_mask, cfg), "actor/grad_norm": float(grad_norm),
-            "actor/lr": knobs.lr, "actor/skipped_updates": skipped}
+    return sums, nonfinite
 
 
-def make_step_fn(dp: DataParallel) -> Callable[..., dict[str, float]]:
-    """A drop-in for rlvr.trainers.rl.minibatch_step that runs `dp_minibatch_step` on this rank."""
+def make_step_fn(dp: DataParallel) -> StepFn:
+    """A StepFn (rlvr.trainers.rl) that runs `dp_minibatch_step` on this rank."""
 
-    def step(*args: Any, **kwargs: Any) -> dict[str, float]:
-        return dp_minibatch_step(*args, dp=dp, **kwargs)
+    def step(learner: Learner, data: StepData, index: Sequence[int], cfg: RLConfig,
+             knobs: Knobs) -> dict[str, float]:
+        return dp_minibatch_step(learner, data, index, cfg, knobs, dp=dp)
 
     return step
 

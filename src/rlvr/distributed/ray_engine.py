@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import os
+import socket
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
@@ -64,10 +66,8 @@ def ensure_ray(address: str = "", num_cpus: int | None = None, num_gpus: int | N
 
 
 def node_info() -> dict[str, Any]:
-    """Where the calling process runs: Ray node id, node IP, hostname and process id (in an actor or the driver)."""
-    import os
-    import socket
-
+    """Where the calling process runs: Ray node id, node IP, hostname and process id (in an actor or
+    the driver)."""
     ray = require_ray()
     return {"node_id": ray.get_runtime_context().get_node_id(), "node_ip": ray.util.get_node_ip_address(),
             "hostname": socket.gethostname(), "pid": os.getpid()}

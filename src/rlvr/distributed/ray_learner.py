@@ -1,8 +1,8 @@
 """Learner ranks as Ray actors: the RL loop hands each step's update to them.
 
     learner = RayLearnerGroup(policy_model, cfg.rl, num_learners=2, strategy="fsdp", packed=True)
-    metrics = learner.update(batch, knobs, step, seed)   # in place of rl.update_policy(policy, ...)
-    engine.load_weights(learner.state_dict())            # whole weights, gathered from the shards
+    metrics = learner.update(batch, cfg.rl, knobs, step, seed)   # in place of rl.update_policy(...)
+    engine.load_weights(learner.state_dict())                    # whole weights, gathered from the shards
 
 Each rank is an actor holding a copy of the policy (sharded with FSDP2, or replicated), an AdamW
 optimizer built as the trainer builds it, and a frozen reference copy when cfg.kl_coef > 0. The
@@ -10,7 +10,7 @@ ranks join one torch.distributed group (gloo on CPU, nccl on GPU) whose rendezvo
 0's node, so the ranks may sit on different nodes. update() sends the step's RolloutBatch to every
 rank and runs rlvr.trainers.rl.update_policy there (the very function the single-process loop
 runs); with more than one rank its optimizer steps are `dp_minibatch_step` (rlvr.distributed.learner),
-passed through update_policy's `step_fn` argument.
+passed as update_policy's `step_fn` (a rlvr.trainers.rl.StepFn).
 """
 
 from __future__ import annotations
@@ -30,12 +30,7 @@ from rlvr.distributed.learner import (
     shard_model,
 )
 from rlvr.distributed.ray_engine import ensure_ray, node_info
-
-
-def make_optimizer(model: torch.nn.Module, cfg: Any) -> torch.optim.Optimizer:
-    """The RL loop's optimizer (rlvr.trainers.rl.train_rl builds the same one)."""
-    return torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(cfg.adam_betas[0], cfg.adam_betas[1]),
-                             weight_decay=cfg.weight_decay)
+from rlvr.trainers.rl import Learner, new_optimizer, update_policy
 
 
 class LearnerRank:
@@ -67,17 +62,15 @@ class LearnerRank:
             init_process_group(self.dp.rank, self.dp.world_size, master_addr, master_port,
                                default_backend(self.device))
         self.policy = shard_model(self.policy, self.dp)
-        self.optimizer = make_optimizer(self.policy, self.cfg)
+        self.optimizer = new_optimizer(self.policy, self.cfg)
 
     def update(self, batch: Any, cfg: Any, knobs: Any, step: int, seed: int) -> dict[str, float]:
-        from rlvr.trainers.rl import update_policy
-
         assert self.optimizer is not None, "LearnerRank.setup must run before update"
-        extra: dict[str, Any] = {"step_fn": make_step_fn(self.dp)} if self.dp.world_size > 1 else {}
+        learner = Learner(self.policy, self.optimizer, self.device, self.packed, self.ref)
+        step_fn = make_step_fn(self.dp) if self.dp.world_size > 1 else None
         self.policy.train()
         try:
-            return update_policy(self.policy, self.ref, self.optimizer, batch, cfg, knobs, self.device,
-                                 self.packed, step, seed, **extra)
+            return update_policy(learner, batch, cfg, knobs, step, seed, step_fn)
         finally:
             self.policy.eval()
 
@@ -90,13 +83,15 @@ class LearnerRank:
         assert self.optimizer is not None
         return self.optimizer.state_dict()
 
-    def load_state(self, model_state: dict[str, torch.Tensor], optimizer_state: dict[str, Any] | None) -> None:
+    def load_state(self, model_state: dict[str, torch.Tensor],
+                   optimizer_state: dict[str, Any] | None) -> None:
         """Resume: whole weights into (the shards of) the policy, and this rank's optimizer state."""
         from torch.distributed.tensor import DTensor, distribute_tensor  # seconds to import; resume only
 
         own = self.policy.state_dict()
         with torch.no_grad():
-            for name in sorted(model_state):  # the same order on every rank: distribute_tensor is a collective
+            # the same order on every rank: distribute_tensor is a collective
+            for name in sorted(model_state):
                 target, value = own[name], model_state[name]
                 if isinstance(target, DTensor):
                     shard = distribute_tensor(value.to(target.dtype), target.device_mesh, target.placements)
@@ -123,8 +118,9 @@ class RayLearnerGroup:
     with that resource take ranks).
     """
 
-    def __init__(self, model: torch.nn.Module, cfg: Any, *, num_learners: int = 1, strategy: Strategy = "fsdp",
-                 packed: bool = True, gradient_checkpointing: bool = False, cpus_per_learner: float = 1.0,
+    def __init__(self, model: torch.nn.Module, cfg: Any, *, num_learners: int = 1,
+                 strategy: Strategy = "fsdp", packed: bool = True, gradient_checkpointing: bool = False,
+                 cpus_per_learner: float = 1.0,
                  gpus_per_learner: float = 0.0, resources_per_learner: dict[str, float] | None = None,
                  threads_per_learner: int = 1, address: str = "") -> None:
         if num_learners < 1:
@@ -159,11 +155,13 @@ class RayLearnerGroup:
         """Each rank's optimizer state (a shard's under FSDP), rank order."""
         return self._ray.get([r.optimizer_state_dict.remote() for r in self.ranks])
 
-    def load_state(self, model_state: dict[str, torch.Tensor], optimizer_states: list[dict] | None = None) -> None:
+    def load_state(self, model_state: dict[str, torch.Tensor],
+                   optimizer_states: list[dict] | None = None) -> None:
         ref = self._ray.put(model_state)
         states: list[dict | None] = list(optimizer_states) if optimizer_states else [None] * len(self.ranks)
         if len(states) != len(self.ranks):
-            raise ValueError(f"RayLearnerGroup.load_state: {len(states)} optimizer states for {len(self.ranks)} ranks")
+            raise ValueError(f"RayLearnerGroup.load_state: {len(states)} optimizer states for "
+                             f"{len(self.ranks)} ranks")
         self._ray.get([r.load_state.remote(ref, s) for r, s in zip(self.ranks, states)])
 
     def describe(self) -> list[dict[str, Any]]:
@@ -179,4 +177,4 @@ class RayLearnerGroup:
         self.ranks = []
 
 
-__all__ = ["LearnerRank", "RayLearnerGroup", "make_optimizer"]
+__all__ = ["LearnerRank", "RayLearnerGroup"]

@@ -105,7 +105,8 @@ class RlvrWorkerExtension:
         from vllm.distributed.utils import StatelessProcessGroup
 
         rank = get_world_group().rank + rank_offset
-        group = StatelessProcessGroup.create(host=master_address, port=master_port, rank=rank, world_size=world_size)
+        group = StatelessProcessGroup.create(host=master_address, port=master_port, rank=rank,
+                                             world_size=world_size)
         self.rlvr_comm = PyNcclCommunicator(group, device=self.device)  # type: ignore[attr-defined]
 
     def rlvr_receive_weights(self, metadata: list[tuple[str, str, tuple[int, ...]]]) -> int:
@@ -142,7 +143,8 @@ def check_supported(model_path: str | Path) -> dict[str, Any]:
     supported = set(ModelRegistry.get_supported_archs())
     if not archs or not any(a in supported for a in archs):
         raise ValueError(f"VLLMEngine: {model_path} is a {', '.join(archs) or 'model without architectures'} "
-                         "checkpoint, which vLLM does not support; use model.engine=torch (or --engine torch)")
+                         "checkpoint, which vLLM does not support; use model.engine=torch "
+                         "(or --engine torch)")
     return config
 
 
@@ -151,8 +153,24 @@ def kv_cache_bytes(config: Mapping[str, Any], tokens: int, dtype: torch.dtype) -
     heads = int(config["num_attention_heads"])
     head_dim = int(config.get("head_dim") or int(config["hidden_size"]) // heads)
     kv_heads = int(config.get("num_key_value_heads") or heads)
-    per_token = 2 * int(config["num_hidden_layers"]) * kv_heads * head_dim * torch.empty((), dtype=dtype).element_size()
+    element = torch.empty((), dtype=dtype).element_size()
+    per_token = 2 * int(config["num_hidden_layers"]) * kv_heads * head_dim * element
     return per_token * tokens
+
+
+def _start_llm(kwargs: dict[str, Any], threads: int | None) -> Any:
+    """vllm.LLM(**kwargs), with `threads` torch threads while it starts (the CPU backend). vLLM's CPU
+    worker replaces torch.set_num_threads with a no-op for its own process; in this process
+    (colocated) the learner still owns the thread count, so the function is put back."""
+    import vllm
+
+    set_threads = torch.set_num_threads
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        return vllm.LLM(**kwargs)
+    finally:
+        torch.set_num_threads = set_threads  # type: ignore[assignment]
 
 
 class VLLMEngine:
@@ -201,8 +219,6 @@ class VLLMEngine:
             os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
         from vllm.platforms import current_platform
 
-        import vllm
-
         config = check_supported(model_path)
         self.on_cpu = bool(current_platform.is_cpu())
         self.colocated = colocated and tensor_parallel_size == 1
@@ -235,30 +251,28 @@ class VLLMEngine:
             if enable_sleep_mode:
                 raise ValueError("VLLMEngine: sleep mode needs a GPU (vLLM's CPU backend has none); "
                                  "leave enable_sleep_mode off on CPU")
-            tokens = max_num_seqs * self.max_model_len
-            kwargs.update(
-                kv_cache_memory_bytes=kv_cache_bytes(config, tokens, self.dtype) + 16 * 2**20,
-                enforce_eager=True,
-                enable_chunked_prefill=False,  # seeded requests crash in chunked prefill on CPU
-                max_num_batched_tokens=max(self.max_model_len, 2048),
-            )
             threads = threads or torch.get_num_threads()
-            if not self.colocated:
-                cpus = sorted(os.sched_getaffinity(0))[:threads]
-                os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", ",".join(str(c) for c in cpus))
+            kwargs.update(self._cpu_arguments(config, max_num_seqs, threads))
         else:
             kwargs.update(gpu_memory_utilization=gpu_memory_utilization, enable_sleep_mode=enable_sleep_mode)
         kwargs.update(extra or {})
-        set_threads = torch.set_num_threads
-        if self.on_cpu and threads:
-            torch.set_num_threads(threads)
-        try:
-            self.llm = vllm.LLM(**kwargs)
-        finally:
-            # vLLM's CPU worker replaces torch.set_num_threads with a no-op for its own process; in
-            # this process (colocated) the learner still owns the thread count.
-            torch.set_num_threads = set_threads  # type: ignore[assignment]
+        self.llm = _start_llm(kwargs, threads if self.on_cpu else None)
         self.last_stats: dict[str, float] = {}
+
+    def _cpu_arguments(self, config: Mapping[str, Any], max_num_seqs: int, threads: int) -> dict[str, Any]:
+        """vllm.LLM settings of the CPU backend: a KV cache sized for max_num_seqs x max_model_len
+        tokens, eager mode, no chunked prefill; with vLLM's own processes, their OpenMP threads bound
+        to the first `threads` CPUs this process may use."""
+        if not self.colocated:
+            cpus = sorted(os.sched_getaffinity(0))[:threads]
+            os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", ",".join(str(c) for c in cpus))
+        tokens = max_num_seqs * self.max_model_len
+        return dict(
+            kv_cache_memory_bytes=kv_cache_bytes(config, tokens, self.dtype) + 16 * 2**20,
+            enforce_eager=True,
+            enable_chunked_prefill=False,  # seeded requests crash in chunked prefill on CPU
+            max_num_batched_tokens=max(self.max_model_len, 2048),
+        )
 
     # ---------------------------------------------------------------- generation
 
@@ -298,8 +312,9 @@ class VLLMEngine:
             if len(ids) == 0:
                 raise ValueError(f"VLLMEngine.generate: prompt {p} is empty")
             if len(ids) + params.max_new_tokens > self.max_model_len:
-                raise ValueError(f"VLLMEngine.generate: prompt {p} has {len(ids)} tokens; with max_new_tokens "
-                                 f"{params.max_new_tokens} that exceeds the engine's max_model_len {self.max_model_len}")
+                raise ValueError(f"VLLMEngine.generate: prompt {p} has {len(ids)} tokens; with "
+                                 f"max_new_tokens {params.max_new_tokens} that exceeds the engine's "
+                                 f"max_model_len {self.max_model_len}")
             if params.seed is None:
                 requests.append(TokensPrompt(prompt_token_ids=list(ids)))
                 sampling.append(self.sampling_params(params, params.n, None))
@@ -330,7 +345,8 @@ class VLLMEngine:
                 rollouts.append(Rollout(p, list(prompt_ids[p]), token_ids, logprobs, reason,
                                         metadata={"sample_index": sample}))
             if len(out.outputs) != per_prompt:
-                raise RuntimeError(f"VLLMEngine: vLLM returned {len(out.outputs)} completions, expected {per_prompt}")
+                raise RuntimeError(f"VLLMEngine: vLLM returned {len(out.outputs)} completions, "
+                                   f"expected {per_prompt}")
         return rollouts
 
     # ---------------------------------------------------------------- weights and memory
@@ -351,7 +367,8 @@ class VLLMEngine:
         payload: Any = items
         if not self.colocated:  # tensors do not survive vLLM's inter-process messages; bytes do
 
-            payload = safetensors.torch.save({name: t.cpu().clone() for name, t in items})  # clone: no shared storage
+            # clone: no shared storage
+            payload = safetensors.torch.save({name: t.cpu().clone() for name, t in items})
         self.llm.collective_rpc("rlvr_reload_weights", args=(payload,))
         self._reset_prefix_cache()
 
@@ -410,7 +427,8 @@ class WeightBroadcaster:
         from vllm.distributed.device_communicators.pynccl import PyNcclCommunicator
         from vllm.distributed.utils import StatelessProcessGroup
 
-        group = StatelessProcessGroup.create(host=master_address, port=master_port, rank=0, world_size=world_size)
+        group = StatelessProcessGroup.create(host=master_address, port=master_port, rank=0,
+                                             world_size=world_size)
         self.comm = PyNcclCommunicator(group, device=torch.device(device))
         self.device = torch.device(device)
 
@@ -425,5 +443,5 @@ class WeightBroadcaster:
         torch.cuda.synchronize()
 
 
-__all__ = ["INSTALL", "RlvrWorkerExtension", "VLLMEngine", "WeightBroadcaster", "check_supported", "require_vllm",
-           "vllm_available"]
+__all__ = ["INSTALL", "RlvrWorkerExtension", "VLLMEngine", "WeightBroadcaster", "check_supported",
+           "require_vllm", "vllm_available"]

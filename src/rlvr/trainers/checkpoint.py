@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from rlvr.errors import CheckpointError
-from rlvr.models import eos_token_ids
+from rlvr.models import eos_token_ids, lora
 from rlvr.models.native import read_weights
 
 STATE_FILE = "trainer_state.pt"
@@ -50,8 +50,6 @@ def save_model_dir(model: torch.nn.Module, tokenizer: Any, out: Path, merge_lora
     generation_config.json names every end-of-turn id rlvr stops on, so that transformers, vLLM
     and TRL stop a checkpoint's generations where rlvr does.
     """
-    from rlvr.models import lora
-
     if lora.is_lora(model):
         lora.save_adapter(model, out)
         if merge_lora:
@@ -66,7 +64,8 @@ def _save_tokenizer(tokenizer: Any, out: Path) -> None:
     """The tokenizer files and a generation_config.json naming every end-of-turn id."""
     if tokenizer is not None:
         tokenizer.save_pretrained(str(out))
-        if getattr(tokenizer, "eos_token_id", None) is not None and not (out / "generation_config.json").exists():
+        has_eos = getattr(tokenizer, "eos_token_id", None) is not None
+        if has_eos and not (out / "generation_config.json").exists():
             from transformers import (
                 GenerationConfig,  # lazy: importing the trainers loads no transformers (start-up time)
             )
@@ -126,8 +125,6 @@ def check_compatible(checkpoint: Path, model_config: Any) -> None:
 def load_checkpoint(checkpoint: Path, model: torch.nn.Module, model_config: Any) -> dict[str, Any]:
     """Load weights (a LoRA model: its adapter) into `model` and return the trainer state (RNG
     states restored)."""
-    from rlvr.models import lora
-
     if lora.is_lora(model):
         try:
             lora.load_adapter(checkpoint, model)
@@ -135,10 +132,11 @@ def load_checkpoint(checkpoint: Path, model: torch.nn.Module, model_config: Any)
             raise CheckpointError(f"checkpoint {checkpoint}: {error}") from None
         return _load_state(checkpoint)
     if lora.is_adapter_dir(checkpoint):
-        raise CheckpointError(f"checkpoint {checkpoint} holds a LoRA adapter, but this run trains full weights "
-                              "(model.lora is null); use a fresh out_dir")
+        raise CheckpointError(f"checkpoint {checkpoint} holds a LoRA adapter, but this run trains full "
+                              "weights (model.lora is null); use a fresh out_dir")
     check_compatible(checkpoint, model_config)
-    try:  # model.safetensors, or the shards of model.safetensors.index.json (save_pretrained's max_shard_size)
+    # model.safetensors, or the shards of model.safetensors.index.json (save_pretrained's max_shard_size)
+    try:
         weights = read_weights(checkpoint)
     except FileNotFoundError as error:
         raise CheckpointError(f"checkpoint {checkpoint} has no readable weights: {error}") from None
@@ -147,10 +145,12 @@ def load_checkpoint(checkpoint: Path, model: torch.nn.Module, model_config: Any)
     missing = [k for k in missing if k != "lm_head.weight"]
     if missing or unexpected:
         raise CheckpointError(
-            f"checkpoint {checkpoint} does not fit this model: missing {missing[:3]}, unexpected {unexpected[:3]}"
+            f"checkpoint {checkpoint} does not fit this model: missing {missing[:3]}, "
+            f"unexpected {unexpected[:3]}"
         )
-    if "lm_head.weight" not in weights and hasattr(model, "tie_weights"):
-        model.tie_weights()
+    tie_weights = getattr(model, "tie_weights", None)  # transformers models tie lm_head to the embedding
+    if "lm_head.weight" not in weights and tie_weights is not None:
+        tie_weights()
     return _load_state(checkpoint)
 
 

@@ -50,8 +50,10 @@ def setup_torch(seed: int, threads: int = 0, device: str = "auto") -> torch.devi
     return torch.device(device)
 
 
-def lr_at(step: int, total_steps: int, peak: float, warmup_steps: int, schedule: str, min_ratio: float) -> float:
-    """Learning rate at `step` (0-based): linear warm-up, then constant / cosine / linear decay to min_ratio * peak."""
+def lr_at(step: int, total_steps: int, peak: float, warmup_steps: int, schedule: str,
+          min_ratio: float) -> float:
+    """Learning rate at `step` (0-based): linear warm-up, then constant / cosine / linear decay to
+    min_ratio * peak."""
     if warmup_steps > 0 and step < warmup_steps:
         return peak * (step + 1) / warmup_steps
     if schedule == "constant" or total_steps <= warmup_steps + 1:
@@ -205,8 +207,6 @@ def cpu_bf16_matmul_is_fast() -> bool:
     once per process on 256 x 256 x 256, best of 3; the two differ by 4x or 80x, so noise from
     other jobs does not decide it). Logs the fallback when it is not."""
     if "cpu" not in _BF16_FAST:
-        import time
-
         def best(dtype: torch.dtype) -> float:
             a = torch.randn(256, 256).to(dtype)
             torch.matmul(a, a)  # warm-up: kernel selection, first-touch allocation
@@ -220,8 +220,8 @@ def cpu_bf16_matmul_is_fast() -> bool:
         fp32, bf16 = best(torch.float32), best(torch.bfloat16)
         _BF16_FAST["cpu"] = bf16 <= 1.5 * fp32
         if not _BF16_FAST["cpu"]:
-            print(f"[rlvr] bf16 matmuls are {bf16 / fp32:.0f}x slower than float32 on this CPU (no AVX512-BF16 or "
-                  "AMX): autocast=bfloat16 runs in float32", flush=True)
+            print(f"[rlvr] bf16 matmuls are {bf16 / fp32:.0f}x slower than float32 on this CPU (no "
+                  "AVX512-BF16 or AMX): autocast=bfloat16 runs in float32", flush=True)
     return _BF16_FAST["cpu"]
 
 
@@ -229,7 +229,8 @@ def forward_logits(model: torch.nn.Module, batch: Batch, device: torch.device, p
     """Logits (R, L, V) of `batch`; packed rows need the native model (segment-aware attention)."""
     ids = batch.input_ids.to(device)
     if packed:
-        return model(ids, position_ids=batch.position_ids.to(device), segment_ids=batch.segment_ids.to(device))
+        return model(ids, position_ids=batch.position_ids.to(device),
+                     segment_ids=batch.segment_ids.to(device))
     # Right padding with causal attention: real tokens never see the padding that follows them.
     out = model(ids)
     return out.logits if hasattr(out, "logits") else out
@@ -247,6 +248,58 @@ def per_sequence(values: torch.Tensor, where: Sequence[tuple[int, int, int]], st
         count = n - max(1, starts[i])
         out[i, :count] = values[row, begin : begin + count]
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Optimizer steps
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+def fill_missing_gradients(model: torch.nn.Module) -> None:
+    """A zero gradient for every trainable parameter that got none (a step with no active row), so
+    that the optimizer steps as it would on a zero loss (AdamW's momentum still moves the weights)."""
+    for p in model.parameters():
+        if p.requires_grad and p.grad is None:
+            p.grad = torch.zeros_like(p)
+
+
+def clip_and_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                  grad_clip: float) -> tuple[float, float]:
+    """Fill missing gradients, clip the global norm (grad_clip 0: no clipping), step when the norm is
+    finite, zero the gradients. Returns (gradient norm before clipping, 1.0 if the step was skipped
+    else 0.0). The norm of a sharded (FSDP2) model is a DTensor: its full value is taken."""
+    fill_missing_gradients(model)
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip or float("inf"))
+    full_tensor = getattr(grad_norm, "full_tensor", None)
+    if full_tensor is not None:
+        grad_norm = full_tensor()
+    skipped = 0.0
+    if torch.isfinite(grad_norm):
+        optimizer.step()
+    else:
+        skipped = 1.0
+    optimizer.zero_grad(set_to_none=True)
+    return float(grad_norm), skipped
+
+
+class RunningMeans:
+    """The mean of each statistic over the optimizer steps that report it (keys in first-seen order)."""
+
+    def __init__(self) -> None:
+        self._sums: dict[str, float] = {}
+        self._counts: dict[str, int] = {}
+
+    def add(self, values: dict[str, float]) -> None:
+        for k, v in values.items():
+            self._sums[k] = self._sums.get(k, 0.0) + v
+            self._counts[k] = self._counts.get(k, 0) + 1
+
+    def means(self) -> dict[str, float]:
+        return {k: v / self._counts[k] for k, v in self._sums.items()}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -331,8 +384,10 @@ class MetricsLogger:
             self._tb.add_text("samples/completions", samples_markdown(rows), step)
         if self._wandb is not None and rows:
             columns = ["step", "prompt", "completion", "reward", "correct"]
-            data = [[step, str(r["prompt"]), str(r["completion"]), float(r["reward"]), bool(r["correct"])] for r in rows]
-            self._wandb.log({"samples/completions": self._wandb_module.Table(columns=columns, data=data)}, step=step)
+            data = [[step, str(r["prompt"]), str(r["completion"]), float(r["reward"]), bool(r["correct"])]
+                    for r in rows]
+            table = self._wandb_module.Table(columns=columns, data=data)
+            self._wandb.log({"samples/completions": table}, step=step)
 
     def truncate_after(self, phase: str, step: int) -> None:
         """Drop lines of `phase` with step > `step` (a resumed run rewrites them; step 0: all of them)."""

@@ -26,8 +26,8 @@ and the config refuses that combination.
 from __future__ import annotations
 
 import copy
-import math
-from collections.abc import Iterator, Sequence
+import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,8 +38,17 @@ from torch import nn
 from rlvr import algorithms
 from rlvr.config import CriticConfig, RLConfig
 from rlvr.errors import ConfigError
-from rlvr.trainers.common import autocast_context, micro_batches
-from rlvr.trainers.rl import RolloutBatch, _grouped, _grouped_forward, _whole_forward, forward_lengths
+from rlvr.models import lora
+from rlvr.trainers import metric_names as M
+from rlvr.trainers.common import RunningMeans, autocast_context, clip_and_step, micro_batches, set_lr
+from rlvr.trainers.sequences import (
+    RolloutBatch,
+    forward_lengths,
+    grouped_forward,
+    mini_batch_indices,
+    shares_prompts,
+    whole_forward,
+)
 
 
 def value_model(lm: nn.Module, seed: int) -> nn.Module:
@@ -49,12 +58,12 @@ def value_model(lm: nn.Module, seed: int) -> nn.Module:
     RNG is drawn, so building a critic does not shift any other random stream), its bias 0. The
     LM's forward and completion_logits then return values (.., 1) where they returned logits.
     """
-    if not isinstance(getattr(lm, "lm_head", None), nn.Linear):
+    lm_head = getattr(lm, "lm_head", None)
+    if not isinstance(lm_head, nn.Linear):
         raise ConfigError(f"critic: {type(lm).__name__} has no linear lm_head to replace by a value head")
     model = copy.deepcopy(lm)
-    old_head = model.lm_head
-    hidden = old_head.in_features
-    param = old_head.weight
+    hidden = lm_head.in_features
+    param = lm_head.weight
     head = nn.Linear(hidden, 1, bias=True, device=param.device, dtype=param.dtype)
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -67,31 +76,31 @@ def value_model(lm: nn.Module, seed: int) -> nn.Module:
 def check_critic_dir(path: str, policy_config: Any) -> Path:
     """The directory of critic.path, refused (ConfigError) unless it is an HF model directory whose
     vocabulary size is the policy's: the critic reads the policy's token ids."""
-    import json
-
     directory = Path(path)
     config_file = directory / "config.json"
     if not config_file.is_file():
-        raise ConfigError(f"config key critic.path: {directory} is not an HF model directory (no config.json)")
+        raise ConfigError(f"config key critic.path: {directory} is not an HF model directory "
+                          "(no config.json)")
     vocab = json.loads(config_file.read_text()).get("vocab_size")
     want = getattr(policy_config, "vocab_size", None)
     if want is not None and vocab != want:
-        raise ConfigError(f"config key critic.path: {directory} has vocab_size {vocab}, the policy {want}; the "
-                          "critic must read the policy's tokens")
+        raise ConfigError(f"config key critic.path: {directory} has vocab_size {vocab}, the policy {want}; "
+                          "the critic must read the policy's tokens")
     return directory
 
 
-def sequence_values(model: nn.Module, batch: RolloutBatch, index: Sequence[int], width: int, device: torch.device,
-                    packed: bool, token_budget: int, autocast: str = "none") -> torch.Tensor:
+def sequence_values(model: nn.Module, batch: RolloutBatch, index: Sequence[int], width: int,
+                    device: torch.device, packed: bool, token_budget: int,
+                    autocast: str = "none") -> torch.Tensor:
     """Values (len(index), width) float32 of the completions of sequences `index`, 0 on padding.
 
-    The same forward as the policy's log-probs (rl.sequence_values: prompts shared within a
+    The same forward as the policy's log-probs (sequences.sequence_values: prompts shared within a
     micro-batch on rlvr's native model), with the value head's output in place of log-probs.
     Differentiable when called with grad enabled.
     """
     index = list(index)
     out = torch.zeros((len(index), width), device=device)
-    forward = _grouped_forward if _grouped(model, packed) else _whole_forward
+    forward = grouped_forward if shares_prompts(model, packed) else whole_forward
     for mb in micro_batches(forward_lengths(model, batch, index, packed), token_budget):
         with autocast_context(device, autocast):
             head, _, place = forward(model, batch, [index[k] for k in mb], width, device, packed)
@@ -110,25 +119,11 @@ def value_statistics(values: torch.Tensor, returns: torch.Tensor, mask: torch.Te
     v, r = values[valid].double(), returns[valid].double()
     if v.numel() == 0:
         return {}
-    out = {"critic/values/mean": float(v.mean()), "critic/returns/mean": float(r.mean())}
+    out = {M.CRITIC_VALUES_MEAN: float(v.mean()), M.CRITIC_RETURNS_MEAN: float(r.mean())}
     var = float(r.var(unbiased=False)) if r.numel() > 1 else 0.0
     if var > 0:
-        out["critic/vf_explained_var"] = 1.0 - float((r - v).var(unbiased=False)) / var
+        out[M.CRITIC_VF_EXPLAINED_VAR] = 1.0 - float((r - v).var(unbiased=False)) / var
     return out
-
-
-def mini_batch_indices(batch: RolloutBatch, ppo_epochs: int, mini_batches: int,
-                       rng: np.random.Generator) -> Iterator[list[int]]:
-    """Sequence indices of each optimizer step: whole groups, split as rl.update_policy splits them."""
-    groups = sorted(set(batch.group_ids))
-    per_mb = math.ceil(len(groups) / mini_batches)
-    for epoch in range(ppo_epochs):
-        order = rng.permutation(len(groups)) if epoch > 0 or mini_batches > 1 else np.arange(len(groups))
-        for m in range(mini_batches):
-            chosen = {groups[i] for i in order[m * per_mb : (m + 1) * per_mb]}
-            index = [i for i in range(len(batch)) if batch.group_ids[i] in chosen]
-            if index:
-                yield index
 
 
 class Critic:
@@ -154,50 +149,39 @@ class Critic:
                rl_cfg: RLConfig, device: torch.device, step: int, seed: int) -> dict[str, float]:
         """rl.ppo_epochs x rl.mini_batches critic steps on the batch; returns their mean metrics."""
         rng = np.random.default_rng([seed, step, 23])
-        sums: dict[str, float] = {}
-        counts: dict[str, int] = {}
+        means = RunningMeans()
         self.model.train()
         for index in mini_batch_indices(batch, rl_cfg.ppo_epochs, rl_cfg.mini_batches, rng):
-            for k, v in self._step(batch, index, old_values, returns, mask, rl_cfg, device).items():
-                sums[k] = sums.get(k, 0.0) + v
-                counts[k] = counts.get(k, 0) + 1
+            means.add(self._step(batch, index, old_values, returns, mask, rl_cfg, device))
         self.model.eval()
-        return {k: v / counts[k] for k, v in sums.items()}
+        return means.means()
 
     def _step(self, batch: RolloutBatch, index: list[int], old_values: torch.Tensor, returns: torch.Tensor,
               mask: torch.Tensor, rl_cfg: RLConfig, device: torch.device) -> dict[str, float]:
         """One AdamW step on the token-mean value loss of sequences `index`, over micro-batches."""
         cfg = self.cfg
-        for group in self.optimizer.param_groups:
-            group["lr"] = cfg.lr
+        set_lr(self.optimizer, cfg.lr)
         width = mask.shape[1]
         total = float(mask[index].sum())
-        sums = {"critic/vf_loss": 0.0, "critic/vf_clipfrac": 0.0, "critic/vpred_mean": 0.0}
-        for mb in micro_batches(forward_lengths(self.model, batch, index, self.packed), rl_cfg.micro_batch_tokens):
+        sums = {M.CRITIC_VF_LOSS: 0.0, M.CRITIC_VF_CLIPFRAC: 0.0, M.CRITIC_VPRED_MEAN: 0.0}
+        lengths = forward_lengths(self.model, batch, index, self.packed)
+        for mb in micro_batches(lengths, rl_cfg.micro_batch_tokens):
             rows = [index[k] for k in mb]
-            new = sequence_values(self.model, batch, rows, width, device, self.packed, 1 << 62, rl_cfg.autocast)
+            new = sequence_values(self.model, batch, rows, width, device, self.packed, 1 << 62,
+                                  rl_cfg.autocast)
             m = mask[rows].to(device)
             loss, stats = algorithms.value_loss(new, old_values[rows].to(device), returns[rows].to(device), m,
                                                 clip=cfg.value_clip)
             if not torch.isfinite(loss):
                 self.optimizer.zero_grad(set_to_none=True)
-                return {"critic/skipped_updates": 1.0, "critic/lr": cfg.lr}
+                return {M.CRITIC_SKIPPED_UPDATES: 1.0, M.CRITIC_LR: cfg.lr}
             weight = float(m.sum()) / max(total, 1.0)  # token-mean over the mini-batch
             (loss * weight).backward()
-            sums["critic/vf_loss"] += weight * float(loss.detach())
-            sums["critic/vf_clipfrac"] += weight * float(stats["vf_clipfrac"])
-            sums["critic/vpred_mean"] += weight * float(stats["vpred_mean"])
-        for p in self.model.parameters():  # a parameter without a gradient steps as on a zero one
-            if p.requires_grad and p.grad is None:
-                p.grad = torch.zeros_like(p)
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip or float("inf"))
-        skipped = 0.0
-        if torch.isfinite(grad_norm):
-            self.optimizer.step()
-        else:
-            skipped = 1.0
-        self.optimizer.zero_grad(set_to_none=True)
-        return {**sums, "critic/grad_norm": float(grad_norm), "critic/lr": cfg.lr, "critic/skipped_updates": skipped}
+            sums[M.CRITIC_VF_LOSS] += weight * float(loss.detach())
+            sums[M.CRITIC_VF_CLIPFRAC] += weight * float(stats["vf_clipfrac"])
+            sums[M.CRITIC_VPRED_MEAN] += weight * float(stats["vpred_mean"])
+        grad_norm, skipped = clip_and_step(self.model, self.optimizer, cfg.grad_clip)
+        return {**sums, M.CRITIC_GRAD_NORM: grad_norm, M.CRITIC_LR: cfg.lr, M.CRITIC_SKIPPED_UPDATES: skipped}
 
     def state_dict(self) -> dict[str, Any]:
         """Weights and optimizer state, for the RL checkpoint's trainer_state.pt."""
@@ -208,16 +192,9 @@ class Critic:
         self.optimizer.load_state_dict(state["optimizer"])
 
 
-def build_critic(cfg: CriticConfig, policy: nn.Module, packed: bool, device: torch.device, impl: str,
-                 dtype: str, seed: int) -> Critic:
-    """The critic of a run: from critic.path when set (loaded like the policy), else from `policy`
-    (a LoRA policy: its merged weights; the critic trains all of its own)."""
-    from rlvr.models import lora
-
-    lm, lm_packed = (lora.merged_copy(policy) if lora.is_lora(policy) else policy), packed
-    if cfg.path:
-        from rlvr.trainers.pipeline import load_policy
-
-        loaded = load_policy(check_critic_dir(cfg.path, getattr(policy, "config", None)), impl, dtype, device)
-        lm, lm_packed = loaded.model, loaded.packed
-    return Critic(value_model(lm, seed + 30_011), cfg, lm_packed)
+def build_critic(cfg: CriticConfig, lm: nn.Module, packed: bool, seed: int) -> Critic:
+    """The critic of a run: a value head on causal LM `lm`, the policy (a LoRA policy: its merged
+    weights; the critic trains all of its own) or the model of critic.path, which the caller loads
+    as it loads the policy, after check_critic_dir; packed: lm is rlvr's native model."""
+    base = lora.merged_copy(lm) if lora.is_lora(lm) else lm
+    return Critic(value_model(base, seed + 30_011), cfg, packed)

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import yaml
@@ -20,11 +21,13 @@ from transformers import AutoConfig
 
 from rlvr import tasks
 from rlvr.config import RunConfig, dump_yaml, from_dict, to_dict
+from rlvr.data.conversations import Conversation, read_conversations, tokenize
 from rlvr.data.io import load_examples, write_json_atomic, write_jsonl_atomic
-from rlvr.distributed import describe_placement, make_engine, make_learner
+from rlvr.distributed import connect, describe_placement, make_engine, make_learner
 from rlvr.distributed import placement as ray_placement
 from rlvr.errors import ConfigError, DataError, RunDirError
 from rlvr.evaluation import evaluate, write_eval
+from rlvr.evaluation.metrics import breakdown_table
 from rlvr.evaluation.report import write_report
 from rlvr.models import (
     batch_prompt_ids,
@@ -32,24 +35,26 @@ from rlvr.models import (
     init_model,
     load_model,
     load_tokenizer,
+    lora,
     native,
     prompt_ids,
 )
+from rlvr.models.chat import PromptTemplateError, set_prompt_template, template_as_jinja
+from rlvr.models.factory import PRESETS, TYPICAL_VOCAB_SIZE, model_config
+from rlvr.models.loading import ModelLoadError, adapter_base, merged_model_dir, model_config_dir
 from rlvr.models.lora import hf_state_dict
 from rlvr.rollout.partial import PartialRollouts
 from rlvr.rollout.torch_engine import TorchEngine
-from rlvr.rollout.vllm_engine import INSTALL, VLLMEngine, vllm_available
-from rlvr.tasks.generic import WithRewardFunctions
+from rlvr.rollout.vllm_engine import INSTALL, VLLMEngine, check_supported, vllm_available
+from rlvr.tasks.generic import RowPrompts, WithRewardFunctions
+from rlvr.tasks.mixed import MixedTask
 from rlvr.tasks.reward_functions import RewardFunctionError, load_reward_function
+from rlvr.trainers import metric_names as M
 from rlvr.trainers.budget import budget_lines
 from rlvr.trainers.common import MetricsLogger, cpu_threads, setup_torch
-from rlvr.trainers.critic import build_critic, check_critic_dir
-from rlvr.trainers.rl import ProblemPool, train_rl
-from rlvr.trainers.sft import train_sft
-
-if TYPE_CHECKING:
-    from rlvr.data.conversations import Conversation
-    from rlvr.trainers.sft import SFTExample
+from rlvr.trainers.critic import Critic, build_critic, check_critic_dir
+from rlvr.trainers.rl import ProblemPool, RLRun, Sampler, train_rl
+from rlvr.trainers.sft import SFTExample, SFTRun, train_sft, truncate
 
 
 def log(message: str) -> None:
@@ -65,7 +70,8 @@ def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
         return {prefix: tree}
     out: dict[str, Any] = {}
     for key, value in tree.items():
-        out.update(_flat(value, f"{prefix}{key}.") if isinstance(value, dict) and value else {f"{prefix}{key}": value})
+        nested = isinstance(value, dict) and value
+        out.update(_flat(value, f"{prefix}{key}.") if nested else {f"{prefix}{key}": value})
     return out
 
 
@@ -93,12 +99,13 @@ def prepare_run_dir(config: RunConfig) -> Path:
         differ = config_differences(saved.read_text(), config)
         if differ:
             raise RunDirError(
-                f"run directory {run_dir} already holds a different run: {'; '.join(differ)}. Pass out_dir=... "
-                f"for a new run, or the same recipe and overrides to resume it"
+                f"run directory {run_dir} already holds a different run: {'; '.join(differ)}. Pass "
+                f"out_dir=... for a new run, or the same recipe and overrides to resume it"
             )
         log(f"resuming the run in {run_dir}")
     elif run_dir.exists() and any(run_dir.iterdir()):
-        raise RunDirError(f"run directory {run_dir} exists, is not empty and holds no config.yaml; choose another out_dir")
+        raise RunDirError(f"run directory {run_dir} exists, is not empty and holds no config.yaml; choose "
+                          "another out_dir")
     run_dir.mkdir(parents=True, exist_ok=True)
     tmp = saved.with_suffix(".tmp")
     tmp.write_text(text)
@@ -133,8 +140,6 @@ def with_lora(policy: Policy, config: RunConfig) -> Policy:
     cfg = config.model.lora
     if cfg is None:
         return policy
-    from rlvr.models import lora
-
     model = lora.apply_lora(policy.model, cfg.r, cfg.alpha, cfg.dropout, cfg.target_modules, policy.path)
     return dataclasses.replace(policy, model=model)
 
@@ -145,32 +150,26 @@ def check_lora(config: RunConfig) -> None:
     cfg = config.model.lora
     if cfg is None:
         return
-    from rlvr.models import lora
-
     if not lora.peft_available():
         raise ConfigError(f"config key model.lora: LoRA needs peft, which is not installed ({lora.INSTALL})",
                           key="model.lora")
     if config.model.path:
-        from transformers import AutoConfig
-
-        from rlvr.models.loading import model_config_dir
-
         hf_config = AutoConfig.from_pretrained(str(model_config_dir(config.model.path)), local_files_only=True)
     else:
-        from rlvr.models.factory import PRESETS, TYPICAL_VOCAB_SIZE, model_config
-
         hf_config = model_config(PRESETS[config.model.preset], TYPICAL_VOCAB_SIZE, pad_id=0, eos_id=1)
     try:
         lora.check_targets(lora.skeleton(hf_config, config.model.impl), cfg.target_modules)
     except lora.LoRAError as error:
-        raise ConfigError(f"config key model.lora.target_modules: {error}", key="model.lora.target_modules") from None
+        raise ConfigError(f"config key model.lora.target_modules: {error}",
+                          key="model.lora.target_modules") from None
 
 
 def build_model_dir(config: RunConfig, run_dir: Path) -> Path:
     if config.model.path:
         path = Path(config.model.path)
         if not path.is_dir():
-            raise ConfigError(f"config key model.path: {path} is not a directory (rlvr loads local HF directories)")
+            raise ConfigError(f"config key model.path: {path} is not a directory (rlvr loads local HF "
+                              "directories)")
         return path
 
     path = run_dir / "model_init"
@@ -183,17 +182,14 @@ def build_model_dir(config: RunConfig, run_dir: Path) -> Path:
 
 def reward_specs(section: Any) -> list[tuple[str, float]]:
     """(spec, weight) of a section's `function` (weight 1) and `functions` (reward, a data source)."""
-    return ([(section.function, 1.0)] if section.function else []) + [(f.function, f.weight) for f in section.functions]
+    single = [(section.function, 1.0)] if section.function else []
+    return single + [(f.function, f.weight) for f in section.functions]
 
 
 def recipe_tokenizer(config: RunConfig) -> Any:
     """The tokenizer a run of `config` uses, without writing its run directory: model.path's, the
     run's model_init when it was built, else the preset's, built offline in a temporary directory
     exactly as `rlvr run` builds it (`rlvr data stats --recipe`)."""
-    import tempfile
-
-    from rlvr.models import load_tokenizer
-
     built = Path(config.out_dir) / "model_init"
     if not config.model.path and (built / "config.json").is_file():
         return load_tokenizer(built)
@@ -216,8 +212,8 @@ def with_reward_functions(task: tasks.Task, reward: Any, specs: list[tuple[str, 
                               + ("" if key == "reward" else f" (or {key}.function / functions)"), key=key)
         return task
     try:
-        loaded = [(load_reward_function(spec, reward.timeout_seconds, reward.error_reward, report=log), weight)
-                  for spec, weight in specs]
+        loaded = [(load_reward_function(spec, reward.timeout_seconds, reward.error_reward, report=log),
+                   weight) for spec, weight in specs]
     except RewardFunctionError as error:
         raise ConfigError(f"config key {key}: {error}", key=key) from None
     return WithRewardFunctions(task, loaded)  # type: ignore[return-value]
@@ -225,8 +221,6 @@ def with_reward_functions(task: tasks.Task, reward: Any, specs: list[tuple[str, 
 
 def _get_task(name: str, options: dict[str, Any], prefix: str, row_prompt: str = "keep") -> tasks.Task:
     """The task `name`; with row_prompt keep, rows' chat prompts are used as given (RowPrompts)."""
-    from rlvr.tasks.generic import RowPrompts
-
     try:
         task = tasks.get(name, **options)
     except tasks.TaskError as err:  # a spec that does not import, or builds no Task
@@ -241,18 +235,17 @@ def _get_task(name: str, options: dict[str, Any], prefix: str, row_prompt: str =
 def build_task(config: RunConfig) -> tasks.Task:
     """The run's task with its reward functions; `mixed`: one task per data source (data.sources),
     each with the source's own functions, and the run-wide reward.function(s) over all of them."""
-    from rlvr.tasks.mixed import MixedTask
-
     data = config.data
     if data.task != "mixed":
-        return with_reward_functions(_get_task(data.task, data.task_options, "data", data.row_prompt), config.reward)
+        task = _get_task(data.task, data.task_options, "data", data.row_prompt)
+        return with_reward_functions(task, config.reward)
     run_wide = bool(reward_specs(config.reward))
     routes = {}
     for name, source in data.sources.items():
         key = f"data.sources.{name}"
-        routes[name] = with_reward_functions(_get_task(source.task, source.task_options, key, data.row_prompt),
-                                             config.reward,
-                                             reward_specs(source), key, generic_ok=run_wide)
+        routed = _get_task(source.task, source.task_options, key, data.row_prompt)
+        routes[name] = with_reward_functions(routed, config.reward, reward_specs(source), key,
+                                             generic_ok=run_wide)
     try:
         task = MixedTask(routes)
     except ValueError as err:
@@ -303,8 +296,6 @@ def check_model_path(config: RunConfig) -> None:
     if not Path(config.model.path).is_dir():
         raise ConfigError(f"config key model.path: {config.model.path} is not a directory (rlvr loads local HF "
                           f"directories)", key="model.path")
-    from rlvr.models.loading import ModelLoadError, adapter_base
-
     try:
         adapter_base(config.model.path)
     except ModelLoadError as err:
@@ -317,8 +308,6 @@ def check_inputs(config: RunConfig) -> Inputs:
     data = config.data
     task = build_task(config)
     if data.prompt_template:
-        from rlvr.models.chat import PromptTemplateError, template_as_jinja
-
         try:
             template_as_jinja(data.prompt_template, task.response_prefix)
         except PromptTemplateError as err:
@@ -336,7 +325,8 @@ def check_inputs(config: RunConfig) -> Inputs:
                                   f"(data.require_files=true), so pass data.{key}=FILE", key=f"data.{key}")
     rl = config.rl
     check_generated_difficulties(config, task)
-    eval_rows = _read_input(task, "data.eval_file", data.eval_file, data.eval_size) if data.eval_file else None
+    eval_rows = (_read_input(task, "data.eval_file", data.eval_file, data.eval_size)
+                 if data.eval_file else None)
     train_rows = None
     if data.train_file and rl.enabled and rl.steps > 0:
         train_rows = _read_input(task, "data.train_file", data.train_file)
@@ -350,8 +340,9 @@ def check_inputs(config: RunConfig) -> Inputs:
         present = {ex.metadata.get("data_source") for ex in train_rows}
         for name in data.sources:
             if name not in present:
-                raise ConfigError(f"config key data.sources.{name}: {data.train_file} has no row of data_source "
-                                  f"{name!r} (its sources: {', '.join(sorted(map(str, present)))})",
+                raise ConfigError(f"config key data.sources.{name}: {data.train_file} has no row of "
+                                  f"data_source {name!r} (its sources: "
+                                  f"{', '.join(sorted(map(str, present)))})",
                                   key=f"data.sources.{name}")
     return Inputs(task, train_rows, eval_rows, read_sft_file(config))
 
@@ -361,14 +352,13 @@ def read_sft_file(config: RunConfig) -> list[Conversation] | None:
     sft = config.sft
     if not (sft.train_file and sft.enabled and sft.steps > 0):
         return None
-    from rlvr.data.conversations import read_conversations
-
     try:
         rows = read_conversations(sft.train_file)
     except (DataError, OSError) as err:
         raise ConfigError(f"config key sft.train_file: {err}", key="sft.train_file") from None
     if not rows:
-        raise ConfigError(f"config key sft.train_file: {sft.train_file} holds no conversations", key="sft.train_file")
+        raise ConfigError(f"config key sft.train_file: {sft.train_file} holds no conversations",
+                          key="sft.train_file")
     return rows
 
 
@@ -401,7 +391,7 @@ def held_out_examples(config: RunConfig, task: tasks.Task, run_dir: Path,
     cached = run_dir / "data" / "eval.jsonl"
     if cached.exists():
         return load_examples(task, cached)
-    examples = task.examples(data.eval_size, seed=config.seed + 10_007, **data.eval_difficulty)
+    examples = task.examples(data.eval_size, seed=config.seed + 10_007, **(data.eval_difficulty or {}))
     write_jsonl_atomic(cached, [task.to_record(ex) for ex in examples])
     return examples
 
@@ -427,8 +417,8 @@ def training_source(config: RunConfig, task: tasks.Task, banned: set[str],
         rows = [ex for ex in loaded if ex.prompt not in banned]
         if fits is not None:
             kept = [ex for ex in rows if fits(ex)]
-            log(f"data.max_prompt_tokens {data.max_prompt_tokens}: left out {len(rows) - len(kept)} of {len(rows)} "
-                f"training problems of {data.train_file} with a longer prompt")
+            log(f"data.max_prompt_tokens {data.max_prompt_tokens}: left out {len(rows) - len(kept)} of "
+                f"{len(rows)} training problems of {data.train_file} with a longer prompt")
             rows = kept
 
     def source(difficulty: dict[str, Any]) -> list[tasks.Example]:
@@ -484,25 +474,24 @@ def sft_pairs(config: RunConfig, task: tasks.Task, tokenizer: Any, eos_id: int, 
     """(prompt ids, target completion ids + EOS) for cold-start SFT, tokenized in batches."""
     target = solution_target(task)
     if target is None:
-        raise ConfigError(f"sft.enabled: task {task.name!r} has no solution traces to imitate; set sft.enabled=false")
-    examples = task.examples(config.sft.data_size, seed=config.seed + 20_011, **config.sft.difficulty)
+        raise ConfigError(f"sft.enabled: task {task.name!r} has no solution traces to imitate; set "
+                          "sft.enabled=false")
+    examples = task.examples(config.sft.data_size, seed=config.seed + 20_011, **(config.sft.difficulty or {}))
     examples = [ex for ex in examples if ex.prompt not in banned]
     pairs = trace_pairs(task, tokenizer, examples, eos_id, target)
     limit = config.data.max_prompt_tokens
     return [(p, c) for p, c in pairs if len(p) <= limit] if limit else pairs
 
 
-def sft_examples(config: RunConfig, task: tasks.Task, policy: Policy, eos_ids: tuple[int, ...], banned: set[str],
+def sft_examples(config: RunConfig, task: tasks.Task, policy: Policy, eos_ids: tuple[int, ...],
+                 banned: set[str],
                  rows: list[Conversation] | None) -> tuple[list[SFTExample], dict[str, Any]]:
     """The SFT stage's sequences (sft.train_file's conversations, else the task's solver traces), cut
     at sft.max_seq_len, and what the summary reports about them."""
-    from rlvr.trainers.sft import SFTExample, truncate
-
     if rows is not None:
-        from rlvr.data.conversations import tokenize
-
         try:
-            examples = [SFTExample(ids, trained) for ids, trained in tokenize(policy.tokenizer, rows, eos_ids)]
+            examples = [SFTExample(ids, trained)
+                        for ids, trained in tokenize(policy.tokenizer, rows, eos_ids)]
         except ValueError as error:
             raise ConfigError(f"config key sft.train_file: {error}", key="sft.train_file") from None
         source = f"{len(examples)} conversations of {config.sft.train_file}"
@@ -510,11 +499,12 @@ def sft_examples(config: RunConfig, task: tasks.Task, policy: Policy, eos_ids: t
         pairs = sft_pairs(config, task, policy.tokenizer, eos_ids[0], banned)
         examples = [SFTExample.from_pair(p, c) for p, c in pairs]
         source = f"{len(examples)} traces"
-    max_len = config.sft.max_seq_len or int(getattr(policy.model.config, "max_position_embeddings", 0) or 1 << 30)
+    model_limit = int(getattr(policy.model.config, "max_position_embeddings", 0) or 1 << 30)
+    max_len = config.sft.max_seq_len or model_limit
     kept, dropped = truncate(examples, max_len)
     if not kept:
-        raise ConfigError(f"config key sft.max_seq_len: every SFT sequence's prompt fills {max_len} tokens; nothing "
-                          "is left to train on", key="sft.max_seq_len")
+        raise ConfigError(f"config key sft.max_seq_len: every SFT sequence's prompt fills {max_len} tokens; "
+                          "nothing is left to train on", key="sft.max_seq_len")
     cut = sum(ex.truncated for ex in kept) + dropped
     log(f"SFT data: {source}; {cut} ({cut / len(examples):.1%}) longer than {max_len} tokens were cut"
         + (f", {dropped} of them dropped (no assistant token left)" if dropped else ""))
@@ -548,23 +538,24 @@ def evaluate_both(stage: str, policy: Policy, engine: Any, task: tasks.Task, exa
     return out
 
 
-def in_loop_eval(prefix: str, engine: Any, policy: Policy, task: tasks.Task, examples: list[tasks.Example],
-                 config: RunConfig):
-    """A step -> metrics function: greedy accuracy on the first 64 held-out problems (logged only,
-    never used to pick a checkpoint)."""
+def in_loop_eval(engine: Any, policy: Policy, task: tasks.Task, examples: list[tasks.Example],
+                 config: RunConfig) -> Callable[[int], dict[str, float]]:
+    """A step -> metrics function for SFT (sft.eval_every): greedy accuracy on the first 64 held-out
+    problems (logged only, never used to pick a checkpoint)."""
     subset = examples[:64]
 
-    def fn(step: int) -> dict[str, float]:
+    def fn(_step: int) -> dict[str, float]:  # eval_fn(step): only the current weights matter
         result = evaluate(engine, policy.tokenizer, task, subset, n=1, temperature=0.0,
                           max_new_tokens=config.eval.max_new_tokens, seed=config.seed, k_values=(1,),
                           prompts_per_batch=config.eval.prompts_per_batch)
-        return {f"{prefix}/greedy_accuracy": float(result.metrics["avg@n"]),
-                f"{prefix}/format_error_rate": float(result.metrics["format_error_rate"])}
+        return {M.SFT_EVAL_GREEDY_ACCURACY: float(result.metrics["avg@n"]),
+                M.SFT_EVAL_FORMAT_ERROR_RATE: float(result.metrics["format_error_rate"])}
 
     return fn
 
 
-def curve_eval(engine: Any, policy: Policy, task: tasks.Task, examples: list[tasks.Example], config: RunConfig):
+def curve_eval(engine: Any, policy: Policy, task: tasks.Task, examples: list[tasks.Example],
+               config: RunConfig) -> Callable[[int], dict[str, float]]:
     """A step -> metrics function: one point of the RL learning curve (eval.every): sampled accuracy
     on the first eval.curve_size held-out problems, eval.curve_samples samples each at
     eval.temperature. Every point samples with the same seed, so two points differ by the policy
@@ -574,16 +565,17 @@ def curve_eval(engine: Any, policy: Policy, task: tasks.Task, examples: list[tas
     temperature = ev.temperature if ev.temperature > 0 else 0.0
     n = ev.curve_samples if temperature > 0 else 1
 
-    def fn(step: int) -> dict[str, float]:
+    def fn(_step: int) -> dict[str, float]:  # eval_fn(step): only the current weights matter
         t0 = time.perf_counter()
         result = evaluate(engine, policy.tokenizer, task, subset, n=n, temperature=temperature,
                           top_p=ev.top_p if temperature > 0 else 1.0, max_new_tokens=ev.max_new_tokens,
                           seed=config.seed + 30_011, k_values=(1,), prompts_per_batch=ev.prompts_per_batch)
-        by_source = {f"eval/{name}/sampled_accuracy": value for name, value in per_source(result.metrics, config).items()}
-        return {"eval/sampled_accuracy": float(result.metrics["avg@n"]),
-                "eval/format_error_rate": float(result.metrics["format_error_rate"]),
-                "eval/response_length": float(result.metrics.get("length/mean", float("nan"))),
-                "eval/samples": float(len(subset) * n), "timing_s/eval": time.perf_counter() - t0, **by_source}
+        by_source = {M.EVAL_SOURCE_SAMPLED_ACCURACY.replace("<source>", name): value
+                     for name, value in per_source(result.metrics, config).items()}
+        return {M.EVAL_SAMPLED_ACCURACY: float(result.metrics["avg@n"]),
+                M.EVAL_FORMAT_ERROR_RATE: float(result.metrics["format_error_rate"]),
+                M.EVAL_RESPONSE_LENGTH: float(result.metrics.get("length/mean", float("nan"))),
+                M.EVAL_SAMPLES: float(len(subset) * n), M.TIMING_EVAL: time.perf_counter() - t0, **by_source}
 
     return fn
 
@@ -628,17 +620,12 @@ def add_wall_time(run_dir: Path, seconds: float) -> dict[str, Any]:
 def run_policy(config: RunConfig, run_dir: Path, device: torch.device, task: tasks.Task) -> Policy:
     """The run's policy: the model directory (built, or model.path) loaded, with data.prompt_template
     set on its tokenizer (checkpoints save it with the tokenizer), checked for vLLM when it samples."""
-    from rlvr.models.loading import merged_model_dir  # an adapter-only LoRA checkpoint: merged onto its base
-
+    # an adapter-only LoRA checkpoint is merged onto its base first
     model_dir = merged_model_dir(build_model_dir(config, run_dir), run_dir / "model_merged")
     policy = with_lora(load_policy(model_dir, config.model.impl, config.model.dtype, device), config)
     if config.data.prompt_template:  # a base model's prompt format
-        from rlvr.models.chat import set_prompt_template
-
         set_prompt_template(policy.tokenizer, config.data.prompt_template, task.response_prefix)
     if config.model.engine == "vllm":
-        from rlvr.rollout.vllm_engine import check_supported
-
         try:
             check_supported(policy.path)
         except ValueError as error:
@@ -648,6 +635,48 @@ def run_policy(config: RunConfig, run_dir: Path, device: torch.device, task: tas
 
 def _run(config: RunConfig, inputs: Inputs, run_dir: Path) -> dict[str, Any]:
     t_start = time.perf_counter()
+    run = prepare(config, inputs, run_dir)
+    sft_info = sft_stage(run) if config.sft.enabled else {}
+    if not (config.rl.enabled and config.rl.steps > 0):  # `rlvr sft`, or an evaluation of the model only
+        stage = "after_sft" if config.sft.enabled else "model"
+        final = evaluate_both(stage, run.policy, run.engine, inputs.task, run.held_out, config, run_dir)
+        log(f"{stage.replace('_', ' ')}: {_describe(final, config)}")
+        run.logger.close()
+        return {**stage_summary(config, stage, final, run.held_out), **sft_info}
+
+    before = evaluate_both("before_rl", run.policy, run.engine, inputs.task, run.held_out, config, run_dir)
+    log(f"before RL: {_describe(before, config)}")
+    rl_summary = rl_stage(run)
+    after = evaluate_both("after_rl", run.policy, run.engine, inputs.task, run.held_out, config, run_dir)
+    log(f"after RL: {_describe(after, config)}")
+    run.logger.close()
+    return {**make_summary(config, before, after, run.held_out, time.perf_counter() - t_start, rl_summary),
+            **sft_info}
+
+
+@dataclass
+class RunParts:
+    """What the stages of one run share: the policy and its in-process engine (the evaluations', and by
+    default the rollouts'), the logger, the held-out problems (banned: their prompts, never trained on)
+    and the cached prompt ids (fits: whether a prompt fits data.max_prompt_tokens, None without a limit)."""
+
+    config: RunConfig
+    inputs: Inputs
+    run_dir: Path
+    device: torch.device
+    policy: Policy
+    engine: TorchEngine
+    decode_dtype: torch.dtype | None
+    logger: MetricsLogger
+    held_out: list[tasks.Example]
+    banned: set[str]
+    prompt_cache: Callable[[tasks.Example], list[int]]
+    fits: Callable[[tasks.Example], bool] | None
+
+
+def prepare(config: RunConfig, inputs: Inputs, run_dir: Path) -> RunParts:
+    """Seed and thread settings, the held-out set, the policy (checked and described, with the recipe's
+    memory budget), the metrics logger and the in-process engine."""
     device = setup_torch(config.seed, config.threads, config.device)
     log(f"device: {device}, {torch.get_num_threads()} torch CPU threads (threads={config.threads})")
     for key, value in config.derived_sizes().items():
@@ -658,13 +687,7 @@ def _run(config: RunConfig, inputs: Inputs, run_dir: Path) -> dict[str, Any]:
     log(f"held-out set: {len(held_out)} problems ({config.data.eval_difficulty})")
 
     policy = run_policy(config, run_dir, device, task)
-    n_params = sum(p.numel() for p in policy.model.parameters())
-    log(f"model: {policy.path} ({n_params / 1e6:.2f}M parameters, {'native' if policy.packed else 'transformers'})")
-    if config.model.lora is not None:
-        trained = sum(p.numel() for p in policy.model.parameters() if p.requires_grad)
-        log(f"LoRA r={config.model.lora.r} on {', '.join(config.model.lora.target_modules)}: "
-            f"{trained / 1e6:.3f}M trainable parameters")
-    eos_ids = eos_token_ids(policy.tokenizer)
+    describe_policy(config, policy)
     prompt_cache, fits = prompt_tokens(policy.tokenizer, task, config.data.max_prompt_tokens)
     if fits is not None:
         held_out = within_prompt_limit(held_out, fits, config.data.max_prompt_tokens, "held-out problems")
@@ -676,58 +699,78 @@ def _run(config: RunConfig, inputs: Inputs, run_dir: Path) -> dict[str, Any]:
         log(line)
     if warning:
         log(warning)
-    logger = MetricsLogger(run_dir, config.logging.tensorboard, config.logging.wandb, config.logging.wandb_project,
+    logging = config.logging
+    logger = MetricsLogger(run_dir, logging.tensorboard, logging.wandb, logging.wandb_project,
                            config=to_dict(config))
     decode_dtype = engine_dtype(config, policy)
-    engine = TorchEngine(policy.model, eos_token_ids=eos_ids, pad_token_id=policy.tokenizer.pad_token_id or 0,
-                         device=str(device), dtype=decode_dtype, workers=engine_workers(config))
+    engine = TorchEngine(policy.model, eos_token_ids=eos_token_ids(policy.tokenizer),
+                         pad_token_id=policy.tokenizer.pad_token_id or 0, device=str(device),
+                         dtype=decode_dtype, workers=engine_workers(config))
+    return RunParts(config, inputs, run_dir, device, policy, engine, decode_dtype, logger, held_out, banned,
+                    prompt_cache, fits)
 
-    sft_info: dict[str, Any] = {}
-    if config.sft.enabled:
-        t0 = time.perf_counter()
-        examples, sft_info = sft_examples(config, task, policy, eos_ids, banned, inputs.sft_rows)
-        log(f"SFT: {len(examples)} sequences ({time.perf_counter() - t0:.1f}s to build), {config.sft.steps} steps")
-        train_sft(policy.model, policy.tokenizer, examples, config.sft, run_dir=run_dir, logger=logger,
-                  device=device, packed=policy.packed, seed=config.seed, checkpoint=config.checkpoint,
-                  progress=config.logging.progress,
-                  eval_fn=in_loop_eval("sft_eval", engine, policy, task, held_out, config))
 
-    if not (config.rl.enabled and config.rl.steps > 0):  # `rlvr sft`, or an evaluation of the model only
-        stage = "after_sft" if config.sft.enabled else "model"
-        final = evaluate_both(stage, policy, engine, task, held_out, config, run_dir)
-        log(f"{stage.replace('_', ' ')}: {_describe(final, config)}")
-        logger.close()
-        return {**stage_summary(config, stage, final, held_out), **sft_info}
+def describe_policy(config: RunConfig, policy: Policy) -> None:
+    """Log the model's size and implementation (and with LoRA, its trainable parameters)."""
+    n_params = sum(p.numel() for p in policy.model.parameters())
+    impl = "native" if policy.packed else "transformers"
+    log(f"model: {policy.path} ({n_params / 1e6:.2f}M parameters, {impl})")
+    if config.model.lora is not None:
+        trained = sum(p.numel() for p in policy.model.parameters() if p.requires_grad)
+        log(f"LoRA r={config.model.lora.r} on {', '.join(config.model.lora.target_modules)}: "
+            f"{trained / 1e6:.3f}M trainable parameters")
 
-    before = evaluate_both("before_rl", policy, engine, task, held_out, config, run_dir)
-    log(f"before RL: {_describe(before, config)}")
 
-    rl_summary: dict[str, Any] = {}
-    pool = ProblemPool(training_source(config, task, banned, inputs.train_rows, fits), seed=config.seed,
-                       weights=source_weights(config))
-    train_engine, learner, closers, placement = training_engine(config, policy, engine, eos_ids, decode_dtype)
-    critic = None
-    if config.critic.enabled:
-        critic = build_critic(config.critic, policy.model, policy.packed, device, config.model.impl,
-                              config.model.dtype, config.seed)
+def sft_stage(run: RunParts) -> dict[str, Any]:
+    """Cold-start SFT (rlvr.trainers.sft.train_sft) on the run's SFT data; returns what the summary
+    reports about that data."""
+    config, policy = run.config, run.policy
+    t0 = time.perf_counter()
+    examples, sft_info = sft_examples(config, run.inputs.task, policy, eos_token_ids(policy.tokenizer),
+                                      run.banned, run.inputs.sft_rows)
+    log(f"SFT: {len(examples)} sequences ({time.perf_counter() - t0:.1f}s to build), "
+        f"{config.sft.steps} steps")
+    sft_run = SFTRun(policy.model, policy.tokenizer, run.run_dir, run.logger, run.device, policy.packed,
+                     config.seed,
+                     eval_fn=in_loop_eval(run.engine, policy, run.inputs.task, run.held_out, config))
+    train_sft(sft_run, examples, config.sft, config.checkpoint, config.logging)
+    return sft_info
+
+
+def rl_stage(run: RunParts) -> dict[str, Any]:
+    """The RL stage (rlvr.trainers.rl.train_rl) on the run's problems, none of them held out; the
+    in-process engine draws the learning curve and, unless the recipe names another, the rollouts."""
+    config, policy, task = run.config, run.policy, run.inputs.task
+    eos_ids = eos_token_ids(policy.tokenizer)
+    pool = ProblemPool(training_source(config, task, run.banned, run.inputs.train_rows, run.fits),
+                       seed=config.seed, weights=source_weights(config))
+    train_engine, learner_ranks, closers, placement = training_engine(config, policy, run.engine, eos_ids,
+                                                                      run.decode_dtype)
+    critic = start_critic(config, policy, run.device) if config.critic.enabled else None
+    sampler = Sampler(train_engine, policy.tokenizer, task, pool, run.prompt_cache, eos_ids)
+    rl_run = RLRun(policy.model, sampler, run.run_dir, run.logger, run.device, policy.packed, config.seed,
+                   config.data.difficulty or {}, engine_shares_weights=train_engine is run.engine,
+                   learner_ranks=learner_ranks, critic=critic,
+                   eval_fn=curve_eval(run.engine, policy, task, run.held_out, config),
+                   eval_every=config.eval.every)
     try:
-        rl_summary = train_rl(policy.model, policy.tokenizer, train_engine, task, pool, prompt_cache, config.rl,
-                              run_dir=run_dir, logger=logger, device=device, packed=policy.packed,
-                              seed=config.seed, eos_ids=eos_ids, default_difficulty=config.data.difficulty,
-                              checkpoint=config.checkpoint, logging=config.logging,
-                              engine_shares_weights=train_engine is engine, learner=learner,
-                              eval_fn=curve_eval(engine, policy, task, held_out, config),
-                              eval_every=config.eval.every, critic=critic)
+        rl_summary = train_rl(rl_run, config.rl, config.checkpoint, config.logging)
     finally:
         for close in closers:
             close()
     if placement:
         rl_summary["placement"] = placement
-    after = evaluate_both("after_rl", policy, engine, task, held_out, config, run_dir)
-    log(f"after RL: {_describe(after, config)}")
-    logger.close()
+    return rl_summary
 
-    return {**make_summary(config, before, after, held_out, time.perf_counter() - t_start, rl_summary), **sft_info}
+
+def start_critic(config: RunConfig, policy: Policy, device: torch.device) -> Critic:
+    """rl.advantage=gae's value model: a value head on the policy, or on the model of critic.path."""
+    lm, packed = policy.model, policy.packed
+    if config.critic.path:
+        loaded = load_policy(check_critic_dir(config.critic.path, getattr(policy.model, "config", None)),
+                             config.model.impl, config.model.dtype, device)
+        lm, packed = loaded.model, loaded.packed
+    return build_critic(config.critic, lm, packed, config.seed)
 
 
 def engine_workers(config: RunConfig) -> int:
@@ -742,7 +785,8 @@ def engine_dtype(config: RunConfig, policy: Policy) -> torch.dtype | None:
         return getattr(torch, config.model.engine_dtype)
     if config.model.engine_dtype != "float32":
         raise ConfigError(f"model.engine_dtype={config.model.engine_dtype} needs rlvr's native model, but "
-                          f"{policy.path} runs on transformers; set model.dtype instead (the engine decodes in it)")
+                          f"{policy.path} runs on transformers; set model.dtype instead (the engine decodes "
+                          "in it)")
     return None
 
 
@@ -760,8 +804,9 @@ def training_engine(config: RunConfig, policy: Policy, engine: Any, eos_ids: tup
         closers.append(train_engine.shutdown)
     if config.distributed == "ray":
         ray_cfg = config.ray
-        if ray_cfg.rollout_engine == "torch" and decode_dtype is not None and "dtype" not in ray_cfg.engine_options:
-            ray_cfg = dataclasses.replace(ray_cfg, engine_options={**ray_cfg.engine_options, "dtype": decode_dtype})
+        options = ray_cfg.engine_options
+        if ray_cfg.rollout_engine == "torch" and decode_dtype is not None and "dtype" not in options:
+            ray_cfg = dataclasses.replace(ray_cfg, engine_options={**options, "dtype": decode_dtype})
         if ray_cfg.rollout_engine == "vllm" and "max_model_len" not in ray_cfg.engine_options:
             ray_cfg = dataclasses.replace(ray_cfg, engine_options={**ray_cfg.engine_options,
                                                                    "max_model_len": config.context_tokens()})
@@ -782,8 +827,6 @@ def check_ray_cluster(config: RunConfig) -> None:
     """ray.address set: join that cluster now and check it has the custom resources the actors reserve
     (rlvr.distributed.connect), so a misspelt resource or a node started without it stops the run
     before SFT rather than leaving the RL stage's actors pending."""
-    from rlvr.distributed import connect
-
     try:
         connect(config.ray)
     except RuntimeError as err:
@@ -815,8 +858,6 @@ def vllm_engine(config: RunConfig, policy: Policy, eos_ids: tuple[int, ...]):
 
 def per_source(metrics: dict[str, float], config: RunConfig) -> dict[str, float]:
     """A mixed run's eval accuracy (avg@n) per data source, from the by_source breakdown; {} otherwise."""
-    from rlvr.evaluation.metrics import breakdown_table
-
     return breakdown_table(metrics, "source") if config.data.task == "mixed" else {}
 
 
@@ -830,7 +871,8 @@ def _describe(results: dict[str, dict[str, float]], config: RunConfig) -> str:
         parts.append(f"greedy accuracy {accuracy(results['greedy']):.3f}{sources(results['greedy'])}")
     if "sampled" in results:
         n = config.eval.samples
-        parts.append(f"sampled accuracy {accuracy(results['sampled']):.3f} (avg@{n}, T={config.eval.temperature})"
+        parts.append(f"sampled accuracy {accuracy(results['sampled']):.3f} (avg@{n}, "
+                     f"T={config.eval.temperature})"
                      f"{sources(results['sampled'])}")
     return ", ".join(parts)
 

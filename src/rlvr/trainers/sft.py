@@ -25,8 +25,9 @@ import numpy as np
 import torch
 
 from rlvr.algorithms import token_logprobs_from_logits
-from rlvr.config import CheckpointConfig, SFTConfig
+from rlvr.config import CheckpointConfig, LoggingConfig, SFTConfig
 from rlvr.trainers import checkpoint as ckpt
+from rlvr.trainers import metric_names as M
 from rlvr.trainers.common import (
     MetricsLogger,
     Progress,
@@ -36,6 +37,7 @@ from rlvr.trainers.common import (
     lr_at,
     micro_batches,
     pack_rows,
+    set_lr,
     trainable_parameters,
 )
 
@@ -51,7 +53,8 @@ class SFTExample:
 
     @classmethod
     def from_pair(cls, prompt_ids: Sequence[int], completion_ids: Sequence[int]) -> SFTExample:
-        return cls(list(prompt_ids) + list(completion_ids), [False] * len(prompt_ids) + [True] * len(completion_ids))
+        return cls(list(prompt_ids) + list(completion_ids),
+                   [False] * len(prompt_ids) + [True] * len(completion_ids))
 
     @property
     def targets(self) -> int:
@@ -76,7 +79,7 @@ def truncate(examples: Sequence[SFTExample], max_len: int) -> tuple[list[SFTExam
 def step_indices(step: int, batch_size: int, n_examples: int, seed: int) -> np.ndarray:
     """Example indices of `step`: consecutive slices of a per-epoch permutation (a pure function of step)."""
     start = step * batch_size
-    out = []
+    out: list[int] = []
     while len(out) < batch_size:
         epoch, offset = divmod(start + len(out), n_examples)
         perm = np.random.default_rng([seed, epoch]).permutation(n_examples)
@@ -96,7 +99,8 @@ def layout(lengths: Sequence[int], token_budget: int, packed: bool) -> list[list
 
 def sft_loss(model: torch.nn.Module, sequences: Sequence[Sequence[int]], starts: Sequence[int],
              rows: list[list[int]], device: torch.device, packed: bool,
-             autocast: str = "none", trained: Sequence[Sequence[bool]] | None = None) -> tuple[torch.Tensor, int]:
+             autocast: str = "none",
+             trained: Sequence[Sequence[bool]] | None = None) -> tuple[torch.Tensor, int]:
     """Summed NLL of the completion tokens of `sequences` laid out in `rows`, and their count
     (trained: the per-token targets instead of the completions after `starts`)."""
     batch = build_batch(sequences, starts, rows, trained)
@@ -107,74 +111,93 @@ def sft_loss(model: torch.nn.Module, sequences: Sequence[Sequence[int]], starts:
     return -(logp * mask).sum(), int(mask.sum().item())
 
 
-def train_sft(
-    model: torch.nn.Module,
-    tokenizer: Any,
-    examples: Sequence[SFTExample],
-    cfg: SFTConfig,
-    *,
-    run_dir: Path,
-    logger: MetricsLogger,
-    device: torch.device,
-    packed: bool,
-    seed: int,
-    checkpoint: CheckpointConfig,
-    progress: bool = True,
-    eval_fn: Callable[[int], dict[str, float]] | None = None,
-) -> dict[str, float]:
+@dataclass
+class SFTRun:
+    """One SFT stage: the model and its tokenizer (saved with each checkpoint), where it runs and
+    writes. packed: rlvr's native model (packed rows). eval_fn(done) -> metrics, every
+    sft.eval_every steps (not after the last): logged on that step's row."""
+
+    model: torch.nn.Module
+    tokenizer: Any
+    run_dir: Path
+    logger: MetricsLogger
+    device: torch.device
+    packed: bool
+    seed: int
+    eval_fn: Callable[[int], dict[str, float]] | None = None
+
+
+def train_sft(run: SFTRun, examples: Sequence[SFTExample], cfg: SFTConfig, checkpoint: CheckpointConfig,
+              logging: LoggingConfig) -> dict[str, float]:
     """Train on `examples` for cfg.steps optimizer steps; returns the last metrics."""
-    stage_dir = Path(run_dir) / "checkpoints" / "sft"
-    optimizer = torch.optim.AdamW(trainable_parameters(model), lr=cfg.lr, betas=(cfg.adam_betas[0], cfg.adam_betas[1]),
+    model, logger = run.model, run.logger
+    stage_dir = Path(run.run_dir) / "checkpoints" / "sft"
+    optimizer = torch.optim.AdamW(trainable_parameters(model), lr=cfg.lr,
+                                  betas=(cfg.adam_betas[0], cfg.adam_betas[1]),
                                   weight_decay=cfg.weight_decay)
-    start_step = 0
-    latest = ckpt.latest_checkpoint(stage_dir)
-    if latest is not None:
-        state = ckpt.load_checkpoint(latest, model, model.config)
-        optimizer.load_state_dict(state["optimizer"])
-        start_step = state["step"]
-        print(f"[rlvr] resuming SFT from {latest}", flush=True)
+    start_step = resume_sft(stage_dir, model, optimizer)
     logger.truncate_after("sft", start_step)  # rows logged after the checkpoint (or before the first) go
     if start_step >= cfg.steps:
         return {}
     model.train()
-    bar = Progress("sft", cfg.steps, enabled=progress, start=start_step)
+    bar = Progress("sft", cfg.steps, enabled=logging.progress, start=start_step)
     last: dict[str, float] = {}
     for step in range(start_step, cfg.steps):
-        t0 = time.perf_counter()
-        lr = lr_at(step, cfg.steps, cfg.lr, cfg.warmup_steps, "cosine", cfg.min_lr_ratio)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        chosen = [examples[i] for i in step_indices(step, cfg.batch_size, len(examples), seed)]
-        sequences = [ex.ids for ex in chosen]
-        trained = [ex.trained for ex in chosen]
-        micro = layout([len(s) for s in sequences], cfg.micro_batch_tokens, packed)
-        n_tokens = sum(ex.targets for ex in chosen)
-        total_loss = 0.0
-        for rows in micro:
-            loss_sum, _ = sft_loss(model, sequences, [0] * len(chosen), rows, device, packed, cfg.autocast, trained)
-            (loss_sum / n_tokens).backward()
-            total_loss += loss_sum.item()
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf"))
-        if torch.isfinite(grad_norm):
-            optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        seconds = time.perf_counter() - t0
-        last = {
-            "phase": "sft", "step": step + 1, "sft/loss": total_loss / n_tokens, "sft/lr": lr,
-            "sft/grad_norm": float(grad_norm), "sft/tokens_per_s": sum(map(len, sequences)) / seconds,
-            "sft/completion_tokens": n_tokens, "sft/truncated_fraction": sum(ex.truncated for ex in chosen) / len(chosen),
-            "timing_s/step": seconds,
-        }
-        if eval_fn is not None and cfg.eval_every and (step + 1) % cfg.eval_every == 0 and step + 1 < cfg.steps:
+        last = sft_step(model, optimizer, examples, cfg, step, run.seed, run.device, run.packed)
+        done = step + 1
+        if run.eval_fn is not None and cfg.eval_every and done % cfg.eval_every == 0 and done < cfg.steps:
             model.eval()
-            last.update(eval_fn(step + 1))
+            last.update(run.eval_fn(done))
             model.train()
         logger.log(last)
-        bar.update(step, loss=last["sft/loss"], lr=lr, tok_s=float(int(last["sft/tokens_per_s"])))
-        done = step + 1
+        bar.update(step, loss=last[M.SFT_LOSS], lr=last[M.SFT_LR], tok_s=float(int(last[M.SFT_TOKENS_PER_S])))
         if (checkpoint.every and done % checkpoint.every == 0) or done == cfg.steps:
-            ckpt.save_checkpoint(stage_dir, done, model, tokenizer,
-                                 {"optimizer": optimizer.state_dict()}, checkpoint.keep_last, checkpoint.merge_lora)
+            ckpt.save_checkpoint(stage_dir, done, model, run.tokenizer, {"optimizer": optimizer.state_dict()},
+                                 checkpoint.keep_last, checkpoint.merge_lora)
     bar.close()
     model.eval()
     return last
+
+
+def resume_sft(stage_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> int:
+    """Load the newest SFT checkpoint (weights, optimizer, RNG) when there is one; returns its step
+    (0: none)."""
+    latest = ckpt.latest_checkpoint(stage_dir)
+    if latest is None:
+        return 0
+    state = ckpt.load_checkpoint(latest, model, model.config)
+    optimizer.load_state_dict(state["optimizer"])
+    print(f"[rlvr] resuming SFT from {latest}", flush=True)
+    return int(state["step"])
+
+
+def sft_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, examples: Sequence[SFTExample],
+             cfg: SFTConfig, step: int, seed: int, device: torch.device, packed: bool) -> dict[str, Any]:
+    """One optimizer step on step `step`'s batch (step_indices), accumulated over token-budget
+    micro-batches; returns its metrics row. A non-finite gradient norm skips the update."""
+    t0 = time.perf_counter()
+    lr = lr_at(step, cfg.steps, cfg.lr, cfg.warmup_steps, "cosine", cfg.min_lr_ratio)
+    set_lr(optimizer, lr)
+    chosen = [examples[i] for i in step_indices(step, cfg.batch_size, len(examples), seed)]
+    sequences = [ex.ids for ex in chosen]
+    trained = [ex.trained for ex in chosen]
+    micro = layout([len(s) for s in sequences], cfg.micro_batch_tokens, packed)
+    n_tokens = sum(ex.targets for ex in chosen)
+    total_loss = 0.0
+    for rows in micro:
+        loss_sum, _ = sft_loss(model, sequences, [0] * len(chosen), rows, device, packed, cfg.autocast,
+                               trained)
+        (loss_sum / n_tokens).backward()
+        total_loss += loss_sum.item()
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf"))
+    if torch.isfinite(grad_norm):
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    seconds = time.perf_counter() - t0
+    return {
+        "phase": "sft", "step": step + 1, M.SFT_LOSS: total_loss / n_tokens, M.SFT_LR: lr,
+        M.SFT_GRAD_NORM: float(grad_norm), M.SFT_TOKENS_PER_S: sum(map(len, sequences)) / seconds,
+        M.SFT_COMPLETION_TOKENS: n_tokens,
+        M.SFT_TRUNCATED_FRACTION: sum(ex.truncated for ex in chosen) / len(chosen),
+        M.TIMING_STEP: seconds,
+    }

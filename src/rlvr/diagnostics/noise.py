@@ -11,6 +11,9 @@ prompts, group size, temperature, reward) from the checkpoint, and takes each gr
 through the trainer's own advantage and loss code (update_policy with one group per mini-batch,
 stepping no optimizer); then the gradients of `--sft-examples` of the task's solution traces
 (the SFT loss, token-mean over one example). Memory is O(parameters): only running sums are kept.
+The model is built as the trainer builds it (pipeline.run_policy): with model.lora, peft adapters
+around the checkpoint, and the gradients are those of the adapter parameters, the ones a LoRA
+run's optimizer steps.
 
 "Adam-normalised" divides every coordinate by its root mean square over the units, as Adam's
 second-moment estimate would once it has seen them: the signal share an Adam step sees.
@@ -28,8 +31,23 @@ from typing import Any
 
 import torch
 
-from rlvr.config import RunConfig
+from rlvr import tasks
+from rlvr.config import RLConfig, RunConfig
 from rlvr.errors import ConfigError
+from rlvr.models import eos_token_ids, prompt_ids
+from rlvr.rollout.torch_engine import TorchEngine
+from rlvr.trainers import rl
+from rlvr.trainers.common import setup_torch
+from rlvr.trainers.pipeline import (
+    Policy,
+    check_lora,
+    run_policy,
+    solution_target,
+    trace_pairs,
+    training_source,
+)
+from rlvr.trainers.sequences import RolloutBatch, sequence_values
+from rlvr.trainers.sft import sft_loss
 
 
 @dataclass
@@ -109,9 +127,8 @@ def flat_grad(params: Sequence[torch.nn.Parameter]) -> torch.Tensor:
                       for p in params])
 
 
-def rl_group_gradients(policy: torch.nn.Module, engine: Any, tokenizer: Any, task: Any, pool: Any,
-                       prompt_cache: Callable[[Any], list[int]], cfg: Any, *, groups: int, device: torch.device,
-                       packed: bool, seed: int, eos_ids: tuple[int, ...], default_difficulty: dict[str, Any],
+def rl_group_gradients(policy: torch.nn.Module, sampler: rl.Sampler, cfg: RLConfig, *, groups: int,
+                       device: torch.device, packed: bool, seed: int, default_difficulty: dict[str, Any],
                        stats: dict[str, float] | None = None) -> Iterable[torch.Tensor]:
     """Yield one flat policy gradient per group of the recipe's RL batches, at the current weights.
 
@@ -123,77 +140,109 @@ def rl_group_gradients(policy: torch.nn.Module, engine: Any, tokenizer: Any, tas
     token-sum aggregation, the mean of a batch's group gradients is the gradient of the batch as one
     mini-batch. A KL term is left out (its gradient is zero while the policy equals its reference).
     Equal-reward groups yield zeros, as they add nothing to a step. `stats` receives accuracy,
-    zero_variance_ratio, truncation ratio and generated tokens.
+    zero_variance_ratio, truncation ratio and generated tokens. sampler.engine must run `policy`.
     """
-    from rlvr.trainers import rl
-
     params = [p for p in policy.parameters() if p.requires_grad]
     one_epoch = dataclasses.replace(cfg, ppo_epochs=1)  # each group once; mini_batches is set per batch below
     knobs = rl.knobs_at(cfg, 0, default_difficulty)
-    never_stepped = torch.optim.SGD(params, lr=0.0)  # update_policy hands it to `record`, which does not step
-    out: list[torch.Tensor] = []
-    totals = {"samples": 0.0, "correct": 0.0, "truncated": 0.0, "tokens": 0.0, "groups": 0.0, "zero_var": 0.0}
-
-    def record(policy, optimizer, batch, index, width, advantages, loss_mask, old_lp, ref_lp, cfg_, knobs_,
-               device_, packed_) -> dict[str, float]:  # noqa: ANN001 - update_policy's step_fn
-        policy.zero_grad(set_to_none=True)
-        active = rl.gradient_rows(index, advantages, loss_mask, cfg_, ref_lp)
-        totals["zero_var"] += float(not active)
-        if active:
-            sums = rl.new_step_sums()
-            new_lp, _ = rl.sequence_values(policy, batch, active, width, knobs_.temperature, device_, packed_,
-                                           token_budget=cfg_.micro_batch_tokens, autocast=cfg_.autocast)
-            # old_lp None: the ratio is exactly 1, the on-policy gradient a step's first mini-batch takes
-            loss = rl.micro_batch_loss(new_lp, None, active, advantages, loss_mask, loss_mask[index], None,
-                                       None, cfg_, knobs_, sums)
-            if loss is None:
-                raise FloatingPointError("non-finite RL loss while measuring the gradient noise")
-            loss.backward()
-        out.append(flat_grad(params))
-        return {}
-
+    # no reference model: no KL term; update_policy hands the optimizer to `record`, which never steps it
+    learner = rl.Learner(policy, torch.optim.SGD(params, lr=0.0), device, packed)
+    record = GradientRecorder(params)
+    totals = SampleTotals()
     step = 0
-    while totals["groups"] < groups:
+    while totals.groups < groups:
         policy.eval()
-        batch, _ = rl.collect(engine, tokenizer, task, pool, prompt_cache, knobs, cfg, eos_ids, seed, step)
+        batch, _ = rl.collect(sampler, knobs, cfg, seed, step)
         policy.train()
-        keep = sorted(set(batch.group_ids))[: groups - int(totals["groups"])]
+        keep = sorted(set(batch.group_ids))[: groups - totals.groups]
         if len(keep) < len(set(batch.group_ids)):
-            trimmed = rl.RolloutBatch()
+            trimmed = RolloutBatch()
             trimmed.extend(batch, keep)
             batch = trimmed
-        totals["groups"] += len(keep)
-        totals["samples"] += len(batch)
-        totals["correct"] += sum(batch.correct)
-        totals["truncated"] += sum(r == "length" for r in batch.finish_reasons)
-        totals["tokens"] += sum(len(c) for c in batch.completion_ids)
-        # no reference model: no KL term; one group per mini-batch; `engine` runs `policy` (and
-        # `record` never reads old log-probs)
-        rl.update_policy(policy, None, never_stepped, batch, dataclasses.replace(one_epoch, mini_batches=len(keep)),
-                         knobs, device, packed, step, seed, step_fn=record, engine_shares_weights=True)
-        yield from out
-        out.clear()
+        totals.add(batch, len(keep))
+        one_group_each = dataclasses.replace(one_epoch, mini_batches=len(keep))
+        rl.update_policy(learner, batch, one_group_each, knobs, step, seed, step_fn=record,
+                         engine_shares_weights=True)
+        totals.zero_variance_groups += record.empty
+        yield from record.gradients
+        record.gradients.clear()
+        record.empty = 0
         step += 1
     policy.zero_grad(set_to_none=True)
     policy.eval()
     if stats is not None:
-        stats.update({"accuracy": totals["correct"] / totals["samples"],
-                      "zero_variance_ratio": totals["zero_var"] / totals["groups"],
-                      "truncation_ratio": totals["truncated"] / totals["samples"],
-                      "response_length_mean": totals["tokens"] / totals["samples"]})
+        stats.update(totals.statistics())
+
+
+class GradientRecorder:
+    """A StepFn (rlvr.trainers.rl) that keeps each mini-batch's gradient instead of stepping.
+
+    The loss is micro_batch_loss over the rows that carry a gradient, with no old log-probs (ratio
+    exactly 1: the on-policy gradient a step's first mini-batch takes) and no KL term; a
+    mini-batch with no such row (an equal-reward group) yields zeros and counts in `empty`.
+    """
+
+    def __init__(self, params: Sequence[torch.nn.Parameter]) -> None:
+        self.params = list(params)
+        self.gradients: list[torch.Tensor] = []
+        self.empty = 0
+
+    def __call__(self, learner: rl.Learner, data: rl.StepData, index: Sequence[int], cfg: RLConfig,
+                 knobs: rl.Knobs) -> dict[str, float]:
+        policy = learner.policy
+        policy.zero_grad(set_to_none=True)
+        active = rl.gradient_rows(index, data, cfg)
+        self.empty += not active
+        if active:
+            on_policy = dataclasses.replace(data, old_logprobs=None, ref_logprobs=None)
+            new_lp, _ = sequence_values(policy, data.batch, active, data.width, knobs.temperature,
+                                        learner.device, learner.packed, token_budget=cfg.micro_batch_tokens,
+                                        autocast=cfg.autocast)
+            loss = rl.micro_batch_loss(new_lp, None, on_policy, active, data.loss_mask[index], cfg, knobs,
+                                       rl.StepSums())
+            if loss is None:
+                raise FloatingPointError("non-finite RL loss while measuring the gradient noise")
+            loss.backward()
+        self.gradients.append(flat_grad(self.params))
+        return {}
+
+
+@dataclass
+class SampleTotals:
+    """What the measured RL batches held: samples, correct ones, truncated ones, tokens, groups."""
+
+    samples: int = 0
+    correct: int = 0
+    truncated: int = 0
+    tokens: int = 0
+    groups: int = 0
+    zero_variance_groups: int = 0
+
+    def add(self, batch: RolloutBatch, groups: int) -> None:
+        self.groups += groups
+        self.samples += len(batch)
+        self.correct += sum(batch.correct)
+        self.truncated += sum(r == "length" for r in batch.finish_reasons)
+        self.tokens += sum(len(c) for c in batch.completion_ids)
+
+    def statistics(self) -> dict[str, float]:
+        return {"accuracy": self.correct / self.samples,
+                "zero_variance_ratio": self.zero_variance_groups / self.groups,
+                "truncation_ratio": self.truncated / self.samples,
+                "response_length_mean": self.tokens / self.samples}
 
 
 def sft_example_gradients(policy: torch.nn.Module, pairs: Sequence[tuple[list[int], list[int]]],
-                          device: torch.device, packed: bool, autocast: str = "none") -> Iterable[torch.Tensor]:
+                          device: torch.device, packed: bool,
+                          autocast: str = "none") -> Iterable[torch.Tensor]:
     """Yield the gradient of each (prompt, completion) pair's SFT loss: the token-mean NLL of its
     completion, the unit whose batch mean is the SFT step's gradient when examples are equally long."""
-    from rlvr.trainers.sft import sft_loss
-
     params = [p for p in policy.parameters() if p.requires_grad]
     policy.train()
     for prompt, completion in pairs:
         policy.zero_grad(set_to_none=True)
-        loss_sum, n_tokens = sft_loss(policy, [prompt + completion], [len(prompt)], [[0]], device, packed, autocast)
+        loss_sum, n_tokens = sft_loss(policy, [prompt + completion], [len(prompt)], [[0]], device, packed,
+                                      autocast)
         (loss_sum / max(n_tokens, 1)).backward()
         yield flat_grad(params)
     policy.zero_grad(set_to_none=True)
@@ -204,33 +253,20 @@ def measure(config: RunConfig, groups: int, sft_examples: int, progress: Callabl
             ) -> dict[str, Any]:
     """Noise scales of the recipe's RL gradient (per group) and SFT gradient (per example) at the
     checkpoint config.model.path. Writes nothing. Returns a JSON-ready dict."""
-    from rlvr import tasks
-    from rlvr.models import eos_token_ids, prompt_ids
-    from rlvr.rollout.torch_engine import TorchEngine
-    from rlvr.trainers.common import setup_torch
-    from rlvr.trainers.pipeline import (
-        build_model_dir,
-        load_policy,
-        solution_target,
-        trace_pairs,
-        training_source,
-    )
-    from rlvr.trainers.rl import ProblemPool
-
     if groups < 2:
         raise ValueError(f"--groups must be >= 2, got {groups}")
     if not config.model.path:
         raise ConfigError("rlvr noise measures a trained checkpoint: pass model.path=DIR (e.g. a run's "
                           "checkpoints/sft/step_000500)")
+    check_lora(config)
     device = setup_torch(config.seed, config.threads, config.device)
     task = tasks.get(config.data.task, **config.data.task_options)
-    model_dir = build_model_dir(config, Path(config.out_dir))
-    policy = load_policy(model_dir, config.model.impl, config.model.dtype, device)
+    policy = run_policy(config, Path(config.out_dir), device, task)  # with model.lora: its adapters train
     eos_ids = eos_token_ids(policy.tokenizer)
     engine = TorchEngine(policy.model, eos_token_ids=eos_ids, pad_token_id=policy.tokenizer.pad_token_id or 0,
                          device=str(device))
     dim = sum(p.numel() for p in policy.model.parameters() if p.requires_grad)
-    result: dict[str, Any] = {"model": str(model_dir), "parameters": dim, "groups": groups,
+    result: dict[str, Any] = {"model": str(policy.path), "parameters": dim, "groups": groups,
                               "group_size": config.rl.group_size, "temperature": config.rl.temperature,
                               "advantage": config.rl.advantage, "loss_agg": config.rl.loss_agg,
                               "prompts_per_step": config.rl.prompts_per_step,
@@ -240,36 +276,51 @@ def measure(config: RunConfig, groups: int, sft_examples: int, progress: Callabl
         return prompt_ids(policy.tokenizer, task.messages(ex), task.response_prefix)
 
     t0 = time.perf_counter()
-    pool = ProblemPool(training_source(config, task, set()), seed=config.seed)
-    acc = NoiseAccumulator(dim)
-    rl_stats: dict[str, float] = {}
-    for g in rl_group_gradients(policy.model, engine, policy.tokenizer, task, pool, prompt_cache, config.rl,
-                                groups=groups, device=device, packed=policy.packed, seed=config.seed,
-                                eos_ids=eos_ids, default_difficulty=config.data.difficulty, stats=rl_stats):
-        acc.add(g)
-    result["rl"] = {**rl_stats, "per_group": acc.scale().as_dict(),
-                    "per_group_adam_normalised": acc.scale(adam_normalised=True).as_dict(),
-                    "seconds": time.perf_counter() - t0}
-    rl_mean = acc.sum / acc.n
+    pool = rl.ProblemPool(training_source(config, task, set()), seed=config.seed)
+    sampler = rl.Sampler(engine, policy.tokenizer, task, pool, prompt_cache, eos_ids)
+    result["rl"], acc = rl_noise(config, policy, sampler, groups, device)
+    result["rl"]["seconds"] = time.perf_counter() - t0
     progress(f"RL: {acc.n} groups in {time.perf_counter() - t0:.0f}s")
     if sft_examples >= 2:
         t0 = time.perf_counter()
-        target = solution_target(task)
-        if target is None:
-            raise ValueError(f"task {task.name!r} has no solution traces; use --sft-examples 0")
-        examples = pool.draw(config.data.difficulty, sft_examples, step=10**6)
-        pairs = trace_pairs(task, policy.tokenizer, examples, eos_ids[0], target)
-        sft = NoiseAccumulator(dim)
-        for g in sft_example_gradients(policy.model, pairs, device, policy.packed, config.sft.autocast):
-            sft.add(g)
-        sft_mean = sft.sum / sft.n
-        denom = float(rl_mean.norm() * sft_mean.norm())
-        result["sft"] = {"examples": sft.n, "per_example": sft.scale().as_dict(),
-                         "per_example_adam_normalised": sft.scale(adam_normalised=True).as_dict(),
-                         "cos_with_rl_mean": float(rl_mean @ sft_mean) / denom if denom > 0 else 0.0,
-                         "seconds": time.perf_counter() - t0}
-        progress(f"SFT: {sft.n} examples in {time.perf_counter() - t0:.0f}s")
+        result["sft"] = sft_noise(config, policy, sampler, sft_examples, device, rl_mean=acc.sum / acc.n)
+        result["sft"]["seconds"] = time.perf_counter() - t0
+        progress(f"SFT: {result['sft']['examples']} examples in {time.perf_counter() - t0:.0f}s")
     return result
+
+
+def rl_noise(config: RunConfig, policy: Policy, sampler: rl.Sampler, groups: int,
+             device: torch.device) -> tuple[dict[str, Any], NoiseAccumulator]:
+    """The RL part of `measure`: batch statistics and the per-group noise scales (raw and
+    Adam-normalised), and the accumulator of the group gradients."""
+    acc = NoiseAccumulator(sum(p.numel() for p in policy.model.parameters() if p.requires_grad))
+    stats: dict[str, float] = {}
+    for g in rl_group_gradients(policy.model, sampler, config.rl, groups=groups, device=device,
+                                packed=policy.packed, seed=config.seed,
+                                default_difficulty=config.data.difficulty or {}, stats=stats):
+        acc.add(g)
+    return {**stats, "per_group": acc.scale().as_dict(),
+            "per_group_adam_normalised": acc.scale(adam_normalised=True).as_dict()}, acc
+
+
+def sft_noise(config: RunConfig, policy: Policy, sampler: rl.Sampler, examples: int, device: torch.device,
+              rl_mean: torch.Tensor) -> dict[str, Any]:
+    """The SFT part of `measure`: per-example noise scales of the task's solution traces (drawn
+    from the RL pool at a step no RL batch uses), and the cosine of their mean with the RL mean."""
+    task = sampler.task
+    target = solution_target(task)
+    if target is None:
+        raise ValueError(f"task {task.name!r} has no solution traces; use --sft-examples 0")
+    drawn = sampler.pool.draw(config.data.difficulty or {}, examples, step=10**6)
+    pairs = trace_pairs(task, policy.tokenizer, drawn, eos_token_ids(policy.tokenizer)[0], target)
+    sft = NoiseAccumulator(rl_mean.numel())
+    for g in sft_example_gradients(policy.model, pairs, device, policy.packed, config.sft.autocast):
+        sft.add(g)
+    sft_mean = sft.sum / sft.n
+    denom = float(rl_mean.norm() * sft_mean.norm())
+    return {"examples": sft.n, "per_example": sft.scale().as_dict(),
+            "per_example_adam_normalised": sft.scale(adam_normalised=True).as_dict(),
+            "cos_with_rl_mean": float(rl_mean @ sft_mean) / denom if denom > 0 else 0.0}
 
 
 def signal_share(batch: float, b_noise: float | None) -> float:
@@ -287,14 +338,16 @@ def describe(result: dict[str, Any]) -> str:
 
     rl_part = result["rl"]
     lines = [f"{result['model']}: {result['parameters']} parameters",
-             f"RL ({result['advantage']}, {result['group_size']} samples per group, T={result['temperature']}): "
+             f"RL ({result['advantage']}, {result['group_size']} samples per group, "
+             f"T={result['temperature']}): "
              f"accuracy {rl_part['accuracy']:.3f}, equal-reward groups {rl_part['zero_variance_ratio']:.2f}",
              line("per group", rl_part["per_group"], "groups"),
              line("per group, Adam-normalised", rl_part["per_group_adam_normalised"], "groups")]
     b = result["rl"]["per_group_adam_normalised"]["b_noise"]
     per_step = result["prompts_per_step"]
     per_update = per_step / result["mini_batches"]
-    lines.append(f"  signal share (Adam-normalised): a step of {per_step} groups {signal_share(per_step, b):.1%}, "
+    lines.append(f"  signal share (Adam-normalised): a step of {per_step} groups "
+                 f"{signal_share(per_step, b):.1%}, "
                  f"an optimizer step of {per_update:g} {signal_share(per_update, b):.1%}")
     if "sft" in result:
         sft = result["sft"]
