@@ -80,7 +80,8 @@ def run_step(model, optimizer, batch, cfg, knobs, device, packed) -> float:
     if device.type == "cuda":
         torch.cuda.synchronize()
     start = time.perf_counter()
-    dp_minibatch_step(Learner(model, optimizer, device, packed), StepData(batch, adv, mask), index, cfg, knobs,
+    dp_minibatch_step(Learner(model, optimizer, device, packed), StepData(batch, adv, mask),
+                      index, cfg, knobs,
                       dp=DataParallel(0, 1, "replicate"))
     if device.type == "cuda":
         torch.cuda.synchronize()

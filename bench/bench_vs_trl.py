@@ -166,7 +166,8 @@ class StepPool:
     def __init__(self, examples: list[Any]) -> None:
         self.examples = examples
 
-    def draw(self, difficulty: dict[str, Any], n: int, step: int,  # noqa: ARG002 - ProblemPool.draw's signature
+    # ProblemPool.draw's signature
+    def draw(self, difficulty: dict[str, Any], n: int, step: int,  # noqa: ARG002
              round_: int = 0) -> list[Any]:  # noqa: ARG002
         start = (step * n) % len(self.examples)
         return self.examples[start : start + n]
@@ -209,13 +210,15 @@ class RlvrContender:
         t_step = time.perf_counter()
         knobs = knobs_at(cfg, step, {"people": 3})
         model.eval()
-        sampler = Sampler(self.engine, self.policy.tokenizer, self.task, self.pool, lambda ex: self.ids[ex.prompt],
+        sampler = Sampler(self.engine, self.policy.tokenizer, self.task, self.pool,
+                          lambda ex: self.ids[ex.prompt],
                           self.stop_ids)
         batch, _ = collect(sampler, knobs, cfg, self.s.seed, step)
         t_gen = time.perf_counter() - t_step
         batch_metrics(batch, knobs)
         model.train()
-        stats = update_policy(Learner(model, self.optimizer, torch.device("cpu"), self.policy.packed), batch, cfg,
+        stats = update_policy(Learner(model, self.optimizer, torch.device("cpu"),
+                                      self.policy.packed), batch, cfg,
                               knobs, step, self.s.seed)
         model.eval()
         seconds = time.perf_counter() - t_step
@@ -310,10 +313,10 @@ class _TrlClock:
         clock = self
 
         class Callback(TrainerCallback):
-            def on_train_begin(self, args, state, control, **kwargs):  # noqa: ARG002 - TrainerCallback's signature
+            def on_train_begin(self, args, state, control, **kwargs):  # noqa: ARG002 - TrainerCallback's
                 clock.t_start = time.perf_counter()
 
-            def on_step_end(self, args, state, control, **kwargs):  # noqa: ARG002 - TrainerCallback's signature
+            def on_step_end(self, args, state, control, **kwargs):  # noqa: ARG002 - TrainerCallback's
                 clock.step_done(state.global_step - 1)
 
         return Callback()

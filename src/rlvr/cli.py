@@ -153,8 +153,8 @@ def task_flag_values(args: argparse.Namespace, task: str) -> dict[str, Any]:
         if name not in own:
             flags = ", ".join(f"--{n.replace('_', '-')}" for n in sorted(own)) or "none"
             raise SystemExit(f"rlvr: error: --{name.replace('_', '-')} is a generation option of "
-                             f"{', '.join(owners)}; task {task}'s flags: {flags} (any other difficulty keyword: "
-                             "--difficulty key=value)")
+                             f"{', '.join(owners)}; task {task}'s flags: {flags} (any other difficulty "
+                             "keyword: --difficulty key=value)")
         values[name] = value[0] if isinstance(value, list) and len(value) == 1 else value
     return values
 

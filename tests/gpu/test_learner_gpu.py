@@ -51,7 +51,8 @@ def step(model, fn, **extra):
     batch, cfg, knobs, width, adv, mask = make_inputs(model.arch.vocab_size)
     optimizer = torch.optim.SGD(model.parameters(), lr=1.0)  # weights after = before - (clipped) gradient
     index = list(range(len(batch.completion_ids)))
-    fn(Learner(model, optimizer, torch.device("cuda"), True), StepData(batch, adv, mask), index, cfg, knobs, **extra)
+    fn(Learner(model, optimizer, torch.device("cuda"), True), StepData(batch, adv, mask), index, cfg,
+       knobs, **extra)
     return full_state_dict(model)
 
 

@@ -98,7 +98,8 @@ def adamw(model: torch.nn.Module) -> torch.optim.Optimizer:
 def run_step(model, optimizer, scenario: str, step_fn, **extra):
     batch, cfg, knobs, width, adv, mask, old_lp, ref_lp = inputs(*SCENARIOS[scenario])
     index = list(range(len(batch.completion_ids)))
-    return step_fn(Learner(model, optimizer, torch.device("cpu"), True), StepData(batch, adv, mask, old_lp, ref_lp),
+    return step_fn(Learner(model, optimizer, torch.device("cpu"), True),
+                   StepData(batch, adv, mask, old_lp, ref_lp),
                    index, cfg, knobs, **extra)
 
 

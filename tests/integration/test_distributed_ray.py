@@ -105,7 +105,8 @@ def run_rl(engine_factory, out: Path, learner_factory=None):
     task = TargetTokenTask()
     pool = ProblemPool(lambda difficulty: task.examples(64, seed=0), seed=0)
     out.mkdir(parents=True, exist_ok=True)
-    run = RLRun(model, Sampler(engine, ToyTokenizer(), task, pool, prompt_ids, (EOS,)), out, MetricsLogger(out),
+    run = RLRun(model, Sampler(engine, ToyTokenizer(), task, pool, prompt_ids, (EOS,)), out,
+                MetricsLogger(out),
                 torch.device("cpu"), packed=True, seed=0, default_difficulty={}, engine_shares_weights=shares,
                 learner_ranks=learner_ranks)
     train_rl(run, RL, CheckpointConfig(every=0), LoggingConfig(progress=False, samples_every=0))

@@ -279,7 +279,8 @@ def test_rl_loop_with_partial_rollouts_carries_corrects_and_learns(tmp_path: Pat
                    partial_tokens_per_step=2, tis_cap=2.0)  # type: ignore[call-arg]
     task = ShortAnswerTask()
     pool = ProblemPool(lambda difficulty: task.examples(64, seed=0), seed=0)
-    sampler = Sampler(engine, IdsTokenizer(), task, pool, lambda ex: [int(t) for t in ex.prompt.split()], (1,))
+    sampler = Sampler(engine, IdsTokenizer(), task, pool,
+                      lambda ex: [int(t) for t in ex.prompt.split()], (1,))
     run = RLRun(model, sampler, tmp_path, MetricsLogger(tmp_path), torch.device("cpu"), packed=True, seed=0,
                 default_difficulty={}, engine_shares_weights=False)
     train_rl(run, cfg, CheckpointConfig(every=0), LoggingConfig(progress=False, samples_every=0))

@@ -152,7 +152,8 @@ def test_the_learner_actor_step_equals_the_in_process_update_on_the_same_rollout
                                       pad_token_id=policy.tokenizer.pad_token_id or 0), WORKERS)
     knobs = knobs_at(config.rl, 0, config.data.difficulty)
     sampler = Sampler(engine, policy.tokenizer, task, pool,
-                      lambda ex: prompt_ids(policy.tokenizer, task.messages(ex), task.response_prefix), eos_ids)
+                      lambda ex: prompt_ids(policy.tokenizer, task.messages(ex),
+                                            task.response_prefix), eos_ids)
     batch, _ = collect(sampler, knobs, config.rl, config.seed, 0)
 
     logged = distributed.rl_rows()[0]  # what the Ray run's step 0 saw and did
@@ -166,7 +167,8 @@ def test_the_learner_actor_step_equals_the_in_process_update_on_the_same_rollout
                                   weight_decay=rl.weight_decay)  # as train_rl builds it
     before = {k: v.clone() for k, v in policy.model.state_dict().items()}
     policy.model.train()
-    stats = update_policy(Learner(policy.model, optimizer, cpu, policy.packed), batch, rl, knobs, 0, config.seed)
+    stats = update_policy(Learner(policy.model, optimizer, cpu, policy.packed), batch, rl, knobs, 0,
+                          config.seed)
     assert stats["actor/grad_norm"] > 0
     for key in ("actor/grad_norm", "actor/pg_loss", "actor/entropy", "actor/lr"):
         assert stats[key] == pytest.approx(logged[key], rel=1e-4, abs=1e-6), key

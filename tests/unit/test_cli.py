@@ -83,9 +83,11 @@ def test_data_gen_flags_are_the_tasks_generation_options(tmp_path, capsys):
     out = tmp_path / "m.jsonl"
     assert main(["data", "gen", "--task", "math", "--level", "2", "--n", "2", "--out", str(out)]) == 0
     assert [json.loads(line)["level"] for line in out.read_text().splitlines()] == [2, 2]
-    assert main(["data", "gen", "--task", "knights_knaves", "--people", "2", "4", "--n", "2", "--out", str(out)]) == 0
+    assert main(["data", "gen", "--task", "knights_knaves", "--people", "2", "4", "--n", "2", "--out",
+                 str(out)]) == 0
     assert [len(json.loads(line)["names"]) for line in out.read_text().splitlines()] == [2, 4]
-    with pytest.raises(SystemExit, match="--people is a generation option of knights_knaves; task countdown's "
+    with pytest.raises(SystemExit,
+                       match="--people is a generation option of knights_knaves; task countdown's "
                                          "flags: --numbers"):
         main(["data", "gen", "--task", "countdown", "--people", "3", "--n", "1", "--out", str(out)])
     with pytest.raises(SystemExit):

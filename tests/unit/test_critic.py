@@ -55,7 +55,8 @@ def test_gae_through_the_trainer_matches_a_hand_computed_trajectory():
 
     cfg = RLConfig(advantage="gae", advantage_options={"gamma": 0.9, "lam": 0.8})
     model = NativeCausalLM(CFG)
-    stats = update_policy(Learner(model, torch.optim.SGD(model.parameters(), lr=0.0), CPU, True), batch, cfg, KNOBS,
+    stats = update_policy(Learner(model, torch.optim.SGD(model.parameters(), lr=0.0), CPU, True),
+                          batch, cfg, KNOBS,
                           0, 0, step_fn=record, critic=FixedCritic())  # type: ignore[arg-type]
     # row 0: deltas d2 = 1 - 0.75 = 0.25, d1 = 0 + 0.9 * 0.75 - 0.25 = 0.425, d0 = 0.9 * 0.25 - 0.5 = -0.275;
     #        A2 = 0.25, A1 = 0.425 + 0.72 * 0.25 = 0.605, A0 = -0.275 + 0.72 * 0.605 = 0.1606
@@ -94,7 +95,8 @@ def test_the_critic_learns_the_value_of_a_toy_task():
     explained = []
     for step in range(30):
         # critic only (the warm-up path): the policy must not move
-        stats = update_policy(Learner(policy, torch.optim.SGD(policy.parameters(), lr=1.0), CPU, True), toy_batch(gen),
+        stats = update_policy(Learner(policy, torch.optim.SGD(policy.parameters(), lr=1.0), CPU, True),
+                              toy_batch(gen),
                               cfg, KNOBS, step, 0, critic=critic, update_actor=False)
         # measured on a fresh batch, before the critic trains on it
         explained.append(stats["critic/vf_explained_var"])

@@ -166,7 +166,8 @@ def test_dedup_reads_benchmark_rows_without_text_through_the_task(tmp_path: Path
     compared by the task's prompt too, so a repeated puzzle is contamination."""
     countdown = tasks.get("countdown")
     records = [countdown.to_record(e) for e in countdown.examples(6, seed=1)]
-    bench = write_jsonl(tmp_path / "bench.jsonl", [{"nums": records[2]["nums"], "target": records[2]["target"]}])
+    bench = write_jsonl(tmp_path / "bench.jsonl",
+                        [{"nums": records[2]["nums"], "target": records[2]["target"]}])
     data = write_jsonl(tmp_path / "train.jsonl", records)
     summary = dedup(data, tmp_path / "out.jsonl", against=[bench], task="countdown")
     assert summary["contaminated"] == 1 and summary["records_out"] == 5
@@ -387,7 +388,8 @@ def test_stats_of_an_sft_file_with_a_recipe_use_the_runs_tokenizer(tiny_model_di
                             {"role": "user", "content": "And?"}, {"role": "assistant", "content": "Noah."}]}
     data = write_jsonl(tmp_path / "sft.jsonl", rows)
     recipe = tmp_path / "recipe.yaml"
-    recipe.write_text(f"model: {{path: {tiny_model_dir}}}\nsft: {{max_seq_len: 40}}\nrl: {{max_new_tokens: 20}}\n")
+    recipe.write_text(f"model: {{path: {tiny_model_dir}}}\nsft: {{max_seq_len: 40}}\n"
+                      f"rl: {{max_new_tokens: 20}}\n")
     config = load_config(recipe)
     result = stats(data, config=config, tokenizer=recipe_tokenizer(config))  # as `rlvr data stats --recipe`
     tokenizer = load_tokenizer(tiny_model_dir)

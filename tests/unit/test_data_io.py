@@ -233,7 +233,8 @@ def test_stats_of_raw_records_and_task_guessing(tmp_path):
     assert guess_task({"reward_model": {"ground_truth": {"solution_text_format": "x"}}}) == "knights_knaves"
     assert guess_task({"nums": [1, 2], "target": 3}) == "countdown"
     # a verl row of countdown (TinyZero's parquet) has reward_model too: the task's own fields win
-    assert guess_task({"prompt": [], "reward_model": {"ground_truth": {"target": 3, "numbers": [1, 2]}}}) == "countdown"
+    assert guess_task({"prompt": [],
+                       "reward_model": {"ground_truth": {"target": 3, "numbers": [1, 2]}}}) == "countdown"
     assert guess_task({"problem": "1+1", "answer": "2"}) == "math"
     assert guess_task({"text": "x"}) is None
 

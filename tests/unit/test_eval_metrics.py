@@ -270,7 +270,8 @@ def test_evaluate_bookkeeping(kk_setup, tmp_path) -> None:
     assert len(lines) == 12
     # Every figure can be recomputed from the samples file.
     assert payload["settings"]["difficulty_keys"] == ["people", "difficulty", "level"]  # the task's first
-    again = compute_metrics([json.loads(line) for line in lines], (1, 2, 4), payload["settings"]["difficulty_keys"])
+    again = compute_metrics([json.loads(line) for line in lines], (1, 2, 4),
+                            payload["settings"]["difficulty_keys"])
     assert again == pytest.approx(m)
     assert not list(out.glob("*.tmp"))
 

@@ -56,14 +56,17 @@ def test_design_md_lists_every_metric_name_and_no_other():
 
 
 def test_modules_beneath_the_trainers_use_the_listed_names():
-    group = algorithms.group_stats(torch.tensor([1.0, 0.0]), torch.tensor([True, False]), torch.tensor([0, 0]))
+    group = algorithms.group_stats(torch.tensor([1.0, 0.0]), torch.tensor([True, False]),
+                                   torch.tensor([0, 0]))
     assert tuple(group) == M.GROUP_STATS
     lp, mask = torch.zeros(2, 3), torch.ones(2, 3)
     assert tuple(truncated_importance_weights(lp, lp - 0.1, mask, cap=2.0)[1]) == M.TIS
     assert tuple(logprob_mismatch(lp, lp - 0.1, mask)) == M.ENGINE_MISMATCH
     torch.manual_seed(0)
-    engine = PartialRollouts(TorchEngine(NativeCausalLM(CFG), eos_token_ids=(1,), pad_token_id=0), tokens_per_step=2)
-    out = engine.generate_partial([[2, 3], [4, 5]], SamplingParams(n=2, max_new_tokens=4, seed=0), keys=["a", "b"])
+    engine = PartialRollouts(TorchEngine(NativeCausalLM(CFG), eos_token_ids=(1,), pad_token_id=0),
+                             tokens_per_step=2)
+    out = engine.generate_partial([[2, 3], [4, 5]], SamplingParams(n=2, max_new_tokens=4, seed=0),
+                                  keys=["a", "b"])
     assert set(out.metrics) == set(M.PARTIAL)
     no_functions = WithRewardFunctions(tasks.get("countdown"), [])
     assert tuple(failure_metrics(no_functions, {})) == M.REWARD_FAILURES
@@ -107,6 +110,7 @@ def test_every_metric_of_a_step_and_its_update_is_a_listed_name():
     critic = Critic(value_model(policy, seed=0), CriticConfig(enabled=True), packed=True)
     in_reward = RLConfig(advantage="gae", kl_coef=0.1, kl_in_reward=True, micro_batch_tokens=64)
     logged.update(update_policy(learner, batch, in_reward, knobs, 1, 0, critic=critic))
-    assert {M.ACTOR_PG_LOSS, M.ACTOR_REWARD_KL, M.CRITIC_VF_EXPLAINED_VAR, M.TIS[0], M.reward_part_mean("answer"),
+    assert {M.ACTOR_PG_LOSS, M.ACTOR_REWARD_KL, M.CRITIC_VF_EXPLAINED_VAR, M.TIS[0],
+            M.reward_part_mean("answer"),
             "accuracy/source0"} <= set(logged)
     assert [name for name in logged if not M.is_metric_name(name)] == []

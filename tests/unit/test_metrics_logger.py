@@ -143,19 +143,21 @@ def test_the_real_tensorboard_writer_gets_scalars_samples_and_config(tmp_path):
     logger.close()
     events = EventAccumulator(str(tmp_path / "tensorboard"), size_guidance={"scalars": 0, "tensors": 0})
     events.Reload()
-    assert sorted(events.Tags()["scalars"]) == ["rl/accuracy", "rl/reward/mean", "rl/step", "sft/sft/loss", "sft/step"]
+    assert sorted(events.Tags()["scalars"]) == ["rl/accuracy", "rl/reward/mean", "rl/step",
+                                                "sft/sft/loss", "sft/step"]
     assert [(e.step, e.value) for e in events.Scalars("rl/reward/mean")] == [(1, 0.5), (2, 0.75)]
     assert [(e.step, e.value) for e in events.Scalars("sft/sft/loss")] == [(1, 2.5)]
 
     def text(tag: str) -> list[tuple[int, str]]:
-        return [(e.step, e.tensor_proto.string_val[0].decode()) for e in events.Tensors(f"{tag}/text_summary")]
+        return [(e.step, e.tensor_proto.string_val[0].decode())
+                for e in events.Tensors(f"{tag}/text_summary")]
 
     [(step, table)] = text("samples/completions")
     assert step == 2 and table == samples_markdown(ROWS)
     assert "&lt;think&gt;A&lt;/think&gt;" in table
     [(step, config)] = text("config")
-    assert step == 0 and json.loads("\n".join(line[4:] for line in config.splitlines())) == {"seed": 3,
-                                                                                             "rl": {"lr": 1e-6}}
+    logged = json.loads("\n".join(line[4:] for line in config.splitlines()))
+    assert step == 0 and logged == {"seed": 3, "rl": {"lr": 1e-6}}
 
 
 def test_a_run_passes_its_resolved_config_to_wandb(tiny_model_dir, tmp_path, monkeypatch):

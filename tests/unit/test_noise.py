@@ -140,7 +140,8 @@ def test_group_gradients_average_to_the_trainers_gradient_of_the_whole_batch():
 def test_group_count_need_not_be_a_multiple_of_the_batch():
     model, engine, pool, prompt_cache, cfg = toy_setup(prompts_per_step=4)
     sampler = rl.Sampler(engine, Tokens(), EvenFirstToken(), pool, prompt_cache, (1,))
-    grads = list(rl_group_gradients(model, sampler, cfg, groups=6, device=torch.device("cpu"), packed=True, seed=0,
+    grads = list(rl_group_gradients(model, sampler, cfg, groups=6, device=torch.device("cpu"),
+                                    packed=True, seed=0,
                                     default_difficulty={}))
     assert len(grads) == 6
 
@@ -210,8 +211,9 @@ def test_noise_of_a_lora_recipe_takes_the_gradients_of_the_adapters(tiny_model_d
     from rlvr.trainers.pipeline import load_policy, with_lora
 
     config = load_config("recipes/kk-tiny.yaml", [
-        f"model.path={tiny_model_dir}", f"out_dir={tmp_path}", "model.lora.r=4", "threads=1", "data.train_size=32",
-        "rl.prompts_per_step=2", "rl.mini_batches=2", "rl.group_size=4", "rl.max_new_tokens=8", "sft.autocast=none"])
+        f"model.path={tiny_model_dir}", f"out_dir={tmp_path}", "model.lora.r=4", "threads=1",
+        "data.train_size=32", "rl.prompts_per_step=2", "rl.mini_batches=2", "rl.group_size=4",
+        "rl.max_new_tokens=8", "sft.autocast=none"])
     result = measure(config, groups=2, sft_examples=2, progress=lambda _: None)
     base = load_policy(tiny_model_dir, "auto", "float32", torch.device("cpu")).model
     adapted = with_lora(load_policy(tiny_model_dir, "auto", "float32", torch.device("cpu")), config).model

@@ -53,7 +53,8 @@ def step(batch: RolloutBatch, loss_agg: str, model: NativeCausalLM, optimizer: t
     adv = algorithms.compute_advantages("grpo", torch.tensor(batch.rewards),
                                         torch.tensor(batch.group_ids), mask)
     old_lp = padded(batch.engine_logprobs, width)
-    return minibatch_step(Learner(model, optimizer, torch.device("cpu"), True), StepData(batch, adv, mask, old_lp),
+    return minibatch_step(Learner(model, optimizer, torch.device("cpu"), True),
+                          StepData(batch, adv, mask, old_lp),
                           list(range(len(batch))), cfg, knobs)
 
 
@@ -197,7 +198,8 @@ def test_tis_and_kl_in_reward_share_one_forward_of_the_current_policy(monkeypatc
     knobs = Knobs(difficulty={}, max_new_tokens=16, group_size=4, temperature=1.0, lr=1e-3, stage=0)
     learner = Learner(model, torch.optim.AdamW(model.parameters(), lr=1e-3), torch.device("cpu"), True, ref)
     stats = rl.update_policy(learner, batch, cfg, knobs, 0, 0, engine_shares_weights=False)
-    assert calls.count((True, False)) == 1  # the current policy before the update: once, for TIS, KL and old lp
+    # the current policy before the update: once, for TIS, KL and old lp
+    assert calls.count((True, False)) == 1
     assert calls.count((False, False)) == 1  # the reference
     assert calls.count((True, True)) == 2  # one training forward per mini-batch
     assert "actor/reward_kl" in stats and "rollout/tis_weight_mean" in stats
@@ -223,7 +225,8 @@ def test_update_workers_give_the_sequential_gradient_and_statistics():
         optimizer = GradRecorder(model)
         cfg = RLConfig(micro_batch_tokens=24, update_workers=workers)
         stats[workers] = minibatch_step(Learner(model, optimizer, torch.device("cpu"), True),
-                                        StepData(batch, adv, mask, old_lp), list(range(len(batch))), cfg, knobs)
+                                        StepData(batch, adv, mask, old_lp), list(range(len(batch))),
+                                        cfg, knobs)
         seen[workers] = optimizer.seen
     for name, grad in seen[1].items():
         torch.testing.assert_close(seen[3][name], grad, atol=1e-6, rtol=1e-5, msg=name)

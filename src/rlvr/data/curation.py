@@ -99,7 +99,8 @@ def record_text(record: dict[str, Any], field: str | None = None, task: Any = No
                 f"(fields: {', '.join(sorted(map(str, record)))}); name one with field= or give the task"
             )
     if isinstance(value, list):
-        user = [m.get("content", "") for m in value if isinstance(m, dict) and m.get("role", "user") == "user"]
+        user = [m.get("content", "") for m in value
+                if isinstance(m, dict) and m.get("role", "user") == "user"]
         return "\n".join(str(c) for c in user)
     return str(value)
 
@@ -364,7 +365,8 @@ class _Index:
     exact and normalised text keys, and a feature row (MinHash signature or embedding),
     computed in batches as rows stream in."""
 
-    def __init__(self, method: str, num_perm: int, ngram: int, seed: int, embedding_model: PathLike | None) -> None:
+    def __init__(self, method: str, num_perm: int, ngram: int, seed: int,
+                 embedding_model: PathLike | None) -> None:
         self.method = method
         self.num_perm, self.ngram, self.seed = num_perm, ngram, seed
         self.embedding_model = embedding_model
@@ -385,9 +387,11 @@ class _Index:
         match = None
         # Exact and normalised keys share one table (distinct prefixes); first occurrence owns a key,
         # so a training row's match is a benchmark row whenever one has that key.
-        for kind, key in (("exact", b"e" + _digest(text.strip())), ("normalised", b"n" + _digest(normalize_text(text)))):
+        for kind, key in (("exact", b"e" + _digest(text.strip())),
+                          ("normalised", b"n" + _digest(normalize_text(text)))):
             earlier = self.keys.setdefault(key, row)
-            if earlier != row and not reference and (match is None or (self.reference[earlier] and not self.reference[match[1]])):
+            prefer = match is None or (self.reference[earlier] and not self.reference[match[1]])
+            if earlier != row and not reference and prefer:
                 match = (kind, earlier)
         if self.method != "none":
             self.pending.append(text)
@@ -443,7 +447,8 @@ def dedup(
     if method not in ("minhash", "embedding", "none"):
         raise ValueError(f"unknown dedup method {method!r}; valid: minhash, embedding, none")
     if method == "embedding" and embedding_model is None:
-        raise ValueError("method='embedding' needs embedding_model=DIR (a local Hugging Face model directory)")
+        raise ValueError("method='embedding' needs embedding_model=DIR (a local Hugging Face model "
+                         "directory)")
     if method == "minhash":
         lsh_bands(threshold, num_perm)  # validates the threshold before any reading
     if isinstance(task, str):
@@ -623,7 +628,7 @@ def stats(
     if config is not None:
         task = task or config.data.task
     if isinstance(tokenizer, str | os.PathLike):
-        tokenizer = load_tokenizer(tokenizer)
+        tokenizer = load_tokenizer(Path(tokenizer))
     result: dict[str, Any] = {}
     if data is not None and _is_sft_file(data):
         result.update(conversation_stats(data, tokenizer, config))
@@ -646,7 +651,8 @@ def stats(
                     messages = task_obj.messages(task_obj.from_record(record))
                     prompt_tokens.append(len(prompt_ids(tokenizer, messages, task_obj.response_prefix)))
                 else:
-                    prompt_tokens.append(len(tokenizer(record_text(record), add_special_tokens=False)["input_ids"]))
+                    prompt_tokens.append(len(tokenizer(record_text(record),
+                                                       add_special_tokens=False)["input_ids"]))
                 if answer is not None:
                     answer_tokens.append(len(tokenizer(answer, add_special_tokens=False)["input_ids"]))
         result["answer_chars"] = summarize(answer_chars)
@@ -683,7 +689,8 @@ def conversation_stats(path: PathLike, tokenizer: Any, config: Any = None) -> di
     if config is not None and rows:
         if config.sft.max_seq_len:
             result["sft_max_seq_len"] = config.sft.max_seq_len
-            result["over_sft_max_seq_len"] = sum(n > config.sft.max_seq_len for n in lengths["sequence"]) / len(rows)
+            over = sum(n > config.sft.max_seq_len for n in lengths["sequence"])
+            result["over_sft_max_seq_len"] = over / len(rows)
         result["rl_max_new_tokens"] = config.rl.max_new_tokens
         result["completions_over_rl_max_new_tokens"] = sum(
             n > config.rl.max_new_tokens for n in lengths["completion"]) / len(rows)
@@ -795,7 +802,8 @@ def _mix_sources(sources: Sequence[str | tuple[PathLike, float]],
     return parsed, labels, counts
 
 
-def _with_provenance(record: dict[str, Any], label: str, path: str, line: int, set_source: bool) -> dict[str, Any]:
+def _with_provenance(record: dict[str, Any], label: str, path: str, line: int,
+                     set_source: bool) -> dict[str, Any]:
     """A copy of `record` with "provenance" (and, with set_source, "source": label; see mix)."""
     provenance: dict[str, Any] = {"source": label, "file": path, "line": line}
     record = dict(record)

@@ -154,7 +154,8 @@ def check_lora(config: RunConfig) -> None:
         raise ConfigError(f"config key model.lora: LoRA needs peft, which is not installed ({lora.INSTALL})",
                           key="model.lora")
     if config.model.path:
-        hf_config = AutoConfig.from_pretrained(str(model_config_dir(config.model.path)), local_files_only=True)
+        hf_config = AutoConfig.from_pretrained(str(model_config_dir(config.model.path)),
+                                               local_files_only=True)
     else:
         hf_config = model_config(PRESETS[config.model.preset], TYPICAL_VOCAB_SIZE, pad_id=0, eos_id=1)
     try:
@@ -294,8 +295,8 @@ def check_model_path(config: RunConfig) -> None:
     if not config.model.path:
         return
     if not Path(config.model.path).is_dir():
-        raise ConfigError(f"config key model.path: {config.model.path} is not a directory (rlvr loads local HF "
-                          f"directories)", key="model.path")
+        raise ConfigError(f"config key model.path: {config.model.path} is not a directory (rlvr loads "
+                          f"local HF directories)", key="model.path")
     try:
         adapter_base(config.model.path)
     except ModelLoadError as err:
