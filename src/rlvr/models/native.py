@@ -321,7 +321,8 @@ def _bf16(q: torch.Tensor) -> bool:
     return torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
 
 
-def _attend_matmul(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+def _attend_matmul(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                   mask: torch.Tensor | None) -> torch.Tensor:
     """_attend as explicit matmuls: mask (B, 1, T, S) bool or None (causal, T == S)."""
     B, Hq, T, d = q.shape
     Hkv, S = k.shape[1], k.shape[2]
@@ -474,12 +475,14 @@ class SharedPromptKVCache:
         P, _, Tp, _ = prompt_keys.shape
         # each (prompt, kv head) the queries of its rows: (P * Hkv, G * rep, d)
         q_grid = qk.view(B * heads, d).index_select(0, grid.qk_to_grid).view(P * Hkv, -1, d)
-        prompt_scores = torch.baddbmm(self.prompt_bias, q_grid, prompt_keys.view(P * Hkv, Tp, d).transpose(1, 2))
+        prompt_keys_t = prompt_keys.view(P * Hkv, Tp, d).transpose(1, 2)
+        prompt_scores = torch.baddbmm(self.prompt_bias, q_grid, prompt_keys_t)  # (P * Hkv, G * rep, Tp)
         prompt_scores = prompt_scores.view(-1, Tp).index_select(0, grid.from_grid).view(B, Hkv, rep, Tp)
         scores = torch.cat([prompt_scores, torch.matmul(q, keys.transpose(-1, -2))], dim=-1)
         probs = torch.softmax(scores, dim=-1).view(B * Hkv * rep, -1)  # (B * Hkv * rep, Tp + slot + 1)
         p_grid = probs[:, :Tp].index_select(0, grid.to_grid).view(P * Hkv, -1, Tp)
-        out = torch.bmm(p_grid, prompt_values.view(P * Hkv, Tp, d)).view(-1, d).index_select(0, grid.from_grid)
+        out = torch.bmm(p_grid, prompt_values.view(P * Hkv, Tp, d)).view(-1, d)
+        out = out.index_select(0, grid.from_grid)  # (B * Hkv * rep, d)
         own = probs[:, Tp:].view(B * Hkv, rep, slot + 1)
         return torch.baddbmm(out.view(B * Hkv, rep, d), own, values.flatten(0, 1)).view(B, Hkv, rep, d)
 
@@ -514,7 +517,7 @@ class SharedPromptKVCache:
             length=used,
             weights=self.weights,
             rope=self.rope,
-            grid=_PromptGrid.build(row_prompt, prompt_keys[0].shape[0], prompt_keys[0].shape[1], self.grid.rep),
+            grid=_PromptGrid.build(row_prompt, present.shape[0], prompt_keys[0].shape[1], self.grid.rep),
         )
 
 
@@ -1044,7 +1047,9 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
     bin_file = path / "pytorch_model.bin"
     if bin_file.is_file():
         return torch.load(bin_file, map_location="cpu", weights_only=True)
-    raise FileNotFoundError(f"{path}: no model.safetensors, model.safetensors.index.json or pytorch_model.bin")
+    raise FileNotFoundError(
+        f"{path}: no model.safetensors, model.safetensors.index.json or pytorch_model.bin"
+    )
 
 
 def _replace_dir(src: Path, dst: Path) -> None:

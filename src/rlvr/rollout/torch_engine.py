@@ -183,9 +183,10 @@ class _HFBackend:
         if self.keep_kw is None and "num_logits_to_keep" in params:
             self.keep_kw = "num_logits_to_keep"
 
-    def prefill(self, ids: torch.Tensor, mask: torch.Tensor, capacity: int,
+    def prefill(self, ids: torch.Tensor, mask: torch.Tensor, capacity: int,  # noqa: ARG002 - the cache grows
                 rows: torch.Tensor) -> tuple[torch.Tensor, _HFState]:
-        """As _NativeBackend.prefill: the prompts' caches replicated to one per row."""
+        """As _NativeBackend.prefill: the prompts' caches replicated to one per row (a transformers
+        cache grows as it goes, so capacity is not needed)."""
         positions = (mask.cumsum(1) - 1).clamp(min=0)
         extra = {self.keep_kw: 1} if self.keep_kw else {}
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **extra)
@@ -310,7 +311,8 @@ class TorchEngine:
         generator = _generator(params.seed, self.device)
         uniforms = None  # (rows, max_new_tokens): the number that draws each row's k-th token
         if params.temperature > 0 and rows:
-            uniforms = torch.rand((len(rows), max(params.max_new_tokens, 1)), generator=generator, device=self.device)
+            shape = (len(rows), max(params.max_new_tokens, 1))
+            uniforms = torch.rand(shape, generator=generator, device=self.device)
         bounds = chunk_bounds(len(prompt_ids), params.n, self.max_batch_size, self.workers)
         stats = {"decode_steps": 0, "row_steps": 0, "prefill_tokens": 0}
         was_training = getattr(self.model, "training", False)
@@ -320,7 +322,8 @@ class TorchEngine:
             chunk_stats = dict.fromkeys(stats, 0)
             with torch.inference_mode():  # thread-local: each worker enters it itself
                 u = None if uniforms is None else uniforms[lo:hi]
-                return self._run_chunk([prompt_ids[p] for p, _ in rows[lo:hi]], params, u, chunk_stats), chunk_stats
+                chunk = self._run_chunk([prompt_ids[p] for p, _ in rows[lo:hi]], params, u, chunk_stats)
+                return chunk, chunk_stats
 
         threads = torch.get_num_threads()
         try:
@@ -407,7 +410,8 @@ class TorchEngine:
         alive = torch.ones(R, dtype=torch.bool, device=self.device)
         for step in range(max_new):
             u = None if uniforms is None else uniforms[row_ids, step]
-            tokens, logprobs = sample_tokens(logits, params.temperature, params.top_k, params.top_p, uniform=u)
+            tokens, logprobs = sample_tokens(logits, params.temperature, params.top_k, params.top_p,
+                                             uniform=u)
             out.tokens[row_ids, step] = tokens
             out.logprobs[row_ids, step] = logprobs
             hit = torch.isin(tokens, stop_ids) & alive
@@ -431,7 +435,8 @@ class TorchEngine:
         return out
 
     def _stop_string_hits(
-        self, tokens: torch.Tensor, row_ids: torch.Tensor, alive: torch.Tensor, step: int, stops: tuple[str, ...]
+        self, tokens: torch.Tensor, row_ids: torch.Tensor, alive: torch.Tensor, step: int,
+        stops: tuple[str, ...],
     ) -> torch.Tensor:
         """Running rows whose newest token completes one of the stop strings.
 
@@ -495,7 +500,8 @@ def _generator(seed: int | None, device: torch.device) -> torch.Generator:
     return torch.Generator(device=device).manual_seed(seed)
 
 
-def _to_rollouts(rows: list[tuple[int, int]], prompt_ids: Sequence[Sequence[int]], out: _Chunk) -> list[Rollout]:
+def _to_rollouts(rows: list[tuple[int, int]], prompt_ids: Sequence[Sequence[int]],
+                 out: _Chunk) -> list[Rollout]:
     lengths, stopped = out.lengths.tolist(), out.stopped.tolist()
     tokens, logprobs = out.tokens.cpu().tolist(), out.logprobs.cpu().tolist()
     rollouts = []
