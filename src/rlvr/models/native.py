@@ -38,7 +38,7 @@ import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple, cast
 
 import torch
 import torch.nn.functional as F
@@ -560,27 +560,45 @@ class _PromptGrid:
         heads = kv_heads * (rep + 1)  # query heads, then key heads, per row of qk
         qk_to_grid = [(i // (kv_heads * rep)) * heads + i % (kv_heads * rep) for i in to_grid]
         device = row_prompt.device
-        return cls(*(torch.tensor(t, device=device) for t in (to_grid, from_grid, qk_to_grid)), rep=rep)
+        return cls(to_grid=torch.tensor(to_grid, device=device),
+                   from_grid=torch.tensor(from_grid, device=device),
+                   qk_to_grid=torch.tensor(qk_to_grid, device=device), rep=rep)
 
 
 def adapted_weight(linear: nn.Module) -> torch.Tensor:
     """The weight a Linear layer applies. A LoRA layer injected by peft (model.lora) keeps the frozen
     weight in `base_layer` and adds each active adapter's (alpha / r) B A; decoding from fused
     weights must add them too, or it would sample from the base model."""
-    base = getattr(linear, "base_layer", None)
+    base: Any = getattr(linear, "base_layer", None)
     if base is None:
-        return linear.weight
-    weight = base.weight
+        return cast(torch.Tensor, linear.weight)
+    weight: torch.Tensor = base.weight
     if getattr(linear, "merged", False) or getattr(linear, "disable_adapters", False):
         return weight  # merged: base_layer already holds the sum; disabled: the base model
-    for name in linear.active_adapters:
-        if name in linear.lora_A:
-            weight = weight + linear.get_delta_weight(name)
+    lora: Any = linear
+    for name in lora.active_adapters:
+        if name in lora.lora_A:
+            weight = weight + lora.get_delta_weight(name)
     return weight
 
 
 def _bias(linear: nn.Module) -> torch.Tensor | None:
-    return getattr(linear, "base_layer", linear).bias
+    return cast("torch.Tensor | None", getattr(linear, "base_layer", linear).bias)
+
+
+class _LayerWeights(NamedTuple):
+    """One layer's decode weights (see _DecodeWeights)."""
+
+    ln1: torch.Tensor
+    qkv_w: torch.Tensor
+    qkv_b: torch.Tensor | None
+    o_w_t: torch.Tensor
+    o_b: torch.Tensor | None
+    ln2: torch.Tensor
+    gate_up_w: torch.Tensor
+    gate_up_b: torch.Tensor | None
+    down_w_t: torch.Tensor
+    down_b: torch.Tensor | None
 
 
 @dataclass
@@ -592,7 +610,7 @@ class _DecodeWeights:
     instead of three (q/k/v) or two (gate/up) per decode step.
     """
 
-    layers: list[tuple[torch.Tensor | None, ...]]
+    layers: list[_LayerWeights]
     embed: torch.Tensor
     norm: torch.Tensor
     lm_head: torch.Tensor
@@ -615,6 +633,9 @@ class NativeCausalLM(nn.Module):
         self._tie()
         self._rope_tables: dict[tuple, torch.Tensor] = {}
         self.reset_parameters()
+
+    def _layers(self) -> list[DecoderLayer]:
+        return cast(list[DecoderLayer], list(self.model.layers))
 
     def _tie(self) -> None:
         if self.arch.tie_word_embeddings:
@@ -661,7 +682,7 @@ class NativeCausalLM(nn.Module):
         cos, sin = rope_cos_sin(position_ids, rope_inv_freq(a.head_dim, a.rope_theta, x.device), x.dtype)
         cos, sin = cos[:, None], sin[:, None]  # (B, 1, T, d): broadcast over heads
         dropout = a.attention_dropout if self.training else 0.0
-        for layer in self.model.layers:
+        for layer in self._layers():
             attn = layer.self_attn
             q, k, v = _rotary_qkv(attn, a, layer.input_layernorm(x), cos, sin)
             o = _attend(q, k, v, mask, dropout)  # (B, Hq, T, d)
@@ -706,7 +727,7 @@ class NativeCausalLM(nn.Module):
         mask = torch.cat([sees_prompt[:, None, :].expand(n, C, Tp), causal.expand(n, C, C)], dim=-1)[:, None]
         y = self.model.embed_tokens(completion_ids)
         dropout = a.attention_dropout if self.training else 0.0
-        for layer in self.model.layers:
+        for layer in self._layers():
             attn = layer.self_attn
             q, k, v = _rotary_qkv(attn, a, layer.input_layernorm(x), cos_p, sin_p)
             qc, kc, vc = _rotary_qkv(attn, a, layer.input_layernorm(y), cos_c, sin_c)
@@ -736,32 +757,41 @@ class NativeCausalLM(nn.Module):
         """
         a = self.arch
 
-        def cast(t: torch.Tensor | None) -> torch.Tensor | None:
-            return None if t is None else t.detach().to(dtype)
+        def to_dtype(t: torch.Tensor) -> torch.Tensor:
+            return t.detach().to(dtype)
+
+        def bias(linear: nn.Module, scale: float = 1.0) -> torch.Tensor:
+            b = _bias(linear)
+            if b is None:
+                raise ValueError(f"{type(linear).__name__} has no bias, but the config says it has")
+            return b * scale
+
+        def optional_bias(linear: nn.Module) -> torch.Tensor | None:
+            b = _bias(linear)
+            return None if b is None else to_dtype(b)
 
         layers = []
         with torch.no_grad():
-            for layer in self.model.layers:
+            for layer in self._layers():
                 at, mlp = layer.self_attn, layer.mlp
                 projections = (at.q_proj, at.k_proj, at.v_proj)
                 scales = (q_scale, 1.0, 1.0)
                 qkv_w = torch.cat([adapted_weight(p) * c for p, c in zip(projections, scales)])
-                qkv_b = torch.cat([_bias(p) * c for p, c in zip(projections, scales)]) if a.qkv_bias else None
+                qkv_b = torch.cat([bias(p, c) for p, c in zip(projections, scales)]) if a.qkv_bias else None
                 gate_up_w = torch.cat([adapted_weight(mlp.gate_proj), adapted_weight(mlp.up_proj)])
-                gate_up_b = torch.cat([_bias(mlp.gate_proj), _bias(mlp.up_proj)]) if a.mlp_bias else None
-                fused = (
-                    layer.input_layernorm.weight,
-                    qkv_w,
-                    qkv_b,
-                    adapted_weight(at.o_proj).t(),
-                    _bias(at.o_proj),
-                    layer.post_attention_layernorm.weight,
-                    gate_up_w,
-                    gate_up_b,
-                    adapted_weight(mlp.down_proj).t(),
-                    _bias(mlp.down_proj),
-                )
-                layers.append(tuple(cast(t) for t in fused))
+                gate_up_b = torch.cat([bias(mlp.gate_proj), bias(mlp.up_proj)]) if a.mlp_bias else None
+                layers.append(_LayerWeights(
+                    ln1=to_dtype(layer.input_layernorm.weight),
+                    qkv_w=to_dtype(qkv_w),
+                    qkv_b=None if qkv_b is None else to_dtype(qkv_b),
+                    o_w_t=to_dtype(adapted_weight(at.o_proj).t()),
+                    o_b=optional_bias(at.o_proj),
+                    ln2=to_dtype(layer.post_attention_layernorm.weight),
+                    gate_up_w=to_dtype(gate_up_w),
+                    gate_up_b=None if gate_up_b is None else to_dtype(gate_up_b),
+                    down_w_t=to_dtype(adapted_weight(mlp.down_proj).t()),
+                    down_b=optional_bias(mlp.down_proj),
+                ))
         return _DecodeWeights(
             layers=layers,
             embed=self.model.embed_tokens.weight.detach().to(dtype),
@@ -828,7 +858,7 @@ class NativeCausalLM(nn.Module):
         x = self.model.embed_tokens(input_ids)
         cos, sin = rope_cos_sin(positions, rope_inv_freq(a.head_dim, a.rope_theta, device), param_dtype)
         cos, sin = cos[:, None], sin[:, None]
-        for i, layer in enumerate(self.model.layers):
+        for i, layer in enumerate(self._layers()):
             attn = layer.self_attn
             q, k, v = _rotary_qkv(attn, a, layer.input_layernorm(x), cos, sin)
             keys[i][:, :, :T] = k
@@ -856,7 +886,7 @@ class NativeCausalLM(nn.Module):
         x = self.model.embed_tokens(input_ids)
         cos, sin = rope_cos_sin(positions, rope_inv_freq(a.head_dim, a.rope_theta, device), param_dtype)
         cos, sin = cos[:, None], sin[:, None]
-        for layer in self.model.layers:
+        for layer in self._layers():
             attn = layer.self_attn
             q, k, v = _rotary_qkv(attn, a, layer.input_layernorm(x), cos, sin)
             prompt_keys.append(k.to(dtype).contiguous())
