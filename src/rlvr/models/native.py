@@ -26,6 +26,8 @@ Inference API (used by rlvr.rollout.torch_engine):
     logits, cache = model.prefill(input_ids, attention_mask, capacity)   # left-padded prompts
     logits = model.decode_step(next_ids, cache)                           # one token per row
     cache = cache.select(rows)             # drop finished rows, or repeat rows for n samples
+    logits, cache = model.prefill(ids, mask, capacity, rows=rows)  # rows continuing shared prompts:
+                                           # each prompt's K/V kept once (SharedPromptKVCache)
 """
 
 from __future__ import annotations
