@@ -20,13 +20,14 @@ import os
 import statistics
 import time
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-import torch  # noqa: E402
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch is imported (in the functions)
 
 
-def matmul_peak(dtype: torch.dtype, n: int = 1024, repeats: int = 5) -> float:
-    """FLOP/s of an n x n x n torch.matmul (best of `repeats`)."""
+def matmul_peak(dtype_name: str, n: int = 1024, repeats: int = 5) -> float:
+    """FLOP/s of an n x n x n torch.matmul in torch.<dtype_name> (best of `repeats`)."""
+    import torch
+
+    dtype = getattr(torch, dtype_name)
     a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
     torch.matmul(a, b)
     best = float("inf")
@@ -50,12 +51,15 @@ def forward_flops(config: object, tokens: int, context: float) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model-dir", required=True, help="HF checkpoint directory (an SFT checkpoint of the recipe)")
+    ap.add_argument("--model-dir", required=True,
+                    help="HF checkpoint directory (an SFT checkpoint of the recipe)")
     ap.add_argument("--recipe", default="recipes/kk-tiny.yaml")
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("overrides", nargs="*", help="config overrides, key=value")
     args = ap.parse_args()
+    import torch
+
     torch.set_num_threads(args.threads)
 
     from rlvr import tasks
@@ -94,7 +98,7 @@ def main() -> None:
     optimizer = torch.optim.AdamW(policy.model.parameters(), lr=cfg.lr, betas=(0.9, 0.99))
     learner = Learner(policy.model, optimizer, device, policy.packed)
     sampler = Sampler(engine, policy.tokenizer, task, pool, prompt_cache, eos)
-    peaks = {"fp32": [matmul_peak(torch.float32)], "bf16": [matmul_peak(torch.bfloat16)]}
+    peaks = {"fp32": [matmul_peak("float32")], "bf16": [matmul_peak("bfloat16")]}
     mc = policy.model.config
     rows = []
     for step in range(args.steps):
@@ -119,26 +123,32 @@ def main() -> None:
         mask = (torch.arange(width)[None, :] < lengths[:, None]).float()
         from rlvr import algorithms
 
-        adv = algorithms.compute_advantages(cfg.advantage, torch.tensor(batch.rewards), torch.tensor(batch.group_ids),
+        adv = algorithms.compute_advantages(cfg.advantage, torch.tensor(batch.rewards),
+                                            torch.tensor(batch.group_ids),
                                             mask)
         active = gradient_rows(range(len(batch)), StepData(batch, adv, mask), cfg)
         upd = 3 * sum(forward_flops(mc, comps[i], prompts[i] + comps[i] / 2) for i in active)
-        upd += 3 * len({tuple(batch.prompt_ids[i]) for i in active}) * forward_flops(mc, max(prompts), max(prompts) / 2)
+        prompt_passes = len({tuple(batch.prompt_ids[i]) for i in active})
+        upd += 3 * prompt_passes * forward_flops(mc, max(prompts), max(prompts) / 2)
         rows.append((t_gen, t_upd, gen, upd, sum(comps), len(active), len(batch)))
-        print(f"step {step}: gen {t_gen:.2f}s ({sum(comps) / t_gen:,.0f} tok/s, {gen / t_gen / 1e9:.2f} GFLOP/s), "
+        print(f"step {step}: gen {t_gen:.2f}s ({sum(comps) / t_gen:,.0f} tok/s, "
+              f"{gen / t_gen / 1e9:.2f} GFLOP/s), "
               f"update {t_upd:.2f}s ({len(active)}/{len(batch)} rows with an advantage, "
-              f"{upd / max(t_upd, 1e-9) / 1e9:.2f} GFLOP/s), {len(batch) / (t_gen + t_upd):.1f} samples/s", flush=True)
-    peaks["fp32"].append(matmul_peak(torch.float32))
-    peaks["bf16"].append(matmul_peak(torch.bfloat16))
+              f"{upd / max(t_upd, 1e-9) / 1e9:.2f} GFLOP/s), {len(batch) / (t_gen + t_upd):.1f} samples/s",
+              flush=True)
+    peaks["fp32"].append(matmul_peak("float32"))
+    peaks["bf16"].append(matmul_peak("bfloat16"))
     fp32, bf16 = max(peaks["fp32"]), max(peaks["bf16"])
     print(f"\nthreads {torch.get_num_threads()}; matmul peak (1024^3, best of the runs before/after): fp32 "
-          f"{fp32 / 1e9:.1f} GFLOP/s (lower run {min(peaks['fp32']) / 1e9:.1f}), bf16 {bf16 / 1e9:.1f} GFLOP/s "
+          f"{fp32 / 1e9:.1f} GFLOP/s (lower run {min(peaks['fp32']) / 1e9:.1f}), "
+          f"bf16 {bf16 / 1e9:.1f} GFLOP/s "
           f"(lower run {min(peaks['bf16']) / 1e9:.1f})")
     g = statistics.median(r[2] / r[0] for r in rows)
     u = statistics.median(r[3] / max(r[1], 1e-9) for r in rows)
     dec = "bf16" if config.model.engine_dtype == "bfloat16" else "fp32"
     upd_peak = bf16 if cfg.autocast == "bfloat16" else fp32
-    print(f"generation: {g / 1e9:.2f} GFLOP/s = {100 * g / (bf16 if dec == 'bf16' else fp32):.1f}% of the {dec} peak")
+    gen_peak = bf16 if dec == "bf16" else fp32
+    print(f"generation: {g / 1e9:.2f} GFLOP/s = {100 * g / gen_peak:.1f}% of the {dec} peak")
     print(f"update:     {u / 1e9:.2f} GFLOP/s = {100 * u / upd_peak:.1f}% of the "
           f"{'bf16' if cfg.autocast == 'bfloat16' else 'fp32'} peak")
     samples = sum(r[6] for r in rows)

@@ -26,6 +26,8 @@ Inference API (used by rlvr.rollout.torch_engine):
     logits, cache = model.prefill(input_ids, attention_mask, capacity)   # left-padded prompts
     logits = model.decode_step(next_ids, cache)                           # one token per row
     cache = cache.select(rows)             # drop finished rows, or repeat rows for n samples
+    logits, cache = model.prefill(ids, mask, capacity, rows=rows)  # rows continuing shared prompts:
+                                           # each prompt's K/V kept once (SharedPromptKVCache)
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple, cast
 
 import torch
 import torch.nn.functional as F
@@ -321,7 +323,8 @@ def _bf16(q: torch.Tensor) -> bool:
     return torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
 
 
-def _attend_matmul(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+def _attend_matmul(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                   mask: torch.Tensor | None) -> torch.Tensor:
     """_attend as explicit matmuls: mask (B, 1, T, S) bool or None (causal, T == S)."""
     B, Hq, T, d = q.shape
     Hkv, S = k.shape[1], k.shape[2]
@@ -381,6 +384,19 @@ class KVCache:
     def capacity(self) -> int:
         return self.key_bias.shape[-1]
 
+    def attend(self, layer: int, qk: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Write the new token's key and value at slot `length` of layer `layer`; return its
+        attention over the filled slots, (B, Hkv, rep, d).
+
+        qk (B, Hq + Hkv, d): the token's rotated query heads, then its key heads; v (B, Hkv, d).
+        """
+        slot, (B, Hkv, _, d) = self.length, self.keys[layer].shape
+        self.keys[layer].select(2, slot).copy_(qk[:, -Hkv:])
+        self.values[layer].select(2, slot).copy_(v)
+        q = qk[:, :-Hkv].view(B, Hkv, -1, d)
+        keys, values = self.keys[layer][:, :, : slot + 1], self.values[layer][:, :, : slot + 1]
+        return _decode_attend(q, keys, values, self.key_bias[..., : slot + 1])
+
     def select(self, rows: torch.Tensor) -> KVCache:
         """A new cache holding `rows` (int64 indices, repeats allowed) of this one, in that order.
 
@@ -407,24 +423,184 @@ class KVCache:
         )
 
 
+@dataclass
+class SharedPromptKVCache:
+    """A KV cache for rows that continue a few shared prompts (a group's n samples): each prompt's
+    keys and values are stored once, each row's generated ones on their own.
+
+    prompt_keys[i], prompt_values[i]: (P, Hkv, Tp, d) of the left-padded prompts, layer i;
+    prompt_bias: (P * Hkv, 1, Tp) additive bias, -inf on a prompt's left padding;
+    keys[i], values[i]: (B, Hkv, capacity, d) of the generated tokens; slots [0, length) filled;
+    row_prompt: (B,) the prompt each row continues; positions: (B,) rotary position of each row's
+    next token. weights: the decode weights with the query rows scaled by head_dim^-0.5, so no
+    score is scaled per step.
+
+    Decode attention (attend): the queries of all rows of a prompt are gathered into one matrix,
+    (G * rep, d) for each prompt and K/V head (G: most rows any prompt has), and scored against
+    the prompt's keys in one batched matmul; each row's own generated keys are scored as usual;
+    one softmax runs over both parts, and the output adds both parts' values. Compared with
+    KVCache this reads each prompt's K/V once per step instead of once per row, and replicating
+    or dropping rows (select) copies only the generated slots.
+    """
+
+    prompt_keys: list[torch.Tensor]
+    prompt_values: list[torch.Tensor]
+    prompt_bias: torch.Tensor
+    keys: list[torch.Tensor]
+    values: list[torch.Tensor]
+    row_prompt: torch.Tensor
+    positions: torch.Tensor
+    length: int
+    weights: _DecodeWeights
+    rope: torch.Tensor  # (positions, 2, d): cos and signed sin per position, see _rope_table
+    grid: _PromptGrid
+
+    @property
+    def batch_size(self) -> int:
+        return self.positions.shape[0]
+
+    @property
+    def capacity(self) -> int:
+        """Slots for generated tokens."""
+        return self.keys[0].shape[2]
+
+    def attend(self, layer: int, qk: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """As KVCache.attend; the queries in qk are pre-scaled by head_dim^-0.5 (see weights)."""
+        slot, grid = self.length, self.grid
+        (B, Hkv, _, d), heads = self.keys[layer].shape, qk.shape[1]
+        rep = (heads - Hkv) // Hkv
+        self.keys[layer].select(2, slot).copy_(qk[:, -Hkv:])
+        self.values[layer].select(2, slot).copy_(v)
+        q = qk[:, :-Hkv].view(B, Hkv, rep, d)
+        keys, values = self.keys[layer][:, :, : slot + 1], self.values[layer][:, :, : slot + 1]
+        prompt_keys, prompt_values = self.prompt_keys[layer], self.prompt_values[layer]
+        P, _, Tp, _ = prompt_keys.shape
+        # each (prompt, kv head) the queries of its rows: (P * Hkv, G * rep, d)
+        q_grid = qk.view(B * heads, d).index_select(0, grid.qk_to_grid).view(P * Hkv, -1, d)
+        prompt_keys_t = prompt_keys.view(P * Hkv, Tp, d).transpose(1, 2)
+        prompt_scores = torch.baddbmm(self.prompt_bias, q_grid, prompt_keys_t)  # (P * Hkv, G * rep, Tp)
+        prompt_scores = prompt_scores.view(-1, Tp).index_select(0, grid.from_grid).view(B, Hkv, rep, Tp)
+        scores = torch.cat([prompt_scores, torch.matmul(q, keys.transpose(-1, -2))], dim=-1)
+        probs = torch.softmax(scores, dim=-1).view(B * Hkv * rep, -1)  # (B * Hkv * rep, Tp + slot + 1)
+        p_grid = probs[:, :Tp].index_select(0, grid.to_grid).view(P * Hkv, -1, Tp)
+        out = torch.bmm(p_grid, prompt_values.view(P * Hkv, Tp, d)).view(-1, d)
+        out = out.index_select(0, grid.from_grid)  # (B * Hkv * rep, d)
+        own = probs[:, Tp:].view(B * Hkv, rep, slot + 1)
+        return torch.baddbmm(out.view(B * Hkv, rep, d), own, values.flatten(0, 1)).view(B, Hkv, rep, d)
+
+    def select(self, rows: torch.Tensor) -> SharedPromptKVCache:
+        """A new cache holding `rows` (int64 indices, repeats allowed) of this one, in that order;
+        prompts no row continues are dropped. Copies only the generated slots."""
+        rows = rows.to(self.positions.device)
+        n, used = rows.shape[0], self.length
+        row_prompt = self.row_prompt.index_select(0, rows)
+        present, row_prompt = torch.unique(row_prompt, sorted=True, return_inverse=True)
+        prompt_keys, prompt_values, prompt_bias = self.prompt_keys, self.prompt_values, self.prompt_bias
+        if present.shape[0] < self.prompt_keys[0].shape[0]:
+            prompt_keys = [k.index_select(0, present) for k in prompt_keys]
+            prompt_values = [v.index_select(0, present) for v in prompt_values]
+            Hkv = prompt_keys[0].shape[1]
+            prompt_bias = prompt_bias.view(-1, Hkv, 1, prompt_bias.shape[-1]).index_select(0, present)
+            prompt_bias = prompt_bias.view(-1, 1, prompt_bias.shape[-1])
+
+        def take(buf: torch.Tensor) -> torch.Tensor:
+            out = buf.new_empty((n, *buf.shape[1:]))
+            out[:, :, :used] = buf[:, :, :used].index_select(0, rows)
+            return out
+
+        return SharedPromptKVCache(
+            prompt_keys=prompt_keys,
+            prompt_values=prompt_values,
+            prompt_bias=prompt_bias,
+            keys=[take(k) for k in self.keys],
+            values=[take(v) for v in self.values],
+            row_prompt=row_prompt,
+            positions=self.positions.index_select(0, rows),
+            length=used,
+            weights=self.weights,
+            rope=self.rope,
+            grid=_PromptGrid.build(row_prompt, present.shape[0], prompt_keys[0].shape[1], self.grid.rep),
+        )
+
+
+@dataclass(frozen=True)
+class _PromptGrid:
+    """Where each row's queries sit when a prompt's rows are scored together (SharedPromptKVCache).
+
+    Query rows are indexed (row, kv head, j) with j < rep, flat r * Hkv * rep + h * rep + j; grid
+    rows (prompt, kv head, g, j), g < G the row's rank among its prompt's rows, flat
+    ((p * Hkv + h) * G + g) * rep + j. to_grid[grid row] is the query row placed there (empty
+    places repeat query row h * rep + j: finite values that nothing reads); from_grid[query row]
+    is its grid row; qk_to_grid is to_grid in rows of decode_step's (B * (Hq + Hkv), d) q/k heads.
+    """
+
+    to_grid: torch.Tensor
+    from_grid: torch.Tensor
+    qk_to_grid: torch.Tensor
+    rep: int
+
+    @classmethod
+    def build(cls, row_prompt: torch.Tensor, num_prompts: int, kv_heads: int, rep: int) -> _PromptGrid:
+        prompts = row_prompt.tolist()
+        rank, counts = [], [0] * num_prompts
+        for p in prompts:
+            rank.append(counts[p])
+            counts[p] += 1
+        G = max(counts)
+        hj = [(h, j) for h in range(kv_heads) for j in range(rep)]
+        to_grid = [0] * (num_prompts * kv_heads * G * rep)
+        for p in range(num_prompts):
+            for h, j in hj:
+                for g in range(G):
+                    to_grid[((p * kv_heads + h) * G + g) * rep + j] = h * rep + j
+        from_grid = []
+        for r, (p, g) in enumerate(zip(prompts, rank)):
+            for h, j in hj:
+                place = ((p * kv_heads + h) * G + g) * rep + j
+                to_grid[place] = (r * kv_heads + h) * rep + j
+                from_grid.append(place)
+        heads = kv_heads * (rep + 1)  # query heads, then key heads, per row of qk
+        qk_to_grid = [(i // (kv_heads * rep)) * heads + i % (kv_heads * rep) for i in to_grid]
+        device = row_prompt.device
+        return cls(to_grid=torch.tensor(to_grid, device=device),
+                   from_grid=torch.tensor(from_grid, device=device),
+                   qk_to_grid=torch.tensor(qk_to_grid, device=device), rep=rep)
+
+
 def adapted_weight(linear: nn.Module) -> torch.Tensor:
     """The weight a Linear layer applies. A LoRA layer injected by peft (model.lora) keeps the frozen
     weight in `base_layer` and adds each active adapter's (alpha / r) B A; decoding from fused
     weights must add them too, or it would sample from the base model."""
-    base = getattr(linear, "base_layer", None)
+    base: Any = getattr(linear, "base_layer", None)
     if base is None:
-        return linear.weight
-    weight = base.weight
+        return cast(torch.Tensor, linear.weight)
+    weight: torch.Tensor = base.weight
     if getattr(linear, "merged", False) or getattr(linear, "disable_adapters", False):
         return weight  # merged: base_layer already holds the sum; disabled: the base model
-    for name in linear.active_adapters:
-        if name in linear.lora_A:
-            weight = weight + linear.get_delta_weight(name)
+    lora: Any = linear
+    for name in lora.active_adapters:
+        if name in lora.lora_A:
+            weight = weight + lora.get_delta_weight(name)
     return weight
 
 
 def _bias(linear: nn.Module) -> torch.Tensor | None:
-    return getattr(linear, "base_layer", linear).bias
+    return cast("torch.Tensor | None", getattr(linear, "base_layer", linear).bias)
+
+
+class _LayerWeights(NamedTuple):
+    """One layer's decode weights (see _DecodeWeights)."""
+
+    ln1: torch.Tensor
+    qkv_w: torch.Tensor
+    qkv_b: torch.Tensor | None
+    o_w_t: torch.Tensor
+    o_b: torch.Tensor | None
+    ln2: torch.Tensor
+    gate_up_w: torch.Tensor
+    gate_up_b: torch.Tensor | None
+    down_w_t: torch.Tensor
+    down_b: torch.Tensor | None
 
 
 @dataclass
@@ -436,7 +612,7 @@ class _DecodeWeights:
     instead of three (q/k/v) or two (gate/up) per decode step.
     """
 
-    layers: list[tuple[torch.Tensor | None, ...]]
+    layers: list[_LayerWeights]
     embed: torch.Tensor
     norm: torch.Tensor
     lm_head: torch.Tensor
@@ -459,6 +635,9 @@ class NativeCausalLM(nn.Module):
         self._tie()
         self._rope_tables: dict[tuple, torch.Tensor] = {}
         self.reset_parameters()
+
+    def _layers(self) -> list[DecoderLayer]:
+        return cast(list[DecoderLayer], list(self.model.layers))
 
     def _tie(self) -> None:
         if self.arch.tie_word_embeddings:
@@ -505,7 +684,7 @@ class NativeCausalLM(nn.Module):
         cos, sin = rope_cos_sin(position_ids, rope_inv_freq(a.head_dim, a.rope_theta, x.device), x.dtype)
         cos, sin = cos[:, None], sin[:, None]  # (B, 1, T, d): broadcast over heads
         dropout = a.attention_dropout if self.training else 0.0
-        for layer in self.model.layers:
+        for layer in self._layers():
             attn = layer.self_attn
             q, k, v = _rotary_qkv(attn, a, layer.input_layernorm(x), cos, sin)
             o = _attend(q, k, v, mask, dropout)  # (B, Hq, T, d)
@@ -550,7 +729,7 @@ class NativeCausalLM(nn.Module):
         mask = torch.cat([sees_prompt[:, None, :].expand(n, C, Tp), causal.expand(n, C, C)], dim=-1)[:, None]
         y = self.model.embed_tokens(completion_ids)
         dropout = a.attention_dropout if self.training else 0.0
-        for layer in self.model.layers:
+        for layer in self._layers():
             attn = layer.self_attn
             q, k, v = _rotary_qkv(attn, a, layer.input_layernorm(x), cos_p, sin_p)
             qc, kc, vc = _rotary_qkv(attn, a, layer.input_layernorm(y), cos_c, sin_c)
@@ -570,8 +749,9 @@ class NativeCausalLM(nn.Module):
 
     # ---------------------------------------------------------------- inference (KV cache)
 
-    def _fused_weights(self, dtype: torch.dtype) -> _DecodeWeights:
-        """Decode weights in dtype, built afresh by every prefill.
+    def _fused_weights(self, dtype: torch.dtype, q_scale: float = 1.0) -> _DecodeWeights:
+        """Decode weights in dtype, built afresh by every prefill; q_scale multiplies the query
+        projection (weight and bias), e.g. head_dim^-0.5 to scale attention scores for free.
 
         Rebuilding costs one copy of the weights (milliseconds for the CPU presets), far less
         than a generate call; caching them would risk decoding with stale weights after an
@@ -579,31 +759,41 @@ class NativeCausalLM(nn.Module):
         """
         a = self.arch
 
-        def cast(t: torch.Tensor | None) -> torch.Tensor | None:
-            return None if t is None else t.detach().to(dtype)
+        def to_dtype(t: torch.Tensor) -> torch.Tensor:
+            return t.detach().to(dtype)
+
+        def bias(linear: nn.Module, scale: float = 1.0) -> torch.Tensor:
+            b = _bias(linear)
+            if b is None:
+                raise ValueError(f"{type(linear).__name__} has no bias, but the config says it has")
+            return b * scale
+
+        def optional_bias(linear: nn.Module) -> torch.Tensor | None:
+            b = _bias(linear)
+            return None if b is None else to_dtype(b)
 
         layers = []
         with torch.no_grad():
-            for layer in self.model.layers:
+            for layer in self._layers():
                 at, mlp = layer.self_attn, layer.mlp
                 projections = (at.q_proj, at.k_proj, at.v_proj)
-                qkv_w = torch.cat([adapted_weight(p) for p in projections])
-                qkv_b = torch.cat([_bias(p) for p in projections]) if a.qkv_bias else None
+                scales = (q_scale, 1.0, 1.0)
+                qkv_w = torch.cat([adapted_weight(p) * c for p, c in zip(projections, scales)])
+                qkv_b = torch.cat([bias(p, c) for p, c in zip(projections, scales)]) if a.qkv_bias else None
                 gate_up_w = torch.cat([adapted_weight(mlp.gate_proj), adapted_weight(mlp.up_proj)])
-                gate_up_b = torch.cat([_bias(mlp.gate_proj), _bias(mlp.up_proj)]) if a.mlp_bias else None
-                fused = (
-                    layer.input_layernorm.weight,
-                    qkv_w,
-                    qkv_b,
-                    adapted_weight(at.o_proj).t(),
-                    _bias(at.o_proj),
-                    layer.post_attention_layernorm.weight,
-                    gate_up_w,
-                    gate_up_b,
-                    adapted_weight(mlp.down_proj).t(),
-                    _bias(mlp.down_proj),
-                )
-                layers.append(tuple(cast(t) for t in fused))
+                gate_up_b = torch.cat([bias(mlp.gate_proj), bias(mlp.up_proj)]) if a.mlp_bias else None
+                layers.append(_LayerWeights(
+                    ln1=to_dtype(layer.input_layernorm.weight),
+                    qkv_w=to_dtype(qkv_w),
+                    qkv_b=None if qkv_b is None else to_dtype(qkv_b),
+                    o_w_t=to_dtype(adapted_weight(at.o_proj).t()),
+                    o_b=optional_bias(at.o_proj),
+                    ln2=to_dtype(layer.post_attention_layernorm.weight),
+                    gate_up_w=to_dtype(gate_up_w),
+                    gate_up_b=None if gate_up_b is None else to_dtype(gate_up_b),
+                    down_w_t=to_dtype(adapted_weight(mlp.down_proj).t()),
+                    down_b=optional_bias(mlp.down_proj),
+                ))
         return _DecodeWeights(
             layers=layers,
             embed=self.model.embed_tokens.weight.detach().to(dtype),
@@ -637,13 +827,17 @@ class NativeCausalLM(nn.Module):
         attention_mask: torch.Tensor | None = None,
         capacity: int | None = None,
         dtype: torch.dtype | None = None,
-    ) -> tuple[torch.Tensor, KVCache]:
+        rows: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, KVCache | SharedPromptKVCache]:
         """Run left-padded prompts (B, T) and return (last-token float32 logits (B, V), cache).
 
         attention_mask (B, T): 1 on prompt tokens, 0 on the left padding. capacity: total slots
         of the cache (prompt + tokens to generate); at least T. dtype: precision of the cache and
         of decode_step (default: the parameters'). A float32 model can decode in bfloat16 from
         bf16 copies of its weights, so the learner's own fp32 module can serve as the engine.
+        rows (R,) int64: decode R rows, row r continuing prompt rows[r] (e.g. n samples of each
+        prompt); the logits are then (R, V) and the cache a SharedPromptKVCache, which keeps each
+        prompt's keys and values once. Without rows: a KVCache of the B prompts.
         """
         a = self.arch
         B, T = input_ids.shape
@@ -657,6 +851,8 @@ class NativeCausalLM(nn.Module):
         # causal, and keys must be real tokens; the diagonal keeps padding queries finite
         diagonal = torch.eye(T, dtype=torch.bool, device=device)
         mask = packed_attention_mask(valid.long()) & (valid[:, None, None, :] | diagonal)
+        if rows is not None:
+            return self._prefill_shared(input_ids, valid, positions, mask, capacity, dtype, rows)
         weights = self._fused_weights(dtype)
         cache_shape = (B, a.num_kv_heads, capacity, a.head_dim)
         keys = [torch.zeros(cache_shape, device=device, dtype=dtype) for _ in range(a.num_layers)]
@@ -664,7 +860,7 @@ class NativeCausalLM(nn.Module):
         x = self.model.embed_tokens(input_ids)
         cos, sin = rope_cos_sin(positions, rope_inv_freq(a.head_dim, a.rope_theta, device), param_dtype)
         cos, sin = cos[:, None], sin[:, None]
-        for i, layer in enumerate(self.model.layers):
+        for i, layer in enumerate(self._layers()):
             attn = layer.self_attn
             q, k, v = _rotary_qkv(attn, a, layer.input_layernorm(x), cos, sin)
             keys[i][:, :, :T] = k
@@ -680,14 +876,61 @@ class NativeCausalLM(nn.Module):
         cache = KVCache(keys, values, key_bias, positions[:, -1] + 1, T, weights, rope)
         return logits, cache
 
+    def _prefill_shared(self, input_ids: torch.Tensor, valid: torch.Tensor, positions: torch.Tensor,
+                        mask: torch.Tensor, capacity: int, dtype: torch.dtype,
+                        rows: torch.Tensor) -> tuple[torch.Tensor, SharedPromptKVCache]:
+        """prefill with rows: the prompts' keys and values once, an empty generated part per row."""
+        a = self.arch
+        (P, T), device = input_ids.shape, input_ids.device
+        rows = rows.to(device)
+        param_dtype = self.model.embed_tokens.weight.dtype
+        prompt_keys, prompt_values = [], []
+        x = self.model.embed_tokens(input_ids)
+        cos, sin = rope_cos_sin(positions, rope_inv_freq(a.head_dim, a.rope_theta, device), param_dtype)
+        cos, sin = cos[:, None], sin[:, None]
+        for layer in self._layers():
+            attn = layer.self_attn
+            q, k, v = _rotary_qkv(attn, a, layer.input_layernorm(x), cos, sin)
+            prompt_keys.append(k.to(dtype).contiguous())
+            prompt_values.append(v.to(dtype).contiguous())
+            o = _attend(q, k, v, mask, 0.0)
+            x = x + attn.o_proj(o.transpose(1, 2).reshape(P, T, a.num_heads * a.head_dim))
+            x = x + layer.mlp(layer.post_attention_layernorm(x))
+        logits = self.lm_head(self.model.norm(x[:, -1])).float().index_select(0, rows)
+        bias = torch.zeros(P, a.num_kv_heads, 1, T, device=device, dtype=dtype)
+        bias.masked_fill_(~valid[:, None, None, :], float("-inf"))
+        R, new = rows.shape[0], capacity - T
+        shape = (R, a.num_kv_heads, max(new, 1), a.head_dim)
+        rep = a.num_heads // a.num_kv_heads
+        # a sorted row_prompt keeps the grid's rows in row order; prompts no row continues are dropped
+        present, row_prompt = torch.unique(rows, sorted=True, return_inverse=True)
+        if present.shape[0] < P:
+            prompt_keys = [k.index_select(0, present) for k in prompt_keys]
+            prompt_values = [v.index_select(0, present) for v in prompt_values]
+            bias = bias.index_select(0, present)
+        cache = SharedPromptKVCache(
+            prompt_keys=prompt_keys,
+            prompt_values=prompt_values,
+            prompt_bias=bias.view(-1, 1, T),
+            keys=[torch.zeros(shape, device=device, dtype=dtype) for _ in range(a.num_layers)],
+            values=[torch.zeros(shape, device=device, dtype=dtype) for _ in range(a.num_layers)],
+            row_prompt=row_prompt,
+            positions=positions[:, -1].index_select(0, rows) + 1,
+            length=0,
+            weights=self._fused_weights(dtype, q_scale=a.head_dim**-0.5),
+            rope=self._rope_table(capacity, device, dtype),
+            grid=_PromptGrid.build(row_prompt, present.shape[0], a.num_kv_heads, rep),
+        )
+        return logits, cache
+
     @torch.no_grad()
-    def decode_step(self, next_ids: torch.Tensor, cache: KVCache) -> torch.Tensor:
+    def decode_step(self, next_ids: torch.Tensor, cache: KVCache | SharedPromptKVCache) -> torch.Tensor:
         """Append one token per row (next_ids (B,)) to the cache; return float32 logits (B, V).
 
         The cache is updated in place (slot `length`, positions + 1). Per layer this is one fused
-        q/k/v projection, rotary for all heads in three ops, two cache writes, one attention call
-        and two matmuls that add into the residual; grouped query heads attend as a
-        (Hkv, Hq/Hkv) grid, so K/V heads are never repeated.
+        q/k/v projection, rotary for all heads in three ops, the cache's attend (two cache writes
+        and the attention) and two matmuls that add into the residual; grouped query heads attend
+        as a (Hkv, Hq/Hkv) grid, so K/V heads are never repeated.
         """
         a = self.arch
         slot = cache.length
@@ -695,25 +938,19 @@ class NativeCausalLM(nn.Module):
             raise RuntimeError(f"KV cache full: capacity {cache.capacity} slots")
         B = next_ids.shape[0]
         n_q, n_qk = a.num_heads * a.head_dim, (a.num_heads + a.num_kv_heads) * a.head_dim
-        rep, eps = a.num_heads // a.num_kv_heads, a.rms_norm_eps
+        eps = a.rms_norm_eps
         inter = a.intermediate_size
         w = cache.weights
         x = F.embedding(next_ids, w.embed)  # (B, H)
         cos_sin = cache.rope.index_select(0, cache.positions)  # (B, 2, d)
         cos, sin = cos_sin[:, :1], cos_sin[:, 1:]  # (B, 1, d): broadcast over heads
         heads, half = a.num_heads + a.num_kv_heads, a.head_dim // 2
-        bias = cache.key_bias[..., : slot + 1]
         for i, (ln1, w_qkv, b_qkv, wo_t, bo, ln2, w_gu, b_gu, wd_t, bd) in enumerate(w.layers):
             h = rms_norm(x, ln1, eps)
             y = F.linear(h, w_qkv, b_qkv)  # (B, n_qk + n_k)
             qk = y[:, :n_qk].view(B, heads, a.head_dim)
             qk = torch.addcmul(qk * cos, qk.roll(half, dims=-1), sin)  # rotary, all q and k heads at once
-            cache.keys[i].select(2, slot).copy_(qk[:, a.num_heads :])
-            cache.values[i].select(2, slot).copy_(y[:, n_qk:].view(B, a.num_kv_heads, a.head_dim))
-            q = qk[:, : a.num_heads].view(B, a.num_kv_heads, rep, a.head_dim)
-            k = cache.keys[i][:, :, : slot + 1]
-            v = cache.values[i][:, :, : slot + 1]
-            o = _decode_attend(q, k, v, bias)  # (B, Hkv, rep, d)
+            o = cache.attend(i, qk, y[:, n_qk:].view(B, a.num_kv_heads, a.head_dim))  # (B, Hkv, rep, d)
             x = torch.addmm(x, o.reshape(B, n_q), wo_t)
             if bo is not None:
                 x = x + bo
@@ -842,7 +1079,9 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
     bin_file = path / "pytorch_model.bin"
     if bin_file.is_file():
         return torch.load(bin_file, map_location="cpu", weights_only=True)
-    raise FileNotFoundError(f"{path}: no model.safetensors, model.safetensors.index.json or pytorch_model.bin")
+    raise FileNotFoundError(
+        f"{path}: no model.safetensors, model.safetensors.index.json or pytorch_model.bin"
+    )
 
 
 def _replace_dir(src: Path, dst: Path) -> None:
@@ -859,6 +1098,7 @@ def _replace_dir(src: Path, dst: Path) -> None:
 __all__ = [
     "Arch",
     "KVCache",
+    "SharedPromptKVCache",
     "adapted_weight",
     "NativeCausalLM",
     "SUPPORTED_MODEL_TYPES",

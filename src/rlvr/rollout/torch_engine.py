@@ -3,8 +3,9 @@
 `TorchEngine` implements the RolloutEngine protocol (base.py) for
   * any transformers causal LM: its forward with `past_key_values` (a DynamicCache), and
   * a fast path for models that offer the native inference API (rlvr.models.native.NativeCausalLM):
-        logits, cache = model.prefill(input_ids, attention_mask, capacity)
+        logits, cache = model.prefill(input_ids, attention_mask, capacity, rows=rows)
         logits = model.decode_step(next_ids, cache);  cache = cache.select(rows)
+    (rows: the prompt each decoding row continues; without it, one row per prompt)
     The engine only duck-types this API (the rollout package imports nothing from rlvr.models).
 
 How one generate() call runs:
@@ -14,8 +15,9 @@ How one generate() call runs:
      intra-op torch thread: the ops of a decode step on this model are too small for torch's
      intra-op parallelism (on 2 CPU cores, 2 threads decoded one batch slower than 1), while
      independent chunks keep both cores busy.
-  2. per chunk: the distinct prompts are left-padded and prefilled once; their caches are then
-     replicated to one row per sample, so n samples share one prefill.
+  2. per chunk: the distinct prompts are left-padded and prefilled once, so n samples share one
+     prefill; on the native path a prompt's keys and values are then also kept once for all its
+     samples while decoding (share_prompt), else they are replicated to one row per sample.
   3. decode in lockstep: sample every running row, record token and log-prob, stop rows on a stop
      id or stop string; finished rows are dropped from the running batch (compacted once enough
      have finished that the copy pays for itself), so they stop costing compute.
@@ -138,14 +140,24 @@ def left_pad(prompts: Sequence[Sequence[int]], pad_token_id: int, device: torch.
 
 
 class _NativeBackend:
-    """Models with prefill / decode_step / cache.select (rlvr.models.native.NativeCausalLM)."""
+    """Models with prefill / decode_step / cache.select (rlvr.models.native.NativeCausalLM).
 
-    def __init__(self, model: Any, dtype: torch.dtype | None) -> None:
+    share_prompt: prefill(..., rows=) keeps each prompt's K/V once for all its rows (the model's
+    SharedPromptKVCache); otherwise the prompts' caches are replicated to one per row.
+    """
+
+    def __init__(self, model: Any, dtype: torch.dtype | None, share_prompt: bool) -> None:
         self.model = model
         self.dtype = dtype
+        self.share_prompt = share_prompt
 
-    def prefill(self, ids: torch.Tensor, mask: torch.Tensor, capacity: int) -> tuple[torch.Tensor, Any]:
-        return self.model.prefill(ids, mask, capacity, dtype=self.dtype)
+    def prefill(self, ids: torch.Tensor, mask: torch.Tensor, capacity: int,
+                rows: torch.Tensor) -> tuple[torch.Tensor, Any]:
+        """Logits (R, V) and state of R rows, row r continuing prompt rows[r] of ids (P, T)."""
+        if self.share_prompt:
+            return self.model.prefill(ids, mask, capacity, dtype=self.dtype, rows=rows)
+        logits, state = self.model.prefill(ids, mask, capacity, dtype=self.dtype)
+        return logits.index_select(0, rows), state.select(rows)
 
     def step(self, next_ids: torch.Tensor, state: Any) -> torch.Tensor:
         return self.model.decode_step(next_ids, state)
@@ -171,11 +183,15 @@ class _HFBackend:
         if self.keep_kw is None and "num_logits_to_keep" in params:
             self.keep_kw = "num_logits_to_keep"
 
-    def prefill(self, ids: torch.Tensor, mask: torch.Tensor, capacity: int) -> tuple[torch.Tensor, _HFState]:
+    def prefill(self, ids: torch.Tensor, mask: torch.Tensor, capacity: int,  # noqa: ARG002 - the cache grows
+                rows: torch.Tensor) -> tuple[torch.Tensor, _HFState]:
+        """As _NativeBackend.prefill: the prompts' caches replicated to one per row (a transformers
+        cache grows as it goes, so capacity is not needed)."""
         positions = (mask.cumsum(1) - 1).clamp(min=0)
         extra = {self.keep_kw: 1} if self.keep_kw else {}
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **extra)
-        return out.logits[:, -1], _HFState(out.past_key_values, mask, positions[:, -1] + 1)
+        state = _HFState(out.past_key_values, mask, positions[:, -1] + 1)
+        return out.logits[:, -1].index_select(0, rows), self.select(state, rows)
 
     def step(self, next_ids: torch.Tensor, state: _HFState) -> torch.Tensor:
         state.mask = torch.cat([state.mask, state.mask.new_ones(state.mask.shape[0], 1)], dim=1)
@@ -232,6 +248,11 @@ class TorchEngine:
     model: each generate call decodes from bf16 copies of the current weights, ~2x faster matmuls
     on CPUs with AVX512-BF16, but log-probs then differ from the fp32 learner's by ~0.04 nats per
     token on average); the HF path runs in the model's own dtype. Log-probs are float32 always.
+    share_prompt: on the native path, keep each prompt's K/V once for all its samples while
+    decoding (rlvr.models.native.SharedPromptKVCache: decode attention scores a prompt's rows
+    against its keys together, and compaction copies only generated slots); False replicates
+    the prompt's cache to every sample, as before 2026-12-03 (same tokens, log-probs within float
+    rounding). None: shared on the native path; the HF path always replicates.
     """
 
     def __init__(
@@ -244,6 +265,7 @@ class TorchEngine:
         max_batch_size: int | None = None,
         dtype: torch.dtype | str | None = None,
         workers: int = 1,
+        share_prompt: bool | None = None,
     ) -> None:
         decode_dtype = getattr(torch, dtype, None) if isinstance(dtype, str) else dtype
         if dtype is not None and not isinstance(decode_dtype, torch.dtype):
@@ -269,8 +291,10 @@ class TorchEngine:
         native = all(hasattr(model, name) for name in ("prefill", "decode_step"))
         if not native and decode_dtype is not None:
             raise ValueError("TorchEngine: dtype is only supported for models with the native inference API")
+        if not native and share_prompt:
+            raise ValueError("TorchEngine: share_prompt needs a model with the native inference API")
         self.backend: _NativeBackend | _HFBackend = (
-            _NativeBackend(model, decode_dtype) if native else _HFBackend(model)
+            _NativeBackend(model, decode_dtype, share_prompt is not False) if native else _HFBackend(model)
         )
         self.last_stats: dict[str, float] = {}
 
@@ -287,7 +311,8 @@ class TorchEngine:
         generator = _generator(params.seed, self.device)
         uniforms = None  # (rows, max_new_tokens): the number that draws each row's k-th token
         if params.temperature > 0 and rows:
-            uniforms = torch.rand((len(rows), max(params.max_new_tokens, 1)), generator=generator, device=self.device)
+            shape = (len(rows), max(params.max_new_tokens, 1))
+            uniforms = torch.rand(shape, generator=generator, device=self.device)
         bounds = chunk_bounds(len(prompt_ids), params.n, self.max_batch_size, self.workers)
         stats = {"decode_steps": 0, "row_steps": 0, "prefill_tokens": 0}
         was_training = getattr(self.model, "training", False)
@@ -297,7 +322,8 @@ class TorchEngine:
             chunk_stats = dict.fromkeys(stats, 0)
             with torch.inference_mode():  # thread-local: each worker enters it itself
                 u = None if uniforms is None else uniforms[lo:hi]
-                return self._run_chunk([prompt_ids[p] for p, _ in rows[lo:hi]], params, u, chunk_stats), chunk_stats
+                chunk = self._run_chunk([prompt_ids[p] for p, _ in rows[lo:hi]], params, u, chunk_stats)
+                return chunk, chunk_stats
 
         threads = torch.get_num_threads()
         try:
@@ -374,9 +400,8 @@ class TorchEngine:
         row_prompt = [distinct.setdefault(tuple(p), len(distinct)) for p in prompts]
         ids, mask = left_pad(list(distinct), self.pad_token_id, self.device)
         stats["prefill_tokens"] += int(mask.sum())
-        logits, state = self.backend.prefill(ids, mask, ids.shape[1] + max_new)
         expand = torch.as_tensor(row_prompt, dtype=torch.long, device=self.device)
-        logits, state = logits.index_select(0, expand), self.backend.select(state, expand)
+        logits, state = self.backend.prefill(ids, mask, ids.shape[1] + max_new, expand)
 
         stop_ids = torch.as_tensor(
             sorted(set(self.eos_token_ids) | set(params.stop_token_ids)), dtype=torch.long, device=self.device
@@ -385,7 +410,8 @@ class TorchEngine:
         alive = torch.ones(R, dtype=torch.bool, device=self.device)
         for step in range(max_new):
             u = None if uniforms is None else uniforms[row_ids, step]
-            tokens, logprobs = sample_tokens(logits, params.temperature, params.top_k, params.top_p, uniform=u)
+            tokens, logprobs = sample_tokens(logits, params.temperature, params.top_k, params.top_p,
+                                             uniform=u)
             out.tokens[row_ids, step] = tokens
             out.logprobs[row_ids, step] = logprobs
             hit = torch.isin(tokens, stop_ids) & alive
@@ -409,7 +435,8 @@ class TorchEngine:
         return out
 
     def _stop_string_hits(
-        self, tokens: torch.Tensor, row_ids: torch.Tensor, alive: torch.Tensor, step: int, stops: tuple[str, ...]
+        self, tokens: torch.Tensor, row_ids: torch.Tensor, alive: torch.Tensor, step: int,
+        stops: tuple[str, ...],
     ) -> torch.Tensor:
         """Running rows whose newest token completes one of the stop strings.
 
@@ -473,7 +500,8 @@ def _generator(seed: int | None, device: torch.device) -> torch.Generator:
     return torch.Generator(device=device).manual_seed(seed)
 
 
-def _to_rollouts(rows: list[tuple[int, int]], prompt_ids: Sequence[Sequence[int]], out: _Chunk) -> list[Rollout]:
+def _to_rollouts(rows: list[tuple[int, int]], prompt_ids: Sequence[Sequence[int]],
+                 out: _Chunk) -> list[Rollout]:
     lengths, stopped = out.lengths.tolist(), out.stopped.tolist()
     tokens, logprobs = out.tokens.cpu().tolist(), out.logprobs.cpu().tolist()
     rollouts = []
