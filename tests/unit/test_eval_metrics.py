@@ -19,7 +19,7 @@ from rlvr.evaluation import (
     pass_at_k,
     write_eval,
 )
-from rlvr.evaluation.evaluate import EvalSampling, format_summary, parse_k, read_eval
+from rlvr.evaluation.evaluate import EvalSampling, ModelLoading, format_summary, parse_k, read_eval
 from rlvr.evaluation.metrics import breakdown_table, majority_vote_score, reflection_counts
 from rlvr.rollout.base import Rollout, SamplingParams
 
@@ -168,6 +168,22 @@ def test_parse_k_and_check_sampling() -> None:
         EvalSampling(n=4, temperature=0.0)
     with pytest.raises(ValueError, match=r"\[16\]"):
         EvalSampling(n=4, temperature=1.0, k_values=(1, 16))
+
+
+def test_eval_sampling_defaults_and_settings() -> None:
+    greedy, sampled = EvalSampling.from_options(n=1), EvalSampling.from_options(n=4, k="4,1")
+    assert (greedy.temperature, greedy.top_p) == (0.0, 1.0)
+    assert (sampled.temperature, sampled.top_p, sampled.k_values) == (0.6, 0.95, (1, 4))
+    assert EvalSampling.from_options(n=4, temperature=1.0).top_p == 0.95
+    assert list(sampled.settings()) == ["n", "temperature", "top_p", "top_k", "max_new_tokens", "seed",
+                                        "k_values", "prompts_per_batch"]
+    assert sampled.settings()["k_values"] == [1, 4]
+    params = sampled.params((1, 2), batch=3)
+    assert params.seed == 3 and params.n == 4 and params.stop_token_ids == (1, 2)
+    with pytest.raises(ValueError, match="prompts_per_batch"):
+        EvalSampling(prompts_per_batch=0)
+    with pytest.raises(ValueError, match="engine"):
+        ModelLoading(engine="jax")
 
 
 # -------------------------------------------------------------------- evaluate() bookkeeping
