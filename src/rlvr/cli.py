@@ -190,13 +190,16 @@ def cmd_data_stats(args: argparse.Namespace) -> int:
 
 
 def cmd_data_filter(args: argparse.Namespace) -> int:
+    from rlvr.evaluation import EvalSampling
     from rlvr.evaluation.pass_rate import filter_command
+    from rlvr.tasks import get
 
     task, options, config = task_from_args(args)
     max_new_tokens = args.max_new_tokens or (config.rl.max_new_tokens if config is not None else 1024)
-    report = filter_command(args.data, args.out, task, args.model, n=args.n, low=args.low, high=args.high,
-                            temperature=args.temperature, max_new_tokens=max_new_tokens, seed=args.seed,
-                            device=args.device, task_options=options)
+    sampling = EvalSampling(n=args.n, temperature=args.temperature, max_new_tokens=max_new_tokens,
+                            seed=args.seed)
+    report = filter_command(args.data, args.out, get(task, **options), args.model, sampling=sampling,
+                            keep=(args.low, args.high), device=args.device)
     print(json.dumps(report, indent=2))
     return 0
 
@@ -223,21 +226,23 @@ def cmd_data_mix(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from rlvr.evaluation import eval_command, format_summary
+    from rlvr.evaluation import EvalSampling, ModelLoading, eval_command, format_summary
+    from rlvr.tasks import get
 
     task, options, config = task_from_args(args)
     max_new_tokens = args.max_new_tokens or (config.eval.max_new_tokens if config is not None else 1024)
-    chosen: Any = task
-    template = ""
+    sampling = EvalSampling.from_options(n=args.n, k=args.k, temperature=args.temperature, top_p=args.top_p,
+                                         max_new_tokens=max_new_tokens, seed=args.seed)
     if config is not None:  # the recipe's prompts, rendered as its run renders them
         from rlvr.trainers.pipeline import build_task
 
         config.data.task_options = options
         chosen, template = build_task(config), config.data.prompt_template
-    result = eval_command(args.model, chosen, args.data, args.out, n=args.n, k=args.k,
-                          temperature=args.temperature, top_p=args.top_p, max_new_tokens=max_new_tokens,
-                          seed=args.seed, limit=args.limit, device=args.device, dtype=args.dtype,
-                          task_options=options, engine=args.engine, prompt_template=template)
+    else:
+        chosen, template = get(task, **options), ""
+    loading = ModelLoading(engine=args.engine, device=args.device, dtype=args.dtype, prompt_template=template)
+    result = eval_command(args.model, chosen, args.data, args.out, sampling=sampling, loading=loading,
+                          limit=args.limit)
     print(format_summary(result))
     return 0
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -11,8 +12,17 @@ import torch
 from rlvr import tasks
 from rlvr.data.curation import sidecar
 from rlvr.data.tools import generate
-from rlvr.evaluation import compute_metrics, eval_command, evaluate, load_engine, read_eval, write_report
-from rlvr.evaluation.pass_rate import filter_command
+from rlvr.evaluation import (
+    EvalSampling,
+    ModelLoading,
+    compute_metrics,
+    eval_command,
+    evaluate,
+    load_engine,
+    read_eval,
+    write_report,
+)
+from rlvr.evaluation.pass_rate import FILTER_SAMPLING, filter_command
 from rlvr.models.factory import init_model
 
 
@@ -31,9 +41,9 @@ def test_evaluate_with_torch_engine(engine_and_tokenizer) -> None:
     engine, tokenizer = engine_and_tokenizer
     task = tasks.get("knights_knaves")
     examples = task.examples(4, seed=11, people=[2, 3])
-    kwargs = dict(n=3, temperature=1.0, top_p=0.95, max_new_tokens=12, seed=7, k_values=(1, 3),
-                  prompts_per_batch=3)
-    result = evaluate(engine, tokenizer, task, examples, **kwargs)
+    sampling = EvalSampling(n=3, temperature=1.0, top_p=0.95, max_new_tokens=12, seed=7, k_values=(1, 3),
+                            prompts_per_batch=3)
+    result = evaluate(engine, tokenizer, task, examples, sampling)
     assert len(result.samples) == 12
     assert [s["prompt_index"] for s in result.samples] == [0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3]
     for sample in result.samples:
@@ -49,7 +59,7 @@ def test_evaluate_with_torch_engine(engine_and_tokenizer) -> None:
                                                      for s in result.samples) / 12)
     assert result.timing["gen_tokens_per_s"] > 0
     # Same seed, same completions.
-    again = evaluate(engine, tokenizer, task, examples, **kwargs)
+    again = evaluate(engine, tokenizer, task, examples, sampling)
     assert [s["completion"] for s in again.samples] == [s["completion"] for s in result.samples]
 
 
@@ -57,8 +67,10 @@ def test_eval_command_end_to_end(model_dir: Path, tmp_path: Path) -> None:
     data = tmp_path / "kk_test.jsonl"
     generate("knights_knaves", 5, seed=3, out=data, people=[2, 3])
     out = tmp_path / "eval"
-    result = eval_command(str(model_dir), "knights_knaves", str(data), str(out), n=2, k="1,2",
-                          max_new_tokens=10, device="cpu", progress=False, limit=4)
+    cpu = ModelLoading(device="cpu")
+    result = eval_command(str(model_dir), "knights_knaves", str(data), str(out),
+                          sampling=EvalSampling.from_options(n=2, k="1,2", max_new_tokens=10), loading=cpu,
+                          progress=False, limit=4)
     payload = read_eval(out)
     # n > 1 defaults
     assert payload["settings"]["temperature"] == 0.6 and payload["settings"]["top_p"] == 0.95
@@ -68,12 +80,13 @@ def test_eval_command_end_to_end(model_dir: Path, tmp_path: Path) -> None:
     assert compute_metrics(samples, (1, 2), payload["settings"]["difficulty_keys"]) == pytest.approx(result.metrics)
     assert result.metrics["by_people/2/n_prompts"] == 2  # knights_knaves' difficulty key
     assert result.samples == []  # streamed to the file, not held
-    generated = eval_command(str(model_dir), "knights_knaves", None, limit=3, max_new_tokens=4, device="cpu",
-                             progress=False)
+    generated = eval_command(str(model_dir), "knights_knaves", None, limit=3, loading=cpu, progress=False,
+                             sampling=EvalSampling.from_options(max_new_tokens=4))
     assert generated.metrics["n_prompts"] == 3 and generated.settings["data"] == "generated (seed 12345)"
     assert len(generated.samples) == 3  # no out directory: the samples come back
     with pytest.raises(ValueError, match="identical"):
-        eval_command(str(model_dir), "knights_knaves", str(data), n=2, temperature=0.0, device="cpu")
+        eval_command(str(model_dir), "knights_knaves", str(data),
+                     sampling=EvalSampling.from_options(n=2, temperature=0.0), loading=cpu)
 
 
 def test_eval_cli_takes_the_task_and_its_options_from_a_recipe(model_dir: Path, tmp_path: Path) -> None:
@@ -139,8 +152,9 @@ def test_filter_command_with_a_model(model_dir: Path, tmp_path: Path) -> None:
     generate("knights_knaves", 4, seed=5, out=data, people=2)
     out = tmp_path / "kept.jsonl"
     # An untrained model solves nothing: with 0% inside the range every problem is kept.
-    summary = filter_command(data, out, "knights_knaves", model_dir, n=2, low=0.0,
-                             max_new_tokens=8, device="cpu")
+    summary = filter_command(data, out, "knights_knaves", model_dir,
+                             sampling=replace(FILTER_SAMPLING, n=2, max_new_tokens=8), keep=(0.0, 0.625),
+                             device="cpu")
     assert summary["records_out"] == 4 and len(out.read_text().splitlines()) == 4
     rates = [json.loads(line) for line in sidecar(out, ".pass_rates.jsonl").read_text().splitlines()]
     assert [r["pass_rate"] for r in rates] == [0.0] * 4 and all(r["kept"] for r in rates)
@@ -152,6 +166,7 @@ def test_report_over_a_real_eval(model_dir: Path, tmp_path: Path) -> None:
     generate("knights_knaves", 3, seed=1, out=data, people=3)
     run = tmp_path / "run"
     eval_command(str(model_dir), "knights_knaves", str(data), str(run / "eval" / "after_rl_greedy"),
-                 max_new_tokens=8, device="cpu", progress=False)
+                 sampling=EvalSampling.from_options(max_new_tokens=8), loading=ModelLoading(device="cpu"),
+                 progress=False)
     page = write_report(run, png=False).read_text()
     assert "after_rl_greedy" in page and "avg@n by people" in page and "Eval completions" in page

@@ -315,7 +315,7 @@ def adapter_checkpoint(tiny_model_dir, tmp_path):
 def test_an_adapter_checkpoint_loads_as_its_base_with_the_adapter_merged(adapter_checkpoint, tiny_model_dir, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    from rlvr.evaluation import eval_command
+    from rlvr.evaluation import EvalSampling, ModelLoading, eval_command
     from rlvr.models import load_model
 
     checkpoint, merged = adapter_checkpoint
@@ -327,7 +327,8 @@ def test_an_adapter_checkpoint_loads_as_its_base_with_the_adapter_merged(adapter
     assert not any("lora" in name for name, _ in load_model(checkpoint).named_parameters())
     assert (loaded - want).abs().max() < 1e-5 and (loaded - base).abs().max() > 1e-2
     # `rlvr eval --model CHECKPOINT` samples the adapted model, as from its merged directory
-    results = [eval_command(str(path), "knights_knaves", None, limit=3, max_new_tokens=12, device="cpu",
+    sampling, cpu = EvalSampling(max_new_tokens=12), ModelLoading(device="cpu")
+    results = [eval_command(str(path), "knights_knaves", None, limit=3, sampling=sampling, loading=cpu,
                             progress=False) for path in (checkpoint, merged)]
     assert [s["completion"] for s in results[0].samples] == [s["completion"] for s in results[1].samples]
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +26,7 @@ from rlvr.data.curation import (
     stats,
 )
 from rlvr.data.io import DataError
-from rlvr.evaluation.pass_rate import filter_by_pass_rate, gold_verifiable
+from rlvr.evaluation.pass_rate import FILTER_SAMPLING, filter_by_pass_rate, gold_verifiable
 from rlvr.rollout.base import Rollout, SamplingParams
 from rlvr.trainers.pipeline import recipe_tokenizer
 
@@ -261,8 +262,9 @@ def test_filter_keeps_the_pass_rate_range(tmp_path: Path) -> None:
     data = write_jsonl(tmp_path / "pool.jsonl", records)
     engine = ScriptedEngine(CharTokenizer(), correct)
     out = tmp_path / "kept.jsonl"
-    summary = filter_by_pass_rate(data, out, task="math", engine=engine, tokenizer=CharTokenizer(), n=8,
-                                  prompts_per_batch=3, max_new_tokens=200)
+    summary = filter_by_pass_rate(data, out, task="math", engine=engine, tokenizer=CharTokenizer(),
+                                  sampling=replace(FILTER_SAMPLING, n=8, prompts_per_batch=3,
+                                                   max_new_tokens=200))
     kept = [r["problem"] for r in read_jsonl(out)]
     # 2/8 = 0.25 and 5/8 = 0.625 (the inclusive upper bound) and 4/8 are kept; 1/8 is too hard.
     assert kept == ["Problem 2: what is 2?", "Problem 3: what is 3?", "Problem 6: what is 6?"]
@@ -288,11 +290,12 @@ def test_filter_custom_range_and_bad_arguments(tmp_path: Path) -> None:
                        [{"problem": f"Problem {k}: what is {k}?", "answer": str(k)} for k in correct])
     engine = ScriptedEngine(CharTokenizer(), correct)
     summary = filter_by_pass_rate(data, tmp_path / "hard.jsonl", task="math", engine=engine,
-                                  tokenizer=CharTokenizer(), n=8, low=0.0, high=0.5)
+                                  tokenizer=CharTokenizer(), sampling=replace(FILTER_SAMPLING, n=8),
+                                  keep=(0.0, 0.5))
     assert summary["records_out"] == 2
     with pytest.raises(ValueError, match="low"):
         filter_by_pass_rate(data, tmp_path / "x.jsonl", task="math", engine=engine, tokenizer=CharTokenizer(),
-                            low=0.7, high=0.2)
+                            keep=(0.7, 0.2))
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"problem": "Problem 0: a", "answer": "0"}\nnot json\n', encoding="utf-8")
     with pytest.raises(DataError, match=r"bad\.jsonl:2:"):

@@ -19,7 +19,7 @@ from rlvr.evaluation import (
     pass_at_k,
     write_eval,
 )
-from rlvr.evaluation.evaluate import check_sampling, format_summary, parse_k, read_eval
+from rlvr.evaluation.evaluate import EvalSampling, ModelLoading, format_summary, parse_k, read_eval
 from rlvr.evaluation.metrics import breakdown_table, majority_vote_score, reflection_counts
 from rlvr.rollout.base import Rollout, SamplingParams
 
@@ -165,9 +165,25 @@ def test_parse_k_and_check_sampling() -> None:
     with pytest.raises(ValueError, match="comma-separated"):
         parse_k("1;4")
     with pytest.raises(ValueError, match="identical"):
-        check_sampling(4, 0.0, (1,))
+        EvalSampling(n=4, temperature=0.0)
     with pytest.raises(ValueError, match=r"\[16\]"):
-        check_sampling(4, 1.0, (1, 16))
+        EvalSampling(n=4, temperature=1.0, k_values=(1, 16))
+
+
+def test_eval_sampling_defaults_and_settings() -> None:
+    greedy, sampled = EvalSampling.from_options(n=1), EvalSampling.from_options(n=4, k="4,1")
+    assert (greedy.temperature, greedy.top_p) == (0.0, 1.0)
+    assert (sampled.temperature, sampled.top_p, sampled.k_values) == (0.6, 0.95, (1, 4))
+    assert EvalSampling.from_options(n=4, temperature=1.0).top_p == 0.95
+    assert list(sampled.settings()) == ["n", "temperature", "top_p", "top_k", "max_new_tokens", "seed",
+                                        "k_values", "prompts_per_batch"]
+    assert sampled.settings()["k_values"] == [1, 4]
+    params = sampled.params((1, 2), batch=3)
+    assert params.seed == 3 and params.n == 4 and params.stop_token_ids == (1, 2)
+    with pytest.raises(ValueError, match="prompts_per_batch"):
+        EvalSampling(prompts_per_batch=0)
+    with pytest.raises(ValueError, match="engine"):
+        ModelLoading(engine="jax")
 
 
 # -------------------------------------------------------------------- evaluate() bookkeeping
@@ -240,8 +256,9 @@ def kk_setup():
 
 def test_evaluate_bookkeeping(kk_setup, tmp_path) -> None:
     task, examples, tokenizer, engine, right = kk_setup
-    result = evaluate(engine, tokenizer, task, examples, n=4, temperature=1.0, top_p=0.9,
-                      max_new_tokens=10_000, seed=5, k_values=(1, 2, 4), prompts_per_batch=2)
+    sampling = EvalSampling(n=4, temperature=1.0, top_p=0.9, max_new_tokens=10_000, seed=5,
+                            k_values=(1, 2, 4), prompts_per_batch=2)
+    result = evaluate(engine, tokenizer, task, examples, sampling)
     m = result.metrics
     assert m["avg@n"] == pytest.approx((1 + 0.25 + 0) / 3)
     assert m["pass@4"] == pytest.approx(2 / 3)
@@ -278,7 +295,7 @@ def test_evaluate_bookkeeping(kk_setup, tmp_path) -> None:
 
 def test_evaluate_truncation(kk_setup) -> None:
     task, examples, tokenizer, engine, _ = kk_setup
-    result = evaluate(engine, tokenizer, task, examples[:1], max_new_tokens=5)
+    result = evaluate(engine, tokenizer, task, examples[:1], EvalSampling(max_new_tokens=5))
     assert result.metrics["truncation_rate"] == 1.0
     assert result.samples[0]["finish_reason"] == "length" and result.samples[0]["n_tokens"] == 5
     assert result.metrics["avg@n"] == 0.0
@@ -287,9 +304,9 @@ def test_evaluate_truncation(kk_setup) -> None:
 def test_evaluate_rejects_bad_settings(kk_setup) -> None:
     task, examples, tokenizer, engine, _ = kk_setup
     with pytest.raises(ValueError, match="identical"):
-        evaluate(engine, tokenizer, task, examples, n=2, temperature=0.0)
+        evaluate(engine, tokenizer, task, examples, EvalSampling(n=2, temperature=0.0))
     with pytest.raises(ValueError, match="no examples"):
-        evaluate(engine, tokenizer, task, [])
+        evaluate(engine, tokenizer, task, [], EvalSampling())
     assert engine.calls == []
 
 

@@ -1,6 +1,6 @@
 """Evaluation: avg@n, pass@k, maj@k, length / truncation / reflection statistics, run reports.
 
-evaluate(engine, tokenizer, task, examples, ...) -> EvalResult   sample, score, summarise
+evaluate(engine, tokenizer, task, examples, EvalSampling(...))  sample, score, summarise
 write_eval(result, out_dir)                                    metrics.json + samples.jsonl
 compute_metrics(samples, k_values, keys)                       the same metrics from samples
 write_report(run_dir)                                          run_dir/report.html (+ plots/)
@@ -8,6 +8,8 @@ write_report(run_dir)                                          run_dir/report.ht
 
 from rlvr.evaluation.evaluate import (
     EvalResult,
+    EvalSampling,
+    ModelLoading,
     eval_command,
     evaluate,
     format_summary,
@@ -20,6 +22,8 @@ from rlvr.evaluation.report import write_report
 
 __all__ = [
     "EvalResult",
+    "EvalSampling",
+    "ModelLoading",
     "compute_metrics",
     "eval_command",
     "evaluate",

@@ -17,7 +17,7 @@ import math
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -46,20 +46,60 @@ class EvalResult:
     timing: dict[str, float] = field(default_factory=dict)
 
 
-def check_sampling(n: int, temperature: float, k_values: Sequence[int]) -> None:
-    """Reject settings whose figures would mislead before any generation is spent."""
-    if n < 1:
-        raise ValueError(f"n (samples per prompt) must be >= 1, got {n}")
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0, got {temperature}")
-    if temperature == 0 and n > 1:
-        raise ValueError(
-            f"temperature 0 (greedy) with n={n} gives {n} identical completions per prompt; "
-            "use n=1 for greedy or a temperature > 0 for avg@n / pass@k"
-        )
-    bad = [k for k in k_values if not 1 <= k <= n]
-    if bad:
-        raise ValueError(f"k values {bad} need 1 <= k <= n={n} samples per prompt (pass@k, maj@k)")
+@dataclass(frozen=True)
+class EvalSampling:
+    """How an evaluation samples: n completions per prompt at temperature / top_p / top_k (0: off),
+    up to max_new_tokens each, prompts_per_batch prompts per engine call (batch b with seed
+    seed + b); k_values: the k of pass@k / maj@k. Settings whose figures would mislead are
+    rejected on construction, before any generation is spent."""
+
+    n: int = 1
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    max_new_tokens: int = 1024
+    seed: int = 0
+    k_values: tuple[int, ...] = (1,)
+    prompts_per_batch: int = 64
+
+    def __post_init__(self) -> None:
+        n, temperature = self.n, self.temperature
+        if n < 1:
+            raise ValueError(f"n (samples per prompt) must be >= 1, got {n}")
+        if temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {temperature}")
+        if temperature == 0 and n > 1:
+            raise ValueError(
+                f"temperature 0 (greedy) with n={n} gives {n} identical completions per prompt; "
+                "use n=1 for greedy or a temperature > 0 for avg@n / pass@k"
+            )
+        bad = [k for k in self.k_values if not 1 <= k <= n]
+        if bad:
+            raise ValueError(f"k values {bad} need 1 <= k <= n={n} samples per prompt (pass@k, maj@k)")
+        if self.prompts_per_batch < 1:
+            raise ValueError(f"prompts_per_batch must be >= 1, got {self.prompts_per_batch}")
+
+    @classmethod
+    def from_options(cls, n: int = 1, k: str | int | Sequence[int] = "1", temperature: float | None = None,
+                     top_p: float | None = None, **rest: Any) -> EvalSampling:
+        """`rlvr eval`'s options: k parsed (parse_k); temperature / top_p as given, else greedy
+        (0.0 / 1.0) for one sample per problem and DeepScaleR's evaluation setting (0.6 / 0.95) for
+        several; rest: the other fields."""
+        if temperature is None:
+            temperature = 0.0 if n == 1 else 0.6
+        if top_p is None:
+            top_p = 1.0 if temperature == 0.0 else 0.95
+        return cls(n=n, temperature=temperature, top_p=top_p, k_values=parse_k(k), **rest)
+
+    def params(self, stop_token_ids: Sequence[int], batch: int) -> SamplingParams:
+        """The engine's settings for batch `batch` (seed + batch: reproducible for a given batch size)."""
+        return SamplingParams(n=self.n, temperature=self.temperature, top_p=self.top_p, top_k=self.top_k,
+                              max_new_tokens=self.max_new_tokens, stop_token_ids=tuple(stop_token_ids),
+                              seed=self.seed + batch)
+
+    def settings(self) -> dict[str, Any]:
+        """The fields as metrics.json's settings record them."""
+        return {**asdict(self), "k_values": list(self.k_values)}
 
 
 def _sample_record(
@@ -83,39 +123,24 @@ def _sample_record(
 
 
 def scored_groups(
-    engine: RolloutEngine,
-    tokenizer: Any,
-    task: Task,
-    examples: Iterable[Example],
-    *,
-    n: int,
-    temperature: float,
-    top_p: float,
-    top_k: int,
-    max_new_tokens: int,
-    seed: int,
-    prompts_per_batch: int,
+    engine: RolloutEngine, tokenizer: Any, task: Task, examples: Iterable[Example], sampling: EvalSampling,
     timing: dict[str, float],
 ) -> Iterator[list[dict[str, Any]]]:
     """Each example's n scored samples (a list of sample dicts), in example order, streaming.
 
-    Examples are read `prompts_per_batch` at a time; batch b samples with seed `seed + b`.
+    Examples are read `sampling.prompts_per_batch` at a time; batch b samples with seed `seed + b`.
     Adds generate_s, score_s and generated_tokens into `timing` as it goes.
     """
-    if prompts_per_batch < 1:
-        raise ValueError(f"prompts_per_batch must be >= 1, got {prompts_per_batch}")
+    n = sampling.n
     stop_ids = tuple(eos_token_ids(tokenizer))
     iterator = iter(examples)
     start = 0
     for batch in itertools.count():
-        chunk = list(itertools.islice(iterator, prompts_per_batch))
+        chunk = list(itertools.islice(iterator, sampling.prompts_per_batch))
         if not chunk:
             return
         ids = batch_prompt_ids(tokenizer, [task.messages(e) for e in chunk], task.response_prefix)
-        params = SamplingParams(
-            n=n, temperature=temperature, top_p=top_p, top_k=top_k, max_new_tokens=max_new_tokens,
-            stop_token_ids=stop_ids, seed=seed + batch,
-        )
+        params = sampling.params(stop_ids, batch)
         t0 = time.perf_counter()
         rollouts = engine.generate(ids, params)
         t1 = time.perf_counter()
@@ -136,14 +161,11 @@ def scored_groups(
         yield from groups
 
 
-def _settings(task: Task, n: int, temperature: float, top_p: float, top_k: int, max_new_tokens: int,
-              seed: int, k_values: Sequence[int], prompts_per_batch: int, model_path: str | None,
-              n_examples: int) -> dict[str, Any]:
+def _settings(task: Task, sampling: EvalSampling, model_path: str | None, n_examples: int) -> dict[str, Any]:
     return {
-        "task": task.name, "model": model_path, "n": n, "temperature": temperature, "top_p": top_p,
-        "top_k": top_k, "max_new_tokens": max_new_tokens, "seed": seed, "k_values": list(k_values),
-        "prompts_per_batch": prompts_per_batch, "response_prefix": task.response_prefix,
-        "n_examples": n_examples, "difficulty_keys": list(difficulty_keys_of(task)),
+        "task": task.name, "model": model_path, **sampling.settings(),
+        "response_prefix": task.response_prefix, "n_examples": n_examples,
+        "difficulty_keys": list(difficulty_keys_of(task)),
     }
 
 
@@ -158,19 +180,12 @@ def evaluate(
     tokenizer: Any,
     task: Task,
     examples: Sequence[Example],
+    sampling: EvalSampling,
     *,
-    n: int = 1,
-    temperature: float = 0.0,
-    top_p: float = 1.0,
-    top_k: int = 0,
-    max_new_tokens: int = 256,
-    seed: int = 0,
-    k_values: Sequence[int] = (1,),
-    prompts_per_batch: int = 64,
     model_path: str | None = None,
     on_batch: Callable[[int, int], None] | None = None,
 ) -> EvalResult:
-    """Evaluate `examples` with n samples each; returns metrics, per-completion samples, settings.
+    """Evaluate `examples` with sampling.n samples each; returns metrics, per-completion samples, settings.
 
     Batches of `prompts_per_batch` prompts go to the engine in order; batch b samples with seed
     `seed + b` so a run is reproducible for a given batch size. Stop tokens are the tokenizer's
@@ -179,20 +194,15 @@ def evaluate(
     """
     if not examples:
         raise ValueError("no examples to evaluate")
-    check_sampling(n, temperature, k_values)
     timing: dict[str, float] = {}
     samples: list[dict[str, Any]] = []
-    groups = scored_groups(engine, tokenizer, task, examples, n=n, temperature=temperature, top_p=top_p,
-                           top_k=top_k, max_new_tokens=max_new_tokens, seed=seed,
-                           prompts_per_batch=prompts_per_batch, timing=timing)
-    for done, group in enumerate(groups, start=1):
+    for done, group in enumerate(scored_groups(engine, tokenizer, task, examples, sampling, timing), start=1):
         samples += group
-        if on_batch is not None and (done % prompts_per_batch == 0 or done == len(examples)):
+        if on_batch is not None and (done % sampling.prompts_per_batch == 0 or done == len(examples)):
             on_batch(done, len(examples))
-    settings = _settings(task, n, temperature, top_p, top_k, max_new_tokens, seed, k_values,
-                         prompts_per_batch, model_path, len(examples))
-    return EvalResult(compute_metrics(samples, k_values, difficulty_keys_of(task)), samples, settings,
-                      _finish_timing(timing))
+    metrics = compute_metrics(samples, sampling.k_values, difficulty_keys_of(task))
+    settings = _settings(task, sampling, model_path, len(examples))
+    return EvalResult(metrics, samples, settings, _finish_timing(timing))
 
 
 def _finite(metrics: dict[str, float]) -> dict[str, float | None]:
@@ -265,6 +275,34 @@ def load_vllm_engine(model_dir: str | Path, dtype: str = "float32", rows: int = 
     return engine, tokenizer
 
 
+@dataclass(frozen=True)
+class ModelLoading:
+    """How `rlvr eval` loads the model under evaluation: its rollout engine ("torch": load_engine,
+    "vllm": load_vllm_engine), device and dtype, and the prompt template set on its tokenizer (a
+    recipe's data.prompt_template, as the run sets it: rlvr.trainers.pipeline.run_policy)."""
+
+    engine: str = "torch"
+    device: str = "auto"
+    dtype: str = "float32"
+    prompt_template: str = ""
+
+    def __post_init__(self) -> None:
+        if self.engine not in ("torch", "vllm"):
+            raise ValueError(f"engine must be 'torch' or 'vllm', got {self.engine!r}")
+
+    def load(self, model_dir: str | Path, task: Task, sampling: EvalSampling) -> tuple[Any, Any]:
+        """(engine, tokenizer) for `model_dir`; a vLLM engine holds the rows and lengths `sampling` needs."""
+        if self.engine == "vllm":
+            engine, tokenizer = load_vllm_engine(model_dir, dtype=self.dtype,
+                                                 rows=sampling.prompts_per_batch * sampling.n,
+                                                 max_new_tokens=sampling.max_new_tokens)
+        else:
+            engine, tokenizer = load_engine(model_dir, device=self.device, dtype=self.dtype)
+        if self.prompt_template:
+            set_prompt_template(tokenizer, self.prompt_template, task.response_prefix)
+        return engine, tokenizer
+
+
 def parse_k(k: str | int | Sequence[int]) -> tuple[int, ...]:
     """"1,4,16" / 4 / [1, 4] -> (1, 4, 16) / (4,) / (1, 4); sorted, without repeats."""
     if isinstance(k, int):
@@ -279,16 +317,6 @@ def parse_k(k: str | int | Sequence[int]) -> tuple[int, ...]:
     if not values:
         raise ValueError("k needs at least one value")
     return tuple(sorted(set(values)))
-
-
-def sampling_defaults(n: int, temperature: float | None, top_p: float | None) -> tuple[float, float]:
-    """(temperature, top_p) of an evaluation: as given, else greedy (0.0 / 1.0) for one sample per
-    problem and DeepScaleR's evaluation setting (0.6 / 0.95) for several."""
-    if temperature is None:
-        temperature = 0.0 if n == 1 else 0.6
-    if top_p is None:
-        top_p = 1.0 if temperature == 0.0 else 0.95
-    return temperature, top_p
 
 
 def eval_problems(task: Task, data: str | None, limit: int | None, data_seed: int) -> Iterable[Example]:
@@ -336,60 +364,36 @@ def eval_command(
     data: str | None,
     out: str | None = None,
     *,
-    n: int = 1,
-    k: str | int | Sequence[int] = "1",
-    temperature: float | None = None,
-    top_p: float | None = None,
-    top_k: int = 0,
-    max_new_tokens: int = 1024,
-    seed: int = 0,
-    prompts_per_batch: int = 64,
+    sampling: EvalSampling = EvalSampling(),
+    loading: ModelLoading = ModelLoading(),
     limit: int | None = None,
-    device: str = "auto",
-    dtype: str = "float32",
-    task_options: dict[str, Any] | None = None,
-    progress: bool = True,
     data_seed: int = 12345,
-    engine: str = "torch",
-    prompt_template: str = "",
+    progress: bool = True,
 ) -> EvalResult:
     """`rlvr eval`: evaluate a local model on a data file of `task`; writes out/ when given.
 
-    task: a task name (built with task_options) or a built Task (`rlvr eval --recipe`: the run's
-    own, rlvr.trainers.pipeline.build_task). prompt_template: a recipe's data.prompt_template,
-    installed as the tokenizer's chat template as a run installs it (set_prompt_template), so the
-    model sees the prompts of its training run.
+    task: a task name or a built Task (`rlvr eval`: the one the options or the recipe describe,
+    rlvr.trainers.pipeline.build_task). loading.prompt_template: a recipe's data.prompt_template,
+    so the model sees the prompts of its training run.
     Streams (stream_samples): the data file is read a batch at a time and samples go straight to
     out/samples.jsonl, with the metrics accumulated on the way, so the returned EvalResult's
     samples list is empty when `out` is given (read them from the file) and full otherwise.
-    temperature / top_p: sampling_defaults; the values used are recorded in metrics.json's settings.
+    sampling: EvalSampling.from_options for the command line's defaults; recorded in metrics.json's settings.
     data: JSONL / JSON / parquet rows in the task's public format (e.g. MATH-500 or AIME rows
     with problem + answer for task "math"); limit: evaluate the first `limit` rows only.
     data None: `limit` (default 256) problems generated by the task with seed `data_seed`.
     """
-    task_obj = get(task, **(task_options or {})) if isinstance(task, str) else task
-    k_values = parse_k(k)
-    temperature, top_p = sampling_defaults(n, temperature, top_p)
-    check_sampling(n, temperature, k_values)
+    task_obj = get(task) if isinstance(task, str) else task
     examples = eval_problems(task_obj, data, limit, data_seed)
-    if engine == "vllm":
-        the_engine, tokenizer = load_vllm_engine(model, dtype=dtype, rows=prompts_per_batch * n,
-                                                 max_new_tokens=max_new_tokens)
-    else:
-        the_engine, tokenizer = load_engine(model, device=device, dtype=dtype)
-    if prompt_template:
-        set_prompt_template(tokenizer, prompt_template, task_obj.response_prefix)
+    engine, tokenizer = loading.load(model, task_obj, sampling)
     timing: dict[str, float] = {}
-    groups = scored_groups(the_engine, tokenizer, task_obj, examples, n=n, temperature=temperature,
-                           top_p=top_p, top_k=top_k, max_new_tokens=max_new_tokens, seed=seed,
-                           prompts_per_batch=prompts_per_batch, timing=timing)
-    accumulator = MetricsAccumulator(k_values, difficulty_keys_of(task_obj))
-    kept = stream_samples(groups, accumulator, out, prompts_per_batch if progress else 0)
+    groups = scored_groups(engine, tokenizer, task_obj, examples, sampling, timing)
+    accumulator = MetricsAccumulator(sampling.k_values, difficulty_keys_of(task_obj))
+    kept = stream_samples(groups, accumulator, out, sampling.prompts_per_batch if progress else 0)
     if not accumulator.total.prompts:
         raise ValueError(f"no examples to evaluate in {data}")
-    settings = _settings(task_obj, n, temperature, top_p, top_k, max_new_tokens, seed, k_values,
-                         prompts_per_batch, str(model), accumulator.total.prompts)
-    settings["prompt_template"] = prompt_template
+    settings = _settings(task_obj, sampling, str(model), accumulator.total.prompts)
+    settings["prompt_template"] = loading.prompt_template
     settings["data"] = str(data) if data is not None else f"generated (seed {data_seed})"
     result = EvalResult(accumulator.result(), kept, settings, _finish_timing(timing))
     if out is not None:

@@ -26,7 +26,7 @@ from rlvr.data.io import load_examples, write_json_atomic, write_jsonl_atomic
 from rlvr.distributed import connect, describe_placement, make_engine, make_learner
 from rlvr.distributed import placement as ray_placement
 from rlvr.errors import ConfigError, DataError, RunDirError
-from rlvr.evaluation import evaluate, write_eval
+from rlvr.evaluation import EvalSampling, evaluate, write_eval
 from rlvr.evaluation.metrics import breakdown_table
 from rlvr.evaluation.report import write_report
 from rlvr.models import (
@@ -520,10 +520,10 @@ def run_eval(name: str, policy: Policy, engine: Any, task: tasks.Task, examples:
         return json.loads((out / "metrics.json").read_text())["metrics"]
     ev = config.eval
     k_values = tuple(k for k in ev.k_values if k <= n) or (1,)
-    result = evaluate(engine, policy.tokenizer, task, examples, n=n, temperature=temperature,
-                      top_p=ev.top_p if temperature > 0 else 1.0, max_new_tokens=ev.max_new_tokens,
-                      seed=config.seed, k_values=k_values, prompts_per_batch=ev.prompts_per_batch,
-                      model_path=str(policy.path))
+    sampling = EvalSampling(n=n, temperature=temperature, top_p=ev.top_p if temperature > 0 else 1.0,
+                            max_new_tokens=ev.max_new_tokens, seed=config.seed, k_values=k_values,
+                            prompts_per_batch=ev.prompts_per_batch)
+    result = evaluate(engine, policy.tokenizer, task, examples, sampling, model_path=str(policy.path))
     write_eval(result, out)
     return result.metrics
 
@@ -544,11 +544,11 @@ def in_loop_eval(engine: Any, policy: Policy, task: tasks.Task, examples: list[t
     """A step -> metrics function for SFT (sft.eval_every): greedy accuracy on the first 64 held-out
     problems (logged only, never used to pick a checkpoint)."""
     subset = examples[:64]
+    greedy = EvalSampling(n=1, temperature=0.0, max_new_tokens=config.eval.max_new_tokens, seed=config.seed,
+                          k_values=(1,), prompts_per_batch=config.eval.prompts_per_batch)
 
     def fn(_step: int) -> dict[str, float]:  # eval_fn(step): only the current weights matter
-        result = evaluate(engine, policy.tokenizer, task, subset, n=1, temperature=0.0,
-                          max_new_tokens=config.eval.max_new_tokens, seed=config.seed, k_values=(1,),
-                          prompts_per_batch=config.eval.prompts_per_batch)
+        result = evaluate(engine, policy.tokenizer, task, subset, greedy)
         return {M.SFT_EVAL_GREEDY_ACCURACY: float(result.metrics["avg@n"]),
                 M.SFT_EVAL_FORMAT_ERROR_RATE: float(result.metrics["format_error_rate"])}
 
@@ -565,12 +565,13 @@ def curve_eval(engine: Any, policy: Policy, task: tasks.Task, examples: list[tas
     subset = examples[: ev.curve_size]
     temperature = ev.temperature if ev.temperature > 0 else 0.0
     n = ev.curve_samples if temperature > 0 else 1
+    sampling = EvalSampling(n=n, temperature=temperature, top_p=ev.top_p if temperature > 0 else 1.0,
+                            max_new_tokens=ev.max_new_tokens, seed=config.seed + 30_011, k_values=(1,),
+                            prompts_per_batch=ev.prompts_per_batch)
 
     def fn(_step: int) -> dict[str, float]:  # eval_fn(step): only the current weights matter
         t0 = time.perf_counter()
-        result = evaluate(engine, policy.tokenizer, task, subset, n=n, temperature=temperature,
-                          top_p=ev.top_p if temperature > 0 else 1.0, max_new_tokens=ev.max_new_tokens,
-                          seed=config.seed + 30_011, k_values=(1,), prompts_per_batch=ev.prompts_per_batch)
+        result = evaluate(engine, policy.tokenizer, task, subset, sampling)
         by_source = {M.EVAL_SOURCE_SAMPLED_ACCURACY.replace("<source>", name): value
                      for name, value in per_source(result.metrics, config).items()}
         return {M.EVAL_SAMPLED_ACCURACY: float(result.metrics["avg@n"]),
