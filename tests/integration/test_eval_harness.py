@@ -77,7 +77,8 @@ def test_eval_command_end_to_end(model_dir: Path, tmp_path: Path) -> None:
     assert payload["settings"]["data"] == str(data) and payload["settings"]["model"] == str(model_dir)
     samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
     assert len(samples) == 8
-    assert compute_metrics(samples, (1, 2), payload["settings"]["difficulty_keys"]) == pytest.approx(result.metrics)
+    recomputed = compute_metrics(samples, (1, 2), payload["settings"]["difficulty_keys"])
+    assert recomputed == pytest.approx(result.metrics)
     assert result.metrics["by_people/2/n_prompts"] == 2  # knights_knaves' difficulty key
     assert result.samples == []  # streamed to the file, not held
     generated = eval_command(str(model_dir), "knights_knaves", None, limit=3, loading=cpu, progress=False,
@@ -127,7 +128,8 @@ def test_eval_with_a_recipe_renders_prompts_with_its_prompt_template(model_dir: 
     template = "User: {question}\nAssistant: <think>"
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(dump_yaml(load_config(Path(__file__).parents[2] / "recipes" / "kk-tiny.yaml", [
-        'data.prompt_template="User: {question}\\nAssistant: <think>"', "data.task_options={response_prefix: '<think>', system_prompt: ''}"])))
+        'data.prompt_template="User: {question}\\nAssistant: <think>"',
+        "data.task_options={response_prefix: '<think>', system_prompt: ''}"])))
     seen: list[list[int]] = []
     generate_ids = TorchEngine.generate
 
@@ -137,8 +139,8 @@ def test_eval_with_a_recipe_renders_prompts_with_its_prompt_template(model_dir: 
 
     monkeypatch.setattr(TorchEngine, "generate", recording)
     out = tmp_path / "eval"
-    assert main(["eval", "--model", str(model_dir), "--recipe", str(recipe), "--limit", "2", "--max-new-tokens",
-                 "2", "--device", "cpu", "--out", str(out)]) == 0
+    assert main(["eval", "--model", str(model_dir), "--recipe", str(recipe), "--limit", "2",
+                 "--max-new-tokens", "2", "--device", "cpu", "--out", str(out)]) == 0
     tokenizer = load_tokenizer(model_dir)
     assert tokenizer.chat_template  # the model has its own, which the recipe's run does not use
     samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]

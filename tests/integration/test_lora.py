@@ -65,7 +65,8 @@ def lora_policy(model_dir: Path, impl: str, r: int = 8):
 
 def adapted_layers(model) -> set[str]:
     """The last names of the Linear layers that carry an adapter."""
-    return {name.split(".lora_A")[0].rsplit(".", 1)[-1] for name, _ in model.named_parameters() if ".lora_A" in name}
+    return {name.split(".lora_A")[0].rsplit(".", 1)[-1]
+            for name, _ in model.named_parameters() if ".lora_A" in name}
 
 
 @pytest.mark.parametrize("impl", ["native", "hf"])
@@ -312,7 +313,7 @@ def adapter_checkpoint(tiny_model_dir, tmp_path):
     return checkpoint, merged
 
 
-def test_an_adapter_checkpoint_loads_as_its_base_with_the_adapter_merged(adapter_checkpoint, tiny_model_dir, tmp_path):
+def test_an_adapter_checkpoint_loads_as_its_base_with_the_adapter_merged(adapter_checkpoint, tiny_model_dir):
     from transformers import AutoModelForCausalLM
 
     from rlvr.evaluation import EvalSampling, ModelLoading, eval_command
@@ -339,8 +340,9 @@ def test_a_run_starts_from_an_adapter_checkpoint_given_as_model_path(adapter_che
     checkpoint, merged = adapter_checkpoint
     out = tmp_path / "run"
     run(load_config("recipes/kk-tiny.yaml", [
-        f"model.path={checkpoint}", f"out_dir={out}", "threads=1", "logging.progress=false", "sft.enabled=false",
-        "data.train_size=32", "data.eval_size=2", "rl.steps=1", "rl.prompts_per_step=2", "rl.group_size=2",
+        f"model.path={checkpoint}", f"out_dir={out}", "threads=1", "logging.progress=false",
+        "sft.enabled=false", "data.train_size=32", "data.eval_size=2", "rl.steps=1", "rl.prompts_per_step=2",
+        "rl.group_size=2",
         "rl.mini_batches=1", "rl.max_new_tokens=4", "eval.max_new_tokens=4", "eval.samples=0", "eval.every=0",
         "checkpoint.every=0", "logging.samples_every=0", "model.lora.r=4",
     ]))
@@ -359,7 +361,8 @@ def test_an_adapter_checkpoint_without_its_base_stops_at_start_up(adapter_checkp
               r"config key model.path: .*adapter_config.json: the adapter's base model '.*gone' \(key "
               r"base_model_name_or_path\) is not a local directory"),
              ({k: v for k, v in adapter.items() if k != "base_model_name_or_path"},
-              r"adapter_config.json is a LoRA adapter without its base model: key 'base_model_name_or_path' is missing")]
+              r"adapter_config.json is a LoRA adapter without its base model: "
+              r"key 'base_model_name_or_path' is missing")]
     for content, message in cases:
         config_file.write_text(json.dumps(content))
         with pytest.raises(ConfigError, match=message):
