@@ -24,6 +24,7 @@ from typing import Any, Literal, Union
 import yaml
 
 from rlvr.errors import ConfigError
+from rlvr.tasks import TaskError, class_default, factory, registered
 
 LORA_DEFAULT_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -518,8 +519,6 @@ class RunConfig:
                "a task other than mixed, or data.sources (mixed routes rows to the tasks of their sources)")
         _check(data.task == "mixed" or not data.sources, "data.sources", sorted(data.sources),
                "no sources unless data.task is mixed")
-        from rlvr.tasks import TaskError, factory
-
         for name, source in data.sources.items():
             _check(source.weight > 0, f"data.sources.{name}.weight", source.weight, "a positive number")
             _check(source.task != "mixed", f"data.sources.{name}.task", source.task,
@@ -538,8 +537,6 @@ class RunConfig:
         data, sft = self.data, self.sft
         if data.difficulty is not None and data.eval_difficulty is not None and sft.difficulty is not None:
             return
-        from rlvr.tasks import TaskError, class_default
-
         try:
             default = dict(class_default(data.task, "default_difficulty", {}))
             sft_default = dict(class_default(data.task, "sft_difficulty", default))
@@ -701,8 +698,6 @@ _RESOURCES = Domain(_custom_resources,
 
 
 def _task_names() -> list[str]:
-    from rlvr.tasks import registered
-
     return sorted(registered())
 
 

@@ -334,8 +334,6 @@ def stream_samples(groups: Iterable[list[dict[str, Any]]], accumulator: MetricsA
     out/samples.jsonl (atomic) when out is given; returns them only when out is None, so a long
     evaluation never holds its samples. progress_every > 0: a count on stderr every that many problems."""
 
-    from rlvr.data.io import write_jsonl_atomic
-
     kept: list[dict[str, Any]] = []
 
     def stream() -> Iterator[dict[str, Any]]:

@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from rlvr.models import native
 from rlvr.models.native import adapted_weight
 
 INSTALL = "pip install 'rlvr[lora]'"
@@ -52,8 +53,6 @@ def is_lora(model: Any) -> bool:
 def skeleton(hf_config: Any, impl: str) -> nn.Module:
     """The model rlvr would build for `hf_config` with model.impl=`impl`, on the meta device (no
     memory, no weights): its module names are what LoRA targets are matched against."""
-    from rlvr.models import native
-
     with torch.device("meta"):
         if impl in ("auto", "native") and native.is_supported(hf_config)[0]:
             return native.NativeCausalLM(hf_config)

@@ -26,6 +26,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from rlvr.data.io import load_examples
+from rlvr.tasks import TaskError, check_task, factory
 from rlvr.tasks.base import Example, GenerationOption, Score
 
 GARBAGE = (
@@ -107,8 +109,6 @@ def _require(ok: bool, message: str) -> None:
 
 def check_protocol(task: Any) -> None:
     """A Task (every protocol member), with a str name and response_prefix and a reward range low < high."""
-    from rlvr.tasks import TaskError, check_task
-
     try:
         check_task(task, getattr(task, "name", type(task).__name__))
     except TaskError as error:
@@ -277,8 +277,6 @@ def load_and_check(spec: str, options: dict[str, Any] | None = None, data: str |
                    timeout_seconds: float = TIMEOUT_SECONDS) -> list[CheckResult]:
     """`rlvr check-task`: build task `spec` with `options` and run the contract on it (on the first
     n rows of `data` when given). A spec that builds no Task fails the protocol check, named."""
-    from rlvr.tasks import TaskError, factory
-
     try:
         task = factory(spec)(**(options or {}))
     except TaskError as error:
@@ -288,8 +286,6 @@ def load_and_check(spec: str, options: dict[str, Any] | None = None, data: str |
                                                 f"{type(error).__name__}: {error}")]
     examples = None
     if data:
-        from rlvr.data.io import load_examples
-
         examples = load_examples(task, data, limit=n)
         if not examples:
             return [CheckResult("examples", "fail", f"{data} holds no rows")]

@@ -16,6 +16,7 @@ from typing import Any
 
 from rlvr.errors import RecordError
 from rlvr.tasks.base import Example, Score
+from rlvr.tasks.generic import reward_failures
 
 SOURCE_FIELDS = ("data_source", "source")
 
@@ -71,8 +72,6 @@ class MixedTask:
         return {**self.route(example).to_record(example), "data_source": example.metadata["data_source"]}
 
     def reward_failures(self) -> dict[str, int]:
-        from rlvr.tasks.generic import reward_failures
-
         total: dict[str, int] = {}
         for task in self.routes.values():
             for kind, count in reward_failures(task).items():
