@@ -46,7 +46,7 @@ SHRINK = [
     "checkpoint.every=1", "checkpoint.keep_last=2",  # keeps the RL checkpoint after step 1
 ]
 RAY = ["distributed=ray", f"ray.num_rollout_workers={WORKERS}", "ray.num_learners=1"]
-SUMMARY_KEYS = {"accuracy_before_rl", "accuracy_after_rl", "accuracy_metric", "eval_size", "eval_people",
+SUMMARY_KEYS = {"accuracy_before_rl", "accuracy_after_rl", "accuracy_metric", "eval_size", "eval_difficulty",
                 "eval_max_new_tokens", "wall_seconds", "seed", "rl_steps_done", "greedy_accuracy_before_rl",
                 "greedy_accuracy_after_rl", "sampled_accuracy_before_rl", "sampled_accuracy_after_rl"}
 VERL_NAMES = {"actor/pg_loss", "actor/grad_norm", "actor/lr", "actor/pg_clipfrac", "actor/ppo_kl",

@@ -53,7 +53,7 @@ def test_pipeline_smoke_changes_weights_and_writes_the_run_dir(tiny_model_dir, t
     for name in ("config.yaml", "metrics.jsonl", "summary.json", "report.html", "data/eval.jsonl",
                  "eval/before_rl_greedy/metrics.json", "eval/after_rl_sampled/samples.jsonl"):
         assert (out / name).exists(), name
-    assert summary["eval_size"] == 8 and summary["eval_people"] == [3]
+    assert summary["eval_size"] == 8 and summary["eval_difficulty"] == {"people": [3]}
     assert 0.0 <= summary["accuracy_after_rl"] <= 1.0 and "temperature" in summary["accuracy_metric"]
     lines = rl_lines(out)
     assert [rec["step"] for rec in lines] == [1, 2]  # step N: the row of the N-th update (1..N)

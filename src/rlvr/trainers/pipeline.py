@@ -27,7 +27,7 @@ from rlvr.distributed import connect, describe_placement, make_engine, make_lear
 from rlvr.distributed import placement as ray_placement
 from rlvr.errors import ConfigError, DataError, RunDirError
 from rlvr.evaluation import EvalSampling, evaluate, write_eval
-from rlvr.evaluation.metrics import breakdown_table
+from rlvr.evaluation.metrics import breakdown_table, difficulty_keys_of
 from rlvr.evaluation.report import write_report
 from rlvr.models import (
     batch_prompt_ids,
@@ -652,8 +652,9 @@ def _run(config: RunConfig, inputs: Inputs, run_dir: Path) -> dict[str, Any]:
     after = evaluate_both("after_rl", run.policy, run.engine, inputs.task, run.held_out, config, run_dir)
     log(f"after RL: {_describe(after, config)}")
     run.logger.close()
-    return {**make_summary(config, before, after, run.held_out, time.perf_counter() - t_start, rl_summary),
-            **sft_info}
+    summary = make_summary(config, before, after, run.held_out, difficulty_keys_of(inputs.task),
+                           time.perf_counter() - t_start, rl_summary)
+    return {**summary, **sft_info}
 
 
 @dataclass
@@ -901,19 +902,21 @@ def stage_summary(config: RunConfig, stage: str, results: dict, held_out: list) 
     return summary
 
 
-def make_summary(config: RunConfig, before: dict, after: dict, held_out: list, seconds: float,
-                 rl_summary: dict[str, Any]) -> dict[str, Any]:
-    """summary.json: headline accuracy = pass@1 averaged over eval.samples samples (sampled), else greedy."""
+def make_summary(config: RunConfig, before: dict, after: dict, held_out: list, difficulty_keys: Sequence[str],
+                 seconds: float, rl_summary: dict[str, Any]) -> dict[str, Any]:
+    """summary.json: headline accuracy = pass@1 averaged over eval.samples samples (sampled), else greedy.
+    eval_difficulty: the values each of the task's difficulty keys takes in the held-out set."""
     headline = "sampled" if "sampled" in before else "greedy"
     n = config.eval.samples if headline == "sampled" else 1
-    people = sorted({ex.metadata.get("people") for ex in held_out if "people" in ex.metadata})
+    levels = {key: sorted({ex.metadata[key] for ex in held_out if key in ex.metadata}, key=str)
+              for key in difficulty_keys}
     summary: dict[str, Any] = {
         "accuracy_before_rl": accuracy(before[headline]),
         "accuracy_after_rl": accuracy(after[headline]),
         "accuracy_metric": (f"pass@1 averaged over {n} samples at temperature {config.eval.temperature}, "
                             f"top_p {config.eval.top_p}" if headline == "sampled" else "greedy pass@1"),
         "eval_size": len(held_out),
-        "eval_people": people,
+        "eval_difficulty": {key: values for key, values in levels.items() if values},
         "eval_max_new_tokens": config.eval.max_new_tokens,
         "wall_seconds": round(seconds, 1),
         "seed": config.seed,
