@@ -20,11 +20,13 @@ peft is imported only by the functions that need it (an optional extra: `pip ins
 from __future__ import annotations
 
 import copy
+import importlib.util
 import os
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from rlvr.models import native
@@ -40,8 +42,6 @@ class LoRAError(ValueError):
 
 
 def peft_available() -> bool:
-    import importlib.util
-
     return importlib.util.find_spec("peft") is not None
 
 
@@ -111,7 +111,6 @@ def save_adapter(model: Any, out: Path) -> None:
     The config says task_type CAUSAL_LM whichever implementation trained it: the weight names are
     transformers' (rlvr's native model uses them too), so peft loads the adapter onto the HF model."""
     from peft import get_peft_model_state_dict
-    from safetensors.torch import save_file
 
     out.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().contiguous().cpu() for k, v in get_peft_model_state_dict(model).items()}
@@ -126,7 +125,6 @@ def load_adapter(directory: Path, model: Any) -> None:
     """Load a saved adapter into `model` (apply_lora's result); LoRAError when the file is missing or
     its tensors are not this model's adapters (another rank or other targets)."""
     from peft import get_peft_model_state_dict, set_peft_model_state_dict
-    from safetensors.torch import load_file
 
     path = directory / ADAPTER_WEIGHTS
     if not path.is_file():

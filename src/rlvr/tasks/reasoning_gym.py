@@ -23,6 +23,7 @@ Rows of reasoning-gym's own exports ({question, answer, metadata}) load with fro
 
 from __future__ import annotations
 
+import difflib
 import json
 from typing import Any
 
@@ -69,8 +70,6 @@ class ReasoningGymTask:
                  timeout_seconds: float = 5.0, grader_workers: int = 2) -> None:
         names = dataset_names()
         if dataset not in names:
-            import difflib
-
             close = difflib.get_close_matches(dataset, names, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise ValueError(f"reasoning_gym dataset {dataset!r} is not one of reasoning-gym's {len(names)} "
