@@ -74,13 +74,13 @@ def main() -> None:
         training_source,
     )
     from rlvr.trainers.rl import (
-        Learner,
         ProblemPool,
         Sampler,
         StepData,
         collect,
         gradient_rows,
         knobs_at,
+        new_learner,
         update_policy,
     )
 
@@ -95,8 +95,7 @@ def main() -> None:
     pool = ProblemPool(training_source(config, task, set()), seed=config.seed)
     prompt_cache, _ = prompt_tokens(policy.tokenizer, task, 0)  # the pipeline's cached prompt ids
 
-    optimizer = torch.optim.AdamW(policy.model.parameters(), lr=cfg.lr, betas=(0.9, 0.99))
-    learner = Learner(policy.model, optimizer, device, policy.packed)
+    learner = new_learner(policy.model, cfg, device, policy.packed)  # as train_rl builds it
     sampler = Sampler(engine, policy.tokenizer, task, pool, prompt_cache, eos)
     peaks = {"fp32": [matmul_peak("float32")], "bf16": [matmul_peak("bfloat16")]}
     mc = policy.model.config

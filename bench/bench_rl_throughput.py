@@ -49,14 +49,13 @@ def run_contender(overrides: list[str], args: argparse.Namespace, start: dict, f
         training_source,
     )
     from rlvr.trainers.rl import (
-        Learner,
         ProblemPool,
         Sampler,
         StepData,
         collect,
         gradient_rows,
         knobs_at,
-        new_optimizer,
+        new_learner,
         update_policy,
     )
 
@@ -78,7 +77,7 @@ def run_contender(overrides: list[str], args: argparse.Namespace, start: dict, f
     pool = ProblemPool(training_source(config, task, set()), seed=config.seed)
     prompt_cache, _ = prompt_tokens(policy.tokenizer, task, 0)  # the pipeline's cached prompt ids
 
-    learner = Learner(policy.model, new_optimizer(policy.model, cfg), device, policy.packed)
+    learner = new_learner(policy.model, cfg, device, policy.packed)  # as train_rl builds it
     sampler = Sampler(engine, policy.tokenizer, task, pool, prompt_cache, eos)
     out = {"gen_s": 0.0, "update_s": 0.0, "cpu_s": 0.0, "samples": 0, "tokens": 0, "active": 0}
     for step in range(first_step, first_step + args.steps):
