@@ -265,6 +265,11 @@ class RLConfig:
     """Subtract the KL from token rewards (REINFORCE++ style) instead of adding a KL loss."""
     entropy_coef: float = 0.0
     """Entropy bonus coefficient (0: off, as in verl)."""
+    top_entropy_fraction: float = 1.0
+    """Policy gradient on this fraction of each batch's loss tokens only, highest entropy first
+    (Wang et al. 2025 keep 0.2): the other tokens' advantages are set to 0; the KL and entropy
+    terms and the aggregation's token counts keep every token. Below 1 it costs one no-grad
+    forward of the batch before the update. 1: every token."""
     temperature: float = 1.0
     """Sampling temperature at the first step."""
     final_temperature: float | None = None
@@ -745,6 +750,7 @@ DOMAINS: dict[str, Domain] = {
     "rl.grad_clip": at_least(0.0),
     "rl.kl_coef": at_least(0.0),
     "rl.entropy_coef": at_least(0.0),
+    "rl.top_entropy_fraction": in_range(0, 1, low_open=True),
     "rl.temperature": positive("number"),
     "rl.final_temperature": positive("number"),
     "rl.top_p": in_range(0, 1, low_open=True),

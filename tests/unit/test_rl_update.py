@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -240,3 +242,30 @@ def test_worker_parts_balance_tokens_in_a_fixed_order():
     assert rl.worker_parts(batches, lengths, 2) == [[[0], [2]], [[1], [3, 4, 5]]]
     assert rl.worker_parts(batches, lengths, 1) == [[[0], [1], [3, 4, 5], [2]]]
     assert rl.worker_parts([[0]], lengths, 4) == [[[0]]]
+
+
+def test_top_entropy_fraction_keeps_the_advantage_on_the_high_entropy_tokens_only():
+    batch = make_batch([[1.0, 0.0, 0.0, 1.0], [0.0, 1.0, 1.0, 1.0], [1.0, 0.0, 1.0, 0.0]])
+    torch.manual_seed(0)
+    model = NativeCausalLM(CFG)
+    width = max(len(c) for c in batch.completion_ids)
+    with torch.no_grad():
+        _, entropy = rl.sequence_values(model, batch, range(len(batch)), width, 1.0, torch.device("cpu"),
+                                        True, 1 << 20, with_entropy=True)
+    seen = []
+
+    def record(_learner, data, _index, _cfg, _knobs):  # a StepFn
+        seen.append(data)
+        return {}
+
+    full = update(model, batch, True, step_fn=record)
+    restricted = update(model, batch, True, step_fn=record, top_entropy_fraction=0.25)
+    everything, top = seen[0], seen[-1]
+    mask = everything.loss_mask.bool()
+    kept = top.advantages != 0
+    assert int(kept.sum()) == math.ceil(0.25 * int(mask.sum()))  # no GRPO advantage here is 0
+    assert float(entropy[kept].min()) >= float(entropy[mask & ~kept].max())
+    assert float(entropy[kept].min()) == pytest.approx(restricted["actor/pg_entropy_threshold"])
+    torch.testing.assert_close(top.advantages[kept], everything.advantages[kept])
+    torch.testing.assert_close(top.loss_mask, everything.loss_mask)  # the aggregation counts every token
+    assert "actor/pg_entropy_threshold" not in full

@@ -16,6 +16,7 @@ ones, an unknown option a TypeError listing the accepted ones.
     group_stats(rewards, correct, group_ids) -> dict of python floats
     zero_variance_mask(rewards, group_ids, mask=None), dynamic_sampling_select(rewards, group_ids, max_groups)
     shuffle_within_groups(values, group_ids, generator): a group's values permuted among its samples
+    top_fraction_mask(x[B, T], mask[B, T], fraction): the batch's largest x (high-entropy tokens)
 
 Files: advantages.py, losses.py, kl.py, aggregation.py, logits.py, groups.py, masked.py.
 """
@@ -39,7 +40,7 @@ from rlvr.algorithms.groups import (
 from rlvr.algorithms.kl import KL_KINDS, kl_penalty
 from rlvr.algorithms.logits import entropy_from_logits, token_logprobs_from_logits
 from rlvr.algorithms.losses import POLICY_LOSSES, TokenTerms, policy_loss, value_loss
-from rlvr.algorithms.masked import masked_mean, masked_sum, masked_whiten
+from rlvr.algorithms.masked import masked_mean, masked_sum, masked_whiten, top_fraction_mask
 
 __all__ = [
     "ADVANTAGES",
@@ -64,6 +65,7 @@ __all__ = [
     "shuffle_within_groups",
     "token_logprobs_from_logits",
     "token_rewards",
+    "top_fraction_mask",
     "value_loss",
     "zero_variance_mask",
 ]

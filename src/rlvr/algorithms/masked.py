@@ -8,6 +8,8 @@ valid token is 0, not NaN.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -68,3 +70,24 @@ def masked_whiten(x: Tensor, mask: Tensor, eps: float = 1e-8) -> Tensor:
     centered = torch.where(valid, xw - mean, torch.zeros((), dtype=xw.dtype, device=xw.device))
     var = (centered * centered).sum() / (count - 1).clamp(min=1)
     return (centered * torch.rsqrt(var + eps)).to(x.dtype)
+
+
+def top_fraction_mask(x: Tensor, mask: Tensor, fraction: float) -> Tensor:
+    """True on the ceil(fraction * N) valid positions of the batch with the largest x (N valid
+    positions; ties go to the earlier position in row-major order), False elsewhere.
+
+    With x the per-token entropy this is the high-entropy ("forking") token selection of Wang et
+    al. 2025, "Beyond the 80/20 Rule", who keep the policy gradient on the top 20% of a batch's
+    tokens. x, mask: [B, T] (any shape, as long as they match); NaN counts as the smallest value.
+    """
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"top_fraction_mask: fraction must be in (0, 1], got {fraction}")
+    valid = mask.bool().reshape(-1)
+    positions = valid.nonzero().squeeze(1)
+    keep = torch.zeros_like(valid)
+    if positions.numel():
+        values = x.reshape(-1)[positions].detach().float().nan_to_num(nan=float("-inf"))
+        count = math.ceil(fraction * positions.numel() - 1e-9)
+        order = torch.sort(values, descending=True, stable=True).indices[:count]
+        keep[positions[order]] = True
+    return keep.reshape(mask.shape)

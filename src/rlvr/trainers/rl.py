@@ -498,32 +498,37 @@ def update_policy(learner: Learner, batch: RolloutBatch, cfg: RLConfig, knobs: K
 @dataclass
 class LogprobsBeforeUpdate:
     """Per-token log-probs (B, T) of the batch's completions before the update: the engine's
-    (behaviour), the learner's (current: only when something needs it) and the reference's."""
+    (behaviour), the learner's (current: only when something needs it) and the reference's; the
+    learner's per-token entropies with rl.top_entropy_fraction < 1."""
 
     behaviour: torch.Tensor
     current: torch.Tensor | None
     reference: torch.Tensor | None
+    entropy: torch.Tensor | None = None
 
 
 def logprobs_before_update(learner: Learner, batch: RolloutBatch, cfg: RLConfig, knobs: Knobs, width: int,
                            recompute_old: bool) -> LogprobsBeforeUpdate:
     """The reference's log-probs (with a reference), and the learner's current ones when TIS, the KL
-    in the reward or old log-probs the engine cannot supply (recompute_old) need them: one forward
-    each, no grad, on CPU."""
+    in the reward, old log-probs the engine cannot supply (recompute_old) or the high-entropy token
+    selection (with the entropies) need them: one forward each, no grad, on CPU."""
     every = range(len(batch))
-    ref_lp = cur = None
+    ref_lp = cur = ent = None
     with torch.no_grad():
         if learner.ref is not None:
             ref_lp, _ = sequence_values(learner.ref, batch, every, width, knobs.temperature, learner.device,
                                         learner.packed, cfg.micro_batch_tokens, autocast=cfg.autocast)
             ref_lp = ref_lp.cpu()
     behaviour = padded(batch.engine_logprobs, width)
-    if cfg.tis_cap is not None or (cfg.kl_in_reward and ref_lp is not None) or recompute_old:
+    with_entropy = cfg.top_entropy_fraction < 1.0
+    if cfg.tis_cap is not None or (cfg.kl_in_reward and ref_lp is not None) or recompute_old or with_entropy:
         with torch.no_grad():
-            cur, _ = sequence_values(learner.policy, batch, every, width, knobs.temperature, learner.device,
-                                     learner.packed, cfg.micro_batch_tokens, autocast=cfg.autocast)
+            cur, ent = sequence_values(learner.policy, batch, every, width, knobs.temperature, learner.device,
+                                       learner.packed, cfg.micro_batch_tokens, with_entropy=with_entropy,
+                                       autocast=cfg.autocast)
         cur = cur.cpu()
-    return LogprobsBeforeUpdate(behaviour, cur, ref_lp)
+        ent = ent.cpu() if ent is not None else None
+    return LogprobsBeforeUpdate(behaviour, cur, ref_lp, ent)
 
 
 def step_advantages(batch: RolloutBatch, before: LogprobsBeforeUpdate, mask: torch.Tensor, cfg: RLConfig,
@@ -533,8 +538,9 @@ def step_advantages(batch: RolloutBatch, before: LogprobsBeforeUpdate, mask: tor
 
     Rewards (training_rewards), minus kl_coef x the KL to the reference when it is in the reward;
     the estimator rl.advantage, or GAE over the critic's values (which also trains the critic);
-    scaled by truncated importance weights with rl.tis_cap; with zero_variance=mask the groups
-    without reward variance leave the loss mask.
+    scaled by truncated importance weights with rl.tis_cap; zero on all but the batch's
+    highest-entropy loss tokens with rl.top_entropy_fraction < 1; with zero_variance=mask the
+    groups without reward variance leave the loss mask.
     """
     stats: dict[str, float] = {}
     cur, ref_lp = before.current, before.reference
@@ -564,6 +570,10 @@ def step_advantages(batch: RolloutBatch, before: LogprobsBeforeUpdate, mask: tor
         advantages = algorithms.compute_advantages(cfg.advantage, rewards, group_ids, mask, **adv_options)
     if cfg.tis_cap is not None:
         advantages = advantages * tis_weights
+    if before.entropy is not None:
+        keep = algorithms.top_fraction_mask(before.entropy, mask, cfg.top_entropy_fraction)
+        advantages = advantages * keep
+        stats[M.ACTOR_PG_ENTROPY_THRESHOLD] = float(before.entropy[keep].min()) if keep.any() else 0.0
     loss_mask = mask.clone()
     if cfg.zero_variance == "mask":
         loss_mask = loss_mask * algorithms.zero_variance_mask(rewards, group_ids)[:, None].float()
