@@ -6,55 +6,34 @@ import math
 
 import pytest
 import torch
-from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from rlvr.models.native import NativeCausalLM
 from rlvr.rollout.base import RolloutEngine, SamplingParams
 from rlvr.rollout.torch_engine import TorchEngine, chunk_bounds, sample_tokens, top_k_top_p_mask
 
-VOCAB = 53
 PROMPTS = [[5, 6, 7, 8, 9, 10], [11, 12, 13], [14, 15, 16, 17, 18, 19, 20, 21, 22]]
 
 
-def make_hf() -> Qwen2ForCausalLM:
-    torch.manual_seed(0)
-    config = Qwen2Config(
-        vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, initializer_range=0.4, pad_token_id=0, tie_word_embeddings=False,
-    )
-    return Qwen2ForCausalLM(config).eval()
-
-
-@pytest.fixture(scope="module")
-def hf():
-    return make_hf()
-
-
-@pytest.fixture(scope="module")
-def native(hf):
-    return NativeCausalLM.from_hf(hf)
-
-
 @pytest.fixture(params=["native", "hf"])
-def model(request, hf, native):
-    return native if request.param == "native" else hf
+def model(request, random_hf, random_native):
+    return random_native if request.param == "native" else random_hf
 
 
 def greedy(max_new=10, **kw) -> SamplingParams:
     return SamplingParams(temperature=0.0, max_new_tokens=max_new, **kw)
 
 
-def test_is_a_rollout_engine(native):
-    assert isinstance(TorchEngine(native, eos_token_ids=[]), RolloutEngine)
+def test_is_a_rollout_engine(random_native):
+    assert isinstance(TorchEngine(random_native, eos_token_ids=[]), RolloutEngine)
 
 
-def test_greedy_equals_hf_generate(model, hf):
+def test_greedy_equals_hf_generate(model, random_hf):
     T = max(map(len, PROMPTS))
     ids = torch.zeros(len(PROMPTS), T, dtype=torch.long)
     mask = torch.zeros_like(ids)
     for i, p in enumerate(PROMPTS):
         ids[i, T - len(p) :], mask[i, T - len(p) :] = torch.tensor(p), 1
-    expected = hf.generate(
+    expected = random_hf.generate(
         input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=12,
         eos_token_id=None, pad_token_id=0
     )[:, T:].tolist()
@@ -64,36 +43,36 @@ def test_greedy_equals_hf_generate(model, hf):
     assert all(r.finish_reason == "length" for r in rollouts)
 
 
-def full_forward_logprobs(native, prompt, completion, temperature):
+def full_forward_logprobs(random_native, prompt, completion, temperature):
     ids = torch.tensor([prompt + completion])
     with torch.no_grad():
-        logits = native(ids)[0, len(prompt) - 1 : -1].float()
+        logits = random_native(ids)[0, len(prompt) - 1 : -1].float()
     scale = temperature if temperature > 0 else 1.0
     return torch.log_softmax(logits / scale, -1).gather(-1, torch.tensor(completion)[:, None]).squeeze(1)
 
 
 @pytest.mark.parametrize("temperature,top_k,top_p", [(0.7, 5, 0.8), (1.3, 0, 1.0), (0.0, 0, 1.0)])
-def test_logprobs_equal_full_forward_recomputation(model, native, temperature, top_k, top_p):
+def test_logprobs_equal_full_forward_recomputation(model, random_native, temperature, top_k, top_p):
     params = SamplingParams(n=2, temperature=temperature, top_k=top_k, top_p=top_p, max_new_tokens=9, seed=3)
     rollouts = TorchEngine(model, eos_token_ids=[]).generate(PROMPTS, params)
     for r in rollouts:
         assert len(r.logprobs) == len(r.token_ids) == 9
         assert all(isinstance(x, float) for x in r.logprobs)
-        expected = full_forward_logprobs(native, r.prompt_ids, r.token_ids, temperature)
+        expected = full_forward_logprobs(random_native, r.prompt_ids, r.token_ids, temperature)
         torch.testing.assert_close(torch.tensor(r.logprobs), expected, atol=1e-4, rtol=0)
 
 
-def test_n_samples_ordered_by_prompt_then_sample(native):
+def test_n_samples_ordered_by_prompt_then_sample(random_native):
     params = SamplingParams(n=4, temperature=1.5, max_new_tokens=6, seed=0)
-    rollouts = TorchEngine(native, eos_token_ids=[]).generate(PROMPTS, params)
+    rollouts = TorchEngine(random_native, eos_token_ids=[]).generate(PROMPTS, params)
     assert [r.prompt_index for r in rollouts] == [0] * 4 + [1] * 4 + [2] * 4
     assert [r.metadata["sample_index"] for r in rollouts] == [0, 1, 2, 3] * 3
     assert all(r.prompt_ids == PROMPTS[r.prompt_index] for r in rollouts)
     assert len({tuple(r.token_ids) for r in rollouts[:4]}) > 1  # samples of one prompt differ
 
 
-def test_prefill_once_per_distinct_prompt(native):
-    engine = TorchEngine(native, eos_token_ids=[])
+def test_prefill_once_per_distinct_prompt(random_native):
+    engine = TorchEngine(random_native, eos_token_ids=[])
     engine.generate(PROMPTS + [PROMPTS[0]], SamplingParams(n=5, max_new_tokens=4, seed=0))
     assert engine.last_stats["prefill_tokens"] == sum(map(len, PROMPTS))
     assert engine.last_stats["rollouts"] == 20 and engine.last_stats["completion_tokens"] == 80
@@ -116,22 +95,22 @@ def test_stop_tokens_and_finish_reasons(model):
                 assert r.token_ids == f.token_ids and r.finish_reason == "length"
 
 
-def test_stop_strings_need_decode_fn_and_stop_there(native):
+def test_stop_strings_need_decode_fn_and_stop_there(random_native):
     def decode(ids):
         return "".join(chr(ord("a") + i % 26) for i in ids)
 
-    free = TorchEngine(native, eos_token_ids=[]).generate(PROMPTS[:1], greedy(12))[0].token_ids
+    free = TorchEngine(random_native, eos_token_ids=[]).generate(PROMPTS[:1], greedy(12))[0].token_ids
     stop = decode(free[5:8])
     with pytest.raises(ValueError, match="decode_fn"):
-        TorchEngine(native, eos_token_ids=[]).generate(PROMPTS, greedy(12, stop_strings=(stop,)))
-    engine = TorchEngine(native, eos_token_ids=[], decode_fn=decode)
+        TorchEngine(random_native, eos_token_ids=[]).generate(PROMPTS, greedy(12, stop_strings=(stop,)))
+    engine = TorchEngine(random_native, eos_token_ids=[], decode_fn=decode)
     r = engine.generate(PROMPTS[:1], greedy(12, stop_strings=(stop,)))[0]
     end = decode(free).index(stop) + len(stop)
     assert r.token_ids == free[:end] and r.finish_reason == "stop"
 
 
-def test_max_new_tokens(native):
-    engine = TorchEngine(native, eos_token_ids=[])
+def test_max_new_tokens(random_native):
+    engine = TorchEngine(random_native, eos_token_ids=[])
     assert all(len(r.token_ids) == 3 for r in engine.generate(PROMPTS, greedy(3)))
     empty = engine.generate(PROMPTS, greedy(0))
     assert all(r.token_ids == [] and r.finish_reason == "length" for r in empty)
@@ -173,9 +152,9 @@ def test_results_do_not_depend_on_the_rest_of_the_batch(model):
                                    torch.tensor(alone.logprobs), atol=1e-5, rtol=0)
 
 
-def test_max_batch_size_matches_one_batch_for_greedy(native):
-    whole = TorchEngine(native, eos_token_ids=[]).generate(PROMPTS, greedy(7, n=3))
-    engine = TorchEngine(native, eos_token_ids=[], max_batch_size=2)
+def test_max_batch_size_matches_one_batch_for_greedy(random_native):
+    whole = TorchEngine(random_native, eos_token_ids=[]).generate(PROMPTS, greedy(7, n=3))
+    engine = TorchEngine(random_native, eos_token_ids=[], max_batch_size=2)
     parts = engine.generate(PROMPTS, greedy(7, n=3))
     assert [(r.prompt_index, r.token_ids) for r in parts] == [(r.prompt_index, r.token_ids) for r in whole]
 
@@ -194,12 +173,12 @@ def test_samples_do_not_depend_on_chunks_or_workers(model):
     assert len({tuple(r.token_ids) for r in one}) > 4  # sampled, not collapsed to a few outputs
 
 
-def test_workers_keep_greedy_outputs_stops_and_threads(native):
-    free = TorchEngine(native, eos_token_ids=[]).generate(PROMPTS, greedy(12, n=2))
+def test_workers_keep_greedy_outputs_stops_and_threads(random_native):
+    free = TorchEngine(random_native, eos_token_ids=[]).generate(PROMPTS, greedy(12, n=2))
     stop_id = free[2].token_ids[1]
-    sequential = TorchEngine(native, eos_token_ids=[stop_id]).generate(PROMPTS, greedy(12, n=2))
+    sequential = TorchEngine(random_native, eos_token_ids=[stop_id]).generate(PROMPTS, greedy(12, n=2))
     threads = torch.get_num_threads()
-    engine = TorchEngine(native, eos_token_ids=[stop_id], workers=2)
+    engine = TorchEngine(random_native, eos_token_ids=[stop_id], workers=2)
     parallel = engine.generate(PROMPTS, greedy(12, n=2))
     assert torch.get_num_threads() == threads  # restored after the workers ran with one each
     assert ([(r.token_ids, r.finish_reason) for r in parallel]
@@ -207,7 +186,7 @@ def test_workers_keep_greedy_outputs_stops_and_threads(native):
     assert any(r.finish_reason == "stop" for r in parallel)
     assert engine.last_stats["prefill_tokens"] == sum(map(len, PROMPTS))  # a prompt is prefilled once
     with pytest.raises(ValueError, match="workers"):
-        TorchEngine(native, eos_token_ids=[], workers=0)
+        TorchEngine(random_native, eos_token_ids=[], workers=0)
 
 
 def test_chunk_bounds():
@@ -219,11 +198,11 @@ def test_chunk_bounds():
     assert chunk_bounds(0, 4, None, 2) == []
 
 
-def test_finished_rows_leave_the_running_batch(native):
-    engine = TorchEngine(native, eos_token_ids=[])
+def test_finished_rows_leave_the_running_batch(random_native):
+    engine = TorchEngine(random_native, eos_token_ids=[])
     free = engine.generate(PROMPTS, greedy(12))
     stop_id = free[1].token_ids[1]  # prompt 1 stops after two tokens
-    engine = TorchEngine(native, eos_token_ids=[stop_id])
+    engine = TorchEngine(random_native, eos_token_ids=[stop_id])
     rollouts = engine.generate(PROMPTS, greedy(12, n=4))
     lengths = [len(r.token_ids) for r in rollouts]
     assert lengths[4:8] == [2] * 4 and max(lengths) == 12
@@ -233,9 +212,9 @@ def test_finished_rows_leave_the_running_batch(native):
     assert stats["row_steps"] == 12 * 1 + 8 * (stats["decode_steps"] - 1)
 
 
-def test_load_weights_copies_and_sharing_is_a_no_op(hf):
-    learner = NativeCausalLM.from_hf(hf)
-    engine = TorchEngine(NativeCausalLM.from_hf(hf), eos_token_ids=[])
+def test_load_weights_copies_and_sharing_is_a_no_op(random_hf):
+    learner = NativeCausalLM.from_hf(random_hf)
+    engine = TorchEngine(NativeCausalLM.from_hf(random_hf), eos_token_ids=[])
     with torch.no_grad():
         for p in learner.parameters():
             p.add_(0.05 * torch.randn_like(p))
@@ -252,18 +231,18 @@ def test_load_weights_copies_and_sharing_is_a_no_op(hf):
         engine.load_weights({"lm_head.weight": learner.lm_head.weight})
 
 
-def test_train_mode_restored_and_stats(native):
-    native.train()
-    engine = TorchEngine(native, eos_token_ids=[])
+def test_train_mode_restored_and_stats(random_native):
+    random_native.train()
+    engine = TorchEngine(random_native, eos_token_ids=[])
     engine.generate(PROMPTS, greedy(5))
-    assert native.training
-    native.eval()
+    assert random_native.training
+    random_native.eval()
     stats = engine.last_stats
     assert stats["completion_tokens"] == 15 and stats["seconds"] > 0 and stats["tokens_per_second"] > 0
 
 
-def test_invalid_params_are_reported(native):
-    engine = TorchEngine(native, eos_token_ids=[])
+def test_invalid_params_are_reported(random_native):
+    engine = TorchEngine(random_native, eos_token_ids=[])
     with pytest.raises(ValueError, match="top_p"):
         engine.generate(PROMPTS, SamplingParams(top_p=0.0))
     with pytest.raises(ValueError, match="prompt 1 is empty"):
@@ -300,14 +279,14 @@ def test_sample_tokens_frequencies_and_logprobs():
     torch.testing.assert_close(logprobs, probs.log()[:1].expand(3))
 
 
-def test_bf16_decoding_of_a_float32_model(native, hf):
-    engine = TorchEngine(native, eos_token_ids=[], dtype="bfloat16")
+def test_bf16_decoding_of_a_float32_model(random_native, random_hf):
+    engine = TorchEngine(random_native, eos_token_ids=[], dtype="bfloat16")
     rollouts = engine.generate(PROMPTS, SamplingParams(n=2, temperature=1.0, max_new_tokens=6, seed=0))
-    assert next(native.parameters()).dtype == torch.float32  # the model itself is untouched
+    assert next(random_native.parameters()).dtype == torch.float32  # the model itself is untouched
     for r in rollouts:
-        expected = full_forward_logprobs(native, r.prompt_ids, r.token_ids, 1.0)
+        expected = full_forward_logprobs(random_native, r.prompt_ids, r.token_ids, 1.0)
         torch.testing.assert_close(torch.tensor(r.logprobs), expected, atol=0.25, rtol=0)
     with pytest.raises(ValueError, match="native inference API"):
-        TorchEngine(hf, eos_token_ids=[], dtype=torch.bfloat16)
+        TorchEngine(random_hf, eos_token_ids=[], dtype=torch.bfloat16)
     with pytest.raises(ValueError, match="not a torch dtype"):
-        TorchEngine(native, eos_token_ids=[], dtype="bf16")
+        TorchEngine(random_native, eos_token_ids=[], dtype="bf16")
