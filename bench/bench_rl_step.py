@@ -62,41 +62,12 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
 
-    from rlvr import tasks
-    from rlvr.config import load_config
-    from rlvr.models import eos_token_ids
-    from rlvr.rollout.torch_engine import TorchEngine
-    from rlvr.trainers.pipeline import (
-        engine_dtype,
-        engine_workers,
-        load_policy,
-        prompt_tokens,
-        training_source,
-    )
-    from rlvr.trainers.rl import (
-        ProblemPool,
-        Sampler,
-        StepData,
-        collect,
-        gradient_rows,
-        knobs_at,
-        new_learner,
-        update_policy,
-    )
+    from rl_setup import active_rows, build_stage
+    from rlvr.trainers.rl import collect, knobs_at, update_policy
 
-    config = load_config(args.recipe, [f"model.path={args.model_dir}", *args.overrides])
+    stage = build_stage(args.recipe, args.model_dir, args.overrides, threads=args.threads)
+    config, policy, learner, sampler = stage.config, stage.policy, stage.learner, stage.sampler
     cfg = config.rl
-    device = torch.device("cpu")
-    policy = load_policy(config.model.path, config.model.impl, config.model.dtype, device)
-    task = tasks.get(config.data.task, **config.data.task_options)
-    eos = eos_token_ids(policy.tokenizer)
-    engine = TorchEngine(policy.model, eos_token_ids=eos, pad_token_id=policy.tokenizer.pad_token_id or 0,
-                         dtype=engine_dtype(config, policy), workers=engine_workers(config))
-    pool = ProblemPool(training_source(config, task, set()), seed=config.seed)
-    prompt_cache, _ = prompt_tokens(policy.tokenizer, task, 0)  # the pipeline's cached prompt ids
-
-    learner = new_learner(policy.model, cfg, device, policy.packed)  # as train_rl builds it
-    sampler = Sampler(engine, policy.tokenizer, task, pool, prompt_cache, eos)
     peaks = {"fp32": [matmul_peak("float32")], "bf16": [matmul_peak("bfloat16")]}
     mc = policy.model.config
     rows = []
@@ -117,15 +88,7 @@ def main() -> None:
         gen = sum(forward_flops(mc, len(p), len(p) / 2) for p in distinct)
         gen += sum(forward_flops(mc, c, p + c / 2) for p, c in zip(prompts, comps))
         # update: forward + backward (3x) of the rows with an advantage, each group's prompt once
-        width = max(comps)
-        lengths = torch.tensor(comps)
-        mask = (torch.arange(width)[None, :] < lengths[:, None]).float()
-        from rlvr import algorithms
-
-        adv = algorithms.compute_advantages(cfg.advantage, torch.tensor(batch.rewards),
-                                            torch.tensor(batch.group_ids),
-                                            mask)
-        active = gradient_rows(range(len(batch)), StepData(batch, adv, mask), cfg)
+        active = active_rows(batch, cfg)
         upd = 3 * sum(forward_flops(mc, comps[i], prompts[i] + comps[i] / 2) for i in active)
         prompt_passes = len({tuple(batch.prompt_ids[i]) for i in active})
         upd += 3 * prompt_passes * forward_flops(mc, max(prompts), max(prompts) / 2)

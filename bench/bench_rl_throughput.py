@@ -35,50 +35,16 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch is imported 
 
 def run_contender(overrides: list[str], args: argparse.Namespace, start: dict, first_step: int) -> dict:
     """`args.steps` RL steps of the recipe with `overrides`, from weights `start`; timings and counts."""
-    import torch
 
-    from rlvr import algorithms, tasks
-    from rlvr.config import load_config
-    from rlvr.models import eos_token_ids
-    from rlvr.rollout.torch_engine import TorchEngine
-    from rlvr.trainers.pipeline import (
-        engine_dtype,
-        engine_workers,
-        load_policy,
-        prompt_tokens,
-        training_source,
-    )
-    from rlvr.trainers.rl import (
-        ProblemPool,
-        Sampler,
-        StepData,
-        collect,
-        gradient_rows,
-        knobs_at,
-        new_learner,
-        update_policy,
-    )
+    from rl_setup import active_rows, build_stage
+    from rlvr.trainers.rl import collect, knobs_at, update_policy
 
-    engine_options = {k.removeprefix("engine."): v for k, v in (o.split("=", 1) for o in overrides)
-                      if k.startswith("engine.")}
+    engine_options = {k.removeprefix("engine."): engine_option(k.removeprefix("engine."), v)
+                      for k, v in (o.split("=", 1) for o in overrides) if k.startswith("engine.")}
     overrides = [o for o in overrides if not o.startswith("engine.")]
-    config = load_config(args.recipe, [f"model.path={args.model_dir}", *overrides])
-    threads = args.threads or config.threads or torch.get_num_threads()
-    torch.set_num_threads(threads)
+    stage = build_stage(args.recipe, args.model_dir, overrides, engine_options, start, args.threads)
+    config, policy, learner, sampler = stage.config, stage.policy, stage.learner, stage.sampler
     cfg = config.rl
-    device = torch.device("cpu")
-    policy = load_policy(config.model.path, config.model.impl, config.model.dtype, device)
-    policy.model.load_state_dict(start)
-    task = tasks.get(config.data.task, **config.data.task_options)
-    eos = eos_token_ids(policy.tokenizer)
-    engine = TorchEngine(policy.model, eos_token_ids=eos, pad_token_id=policy.tokenizer.pad_token_id or 0,
-                         dtype=engine_dtype(config, policy), workers=engine_workers(config),
-                         **{k: engine_option(k, v) for k, v in engine_options.items()})
-    pool = ProblemPool(training_source(config, task, set()), seed=config.seed)
-    prompt_cache, _ = prompt_tokens(policy.tokenizer, task, 0)  # the pipeline's cached prompt ids
-
-    learner = new_learner(policy.model, cfg, device, policy.packed)  # as train_rl builds it
-    sampler = Sampler(engine, policy.tokenizer, task, pool, prompt_cache, eos)
     out = {"gen_s": 0.0, "update_s": 0.0, "cpu_s": 0.0, "samples": 0, "tokens": 0, "active": 0}
     for step in range(first_step, first_step + args.steps):
         knobs = knobs_at(cfg, step, config.data.difficulty)
@@ -94,13 +60,8 @@ def run_contender(overrides: list[str], args: argparse.Namespace, start: dict, f
         out["update_s"] += t2 - t1
         out["samples"] += len(batch)
         out["tokens"] += sum(len(c) for c in batch.completion_ids)
-        comps = [len(c) for c in batch.completion_ids]
-        mask = (torch.arange(max(comps))[None, :] < torch.tensor(comps)[:, None]).float()
-        adv = algorithms.compute_advantages(cfg.advantage, torch.tensor(batch.rewards),
-                                            torch.tensor(batch.group_ids), mask)
-        # the rows with a gradient
-        out["active"] += len(gradient_rows(range(len(batch)), StepData(batch, adv, mask), cfg))
-    out["threads"] = threads
+        out["active"] += len(active_rows(batch, cfg))  # the rows with a gradient
+    out["threads"] = stage.threads
     return out
 
 
