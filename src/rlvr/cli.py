@@ -253,7 +253,7 @@ def cmd_noise(args: argparse.Namespace) -> int:
     from rlvr.diagnostics.noise import describe, measure
 
     config = load_config(args.recipe, args.overrides)
-    result = measure(config, groups=args.groups, sft_examples=args.sft_examples)
+    result = measure(config, groups=args.groups, sft_examples=args.sft_examples, parts=args.parts)
     print(describe(result))
     if args.out:
         write_json_atomic(Path(args.out), result)
@@ -382,6 +382,9 @@ def add_tool_commands(sub: Any) -> None:
     p.add_argument("--groups", type=int, default=256, help="RL groups to take gradients of")
     p.add_argument("--sft-examples", type=int, default=256,
                    help="solution traces to take SFT gradients of (0: none)")
+    p.add_argument("--parts", type=int, default=8,
+                   help="interleaved parts of the units, for the jackknife interval of B_noise (even, >= 2; "
+                        "memory: 2 x parts float64 copies of the trained parameters)")
     p.add_argument("--out", default=None, help="JSON file for the figures")
     p.set_defaults(func=cmd_noise)
 

@@ -221,3 +221,39 @@ def test_noise_of_a_lora_recipe_takes_the_gradients_of_the_adapters(tiny_model_d
     assert 0 < adapters < sum(p.numel() for p in base.parameters())
     assert result["parameters"] == adapters
     assert result["sft"]["per_example"]["mean_sq"] > 0  # the SFT loss reaches the adapters (lora_B)
+
+
+def test_jackknife_interval_covers_the_truth_and_matches_the_spread_over_repeats():
+    gen = torch.Generator().manual_seed(4)
+    D, N = 60, 400
+    G = torch.zeros(D)
+    G[:3] = 0.7  # |G|^2 = 1.47, tr(Sigma) = 60: B_noise ~ 40.8, about N / 10
+    ratios, errors, covered = [], [], 0
+    for _ in range(60):
+        s = accumulate(G + torch.randn(N, D, generator=gen)).scale()
+        assert s.b_noise_low < s.b_noise_high
+        covered += s.b_noise_low <= 60 / 1.47 <= s.b_noise_high
+        ratios.append(s.signal_sq / s.trace_cov)
+        # the standard error of 1 / B_noise, back out of the interval's low end
+        errors.append(1 / s.b_noise_low - s.signal_sq / s.trace_cov)
+    spread = float(torch.tensor(ratios).std())
+    assert float(torch.tensor(errors).mean()) == pytest.approx(spread, rel=0.3)
+    assert 0.5 <= covered / 60 <= 0.85  # one standard error either side: ~68%
+
+
+def test_jackknife_interval_of_pure_noise_is_open_above_and_parts_keep_half_cos():
+    gen = torch.Generator().manual_seed(5)
+    grads = torch.randn(400, 300, generator=gen)
+    s = accumulate(grads).scale()
+    assert s.b_noise_high == math.inf and s.as_dict()["b_noise_high"] is None
+    two = NoiseAccumulator(300, parts=2)
+    for g in grads:
+        two.add(g)
+    assert two.scale().half_cos == pytest.approx(s.half_cos, rel=1e-9)  # even units vs odd units either way
+    assert two.scale().b_noise == pytest.approx(s.b_noise, rel=1e-9)
+    with pytest.raises(ValueError, match="even number"):
+        NoiseAccumulator(3, parts=3)
+    few = NoiseAccumulator(3)
+    for _ in range(3):
+        few.add(torch.randn(3, generator=gen))
+    assert few.scale().b_noise_low == math.inf  # fewer units than parts: no interval

@@ -10,7 +10,9 @@ needs before its direction is mostly signal rather than noise.
 prompts, group size, temperature, reward) from the checkpoint, and takes each group's gradient
 through the trainer's own advantage and loss code (update_policy with one group per mini-batch,
 stepping no optimizer); then the gradients of `--sft-examples` of the task's solution traces
-(the SFT loss, token-mean over one example). Memory is O(parameters): only running sums are kept.
+(the SFT loss, token-mean over one example). Memory is O(parameters): only running sums are kept,
+in `--parts` interleaved parts (2 x parts float64 vectors) whose delete-one jackknife gives each
+B_noise a one-standard-error interval: two settings whose intervals overlap are not told apart.
 The model is built as the trainer builds it (pipeline.run_policy): with model.lora, peft adapters
 around the checkpoint, and the gradients are those of the adapter parameters, the ones a LoRA
 run's optimizer steps.
@@ -59,6 +61,9 @@ class NoiseScale:
     when the signal is below what N units resolve); b_noise: tr(Sigma) / signal_sq, inf when
     signal_sq <= 0; half_cos: cosine between the mean gradients of the first and second half of
     the units (near 0: the halves' directions are mostly noise; near 1: mostly signal).
+    b_noise_low, b_noise_high: b_noise at one jackknife standard error either side (delete one of
+    the accumulator's parts at a time) of its inverse, signal_sq / trace_cov; high is inf when the
+    signal is within one standard error of 0, both are inf when it is a standard error below.
     """
 
     n: int
@@ -67,58 +72,91 @@ class NoiseScale:
     signal_sq: float
     b_noise: float
     half_cos: float
+    b_noise_low: float = math.inf
+    b_noise_high: float = math.inf
 
     def as_dict(self) -> dict[str, float | None]:
-        """JSON-ready: an infinite b_noise (no resolvable signal) is None."""
+        """JSON-ready: an infinite b_noise (no resolvable signal) or bound is None."""
         out: dict[str, float | None] = dict(dataclasses.asdict(self))
-        if math.isinf(self.b_noise):
-            out["b_noise"] = None
+        for key in ("b_noise", "b_noise_low", "b_noise_high"):
+            if math.isinf(getattr(self, key)):
+                out[key] = None
         return out
 
 
 class NoiseAccumulator:
-    """Running sums of flat gradient vectors; `scale()` turns them into a NoiseScale.
+    """Running sums of flat gradient vectors, in `parts` interleaved parts (unit i goes to part
+    i % parts); `scale()` turns them into a NoiseScale.
 
-    Units alternate between two halves (even / odd), which keeps half_cos meaningful when the
-    units arrive in batches drawn the same way.
+    The parts give the jackknife interval of B_noise and the two halves of half_cos (even parts
+    against odd ones, i.e. even units against odd units), which keeps half_cos meaningful when the
+    units arrive in batches drawn the same way. Memory: 2 x parts float64 vectors of `dim`.
     """
 
-    def __init__(self, dim: int) -> None:
+    def __init__(self, dim: int, parts: int = 8) -> None:
+        if parts < 2 or parts % 2:
+            raise ValueError(f"parts must be an even number >= 2, got {parts}")
         self.n = 0
-        self.sum = torch.zeros(dim, dtype=torch.float64)
-        self.sum_sq = torch.zeros(dim, dtype=torch.float64)  # per coordinate: sum over units of g^2
-        self.halves = torch.zeros(2, dim, dtype=torch.float64)
+        self.part_n = [0] * parts
+        self.part_sum = torch.zeros(parts, dim, dtype=torch.float64)
+        self.part_sum_sq = torch.zeros(parts, dim, dtype=torch.float64)  # per coordinate: sum of g^2
+
+    @property
+    def sum(self) -> torch.Tensor:
+        return self.part_sum.sum(0)
 
     def add(self, grad: torch.Tensor) -> None:
         g = grad.detach().reshape(-1).to(torch.float64)
-        if g.shape != self.sum.shape:
-            raise ValueError(f"gradient of {g.numel()} values, accumulator of {self.sum.numel()}")
-        self.sum += g
-        self.sum_sq += g * g
-        self.halves[self.n % 2] += g
+        if g.shape != self.part_sum.shape[1:]:
+            raise ValueError(f"gradient of {g.numel()} values, accumulator of {self.part_sum.shape[1]}")
+        k = self.n % len(self.part_n)
+        self.part_sum[k] += g
+        self.part_sum_sq[k] += g * g
+        self.part_n[k] += 1
         self.n += 1
 
     def scale(self, adam_normalised: bool = False) -> NoiseScale:
         if self.n < 2:
             raise ValueError(f"a noise scale needs at least 2 gradients, got {self.n}")
-        n = self.n
-        total, halves = self.sum, self.halves
-        sum_norm_sq = float(self.sum_sq.sum())
+        n, total, total_sq = self.n, self.part_sum.sum(0), self.part_sum_sq.sum(0)
+        weight = torch.ones_like(total)  # per coordinate: 1, or Adam's 1 / rms over all units
         if adam_normalised:
-            rms = (self.sum_sq / n).sqrt()
-            live = rms > 0
-            inv = torch.where(live, 1.0 / rms.clamp(min=1e-300), torch.zeros_like(rms))
-            total, halves = total * inv, halves * inv
-            sum_norm_sq = float(n * live.sum())  # sum_j |g_j / rms|^2 = sum_c (sum_j g_jc^2) / rms_c^2
-        mean = total / n
-        mean_sq = float(mean @ mean)
-        trace_cov = max((sum_norm_sq - n * mean_sq) / (n - 1), 0.0)
-        signal_sq = mean_sq - trace_cov / n
+            rms = (total_sq / n).sqrt()
+            weight = torch.where(rms > 0, 1.0 / rms.clamp(min=1e-300), torch.zeros_like(rms))
+        mean_sq, trace_cov, signal_sq = _moments(n, total * weight, float(total_sq @ weight.square()))
         b_noise = trace_cov / signal_sq if signal_sq > 0 else math.inf
-        a, b = halves[0], halves[1]
+        a, b = self.part_sum[0::2].sum(0) * weight, self.part_sum[1::2].sum(0) * weight
         denom = float(a.norm() * b.norm())
         half_cos = float(a @ b) / denom if denom > 0 else 0.0
-        return NoiseScale(n, mean_sq, trace_cov, signal_sq, b_noise, half_cos)
+        low, high = self._jackknife(weight, signal_sq / trace_cov if trace_cov > 0 else 0.0)
+        return NoiseScale(n, mean_sq, trace_cov, signal_sq, b_noise, half_cos, low, high)
+
+    def _jackknife(self, weight: torch.Tensor, ratio: float) -> tuple[float, float]:
+        """B_noise at ratio -/+ the delete-one-part jackknife standard error of ratio = 1 / B_noise
+        (the same per-coordinate weights for every replicate); (inf, inf) with too few units."""
+        total, total_sq = self.part_sum.sum(0), self.part_sum_sq.sum(0)
+        ratios = []
+        for k, n_k in enumerate(self.part_n):
+            n = self.n - n_k
+            if n_k == 0 or n < 2:
+                return math.inf, math.inf
+            _, trace_cov, signal_sq = _moments(n, (total - self.part_sum[k]) * weight,
+                                               float((total_sq - self.part_sum_sq[k]) @ weight.square()))
+            ratios.append(signal_sq / trace_cov if trace_cov > 0 else 0.0)
+        parts = len(ratios)
+        mean = sum(ratios) / parts
+        se = math.sqrt((parts - 1) / parts * sum((r - mean) ** 2 for r in ratios))
+        return (1.0 / (ratio + se) if ratio + se > 0 else math.inf,
+                1.0 / (ratio - se) if ratio - se > 0 else math.inf)
+
+
+def _moments(n: int, total: torch.Tensor, sum_norm_sq: float) -> tuple[float, float, float]:
+    """(|mean|^2, unbiased tr(Sigma), |mean|^2 - tr(Sigma) / n) of n units whose vector sum is
+    `total` and whose squared norms sum to sum_norm_sq."""
+    mean = total / n
+    mean_sq = float(mean @ mean)
+    trace_cov = max((sum_norm_sq - n * mean_sq) / (n - 1), 0.0)
+    return mean_sq, trace_cov, mean_sq - trace_cov / n
 
 
 def flat_grad(params: Sequence[torch.nn.Parameter]) -> torch.Tensor:
@@ -249,12 +287,15 @@ def sft_example_gradients(policy: torch.nn.Module, pairs: Sequence[tuple[list[in
     policy.eval()
 
 
-def measure(config: RunConfig, groups: int, sft_examples: int, progress: Callable[[str], None] = print
-            ) -> dict[str, Any]:
+def measure(config: RunConfig, groups: int, sft_examples: int, progress: Callable[[str], None] = print,
+            parts: int = 8) -> dict[str, Any]:
     """Noise scales of the recipe's RL gradient (per group) and SFT gradient (per example) at the
-    checkpoint config.model.path. Writes nothing. Returns a JSON-ready dict."""
+    checkpoint config.model.path, each unit stream in `parts` parts (NoiseAccumulator). Writes
+    nothing. Returns a JSON-ready dict."""
     if groups < 2:
         raise ValueError(f"--groups must be >= 2, got {groups}")
+    if parts < 2 or parts % 2:
+        raise ValueError(f"--parts must be an even number >= 2, got {parts}")
     if not config.model.path:
         raise ConfigError("rlvr noise measures a trained checkpoint: pass model.path=DIR (e.g. a run's "
                           "checkpoints/sft/step_000500)")
@@ -278,22 +319,23 @@ def measure(config: RunConfig, groups: int, sft_examples: int, progress: Callabl
     t0 = time.perf_counter()
     pool = rl.ProblemPool(training_source(config, task, set()), seed=config.seed)
     sampler = rl.Sampler(engine, policy.tokenizer, task, pool, prompt_cache, eos_ids)
-    result["rl"], acc = rl_noise(config, policy, sampler, groups, device)
+    result["rl"], acc = rl_noise(config, policy, sampler, groups, device, parts)
     result["rl"]["seconds"] = time.perf_counter() - t0
     progress(f"RL: {acc.n} groups in {time.perf_counter() - t0:.0f}s")
     if sft_examples >= 2:
         t0 = time.perf_counter()
-        result["sft"] = sft_noise(config, policy, sampler, sft_examples, device, rl_mean=acc.sum / acc.n)
+        result["sft"] = sft_noise(config, policy, sampler, sft_examples, device, rl_mean=acc.sum / acc.n,
+                                  parts=parts)
         result["sft"]["seconds"] = time.perf_counter() - t0
         progress(f"SFT: {result['sft']['examples']} examples in {time.perf_counter() - t0:.0f}s")
     return result
 
 
 def rl_noise(config: RunConfig, policy: Policy, sampler: rl.Sampler, groups: int,
-             device: torch.device) -> tuple[dict[str, Any], NoiseAccumulator]:
+             device: torch.device, parts: int = 8) -> tuple[dict[str, Any], NoiseAccumulator]:
     """The RL part of `measure`: batch statistics and the per-group noise scales (raw and
     Adam-normalised), and the accumulator of the group gradients."""
-    acc = NoiseAccumulator(sum(p.numel() for p in policy.model.parameters() if p.requires_grad))
+    acc = NoiseAccumulator(sum(p.numel() for p in policy.model.parameters() if p.requires_grad), parts)
     stats: dict[str, float] = {}
     for g in rl_group_gradients(policy.model, sampler, config.rl, groups=groups, device=device,
                                 packed=policy.packed, seed=config.seed,
@@ -304,7 +346,7 @@ def rl_noise(config: RunConfig, policy: Policy, sampler: rl.Sampler, groups: int
 
 
 def sft_noise(config: RunConfig, policy: Policy, sampler: rl.Sampler, examples: int, device: torch.device,
-              rl_mean: torch.Tensor) -> dict[str, Any]:
+              rl_mean: torch.Tensor, parts: int = 8) -> dict[str, Any]:
     """The SFT part of `measure`: per-example noise scales of the task's solution traces (drawn
     from the RL pool at a step no RL batch uses), and the cosine of their mean with the RL mean."""
     task = sampler.task
@@ -313,7 +355,7 @@ def sft_noise(config: RunConfig, policy: Policy, sampler: rl.Sampler, examples: 
         raise ValueError(f"task {task.name!r} has no solution traces; use --sft-examples 0")
     drawn = sampler.pool.draw(config.data.difficulty or {}, examples, step=10**6)
     pairs = trace_pairs(task, policy.tokenizer, drawn, eos_token_ids(policy.tokenizer)[0], target)
-    sft = NoiseAccumulator(rl_mean.numel())
+    sft = NoiseAccumulator(rl_mean.numel(), parts)
     for g in sft_example_gradients(policy.model, pairs, device, policy.packed, config.sft.autocast):
         sft.add(g)
     sft_mean = sft.sum / sft.n
@@ -331,9 +373,12 @@ def signal_share(batch: float, b_noise: float | None) -> float:
 
 def describe(result: dict[str, Any]) -> str:
     """A few lines for the terminal."""
+    def value(b: float | None) -> str:
+        return "inf" if b is None else f"{b:.4g}"
+
     def line(name: str, s: dict[str, float], unit: str) -> str:
-        b = "inf" if s["b_noise"] is None else f"{s['b_noise']:.4g}"
-        return (f"  {name}: B_noise {b} {unit}  |G|^2 {s['signal_sq']:.3g}  tr(Sigma) "
+        return (f"  {name}: B_noise {value(s['b_noise'])} {unit} (1 s.e.: {value(s['b_noise_low'])} to "
+                f"{value(s['b_noise_high'])})  |G|^2 {s['signal_sq']:.3g}  tr(Sigma) "
                 f"{s['trace_cov']:.3g}  cos(half, half) {s['half_cos']:.3f}  (N={s['n']})")
 
     rl_part = result["rl"]
