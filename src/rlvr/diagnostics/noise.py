@@ -94,10 +94,8 @@ class NoiseAccumulator:
     """
 
     def __init__(self, dim: int, parts: int = 8) -> None:
-        if parts < 2 or parts % 2:
-            raise ValueError(f"parts must be an even number >= 2, got {parts}")
+        check_parts(parts, "parts")
         self.n = 0
-        self.part_n = [0] * parts
         self.part_sum = torch.zeros(parts, dim, dtype=torch.float64)
         self.part_sum_sq = torch.zeros(parts, dim, dtype=torch.float64)  # per coordinate: sum of g^2
 
@@ -109,10 +107,9 @@ class NoiseAccumulator:
         g = grad.detach().reshape(-1).to(torch.float64)
         if g.shape != self.part_sum.shape[1:]:
             raise ValueError(f"gradient of {g.numel()} values, accumulator of {self.part_sum.shape[1]}")
-        k = self.n % len(self.part_n)
+        k = self.n % len(self.part_sum)
         self.part_sum[k] += g
         self.part_sum_sq[k] += g * g
-        self.part_n[k] += 1
         self.n += 1
 
     def scale(self, adam_normalised: bool = False) -> NoiseScale:
@@ -128,26 +125,34 @@ class NoiseAccumulator:
         a, b = self.part_sum[0::2].sum(0) * weight, self.part_sum[1::2].sum(0) * weight
         denom = float(a.norm() * b.norm())
         half_cos = float(a @ b) / denom if denom > 0 else 0.0
-        low, high = self._jackknife(weight, signal_sq / trace_cov if trace_cov > 0 else 0.0)
+        low, high = self._jackknife(total, total_sq, weight, signal_sq / trace_cov if trace_cov > 0 else 0.0)
         return NoiseScale(n, mean_sq, trace_cov, signal_sq, b_noise, half_cos, low, high)
 
-    def _jackknife(self, weight: torch.Tensor, ratio: float) -> tuple[float, float]:
+    def _jackknife(self, total: torch.Tensor, total_sq: torch.Tensor, weight: torch.Tensor,
+                   ratio: float) -> tuple[float, float]:
         """B_noise at ratio -/+ the delete-one-part jackknife standard error of ratio = 1 / B_noise
-        (the same per-coordinate weights for every replicate); (inf, inf) with too few units."""
-        total, total_sq = self.part_sum.sum(0), self.part_sum_sq.sum(0)
+        (the same per-coordinate weights for every replicate); (inf, inf) with too few units.
+        total, total_sq: the parts' sums, as scale() has them."""
+        parts = len(self.part_sum)
         ratios = []
-        for k, n_k in enumerate(self.part_n):
+        for k in range(parts):
+            n_k = (self.n - k + parts - 1) // parts  # units i with i % parts == k
             n = self.n - n_k
             if n_k == 0 or n < 2:
                 return math.inf, math.inf
             _, trace_cov, signal_sq = _moments(n, (total - self.part_sum[k]) * weight,
                                                float((total_sq - self.part_sum_sq[k]) @ weight.square()))
             ratios.append(signal_sq / trace_cov if trace_cov > 0 else 0.0)
-        parts = len(ratios)
         mean = sum(ratios) / parts
         se = math.sqrt((parts - 1) / parts * sum((r - mean) ** 2 for r in ratios))
         return (1.0 / (ratio + se) if ratio + se > 0 else math.inf,
                 1.0 / (ratio - se) if ratio - se > 0 else math.inf)
+
+
+def check_parts(parts: int, name: str) -> None:
+    """ValueError naming `name` unless parts is an even number >= 2 (halves pair even and odd parts)."""
+    if parts < 2 or parts % 2:
+        raise ValueError(f"{name} must be an even number >= 2, got {parts}")
 
 
 def _moments(n: int, total: torch.Tensor, sum_norm_sq: float) -> tuple[float, float, float]:
@@ -294,8 +299,7 @@ def measure(config: RunConfig, groups: int, sft_examples: int, progress: Callabl
     nothing. Returns a JSON-ready dict."""
     if groups < 2:
         raise ValueError(f"--groups must be >= 2, got {groups}")
-    if parts < 2 or parts % 2:
-        raise ValueError(f"--parts must be an even number >= 2, got {parts}")
+    check_parts(parts, "--parts")  # before the model loads
     if not config.model.path:
         raise ConfigError("rlvr noise measures a trained checkpoint: pass model.path=DIR (e.g. a run's "
                           "checkpoints/sft/step_000500)")
