@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import importlib
+import inspect
 import re
 import types
 import typing
@@ -504,6 +505,7 @@ class RunConfig:
                rl.partial_tokens_per_step, ">= 0")
         _check(rl.tis_cap is None or rl.tis_cap > 0, "rl.tis_cap", rl.tis_cap, "null or a positive number")
         self._validate_critic()
+        self._validate_advantage_options()
         self._validate_engine_context()
         self._validate_lora()
         _check(self.ray.num_rollout_workers >= 1, "ray.num_rollout_workers",
@@ -576,6 +578,21 @@ class RunConfig:
             value = rl.advantage_options.get(key, 1.0)
             _check(isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value <= 1,
                    f"rl.advantage_options.{key}", value, "a number in [0, 1]")
+
+    def _validate_advantage_options(self) -> None:
+        """rl.advantage_options holds the estimator's own keyword options only; the per-token
+        inputs (values, kl, kl_coef, tokens) come from the trainer. gae's are checked with the critic."""
+        rl = self.rl
+        if rl.advantage == "gae":
+            return
+        fn = importlib.import_module("rlvr.algorithms").ADVANTAGES[rl.advantage]
+        supplied = {"values", "kl", "kl_coef", "tokens"}
+        accepted = sorted(name for name, p in inspect.signature(fn).parameters.items()
+                          if p.kind is inspect.Parameter.KEYWORD_ONLY and name not in supplied)
+        unknown = sorted(set(rl.advantage_options) - set(accepted))
+        _check(not unknown, "rl.advantage_options", rl.advantage_options,
+               f"only {rl.advantage}'s own options ({', '.join(accepted) or 'none'}); "
+               f"{', '.join(unknown)} {'is' if len(unknown) == 1 else 'are'} not one")
 
     def context_tokens(self) -> int:
         """The longest sequence an RL rollout may hold: data.max_prompt_tokens (1024 when 0) plus the

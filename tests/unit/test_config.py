@@ -99,6 +99,10 @@ def test_cli_key_value_options_parse_yaml_and_keep_empty_strings():
     [
         ("rl.advantage=grpoo",
          r"rl.advantage: got 'grpoo', expected an advantage estimator; did you mean 'grpo'"),
+        ("rl.advantage_options={epsilon: 0.1}",
+         r"rl.advantage_options: got \{'epsilon': 0.1\}, expected only grpo's own options \(eps\); "
+         r"epsilon is not"),
+        ("rl.advantage_options={tokens: [1]}", r"expected only grpo's own options \(eps\); tokens is not"),
         ("rl.loss=ppoo", r"rl.loss: got 'ppoo', expected a policy loss; did you mean 'ppo'.*cispo"),
         ("rl.loss_agg=foo", r"rl.loss_agg: got 'foo', expected a loss aggregation.*token-mean"),
         ("sft.steps=-5", r"sft.steps: got -5, expected an integer >= 0"),
