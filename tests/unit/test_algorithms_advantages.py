@@ -281,17 +281,23 @@ def all_options(name: str, batch: int, steps: int, fill: float = 0.3) -> dict:
         return {"values": torch.full((batch, steps), fill)}
     if name == "reinforce_pp":
         return {"kl": torch.full((batch, steps), fill), "kl_coef": 0.1}
+    if name == "prefix_tree":
+        return {"tokens": torch.arange(batch * steps).reshape(batch, steps) % 3}
     return {}
 
 
 @pytest.mark.parametrize("name", sorted(ADVANTAGES))
 def test_values_at_masked_positions_do_not_matter(name: str) -> None:
     rewards, ids, mask, kl, values = random_batch(5)
-    options = {"gae": {"values": values}, "reinforce_pp": {"kl": kl, "kl_coef": 0.1}}.get(name, {})
+    tokens = torch.randint(0, 3, mask.shape, generator=torch.Generator().manual_seed(1))
+    options = {"gae": {"values": values}, "reinforce_pp": {"kl": kl, "kl_coef": 0.1},
+               "prefix_tree": {"tokens": tokens}}.get(name, {})
     clean = compute_advantages(name, rewards, ids, mask, **options)
-    dirty = {
-        key: torch.where(mask.bool(), v, torch.nan) if torch.is_tensor(v) else v for key, v in options.items()
-    }
+
+    def garbage(v: torch.Tensor) -> torch.Tensor:
+        return torch.where(mask.bool(), v, torch.nan if v.is_floating_point() else torch.tensor(99))
+
+    dirty = {key: garbage(v) if torch.is_tensor(v) else v for key, v in options.items()}
     assert torch.equal(compute_advantages(name, rewards, ids, mask, **dirty), clean)
     assert torch.all(clean[~mask.bool()] == 0)
 
@@ -353,3 +359,90 @@ def test_errors_name_what_is_valid() -> None:
         compute_advantages("grpo", REWARDS, GROUPS.float(), MASK)
     with pytest.raises(ValueError, match="kl_coef"):
         compute_advantages("reinforce_pp", REWARDS, GROUPS, MASK, kl=torch.zeros(6, 3))
+
+
+# ---------------------------------------------------------------- prefix_tree
+
+
+def tree_reference(rewards: list[float], groups: list[int], mask: list[list[float]],
+                   tokens: list[list[int]], eps: float = 1e-6) -> list[list[float]]:
+    """Brute force: V(prefix) = mean reward of the group's rows whose valid tokens start with it,
+    where a row's end is a token of its own ("$")."""
+    seqs = [tuple(t for t, m in zip(row, keep) if m) + ("$",) for row, keep in zip(tokens, mask)]
+    out = [[0.0] * len(mask[0]) for _ in mask]
+    for b, seq in enumerate(seqs):
+        mates = [j for j in range(len(seqs)) if groups[j] == groups[b]]
+        group_rewards = [rewards[j] for j in mates]
+        if len(set(group_rewards)) < 2:
+            continue
+        std = statistics.stdev(group_rewards)
+
+        def value(prefix: tuple, mates: list[int] = mates) -> float:
+            # the rows that went through this prefix and on (or ended with it, for a prefix with "$");
+            # the root is the whole group, rows without a token included (as in mean_g)
+            through = [rewards[j] for j in mates if not prefix or (
+                seqs[j][: len(prefix)] == prefix and (prefix[-1:] == ("$",) or seqs[j][len(prefix)] != "$"))]
+            return sum(through) / len(through)
+
+        positions = [t for t, m in enumerate(mask[b]) if m]
+        for k, t in enumerate(positions):
+            # the last token and the end together: the prefix that includes the "$"
+            upto = seq[: k + 1] if k + 1 < len(positions) else seq
+            out[b][t] = (value(upto) - value(seq[:k])) / (std + eps)
+    return out
+
+
+def test_prefix_tree_by_hand() -> None:
+    # group 0: rows 0-1 share [1, 2], rows 2-3 share [1, 5] and part at the last token;
+    # group 1 has one reward: zero everywhere.
+    tokens = torch.tensor([[1, 2, 3], [1, 2, 4], [1, 5, 6], [1, 5, 7], [9, 9, 9], [9, 9, 8]])
+    rewards = torch.tensor([1.0, 0.0, 1.0, 1.0, 0.0, 0.0])
+    groups = torch.tensor([0, 0, 0, 0, 1, 1])
+    got = compute_advantages("prefix_tree", rewards, groups, torch.ones(6, 3), tokens=tokens, eps=0.0)
+    std = statistics.stdev([1.0, 0.0, 1.0, 1.0])  # 0.5
+    # V(root) = V([1]) = 0.75, V([1, 2]) = 0.5, V([1, 5]) = 1; the leaves are the rows' rewards
+    expected = torch.tensor([[0.0, -0.25, 0.5], [0.0, -0.25, -0.5], [0.0, 0.25, 0.0], [0.0, 0.25, 0.0],
+                             [0.0, 0.0, 0.0], [0.0, 0.0, 0.0]]) / std
+    torch.testing.assert_close(got, expected)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_prefix_tree_matches_the_brute_force_and_sums_to_grpo(seed: int) -> None:
+    rewards, ids, mask, _, _ = random_batch(seed, batch=30, steps=6)
+    tokens = torch.randint(0, 2, mask.shape, generator=torch.Generator().manual_seed(seed))  # much sharing
+    got = compute_advantages("prefix_tree", rewards, ids, mask, tokens=tokens)
+    want = tree_reference(rewards.tolist(), ids.tolist(), mask.tolist(), tokens.tolist())
+    torch.testing.assert_close(got, torch.tensor(want, dtype=got.dtype))
+    # along each row the credit telescopes to GRPO's sequence advantage, for the rows that no other
+    # row of their group repeats (a repeated response's leaf value is the mean of its copies' rewards)
+    grpo = compute_advantages("grpo", rewards, ids, mask)
+    seqs = [(g, tuple(t for t, m in zip(row, keep) if m)) for g, row, keep in
+            zip(ids.tolist(), tokens.tolist(), mask.tolist())]
+    checked = 0
+    for b, (g, seq) in enumerate(seqs):
+        if seq and seqs.count((g, seq)) == 1:
+            first = int(torch.nonzero(mask[b]).flatten()[0])
+            assert float(got[b].sum()) == pytest.approx(float(grpo[b, first]), abs=1e-9)
+            checked += 1
+    assert checked >= 10
+
+
+def test_prefix_tree_credits_only_where_samples_part() -> None:
+    # four rows of one prompt: identical for 3 tokens, then row 3 leaves; rows 0-2 part at token 4
+    tokens = torch.tensor([[7, 7, 7, 1, 5, 5], [7, 7, 7, 1, 6, 6], [7, 7, 7, 1, 8, 8], [7, 7, 7, 2, 5, 5]])
+    rewards = torch.tensor([1.0, 1.0, 0.0, 0.0])
+    got = compute_advantages("prefix_tree", rewards, torch.zeros(4, dtype=torch.long), torch.ones(4, 6),
+                             tokens=tokens)
+    assert torch.all(got[:, :3] == 0)  # shared by every sample
+    assert torch.all(got[:, 5] == 0)  # each row is alone after its last branch
+    assert got[3, 3] < 0 < got[0, 3]  # row 3's branch led to a wrong answer
+    assert got[2, 4] < 0 < got[0, 4] == got[1, 4]
+
+
+def test_prefix_tree_needs_integer_tokens_of_the_mask_shape() -> None:
+    with pytest.raises(TypeError, match=r"needs the option\(s\) \['tokens'\]"):
+        compute_advantages("prefix_tree", REWARDS, GROUPS, MASK)
+    with pytest.raises(ValueError, match=r"tokens has shape \(6, 2\), expected \(6, 3\)"):
+        compute_advantages("prefix_tree", REWARDS, GROUPS, MASK, tokens=torch.zeros(6, 2, dtype=torch.long))
+    with pytest.raises(TypeError, match="integer token ids"):
+        compute_advantages("prefix_tree", REWARDS, GROUPS, MASK, tokens=torch.zeros(6, 3))

@@ -269,3 +269,27 @@ def test_top_entropy_fraction_keeps_the_advantage_on_the_high_entropy_tokens_onl
     torch.testing.assert_close(top.advantages[kept], everything.advantages[kept])
     torch.testing.assert_close(top.loss_mask, everything.loss_mask)  # the aggregation counts every token
     assert "actor/pg_entropy_threshold" not in full
+
+
+def test_prefix_tree_advantages_see_the_completion_tokens():
+    batch = make_batch([[1.0, 0.0, 0.0, 1.0], [0.0, 1.0, 1.0, 1.0]])
+    for i in (1, 2, 3):  # group 0's completions share their first tokens with row 0
+        batch.completion_ids[i][:3] = batch.completion_ids[0][:3]
+    torch.manual_seed(0)
+    model = NativeCausalLM(CFG)
+    seen = []
+
+    def record(_learner, data, _index, _cfg, _knobs):  # a StepFn
+        seen.append(data)
+        return {}
+
+    update(model, batch, True, step_fn=record, advantage="prefix_tree")
+    width = max(len(c) for c in batch.completion_ids)
+    lengths = torch.tensor([len(c) for c in batch.completion_ids])
+    mask = (torch.arange(width)[None, :] < lengths[:, None]).float()
+    want = algorithms.compute_advantages("prefix_tree", torch.tensor(batch.rewards),
+                                         torch.tensor(batch.group_ids), mask,
+                                         tokens=rl.token_ids(batch.completion_ids, width))
+    torch.testing.assert_close(seen[0].advantages, want.float())
+    assert torch.all(seen[0].advantages[:4, :3] == 0)  # shared by the whole group
+    assert seen[0].advantages[:4].abs().sum() > 0

@@ -17,6 +17,7 @@ Options by name (anything else is an error):
     dr_grpo, rloo, gpg, opo, reinforce_pp_baseline      none
     reinforce_pp           gamma=1.0, kl=None [B, T], kl_coef=None
     gae                    values [B, T] (required), gamma=1.0, lam=1.0, kl=None, kl_coef=None
+    prefix_tree            tokens [B, T] (required: the response token ids), eps=1e-6
 For PPO with a critic, gae_advantages_returns also gives the returns (the value targets).
 """
 
@@ -29,7 +30,7 @@ import torch
 from torch import Tensor
 
 from rlvr.algorithms._names import check_options, lookup
-from rlvr.algorithms.groups import group_centered, group_index, group_std
+from rlvr.algorithms.groups import group_centered, group_index, group_is_constant, group_std
 from rlvr.algorithms.masked import check_mask, check_shape, float_dtype, masked_whiten
 
 
@@ -244,6 +245,76 @@ def gae_advantages(
     return advantages
 
 
+def prefix_tree_advantages(rewards: Tensor, group_ids: Tensor, mask: Tensor, *, tokens: Tensor,
+                           eps: float = 1e-6) -> Tensor:
+    """Credit where a group's samples part ways: A_t = (V(y_<=t) - V(y_<t)) / (std_g + eps).
+
+    The responses of one group (one prompt) form a prefix tree over their token ids; V(prefix)
+    is the mean reward of the group's samples that begin with that prefix (a Monte Carlo value
+    from the group's own samples, as in tree-search RL such as TreeRL, Hou et al. 2025). A token
+    that every sample through its prefix also chose gets 0; only the tokens where samples branch
+    carry advantage. Along each response the advantages sum to GRPO's (r - mean_g) / (std_g +
+    eps), where r is the mean reward of the response's copies when it occurs more than once in
+    its group; a response's last token has a node of its own, so a response that stops is never
+    the prefix of one that goes on. After its last branch a response is alone (V = its own
+    reward) and its later tokens get 0: decisions no other sample shares get no credit (the
+    estimator's bias, traded for the noise those tokens add to GRPO's update).
+
+    tokens[B, T] holds the response ids at the mask's valid positions (others are ignored).
+    """
+    batch, steps = check_mask(mask, "prefix_tree")
+    check_shape("tokens", tokens, (batch, steps), "prefix_tree")
+    if tokens.is_floating_point() or tokens.is_complex():
+        raise TypeError(f"prefix_tree: tokens must hold integer token ids, got dtype {tokens.dtype}")
+    index = group_index(group_ids)
+    centered = group_centered(rewards, index)
+    std = group_std(centered, index)  # (num_groups,)
+    constant = group_is_constant(centered, index)
+    r = rewards.to(centered.dtype).tolist()
+    valid = mask.bool().tolist()
+    ids = tokens.tolist()
+    out = torch.zeros((batch, steps), dtype=centered.dtype)
+    members: list[list[int]] = [[] for _ in range(index.num_groups)]
+    for b, g in enumerate(index.inverse.tolist()):
+        members[g].append(b)
+    for g, rows in enumerate(members):
+        if bool(constant[g]):
+            continue
+        # Node 0 is the root (the prompt); children[node][key] -> node; per-node reward sums. A
+        # row's last token gets its own key (token,): a response that stops there is not the
+        # prefix of one that goes on.
+        children: list[dict[object, int]] = [{}]
+        count, total = [0], [0.0]
+        paths: list[list[tuple[int, int]]] = []  # per row: (position, node after that token)
+        for b in rows:
+            node, path = 0, []
+            count[0] += 1
+            total[0] += r[b]
+            positions = [t for t in range(steps) if valid[b][t]]
+            for t in positions:
+                key: object = ids[b][t] if t != positions[-1] else (ids[b][t],)
+                nxt = children[node].get(key)
+                if nxt is None:
+                    nxt = len(children)
+                    children[node][key] = nxt
+                    children.append({})
+                    count.append(0)
+                    total.append(0.0)
+                count[nxt] += 1
+                total[nxt] += r[b]
+                path.append((t, nxt))
+                node = nxt
+            paths.append(path)
+        scale = 1.0 / (float(std[g]) + eps)
+        for b, path in zip(rows, paths):
+            before = total[0] / count[0]
+            for t, node in path:
+                value = total[node] / count[node]
+                out[b, t] = (value - before) * scale
+                before = value
+    return out.to(_out_dtype(rewards))
+
+
 ADVANTAGES: dict[str, Callable[..., Tensor]] = {
     "grpo": grpo_advantages,
     "dr_grpo": dr_grpo_advantages,
@@ -253,6 +324,7 @@ ADVANTAGES: dict[str, Callable[..., Tensor]] = {
     "gpg": gpg_advantages,
     "opo": opo_advantages,
     "gae": gae_advantages,
+    "prefix_tree": prefix_tree_advantages,
 }
 
 

@@ -67,6 +67,14 @@ def padded(values: Sequence[Sequence[float]], width: int) -> torch.Tensor:
     return out
 
 
+def token_ids(rows: Sequence[Sequence[int]], width: int) -> torch.Tensor:
+    """Rows of token ids as a (len(rows), width) long tensor, zeros after each row's end."""
+    out = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        out[i, : len(row)] = torch.as_tensor(row, dtype=torch.long)
+    return out
+
+
 def sequence_values(model: torch.nn.Module, batch: RolloutBatch, index: Sequence[int], width: int,
                     temperature: float, device: torch.device, packed: bool, token_budget: int,
                     with_entropy: bool = False, entropy_grad: bool = False,
