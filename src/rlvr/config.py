@@ -301,6 +301,14 @@ class RLConfig:
     tis_cap: float | None = None
     """Truncated importance sampling: scale each token's advantage by min(pi_learner / pi_rollout, tis_cap),
     correcting engine/learner log-prob mismatch (vLLM) and stale partial-rollout tokens; null: off."""
+    fork_points: int = 0
+    """Tree sampling (0: off): each group is group_size / (1 + fork_points x fork_samples) roots
+    sampled from the prompt; each root is forked at its fork_points least likely sampled tokens
+    (its last excluded), fork_samples continuations per point, resampled from that token on. A
+    fork reuses the root's prefix (those tokens are not generated again). rl.advantage=prefix_tree
+    credits the forked token by what the continuations went on to score."""
+    fork_samples: int = 1
+    """Continuations per fork point (rl.fork_points)."""
     shuffle_rewards: bool = False
     """Placebo control: permute each group's rewards among its samples before the advantages (a
     pure function of seed and step). The update has the same noise as the real run's and none of
@@ -504,6 +512,15 @@ class RunConfig:
         _check(rl.partial_tokens_per_step >= 0, "rl.partial_tokens_per_step",
                rl.partial_tokens_per_step, ">= 0")
         _check(rl.tis_cap is None or rl.tis_cap > 0, "rl.tis_cap", rl.tis_cap, "null or a positive number")
+        if rl.fork_points:
+            per_root = 1 + rl.fork_points * rl.fork_samples
+            for size in [rl.group_size] + [int(stage.value) for stage in rl.group_size_stages]:
+                _check(size % per_root == 0, "rl.fork_points", rl.fork_points,
+                       f"a number of fork points whose group of 1 + fork_points x fork_samples = {per_root} "
+                       f"samples per root divides rl.group_size and every rl.group_size_stages value "
+                       f"({size} does not)")
+            _check(rl.partial_tokens_per_step == 0, "rl.fork_points", rl.fork_points,
+                   "0 with partial rollouts (rl.partial_tokens_per_step > 0): a fork needs its root finished")
         self._validate_critic()
         self._validate_advantage_options()
         self._validate_engine_context()
@@ -773,6 +790,7 @@ DOMAINS: dict[str, Domain] = {
     "rl.top_p": in_range(0, 1, low_open=True),
     "rl.max_new_tokens": positive(),
     "rl.tis_cap": positive("number"),
+    "rl.fork_samples": positive(),
     "rl.length_reward.weight": Domain(_finite, "a finite number"),
     "eval.temperature": at_least(0.0),
     "eval.top_p": in_range(0, 1, low_open=True),

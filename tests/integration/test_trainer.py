@@ -135,14 +135,16 @@ def test_sigkill_mid_run_resumes_to_the_same_metrics(tiny_model_dir, tmp_path):
 
 
 def test_a_placebo_control_run_is_marked_and_resumes_to_the_same_metrics(tiny_model_dir, tmp_path):
-    """rl.shuffle_rewards with the learning curve and the high-entropy token selection on: a run cut
+    """rl.shuffle_rewards with the learning curve, the high-entropy token selection and tree sampling
+    (forks credited by the prefix-tree estimator) on: a run cut
     between checkpoints (its newest checkpoint, summary and final evals gone, as after a kill)
     resumes to the uninterrupted run's metrics, curve included; summary.json and report.html say it
     is a control."""
     # A 4-step SFT earns no answer reward; the overlong length penalty gives every group varied
     # rewards, so the permutation changes the update.
     extra = ["rl.shuffle_rewards=true", "eval.every=2", "eval.curve_size=4", "rl.length_reward.kind=overlong",
-             "rl.length_reward.cache_tokens=20", "rl.top_entropy_fraction=0.2"]
+             "rl.length_reward.cache_tokens=20", "rl.top_entropy_fraction=0.2", "rl.fork_points=1",
+             "rl.advantage=prefix_tree"]
     reference, cut = tmp_path / "reference", tmp_path / "cut"
     summary = run(load_config("recipes/kk-tiny.yaml", small_overrides(tiny_model_dir, reference, 4) + extra))
     assert summary["placebo_control"] is True
@@ -167,6 +169,7 @@ def test_a_placebo_control_run_is_marked_and_resumes_to_the_same_metrics(tiny_mo
             and control_lines[0]["reward/mean"] == real_lines[0]["reward/mean"])
     assert control_lines[0]["actor/pg_loss"] != real_lines[0]["actor/pg_loss"]
     assert all(line["actor/pg_entropy_threshold"] > 0 for line in control_lines + real_lines)
+    assert all(0 < line["rollout/reused_token_ratio"] < 1 for line in control_lines + real_lines)
 
 
 def test_the_learning_curve_does_not_change_the_rl_metrics(tiny_model_dir, tmp_path):

@@ -25,7 +25,7 @@ import json
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -39,7 +39,7 @@ from rlvr.errors import CheckpointError
 from rlvr.evaluation.metrics import source_metrics
 from rlvr.models.lora import hf_state_dict
 from rlvr.rewards import cosine_length_reward, overlong_penalty
-from rlvr.rollout import RolloutEngine, SamplingParams
+from rlvr.rollout import Rollout, RolloutEngine, SamplingParams
 from rlvr.rollout.partial import logprob_mismatch, truncated_importance_weights
 from rlvr.tasks import Example, Task
 from rlvr.tasks.generic import failure_metrics, reward_failures
@@ -252,7 +252,7 @@ def rl_step(run: RLRun, learner: Learner, cfg: RLConfig, step: int,
     failures = reward_failures(run.sampler.task)  # reward functions that raise or hang: counted per step
     batch, ds_stats = collect(run.sampler, knobs, cfg, run.seed, step)
     t_gen = time.perf_counter() - t0
-    gen_tokens = sum(len(c) for c in batch.completion_ids)
+    gen_tokens = sum(len(c) for c in batch.completion_ids) - sum(batch.reused_tokens)
     metrics: dict[str, Any] = {"phase": "rl", "step": step + 1, **batch_metrics(batch, knobs), **ds_stats,
                                **batch.engine_metrics, **failure_metrics(run.sampler.task, failures)}
     t0 = time.perf_counter()
@@ -354,6 +354,8 @@ def generate_and_score(sampler: Sampler, examples: list[Example], knobs: Knobs, 
         while not out.rollouts:  # no group complete yet: advance the carried ones within this step
             out = engine.generate_partial([], params)
         rollouts, examples, batch.engine_metrics = out.rollouts, out.keys, out.metrics
+    elif cfg.fork_points:
+        rollouts = forked_rollouts(engine, prompts, params, cfg.fork_points, cfg.fork_samples)
     else:
         rollouts = engine.generate(prompts, params)
     for r in rollouts:
@@ -374,7 +376,42 @@ def generate_and_score(sampler: Sampler, examples: list[Example], knobs: Knobs, 
         batch.format_ok.append(score.format_ok)
         batch.parts.append({**score.parts, **extra})
         batch.group_ids.append(r.prompt_index)
+        batch.reused_tokens.append(int(r.metadata.get("fork_at", 0)))
     return batch
+
+
+def fork_positions(logprobs: Sequence[float], points: int) -> list[int]:
+    """Where to fork a root: its `points` least likely sampled tokens, its last excluded (ties: the
+    earlier), in order; 0 (a fresh sample from the prompt) for each point a short root lacks."""
+    candidates = sorted(range(max(len(logprobs) - 1, 0)), key=lambda t: (logprobs[t], t))[:points]
+    return sorted(candidates) + [0] * (points - len(candidates))
+
+
+def forked_rollouts(engine: RolloutEngine, prompts: list[list[int]], params: SamplingParams, points: int,
+                    samples: int) -> list[Rollout]:
+    """Tree sampling (rl.fork_points): params.n / (1 + points x samples) roots per prompt, then
+    `samples` continuations of each root from each of its fork_positions. A fork is the root's
+    tokens before the position (with their log-probs) plus its continuation, cut to
+    params.max_new_tokens in all. Ordered by prompt, then root, the root before its forks."""
+    per_root = 1 + points * samples
+    roots = engine.generate(prompts, replace(params, n=params.n // per_root))
+    starts = [fork_positions(root.logprobs, points) for root in roots]
+    fork_prompts = [prompts[root.prompt_index] + root.token_ids[:t]
+                    for root, ts in zip(roots, starts) for t in ts]
+    seed = None if params.seed is None else params.seed + 104_729
+    forks = iter(engine.generate(fork_prompts, replace(params, n=samples, seed=seed)) if fork_prompts else [])
+    out = []
+    for root, ts in zip(roots, starts):
+        out.append(root)
+        for t in ts:
+            for _ in range(samples):
+                fork = next(forks)
+                room = params.max_new_tokens - t
+                tokens, logprobs = fork.token_ids[:room], fork.logprobs[:room]
+                finish = fork.finish_reason if len(fork.token_ids) <= room else "length"
+                out.append(Rollout(root.prompt_index, list(root.prompt_ids), root.token_ids[:t] + tokens,
+                                   root.logprobs[:t] + logprobs, finish, {"fork_at": t}))
+    return out
 
 
 def shaped_reward(score_reward: float, correct: bool, length: int, truncated: bool, cfg: RLConfig,
@@ -415,6 +452,8 @@ def batch_metrics(batch: RolloutBatch, knobs: Knobs) -> dict[str, float]:
         M.CURRICULUM_STAGE: float(knobs.stage),
     }
     out.update({k: float(v) for k, v in groups.items()})
+    if any(batch.reused_tokens):
+        out[M.ROLLOUT_REUSED_TOKEN_RATIO] = float(sum(batch.reused_tokens) / lengths.sum().clamp(min=1))
     sources = [ex.metadata.get("data_source") for ex in batch.examples]
     out.update(source_metrics(sources, batch.rewards, batch.correct))
     for name in sorted({k for p in batch.parts for k in p}):

@@ -40,6 +40,8 @@ class RolloutBatch:
     format_ok: list[bool] = field(default_factory=list)
     parts: list[dict[str, float]] = field(default_factory=list)
     group_ids: list[int] = field(default_factory=list)
+    reused_tokens: list[int] = field(default_factory=list)
+    """Leading completion tokens copied from another sample, not generated (rl.fork_points)."""
     engine_metrics: dict[str, float] = field(default_factory=dict)
 
     def __len__(self) -> int:
@@ -53,7 +55,7 @@ class RolloutBatch:
         for i, g in enumerate(other.group_ids):
             if g in keep:
                 for name in ("examples", "prompt_ids", "completion_ids", "engine_logprobs", "finish_reasons",
-                             "texts", "rewards", "correct", "format_ok", "parts"):
+                             "texts", "rewards", "correct", "format_ok", "parts", "reused_tokens"):
                     getattr(self, name).append(getattr(other, name)[i])
                 self.group_ids.append(remap[g])
 
