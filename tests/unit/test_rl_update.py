@@ -289,7 +289,7 @@ def test_prefix_tree_advantages_see_the_completion_tokens():
     mask = (torch.arange(width)[None, :] < lengths[:, None]).float()
     want = algorithms.compute_advantages("prefix_tree", torch.tensor(batch.rewards),
                                          torch.tensor(batch.group_ids), mask,
-                                         tokens=rl.token_ids(batch.completion_ids, width))
+                                         tokens=padded(batch.completion_ids, width, torch.long))
     torch.testing.assert_close(seen[0].advantages, want.float())
     assert torch.all(seen[0].advantages[:4, :3] == 0)  # shared by the whole group
     assert seen[0].advantages[:4].abs().sum() > 0

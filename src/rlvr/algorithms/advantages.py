@@ -273,7 +273,7 @@ def prefix_tree_advantages(rewards: Tensor, group_ids: Tensor, mask: Tensor, *, 
     r = rewards.to(centered.dtype).tolist()
     valid = mask.bool().tolist()
     ids = tokens.tolist()
-    out = torch.zeros((batch, steps), dtype=centered.dtype)
+    out = [[0.0] * steps for _ in range(batch)]  # filled in python, one tensor at the end
     members: list[list[int]] = [[] for _ in range(index.num_groups)]
     for b, g in enumerate(index.inverse.tolist()):
         members[g].append(b)
@@ -310,9 +310,9 @@ def prefix_tree_advantages(rewards: Tensor, group_ids: Tensor, mask: Tensor, *, 
             before = total[0] / count[0]
             for t, node in path:
                 value = total[node] / count[node]
-                out[b, t] = (value - before) * scale
+                out[b][t] = (value - before) * scale
                 before = value
-    return out.to(_out_dtype(rewards))
+    return torch.tensor(out, dtype=centered.dtype).reshape(batch, steps).to(_out_dtype(rewards))
 
 
 ADVANTAGES: dict[str, Callable[..., Tensor]] = {

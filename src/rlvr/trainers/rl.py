@@ -63,7 +63,6 @@ from rlvr.trainers.sequences import (
     mini_batch_indices,
     padded,
     sequence_values,
-    token_ids,
 )
 
 # ---------------------------------------------------------------------------------------------
@@ -601,7 +600,7 @@ def step_advantages(batch: RolloutBatch, before: LogprobsBeforeUpdate, mask: tor
         else:
             rewards = rewards - cfg.kl_coef * kl.sum(-1)
     if cfg.advantage == "prefix_tree":
-        adv_options["tokens"] = token_ids(batch.completion_ids, mask.shape[1])
+        adv_options["tokens"] = padded(batch.completion_ids, mask.shape[1], torch.long)
     if critic is not None:
         old_values = critic.values(batch, mask.shape[1], device, cfg)
         advantages, returns = algorithms.gae_advantages_returns(rewards, mask, old_values, **adv_options)

@@ -60,20 +60,12 @@ class RolloutBatch:
                 self.group_ids.append(remap[g])
 
 
-def padded(values: Sequence[Sequence[float]], width: int) -> torch.Tensor:
-    """Rows of per-token values (e.g. the engine's log-probs) as a (len(values), width) float32 tensor,
-    zeros after each row's end."""
-    out = torch.zeros((len(values), width))
+def padded(values: Sequence[Sequence[float]], width: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Rows of per-token values (e.g. the engine's log-probs; token ids with dtype=torch.long) as a
+    (len(values), width) tensor of `dtype`, zeros after each row's end."""
+    out = torch.zeros((len(values), width), dtype=dtype)
     for i, row in enumerate(values):
-        out[i, : len(row)] = torch.as_tensor(row, dtype=torch.float32)
-    return out
-
-
-def token_ids(rows: Sequence[Sequence[int]], width: int) -> torch.Tensor:
-    """Rows of token ids as a (len(rows), width) long tensor, zeros after each row's end."""
-    out = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, row in enumerate(rows):
-        out[i, : len(row)] = torch.as_tensor(row, dtype=torch.long)
+        out[i, : len(row)] = torch.as_tensor(row, dtype=dtype)
     return out
 
 
