@@ -261,6 +261,12 @@ class RLConfig:
     """Max global gradient norm (0 disables)."""
     kl_coef: float = 0.0
     """KL to the reference model; 0 means no reference model is loaded."""
+    ref_sync_every: int = 0
+    """Every this many RL steps the reference moves toward the policy: ref <- alpha x policy +
+    (1 - alpha) x ref, alpha = rl.ref_sync_alpha (TRL's sync_ref_model; TR-DPO). The anchor then
+    holds the policy near where it was lately, not where it started. 0: a frozen reference."""
+    ref_sync_alpha: float = 1.0
+    """The share of the policy in the reference after a sync (1: a copy of the policy)."""
     kl_kind: Literal["k1", "k2", "k3"] = "k3"
     kl_in_reward: bool = False
     """Subtract the KL from token rewards (REINFORCE++ style) instead of adding a KL loss."""
@@ -512,6 +518,8 @@ class RunConfig:
         _check(rl.partial_tokens_per_step >= 0, "rl.partial_tokens_per_step",
                rl.partial_tokens_per_step, ">= 0")
         _check(rl.tis_cap is None or rl.tis_cap > 0, "rl.tis_cap", rl.tis_cap, "null or a positive number")
+        _check(rl.ref_sync_every == 0 or rl.kl_coef > 0, "rl.ref_sync_every", rl.ref_sync_every,
+               "0 when rl.kl_coef is 0 (there is no reference to sync)")
         if rl.fork_points:
             per_root = 1 + rl.fork_points * rl.fork_samples
             for size in [rl.group_size] + [int(stage.value) for stage in rl.group_size_stages]:
@@ -783,6 +791,7 @@ DOMAINS: dict[str, Domain] = {
     "rl.adam_betas": _BETAS,
     "rl.grad_clip": at_least(0.0),
     "rl.kl_coef": at_least(0.0),
+    "rl.ref_sync_alpha": in_range(0, 1, low_open=True),
     "rl.entropy_coef": at_least(0.0),
     "rl.top_entropy_fraction": in_range(0, 1, low_open=True),
     "rl.temperature": positive("number"),

@@ -172,6 +172,31 @@ def test_a_placebo_control_run_is_marked_and_resumes_to_the_same_metrics(tiny_mo
     assert all(0 < line["rollout/reused_token_ratio"] < 1 for line in control_lines + real_lines)
 
 
+def test_a_reference_synced_every_k_steps_is_checkpointed_and_resumes(tiny_model_dir, tmp_path):
+    """rl.ref_sync_every=2, alpha 0.5: the step-2 checkpoint's reference is the mean of the SFT
+    weights and the step-2 policy, and a run cut after it resumes to the uninterrupted run's
+    metrics (the KL terms of steps 3-4 are taken against the synced reference)."""
+    extra = ["rl.kl_coef=0.05", "rl.ref_sync_every=2", "rl.ref_sync_alpha=0.5",
+             "rl.length_reward.kind=overlong", "rl.length_reward.cache_tokens=20"]
+    reference, cut = tmp_path / "reference", tmp_path / "cut"
+    run(load_config("recipes/kk-tiny.yaml", small_overrides(tiny_model_dir, reference, 4) + extra))
+    lines = rl_lines(reference)
+    assert all(rec["actor/kl_loss"] > 0 for rec in lines[1:])
+    state = torch.load(reference / "checkpoints/rl/step_000002/trainer_state.pt", weights_only=False)
+    sft = load_file(reference / "checkpoints/sft/step_000004/model.safetensors")
+    policy = load_file(reference / "checkpoints/rl/step_000002/model.safetensors")
+    shared = set(sft) & set(policy) & set(state["reference"])
+    assert shared and any(not torch.equal(sft[k], policy[k]) for k in shared)
+    for k in shared:
+        torch.testing.assert_close(state["reference"][k], 0.5 * (sft[k] + policy[k]))
+    run(load_config("recipes/kk-tiny.yaml", small_overrides(tiny_model_dir, cut, 4) + extra))
+    shutil.rmtree(cut / "checkpoints/rl/step_000004")
+    for name in ("summary.json", "eval/after_rl_greedy", "eval/after_rl_sampled"):
+        shutil.rmtree(cut / name) if (cut / name).is_dir() else (cut / name).unlink()
+    run(load_config("recipes/kk-tiny.yaml", small_overrides(tiny_model_dir, cut, 4) + extra))
+    assert rl_lines(cut) == lines
+
+
 def test_the_learning_curve_does_not_change_the_rl_metrics(tiny_model_dir, tmp_path):
     # varied rewards: real updates
     extra = ["rl.length_reward.kind=overlong", "rl.length_reward.cache_tokens=20"]

@@ -293,3 +293,20 @@ def test_prefix_tree_advantages_see_the_completion_tokens():
     torch.testing.assert_close(seen[0].advantages, want.float())
     assert torch.all(seen[0].advantages[:4, :3] == 0)  # shared by the whole group
     assert seen[0].advantages[:4].abs().sum() > 0
+
+
+def test_sync_reference_moves_every_tensor_alpha_of_the_way_to_the_policy():
+    torch.manual_seed(0)
+    ref, policy = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
+    for model in (ref, policy):  # one tensor under two names, as tied embeddings are
+        model.tied = model.weight
+    ref.register_buffer("count", torch.tensor([1]))
+    policy.register_buffer("count", torch.tensor([7]))
+    before = {k: v.clone() for k, v in ref.state_dict().items()}
+    rl.sync_reference(ref, policy, 0.25)
+    for name, value in ref.state_dict().items():
+        if value.is_floating_point():
+            torch.testing.assert_close(value, 0.75 * before[name] + 0.25 * policy.state_dict()[name])
+    assert ref.count.item() == 7
+    rl.sync_reference(ref, policy, 1.0)
+    assert all(torch.equal(v, policy.state_dict()[k]) for k, v in ref.state_dict().items())

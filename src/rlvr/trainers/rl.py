@@ -161,6 +161,22 @@ def new_learner(policy: torch.nn.Module, cfg: RLConfig, device: torch.device, pa
     return Learner(policy, new_optimizer(policy, cfg), device, packed, ref)
 
 
+@torch.no_grad()
+def sync_reference(ref: torch.nn.Module, policy: torch.nn.Module, alpha: float) -> None:
+    """ref <- alpha x policy + (1 - alpha) x ref, tensor by tensor (rl.ref_sync_every). A tensor
+    under two names (tied embeddings) moves once."""
+    theirs = policy.state_dict()
+    seen: set[int] = set()
+    for name, mine in ref.state_dict().items():
+        if mine.data_ptr() in seen:
+            continue
+        seen.add(mine.data_ptr())
+        if mine.is_floating_point():
+            mine.lerp_(theirs[name].to(mine.device, mine.dtype), alpha)
+        else:
+            mine.copy_(theirs[name])
+
+
 # ---------------------------------------------------------------------------------------------
 # The loop
 
@@ -185,6 +201,8 @@ def train_rl(run: RLRun, cfg: RLConfig, checkpoint: CheckpointConfig,
         done = step + 1
         dump = bool(logging.samples_every) and (step % logging.samples_every == 0 or done == cfg.steps)
         metrics = rl_step(run, learner, cfg, step, dump_samples_to=run.run_dir if dump else None)
+        if learner.ref is not None and cfg.ref_sync_every and done % cfg.ref_sync_every == 0:
+            sync_reference(learner.ref, learner.policy, cfg.ref_sync_alpha)
         t_eval = curve_point(run, done, cfg.steps)
         if t_eval:
             metrics[M.TIMING_EVAL] = t_eval
